@@ -1,0 +1,144 @@
+//! The CloudEvents attributes every entry kind shares, and their documented defaults.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::fields::{FieldReader, FieldWriter};
+use super::{ContentType, EntryId, TraceParent, WireError};
+
+/// Where an entry was read from; the defaults for `id` and `time` derive from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The stream key.
+    pub stream: &'a str,
+    /// The entry's id in that stream.
+    pub entry: EntryId,
+}
+
+/// A decoded `data` field and the content type it came in (results answer in the same one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload {
+    /// How `data` is encoded on the wire.
+    pub content_type: ContentType,
+    /// The decoded value.
+    pub value: Value,
+}
+
+impl Payload {
+    /// A JSON payload.
+    pub fn json(value: Value) -> Self {
+        Self {
+            content_type: ContentType::Json,
+            value,
+        }
+    }
+}
+
+/// The attributes shared by commands, results, events and dead letters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Unique id (UUIDv7). Default: derived from the stream key and entry id, so a redelivered
+    /// entry keeps its id.
+    pub id: Uuid,
+    /// What the entry means, e.g. `echo.say` for a command or `mindbus.result`.
+    pub ty: String,
+    /// Who produced it (a URI reference). Default: `urn:mindbus:anonymous`.
+    pub source: String,
+    /// When it was produced (RFC 3339). Default: the Redis server time in the entry id.
+    pub time: Timestamp,
+    /// The payload, encoded as `datacontenttype` says. Default: JSON `null`.
+    pub data: Payload,
+    /// W3C trace context. Default: a new trace whose id is the entry's `id`.
+    pub traceparent: TraceParent,
+    /// W3C trace state, passed through untouched.
+    pub tracestate: Option<String>,
+}
+
+/// The `source` written when a producer gives none.
+pub const ANONYMOUS_SOURCE: &str = "urn:mindbus:anonymous";
+
+impl Envelope {
+    /// A fresh envelope for an entry this process produces.
+    pub fn new(ty: impl Into<String>, source: impl Into<String>, data: Payload) -> Self {
+        let id = Uuid::now_v7();
+        Self {
+            id,
+            ty: ty.into(),
+            source: source.into(),
+            time: Timestamp::now(),
+            data,
+            traceparent: TraceParent::rooted_at(id),
+            tracestate: None,
+        }
+    }
+
+    /// Reads the shared attributes, filling in the documented defaults.
+    pub(crate) fn read(r: &mut FieldReader, origin: Origin<'_>) -> Result<Self, WireError> {
+        let ty = r.required("type")?;
+        let id = r.parse::<Uuid>("id")?.unwrap_or_else(|| derived_id(origin));
+        let source = r
+            .text("source")?
+            .unwrap_or_else(|| ANONYMOUS_SOURCE.to_owned());
+        let time = r
+            .parse::<Timestamp>("time")?
+            .unwrap_or_else(|| entry_time(origin.entry));
+        let content_type = r
+            .parse::<ContentType>("datacontenttype")?
+            .unwrap_or_default();
+        let data = match r.bytes("data") {
+            Some(bytes) if !bytes.is_empty() => content_type.decode(&bytes)?,
+            _ => Value::Null,
+        };
+        let traceparent = r
+            .parse::<TraceParent>("traceparent")?
+            .unwrap_or_else(|| TraceParent::rooted_at(id));
+        Ok(Self {
+            id,
+            ty,
+            source,
+            time,
+            data: Payload {
+                content_type,
+                value: data,
+            },
+            traceparent,
+            tracestate: r.text("tracestate")?,
+        })
+    }
+
+    /// Writes the shared attributes.
+    pub(crate) fn write(&self, w: &mut FieldWriter) -> Result<(), WireError> {
+        let data = self.data.content_type.encode(&self.data.value)?;
+        w.show("id", self.id)
+            .put("type", self.ty.as_str())
+            .put("source", self.source.as_str())
+            .show("time", self.time)
+            .put("datacontenttype", self.data.content_type.as_str())
+            .put("data", data)
+            .show("traceparent", self.traceparent)
+            .opt("tracestate", self.tracestate.as_deref());
+        Ok(())
+    }
+}
+
+/// The id given to an entry that carries none: a UUIDv7 whose timestamp is the entry's and
+/// whose other bits are a hash of the stream key and entry id, so every reader of that entry
+/// (and every redelivery of it) derives the same id.
+pub fn derived_id(origin: Origin<'_>) -> Uuid {
+    let name = format!("{}/{}", origin.stream, origin.entry);
+    let hashed = Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes());
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&hashed.as_bytes()[6..]);
+    uuid::Builder::from_unix_timestamp_millis(origin.entry.ms, &random).into_uuid()
+}
+
+fn entry_time(entry: EntryId) -> Timestamp {
+    let ms = i64::try_from(entry.ms).unwrap_or(i64::MAX);
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Unknown fields, kept so that nothing a producer wrote is dropped.
+pub type Extensions = BTreeMap<String, String>;

@@ -1,0 +1,174 @@
+//! Events: what happened to a command, for people and the monitor to follow.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use super::WireError;
+use super::envelope::{Envelope, Extensions, Origin, Payload};
+use super::fields::{FieldReader, FieldWriter, Fields};
+
+/// The lifecycle of a command, as `type` `mindbus.command.<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An agent read the command.
+    Received,
+    /// The handler started (once per attempt).
+    Started,
+    /// The handler reported progress or a chunk of streamed text.
+    Progress,
+    /// An attempt failed and the command will be tried again.
+    Retried,
+    /// The command completed and its result was accepted.
+    Completed,
+    /// The command failed and its result was accepted.
+    Failed,
+    /// The command was cancelled.
+    Canceled,
+    /// The command was moved to the dead-letter stream.
+    DeadLettered,
+    /// A second run of an already answered command finished; its result was dropped.
+    Duplicate,
+}
+
+const KINDS: [(EventKind, &str); 9] = [
+    (EventKind::Received, "mindbus.command.received"),
+    (EventKind::Started, "mindbus.command.started"),
+    (EventKind::Progress, "mindbus.command.progress"),
+    (EventKind::Retried, "mindbus.command.retried"),
+    (EventKind::Completed, "mindbus.command.completed"),
+    (EventKind::Failed, "mindbus.command.failed"),
+    (EventKind::Canceled, "mindbus.command.canceled"),
+    (EventKind::DeadLettered, "mindbus.command.deadlettered"),
+    (EventKind::Duplicate, "mindbus.command.duplicate"),
+];
+
+impl EventKind {
+    /// The event's `type`.
+    pub fn as_str(self) -> &'static str {
+        KINDS
+            .iter()
+            .find(|(kind, _)| *kind == self)
+            .map_or("", |(_, name)| name)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KINDS
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(kind, _)| *kind)
+            .ok_or_else(|| format!("`{s}` is not a command lifecycle event"))
+    }
+}
+
+/// An event on `<prefix>:event`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The CloudEvents attributes; `type` names the event, `data` holds its details.
+    pub envelope: Envelope,
+    /// The command the event is about.
+    pub correlationid: Option<Uuid>,
+    /// The agent role involved.
+    pub role: Option<String>,
+    /// The attempt it happened in.
+    pub attempt: Option<u32>,
+    /// Copied from the command.
+    pub runid: Option<String>,
+    /// Copied from the command.
+    pub stepid: Option<String>,
+    /// Unknown fields, kept.
+    pub extensions: Extensions,
+}
+
+impl Event {
+    /// A new event of `kind` about a command.
+    pub fn new(kind: EventKind, source: &str, correlationid: Uuid, data: Payload) -> Self {
+        Self {
+            envelope: Envelope::new(kind.as_str(), source, data),
+            correlationid: Some(correlationid),
+            role: None,
+            attempt: None,
+            runid: None,
+            stepid: None,
+            extensions: Extensions::new(),
+        }
+    }
+
+    /// The lifecycle kind, when `type` is one of MindBus's own.
+    pub fn kind(&self) -> Option<EventKind> {
+        self.envelope.ty.parse().ok()
+    }
+
+    /// Decodes an event from stream fields.
+    pub fn decode(fields: Fields, origin: Origin<'_>) -> Result<Self, WireError> {
+        let mut r = FieldReader::new(fields);
+        Ok(Self {
+            envelope: Envelope::read(&mut r, origin)?,
+            correlationid: r.parse("correlationid")?,
+            role: r.text("role")?,
+            attempt: r.parse("attempt")?,
+            runid: r.text("runid")?,
+            stepid: r.text("stepid")?,
+            extensions: r.rest()?,
+        })
+    }
+
+    /// Encodes the event as stream fields.
+    pub fn encode(&self) -> Result<Fields, WireError> {
+        let mut w = FieldWriter::default();
+        self.envelope.write(&mut w)?;
+        w.opt("correlationid", self.correlationid)
+            .opt("role", self.role.as_deref())
+            .opt("attempt", self.attempt)
+            .opt("runid", self.runid.as_deref())
+            .opt("stepid", self.stepid.as_deref())
+            .extensions(&self.extensions);
+        Ok(w.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::wire::EntryId;
+
+    #[test]
+    fn kinds_round_trip() {
+        for (kind, name) in KINDS {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(name.parse::<EventKind>().unwrap(), kind);
+        }
+    }
+
+    #[test]
+    fn event_round_trips() {
+        let mut event = Event::new(
+            EventKind::Retried,
+            "agent",
+            Uuid::now_v7(),
+            Payload::json(json!({"delay_ms": 20})),
+        );
+        event.attempt = Some(2);
+        event.role = Some("echo".into());
+        let origin = Origin {
+            stream: "mindbus:event",
+            entry: EntryId::ZERO,
+        };
+        let back = Event::decode(event.encode().unwrap(), origin).unwrap();
+        assert_eq!(back.kind(), Some(EventKind::Retried));
+        assert_eq!(back, event);
+    }
+}

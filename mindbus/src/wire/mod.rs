@@ -1,0 +1,31 @@
+//! The wire contract: typed entries and their flat Redis stream fields.
+//!
+//! This module does no IO. Every entry is a set of flat string fields named after
+//! CloudEvents 1.0 attributes (`id`, `type`, `source`, `time`, `datacontenttype`, `data`),
+//! readable in `redis-cli`. Decoding applies the documented defaults, keeps unknown fields,
+//! and fails with a [`WireError`] that names the offending field.
+
+mod codec;
+mod command;
+mod dead_letter;
+mod entry_id;
+mod envelope;
+mod error;
+mod error_type;
+mod event;
+mod fields;
+mod result;
+pub mod schema;
+mod trace;
+
+pub use codec::{Codec, ContentType, Json, MsgPack};
+pub use command::Command;
+pub use dead_letter::{DLQ_FIELD_PREFIX, DeadLetter};
+pub use entry_id::EntryId;
+pub use envelope::{ANONYMOUS_SOURCE, Envelope, Extensions, Origin, Payload, derived_id};
+pub use error::WireError;
+pub use error_type::ErrorType;
+pub use event::{Event, EventKind};
+pub use fields::Fields;
+pub use result::{CommandResult, Failure, RESULT_TYPE, Status};
+pub use trace::TraceParent;

@@ -1,0 +1,4 @@
+//! The `mindbus` crate's integration tests: one binary, one module per concern.
+#![allow(clippy::unwrap_used)]
+
+mod schemas;
