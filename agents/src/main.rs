@@ -1,1 +1,59 @@
-fn main() {}
+//! `mindbus-agent`: serves one agent role from its command stream.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// Serve one MindBus agent role. Start more processes to share its work.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The role to serve (built in: echo).
+    #[arg(long, env = "MINDBUS_ROLE")]
+    role: String,
+    /// A YAML config file (see config/mindbus.yaml).
+    #[arg(long, env = "MINDBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL (overrides the file and REDIS_URL).
+    #[arg(long, env = "MINDBUS_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Key prefix.
+    #[arg(long, env = "MINDBUS_PREFIX")]
+    prefix: Option<String>,
+    /// Commands handled at once.
+    #[arg(long, env = "MINDBUS_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Idle time in ms before another consumer reclaims a command.
+    #[arg(long, env = "MINDBUS_LEASE_MS")]
+    lease_ms: Option<u64>,
+    /// Default deliveries before dead-lettering.
+    #[arg(long, env = "MINDBUS_MAXATTEMPTS")]
+    maxattempts: Option<u32>,
+    /// Grace period in ms on SIGTERM.
+    #[arg(long, env = "MINDBUS_SHUTDOWN_GRACE_MS")]
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config =
+        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
+    if let Some(url) = args.redis_url {
+        config.redis.url = url.into();
+    }
+    if let Some(prefix) = args.prefix {
+        config.redis.prefix = prefix;
+    }
+    let agent = &mut config.agent;
+    agent.concurrency = args.concurrency.unwrap_or(agent.concurrency).max(1);
+    agent.lease_ms = args.lease_ms.unwrap_or(agent.lease_ms);
+    agent.maxattempts = args.maxattempts.unwrap_or(agent.maxattempts).max(1);
+    agent.shutdown_grace_ms = args.shutdown_grace_ms.unwrap_or(agent.shutdown_grace_ms);
+    mindbus::telemetry::init(&config.log);
+    let shutdown = mindbus_agents::shutdown::on_signal().context("installing signal handlers")?;
+    mindbus_agents::run(&config, &args.role, shutdown)
+        .await
+        .context("running the agent")
+}

@@ -2,9 +2,24 @@
 //!
 //! # Layout
 //! - [`wire`]: the typed entries and their flat stream fields (no IO).
+//! - [`keys`]: the Redis key names under the configured prefix.
+//! - [`config`]: typed, layered, schema-checked configuration.
+//! - [`streams`]: Redis connections, consumer groups and reply parsing.
+//! - [`bus`]: the client: publish, wait for results, follow streams, cancel.
+//! - [`runtime`]: the agent runtime, a [`runtime::Handler`] behind a consumer-group loop.
+//! - [`telemetry`]: logging setup for the binaries.
 //!
 //! # Invariant
 //! Processes talk only through streams: everything one process tells another is an entry
-//! that [`wire`] can decode.
+//! that [`wire`] can decode, and a command's result is accepted at most once.
 
+pub mod bus;
+pub mod config;
+mod error;
+pub mod keys;
+pub mod runtime;
+pub mod streams;
+pub mod telemetry;
 pub mod wire;
+
+pub use error::Error;

@@ -1,0 +1,86 @@
+//! Following streams live, without a consumer group (reading never takes work away).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use super::Bus;
+use crate::Error;
+use crate::streams::{StreamEntry, parse_read};
+use crate::wire::EntryId;
+
+/// Reads new entries from a set of streams, remembering where it stands in each.
+#[derive(Debug)]
+pub struct Follower {
+    conn: MultiplexedConnection,
+    positions: Vec<(String, String)>,
+    block: Duration,
+}
+
+impl Follower {
+    /// Follows `streams` from their current end (`from_start` reads their history first).
+    pub async fn new(
+        bus: &Bus,
+        streams: Vec<String>,
+        from_start: bool,
+        block: Duration,
+    ) -> Result<Self, Error> {
+        let conn = bus.redis().dedicated(block).await?;
+        let start = if from_start { "0-0" } else { "$" };
+        let positions = streams.into_iter().map(|s| (s, start.to_owned())).collect();
+        Ok(Self {
+            conn,
+            positions,
+            block,
+        })
+    }
+
+    /// Starts following one more stream (for example a role that appeared), from its start.
+    pub fn add(&mut self, stream: String) {
+        if !self.positions.iter().any(|(s, _)| *s == stream) {
+            self.positions.push((stream, "0-0".into()));
+        }
+    }
+
+    /// The streams followed.
+    pub fn streams(&self) -> impl Iterator<Item = &str> {
+        self.positions.iter().map(|(s, _)| s.as_str())
+    }
+
+    /// The next batch of entries, empty when the block ran out.
+    pub async fn next(&mut self) -> Result<Vec<(String, StreamEntry)>, Error> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS");
+        for (stream, _) in &self.positions {
+            cmd.arg(stream);
+        }
+        for (_, position) in &self.positions {
+            cmd.arg(position);
+        }
+        let reply = cmd.query_async(&mut self.conn).await?;
+        let mut out = Vec::new();
+        for (stream, entries) in parse_read(reply)? {
+            if let (Some(last), Some(slot)) = (
+                entries.last(),
+                self.positions.iter_mut().find(|(s, _)| *s == stream),
+            ) {
+                slot.1 = last.id.to_string();
+            }
+            out.extend(entries.into_iter().map(|e| (stream.clone(), e)));
+        }
+        out.sort_by_key(|(_, e)| e.id);
+        Ok(out)
+    }
+
+    /// The position in `stream`, once something was read from it.
+    pub fn position(&self, stream: &str) -> Option<EntryId> {
+        self.positions
+            .iter()
+            .find(|(s, _)| s == stream)
+            .and_then(|(_, p)| p.parse().ok())
+    }
+}

@@ -1,0 +1,143 @@
+//! The bus client: publish commands, wait for their results, follow streams, cancel.
+
+mod follow;
+mod wait;
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+
+pub use follow::Follower;
+pub use wait::ResultWaiter;
+
+use crate::Error;
+use crate::config::RedisConfig;
+use crate::keys::{Keys, validate_role};
+use crate::streams::Redis;
+use crate::wire::{Command, EntryId, Fields};
+
+/// How long a cancellation is remembered for commands that have not started yet.
+const CANCEL_TTL_SECS: u64 = 86_400;
+/// Approximate length the control stream is kept to.
+const CONTROL_MAXLEN: u64 = 10_000;
+
+/// A handle on one MindBus deployment (one Redis, one key prefix). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    redis: Redis,
+    keys: Keys,
+    conn: ConnectionManager,
+}
+
+impl Bus {
+    /// Connects to the Redis in `config`.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, Error> {
+        let redis = Redis::open(&config.url)?;
+        let conn = redis.shared().await?;
+        Ok(Self {
+            redis,
+            keys: Keys::new(config.prefix.clone()),
+            conn,
+        })
+    }
+
+    /// The key names of this deployment.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The server, for callers that need a connection of their own.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// The shared connection (not for blocking reads).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Publishes `command` to `role`'s command stream and returns the stream entry id.
+    pub async fn publish(&self, role: &str, command: &Command) -> Result<EntryId, Error> {
+        validate_role(role).map_err(Error::Config)?;
+        let fields = command.encode()?;
+        xadd(
+            &mut self.conn.clone(),
+            &self.keys.commands(role),
+            None,
+            &fields,
+        )
+        .await
+    }
+
+    /// Publishes `command` with a private `replyto` stream and waits up to `timeout` for its
+    /// result. `None` when the wait ran out (the command may still complete later).
+    pub async fn call(
+        &self,
+        role: &str,
+        mut command: Command,
+        timeout: Duration,
+    ) -> Result<Option<crate::wire::CommandResult>, Error> {
+        let reply = self.keys.reply(&Uuid::now_v7().to_string());
+        command.replyto = Some(reply.clone());
+        let mut waiter = ResultWaiter::new(self).await?;
+        self.publish(role, &command).await?;
+        let result = waiter
+            .wait_reply(&reply, command.envelope.id, timeout)
+            .await;
+        let _: Result<(), _> = redis::cmd("DEL")
+            .arg(&reply)
+            .query_async(&mut self.conn.clone())
+            .await;
+        result
+    }
+
+    /// Cancels a command: one that has not started will not start, a running one is stopped
+    /// and reports `canceled`.
+    pub async fn cancel(&self, command_id: Uuid) -> Result<(), Error> {
+        let id = command_id.to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.canceled(&id))
+            .arg(1)
+            .arg("EX")
+            .arg(CANCEL_TTL_SECS)
+            .ignore();
+        pipe.cmd("XADD")
+            .arg(self.keys.control())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(CONTROL_MAXLEN)
+            .arg("*")
+            .arg("type")
+            .arg(CONTROL_CANCEL)
+            .arg("correlationid")
+            .arg(&id)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+}
+
+/// The control-stream entry `type` that cancels a command.
+pub const CONTROL_CANCEL: &str = "mindbus.cancel";
+
+/// `XADD stream [MAXLEN ~ n] * fields...`.
+pub(crate) async fn xadd(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    maxlen: Option<u64>,
+    fields: &Fields,
+) -> Result<EntryId, Error> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream);
+    if let Some(maxlen) = maxlen {
+        cmd.arg("MAXLEN").arg("~").arg(maxlen);
+    }
+    cmd.arg("*");
+    for (name, value) in fields {
+        cmd.arg(name).arg(value.as_slice());
+    }
+    let id: String = cmd.query_async(conn).await?;
+    id.parse().map_err(Error::Protocol)
+}

@@ -1,0 +1,244 @@
+//! Configuration: typed, validated before use, layered file → environment → flags.
+//!
+//! The file is YAML (`config/mindbus.yaml`). The environment overrides it with
+//! `MINDBUS_<SECTION>__<KEY>` (for example `MINDBUS_AGENT__CONCURRENCY=8`) and `REDIS_URL`.
+//! Every file is checked against the JSON Schema generated from these types, so a bad file
+//! gets every problem reported with its path, not just the first.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format};
+use schemars::JsonSchema;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The whole configuration of a MindBus process.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where Redis is and how MindBus names its keys.
+    pub redis: RedisConfig,
+    /// How agents consume commands.
+    pub agent: AgentConfig,
+    /// How processes log.
+    pub log: LogConfig,
+}
+
+/// Redis connection and key naming.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis URL; may hold a password, so it is never logged. Env: `REDIS_URL`.
+    #[schemars(with = "String")]
+    pub url: SecretString,
+    /// Prefix of every key MindBus uses.
+    #[schemars(length(min = 1), regex(pattern = r"^[^\s{}]+$"))]
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            prefix: "mindbus".into(),
+        }
+    }
+}
+
+/// How an agent process consumes its role's commands.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Commands handled at once by one process; it never reads more than it has free slots.
+    #[schemars(range(min = 1, max = 100_000))]
+    pub concurrency: usize,
+    /// How long one blocking read waits for new commands, in milliseconds.
+    #[schemars(range(min = 10, max = 60_000))]
+    pub block_ms: u64,
+    /// A command unacknowledged for this long (ms) is reclaimed by another consumer; a
+    /// running handler renews its lease every third of it.
+    #[schemars(range(min = 100))]
+    pub lease_ms: u64,
+    /// Deliveries before a command is dead-lettered, when the command does not say.
+    #[schemars(range(min = 1, max = 1000))]
+    pub maxattempts: u32,
+    /// First retry delay in milliseconds; it doubles each attempt, with jitter.
+    #[schemars(range(min = 1))]
+    pub retry_base_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[schemars(range(min = 1))]
+    pub retry_max_ms: u64,
+    /// On SIGTERM, how long in-flight commands may take to finish (ms) before they are
+    /// handed back for another consumer.
+    pub shutdown_grace_ms: u64,
+    /// How long an accepted result's id is remembered (s), so a late duplicate is dropped.
+    #[schemars(range(min = 1))]
+    pub dedup_ttl_secs: u64,
+    /// How long a `replyto` stream lives after its last result (s).
+    #[schemars(range(min = 1))]
+    pub reply_ttl_secs: u64,
+    /// Approximate maximum length of the result, event and dead-letter streams.
+    #[schemars(range(min = 1000))]
+    pub stream_maxlen: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            block_ms: 2_000,
+            lease_ms: 30_000,
+            maxattempts: 5,
+            retry_base_ms: 100,
+            retry_max_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            dedup_ttl_secs: 86_400,
+            reply_ttl_secs: 3_600,
+            stream_maxlen: 1_000_000,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `mindbus=debug,info`. Env `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One thing wrong with a configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// A JSON pointer into the configuration, e.g. `/agent/concurrency` (empty for the root).
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        write!(f, "{path}: {}", self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The layers could not be read or merged (a YAML syntax error, an unreadable file).
+    #[error("{0}")]
+    Read(String),
+    /// The merged configuration breaks the schema; every problem is listed.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// The JSON Schema of the configuration file.
+pub fn config_schema() -> schemars::Schema {
+    schemars::schema_for!(Config)
+}
+
+fn figment(file: Option<&Path>) -> Figment {
+    let mut figment = Figment::new();
+    if let Some(file) = file {
+        figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(file));
+    }
+    figment
+        .merge(
+            Env::prefixed("MINDBUS_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        )
+        .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
+}
+
+/// Loads the configuration: the file (if any), then the environment. Flags are applied by
+/// the caller on the returned value.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let merged: Value = figment(file)
+        .extract()
+        .map_err(|e| ConfigError::Read(e.to_string()))?;
+    parse(merged)
+}
+
+/// Checks one file on its own (no environment) and returns every problem in it.
+pub fn check_file(file: &Path) -> Vec<Problem> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            return vec![Problem {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", file.display()),
+            }];
+        }
+    };
+    let value: Value = match serde_saphyr::from_str(&text) {
+        Ok(Value::Null) => Value::Object(Default::default()),
+        Ok(value) => value,
+        Err(e) => {
+            return vec![Problem {
+                path: String::new(),
+                message: format!("not valid YAML: {e}"),
+            }];
+        }
+    };
+    match parse(value) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(problems)) => problems,
+        Err(ConfigError::Read(message)) => vec![Problem {
+            path: String::new(),
+            message,
+        }],
+    }
+}
+
+fn parse(value: Value) -> Result<Config, ConfigError> {
+    let schema =
+        serde_json::to_value(config_schema()).map_err(|e| ConfigError::Read(e.to_string()))?;
+    let validator =
+        jsonschema::validator_for(&schema).map_err(|e| ConfigError::Read(e.to_string()))?;
+    let problems: Vec<Problem> = validator
+        .iter_errors(&value)
+        .map(|e| Problem {
+            path: e.instance_path().to_string(),
+            message: e.to_string(),
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ConfigError::Invalid(vec![Problem {
+            path: String::new(),
+            message: e.to_string(),
+        }])
+    })
+}

@@ -1,0 +1,112 @@
+//! Redis key names. Everything MindBus writes lives under one configurable prefix.
+
+/// The key names under a prefix (default `mindbus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>:cmd:{<role>}`: one role's commands. The braces are a Redis Cluster hash tag.
+    pub fn commands(&self, role: &str) -> String {
+        format!("{}:cmd:{{{role}}}", self.prefix)
+    }
+
+    /// The pattern that matches every role's command stream, for `SCAN`.
+    pub fn commands_pattern(&self) -> String {
+        format!("{}:cmd:*", self.prefix)
+    }
+
+    /// The role a command stream key belongs to.
+    pub fn role_of<'a>(&self, stream: &'a str) -> Option<&'a str> {
+        stream
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":cmd:{")?
+            .strip_suffix('}')
+    }
+
+    /// `<prefix>:result`: every result.
+    pub fn results(&self) -> String {
+        format!("{}:result", self.prefix)
+    }
+
+    /// `<prefix>:event`: lifecycle and progress events.
+    pub fn events(&self) -> String {
+        format!("{}:event", self.prefix)
+    }
+
+    /// `<prefix>:dlq`: dead letters.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dlq", self.prefix)
+    }
+
+    /// `<prefix>:control`: broadcast to every agent (cancellations), read without a group.
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    /// `<prefix>:reply:<token>`: a client's private reply stream.
+    pub fn reply(&self, token: &str) -> String {
+        format!("{}:reply:{token}", self.prefix)
+    }
+
+    /// `<prefix>:done:<command id>`: set once a command's result is accepted.
+    pub fn done(&self, command_id: &str) -> String {
+        format!("{}:done:{command_id}", self.prefix)
+    }
+
+    /// `<prefix>:canceled:<command id>`: set when a command is cancelled.
+    pub fn canceled(&self, command_id: &str) -> String {
+        format!("{}:canceled:{command_id}", self.prefix)
+    }
+
+    /// The shared streams every deployment has, in display order.
+    pub fn shared_streams(&self) -> [String; 3] {
+        [self.results(), self.events(), self.dead_letters()]
+    }
+}
+
+/// Checks a role name: lower-case letters, digits, `-` and `_`, 1 to 64 characters.
+pub fn validate_role(role: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if role.is_empty() || role.len() > 64 || !role.chars().all(ok_char) {
+        return Err(format!(
+            "role `{role}` must be 1 to 64 of a-z, 0-9, `-` and `_`"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_stream_names_round_trip() {
+        let keys = Keys::new("mb");
+        assert_eq!(keys.commands("echo"), "mb:cmd:{echo}");
+        assert_eq!(keys.role_of("mb:cmd:{echo}"), Some("echo"));
+        assert_eq!(keys.role_of("other:cmd:{echo}"), None);
+        assert_eq!(keys.role_of("mb:result"), None);
+    }
+
+    #[test]
+    fn roles_are_checked() {
+        assert!(validate_role("writer-2").is_ok());
+        for bad in ["", "Writer", "a b", "x}"] {
+            assert!(validate_role(bad).is_err(), "{bad}");
+        }
+    }
+}

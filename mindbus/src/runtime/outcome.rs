@@ -1,0 +1,178 @@
+//! Building the entries a finished command leaves behind: result, events, dead letter.
+
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::writer::Finish;
+use crate::wire::{
+    Command, CommandResult, DeadLetter, EntryId, ErrorType, Event, EventKind, Failure, Fields,
+    Payload, Status,
+};
+
+/// A lifecycle event about `command`, carrying its trace context and run ids.
+pub(crate) fn event(
+    kind: EventKind,
+    source: &str,
+    role: &str,
+    command: &Command,
+    attempt: u32,
+    data: Value,
+) -> Event {
+    let mut event = Event::new(kind, source, command.envelope.id, Payload::json(data));
+    event.envelope.traceparent = command.envelope.traceparent;
+    event.envelope.tracestate = command.envelope.tracestate.clone();
+    event.role = Some(role.to_owned());
+    event.attempt = Some(attempt);
+    event.runid = command.runid.clone();
+    event.stepid = command.stepid.clone();
+    event
+}
+
+/// How a command ended, before it is written.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    Completed(Value),
+    Failed(Failure),
+    Canceled,
+}
+
+impl Shared {
+    pub(crate) fn event_fields(
+        &self,
+        kind: EventKind,
+        command: &Command,
+        attempt: u32,
+        data: Value,
+    ) -> Option<Fields> {
+        let event = event(kind, &self.source, &self.role, command, attempt, data);
+        event
+            .encode()
+            .map_err(|e| tracing::error!(error = %e, "cannot encode an event"))
+            .ok()
+    }
+
+    /// The finish for a command that ended, one way or another.
+    pub(crate) fn finish(
+        &self,
+        entry: EntryId,
+        command: &Command,
+        attempt: u32,
+        ending: Ending,
+    ) -> Finish {
+        let (status, data, failure) = match ending {
+            Ending::Completed(value) => (Status::Completed, value, None),
+            Ending::Failed(failure) => (Status::Failed, Value::Null, Some(failure)),
+            Ending::Canceled => (Status::Canceled, Value::Null, Some(canceled())),
+        };
+        let kind = match status {
+            Status::Completed => EventKind::Completed,
+            Status::Failed => EventKind::Failed,
+            Status::Canceled => EventKind::Canceled,
+        };
+        let detail = failure.as_ref().map_or(
+            json!({}),
+            |f| json!({"errortype": f.errortype.as_str(), "error": f.error}),
+        );
+        let result = self.result(command, attempt, status, data, failure);
+        Finish {
+            entry: Some(entry),
+            done_key: self.keys.done(&command.envelope.id.to_string()),
+            replyto: command.replyto.clone(),
+            result,
+            events: self
+                .event_fields(kind, command, attempt, detail)
+                .into_iter()
+                .collect(),
+            duplicate: self
+                .event_fields(EventKind::Duplicate, command, attempt, json!({}))
+                .unwrap_or_default(),
+            dead_letter: Vec::new(),
+        }
+    }
+
+    fn result(
+        &self,
+        command: &Command,
+        attempt: u32,
+        status: Status,
+        data: Value,
+        failure: Option<Failure>,
+    ) -> Fields {
+        let content_type = command.envelope.data.content_type;
+        let mut result = CommandResult::new(
+            command.envelope.id,
+            status,
+            &self.source,
+            Payload {
+                content_type,
+                value: data,
+            },
+        );
+        result.envelope.traceparent = command.envelope.traceparent;
+        result.envelope.tracestate = command.envelope.tracestate.clone();
+        result.attempt = attempt;
+        result.role = Some(self.role.clone());
+        result.failure = failure;
+        result.runid = command.runid.clone();
+        result.stepid = command.stepid.clone();
+        match result.encode() {
+            Ok(fields) => fields,
+            Err(e) => {
+                // The handler's output cannot be encoded as the command's content type.
+                result.envelope.data = Payload::json(Value::Null);
+                result.status = Status::Failed;
+                result.failure = Some(Failure {
+                    errortype: ErrorType::HandlerError,
+                    error: e.to_string(),
+                    retryable: false,
+                });
+                result.encode().unwrap_or_default()
+            }
+        }
+    }
+
+    /// The finish that moves an entry to the dead-letter stream, answering its command (when
+    /// it has one) with a failed result so no client waits forever.
+    pub(crate) fn dead_letter(
+        &self,
+        entry: EntryId,
+        original: Fields,
+        command: &Command,
+        deliveries: u32,
+        errortype: ErrorType,
+        reason: String,
+    ) -> Finish {
+        let failure = Failure {
+            errortype: errortype.clone(),
+            error: reason.clone(),
+            retryable: false,
+        };
+        let mut finish = self.finish(entry, command, deliveries, Ending::Failed(failure));
+        let letter = DeadLetter {
+            stream: self.stream.clone(),
+            entry,
+            deliveries,
+            errortype: errortype.clone(),
+            reason: reason.clone(),
+            consumer: self.consumer.clone(),
+            time: jiff::Timestamp::now(),
+            original,
+        };
+        finish.dead_letter = letter.encode();
+        let detail =
+            json!({"errortype": errortype.as_str(), "reason": reason, "deliveries": deliveries});
+        finish.events = self
+            .event_fields(EventKind::DeadLettered, command, deliveries, detail)
+            .into_iter()
+            .collect();
+        finish
+    }
+}
+
+fn canceled() -> Failure {
+    Failure {
+        errortype: ErrorType::Canceled,
+        error: "the command was cancelled".into(),
+        retryable: false,
+    }
+}

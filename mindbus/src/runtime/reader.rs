@@ -1,0 +1,128 @@
+//! The read loop: own pending entries first, then new ones, never more than free slots.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::worker::Delivery;
+use super::{Shared, retry_delays};
+use crate::Error;
+use crate::streams::{Redis, StreamEntry, ensure_group, parse_pending, parse_read};
+use crate::wire::EntryId;
+
+/// Reads commands until `stop` fires, reconnecting (and recreating the group) after errors.
+pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: CancellationToken) {
+    let mut conn = None;
+    let mut own_pending = true;
+    let mut delays = retry_delays();
+    while !stop.is_cancelled() {
+        match read_once(&shared, &redis, &mut conn, &mut own_pending, &stop).await {
+            Ok(()) => delays = retry_delays(),
+            Err(e) => {
+                tracing::warn!(stream = %shared.stream, error = %e, "reading commands failed; reconnecting");
+                // A read cut short may still have delivered entries to us: read our own
+                // pending entries again once reconnected.
+                conn = None;
+                own_pending = true;
+                let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+}
+
+async fn read_once(
+    shared: &Arc<Shared>,
+    redis: &Redis,
+    conn: &mut Option<MultiplexedConnection>,
+    own_pending: &mut bool,
+    stop: &CancellationToken,
+) -> Result<(), Error> {
+    let block = Duration::from_millis(shared.config.block_ms);
+    if conn.is_none() {
+        let mut fresh = redis.dedicated(block).await?;
+        ensure_group(&mut fresh, &shared.stream, &shared.role, "0").await?;
+        *conn = Some(fresh);
+    }
+    let Some(conn) = conn.as_mut() else {
+        return Ok(());
+    };
+    let mut permits = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        permits = take_slots(&shared.slots, shared.config.concurrency) => permits,
+    };
+    let from = if *own_pending { "0" } else { ">" };
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(&shared.role)
+        .arg(&shared.consumer)
+        .arg("COUNT")
+        .arg(permits.len());
+    if !*own_pending {
+        cmd.arg("BLOCK").arg(shared.config.block_ms);
+    }
+    cmd.arg("STREAMS").arg(&shared.stream).arg(from);
+    let reply = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        reply = cmd.query_async(conn) => reply?,
+    };
+    let entries: Vec<StreamEntry> = parse_read(reply)?
+        .into_iter()
+        .flat_map(|(_, e)| e)
+        .collect();
+    let counts = if *own_pending {
+        *own_pending = entries.len() >= permits.len();
+        delivery_counts(conn, shared, &entries).await?
+    } else {
+        HashMap::new()
+    };
+    for entry in entries {
+        let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+        let Some(permit) = permits.pop() else { break };
+        shared.dispatch(Delivery { entry, deliveries }, permit);
+    }
+    Ok(())
+}
+
+/// Waits for one free slot, then takes up to `max` without waiting.
+pub(crate) async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
+    let Ok(first) = Arc::clone(slots).acquire_owned().await else {
+        return Vec::new();
+    };
+    let mut permits = vec![first];
+    while permits.len() < max {
+        match Arc::clone(slots).try_acquire_owned() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => break,
+        }
+    }
+    permits
+}
+
+/// How many times each of our pending `entries` has been delivered.
+pub(crate) async fn delivery_counts<C: ConnectionLike + Send>(
+    conn: &mut C,
+    shared: &Shared,
+    entries: &[StreamEntry],
+) -> Result<HashMap<EntryId, u32>, Error> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(HashMap::new());
+    };
+    let reply = redis::cmd("XPENDING")
+        .arg(&shared.stream)
+        .arg(&shared.role)
+        .arg(first.id.to_string())
+        .arg(last.id.to_string())
+        .arg(entries.len())
+        .arg(&shared.consumer)
+        .query_async(conn)
+        .await?;
+    Ok(parse_pending(reply)?
+        .into_iter()
+        .map(|(id, _, count)| (id, count))
+        .collect())
+}

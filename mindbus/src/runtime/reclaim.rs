@@ -1,0 +1,84 @@
+//! Reclaiming: entries of dead or stalled consumers, idle longer than the lease, are taken
+//! over with XAUTOCLAIM; our own running entries have their leases renewed meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::reader::delivery_counts;
+use super::worker::Delivery;
+use crate::Error;
+use crate::streams::parse_autoclaim;
+use crate::wire::EntryId;
+
+/// Most entries claimed in one round.
+const MAX_CLAIM: usize = 100;
+
+/// Every quarter lease, claims idle entries (as many as there are free slots).
+pub(crate) async fn reclaim_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (Duration::from_millis(shared.config.lease_ms) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut cursor = EntryId::ZERO;
+    loop {
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
+        match reclaim_once(&shared, &mut cursor).await {
+            Ok(0) => {}
+            Ok(claimed) => {
+                tracing::info!(stream = %shared.stream, claimed, "reclaimed idle entries")
+            }
+            Err(e) => tracing::warn!(stream = %shared.stream, error = %e, "reclaiming failed"),
+        }
+    }
+}
+
+async fn reclaim_once(shared: &Arc<Shared>, cursor: &mut EntryId) -> Result<usize, Error> {
+    let mut permits = Vec::new();
+    while permits.len() < MAX_CLAIM {
+        match Arc::clone(&shared.slots).try_acquire_owned() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => break,
+        }
+    }
+    if permits.is_empty() {
+        return Ok(0);
+    }
+    let mut conn = shared.conn.clone();
+    let reply = redis::cmd("XAUTOCLAIM")
+        .arg(&shared.stream)
+        .arg(&shared.role)
+        .arg(&shared.consumer)
+        .arg(shared.config.lease_ms)
+        .arg(cursor.to_string())
+        .arg("COUNT")
+        .arg(permits.len())
+        .query_async(&mut conn)
+        .await?;
+    let (next, entries) = parse_autoclaim(reply)?;
+    *cursor = next;
+    let counts = delivery_counts(&mut conn, shared, &entries).await?;
+    let claimed = entries.len();
+    for entry in entries {
+        let deliveries = counts.get(&entry.id).copied().unwrap_or(2);
+        let Some(permit) = permits.pop() else { break };
+        shared.dispatch(Delivery { entry, deliveries }, permit);
+    }
+    Ok(claimed)
+}
+
+/// Every third of a lease, renews the leases of the entries running here.
+pub(crate) async fn renew_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (Duration::from_millis(shared.config.lease_ms) / 3).max(Duration::from_millis(30));
+    loop {
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
+        let running = shared.cancellations.running();
+        match shared.leases.renew(&running).await {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::warn!(stream = %shared.stream, lost = lost.len(), "leases lost to another consumer; their results will be deduplicated")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(stream = %shared.stream, error = %e, "renewing leases failed"),
+        }
+    }
+}

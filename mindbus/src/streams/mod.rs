@@ -1,0 +1,90 @@
+//! Redis plumbing for streams: connections, consumer groups and reply parsing.
+//!
+//! Two kinds of connection, never mixed: one shared, multiplexed, self-reconnecting
+//! connection for writes, and a dedicated connection for each blocking read loop (a blocking
+//! read on a multiplexed connection stalls every clone of it).
+
+mod reply;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, RedisError};
+use secrecy::{ExposeSecret, SecretString};
+
+pub use reply::{StreamEntry, parse_autoclaim, parse_pending, parse_read};
+
+use crate::Error;
+
+/// How long any non-blocking request may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Redis server to connect to.
+#[derive(Debug, Clone)]
+pub struct Redis {
+    client: redis::Client,
+}
+
+impl Redis {
+    /// Parses the URL; connects lazily.
+    pub fn open(url: &SecretString) -> Result<Self, Error> {
+        let client = redis::Client::open(url.expose_secret())
+            .map_err(|e| Error::Config(format!("redis url: {e}")))?;
+        Ok(Self { client })
+    }
+
+    /// The shared connection for writes and short requests; it reconnects after a failure.
+    pub async fn shared(&self) -> Result<ConnectionManager, Error> {
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        Ok(ConnectionManager::new_with_config(self.client.clone(), config).await?)
+    }
+
+    /// A connection of its own for a loop that blocks `block` at a time: its response
+    /// timeout is longer than the block, so a blocked read is never cut short while the
+    /// server goes on to deliver the entries into the pending list.
+    pub async fn dedicated(&self, block: Duration) -> Result<MultiplexedConnection, Error> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(block + RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+}
+
+/// Creates `group` on `stream` (and the stream itself) unless it exists.
+pub async fn ensure_group<C>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    start: &str,
+) -> Result<(), Error>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let created: Result<(), RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg(start)
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an error means the consumer group (or its stream) vanished, e.g. after a Redis
+/// restart without persistence; the caller recreates it.
+pub fn is_nogroup(err: &Error) -> bool {
+    matches!(err, Error::Redis(e) if e.code() == Some("NOGROUP"))
+}
