@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::reader::delivery_counts;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::reader::{delivery_counts, take_slots};
 use super::worker::Delivery;
 use crate::Error;
 use crate::streams::parse_autoclaim;
@@ -23,7 +25,13 @@ pub(crate) async fn reclaim_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut cursor = EntryId::ZERO;
     loop {
         tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
-        match reclaim_once(&shared, &mut cursor).await {
+        // The reader holds its slots while it blocks; the semaphore is fair, so waiting here
+        // gets slots as soon as that read returns.
+        let permits = tokio::select! {
+            _ = stop.cancelled() => return,
+            permits = take_slots(&shared.slots, MAX_CLAIM) => permits,
+        };
+        match reclaim_once(&shared, &mut cursor, permits).await {
             Ok(0) => {}
             Ok(claimed) => {
                 tracing::info!(stream = %shared.stream, claimed, "reclaimed idle entries")
@@ -33,14 +41,11 @@ pub(crate) async fn reclaim_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn reclaim_once(shared: &Arc<Shared>, cursor: &mut EntryId) -> Result<usize, Error> {
-    let mut permits = Vec::new();
-    while permits.len() < MAX_CLAIM {
-        match Arc::clone(&shared.slots).try_acquire_owned() {
-            Ok(permit) => permits.push(permit),
-            Err(_) => break,
-        }
-    }
+async fn reclaim_once(
+    shared: &Arc<Shared>,
+    cursor: &mut EntryId,
+    mut permits: Vec<OwnedSemaphorePermit>,
+) -> Result<usize, Error> {
     if permits.is_empty() {
         return Ok(0);
     }

@@ -1,1 +1,113 @@
-fn main() {}
+//! `mindbus`: publish commands, follow streams, inspect groups and dead letters, check config.
+
+mod dlq;
+mod send;
+mod show;
+mod status;
+mod tail;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mindbus::bus::Bus;
+use mindbus::config::Config;
+
+/// The MindBus command line.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A YAML config file (see config/mindbus.yaml).
+    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL (overrides the file and REDIS_URL).
+    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Key prefix.
+    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
+    prefix: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish a command to a role, optionally waiting for its result.
+    Send(send::SendArgs),
+    /// Cancel a command by id.
+    Cancel {
+        /// The command id.
+        id: uuid::Uuid,
+    },
+    /// Follow streams live, decoded.
+    Tail(tail::TailArgs),
+    /// Streams, groups, consumers, pending and lag, and dead letters.
+    Status,
+    /// Inspect dead letters and send them back.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and print every problem with its path.
+    Check {
+        /// The YAML file.
+        file: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
+        return check(file);
+    }
+    let config = load(&cli)?;
+    mindbus::telemetry::init(&config.log);
+    let bus = Bus::connect(&config.redis)
+        .await
+        .context("connecting to redis")?;
+    match cli.command {
+        Command::Send(args) => send::run(&bus, args).await,
+        Command::Cancel { id } => {
+            bus.cancel(id)
+                .await
+                .context("publishing the cancellation")?;
+            println!("cancel sent for {id}");
+            Ok(())
+        }
+        Command::Tail(args) => tail::run(&bus, args).await,
+        Command::Status => status::run(&bus).await,
+        Command::Dlq(command) => dlq::run(&bus, command).await,
+        Command::Config(_) => unreachable!("handled above"),
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config =
+        mindbus::config::load(cli.config.as_deref()).context("loading configuration")?;
+    if let Some(url) = &cli.redis_url {
+        config.redis.url = url.clone().into();
+    }
+    if let Some(prefix) = &cli.prefix {
+        config.redis.prefix = prefix.clone();
+    }
+    Ok(config)
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let problems = mindbus::config::check_file(file);
+    if problems.is_empty() {
+        println!("{}: ok", file.display());
+        return Ok(());
+    }
+    for problem in &problems {
+        println!("{}: {problem}", file.display());
+    }
+    eprintln!("{} problem(s) in {}", problems.len(), file.display());
+    std::process::exit(1)
+}

@@ -1,0 +1,182 @@
+//! Deadlines, cancellation, retries, SIGTERM and a Redis restart.
+
+use std::time::Duration;
+
+use mindbus::wire::{Command, ErrorType, EventKind, Payload, Status};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::support::{Mesh, by_command, redis_cli};
+
+#[tokio::test]
+async fn an_expired_command_is_not_run() {
+    let mesh = Mesh::new("deadline").await;
+    let _agent = mesh.agent(&[]);
+    let stream = mesh.stream("cmd:{echo}");
+    redis_cli(
+        &mesh.url,
+        &[
+            "XADD",
+            &stream,
+            "*",
+            "type",
+            "echo.say",
+            "data",
+            "{}",
+            "deadline",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
+    let result = mesh
+        .wait_results(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(result.status, Status::Failed);
+    assert_eq!(
+        result.failure.unwrap().errortype,
+        ErrorType::DeadlineExceeded
+    );
+    assert!(
+        mesh.events()
+            .await
+            .iter()
+            .all(|e| e.kind() != Some(EventKind::Started)),
+        "it never started"
+    );
+}
+
+#[tokio::test]
+async fn a_running_command_stops_at_its_deadline() {
+    let mesh = Mesh::new("deadline2").await;
+    let _agent = mesh.agent(&[]);
+    let mut command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 60_000})));
+    command.deadline = Some(jiff::Timestamp::now() + Duration::from_millis(500));
+    let result = mesh
+        .bus
+        .call("echo", command, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("a result");
+    assert_eq!(
+        result.failure.unwrap().errortype,
+        ErrorType::DeadlineExceeded
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_long_command_stops_and_reports_canceled() {
+    let mesh = Mesh::new("cancel").await;
+    let _agent = mesh.agent(&[]);
+    let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 60_000})));
+    let id = command.envelope.id;
+    mesh.bus.publish("echo", &command).await.unwrap();
+    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+        .await; // received, started
+    let cancelled_at = Instant::now();
+    mesh.bus.cancel(id).await.unwrap();
+    let result = mesh
+        .wait_results(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(result.correlationid, id);
+    assert_eq!(result.status, Status::Canceled);
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(10),
+        "stopped long before its 60 s of work"
+    );
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_with_backoff() {
+    let mesh = Mesh::new("retry").await;
+    let _agent = mesh.agent(&[]);
+    let command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 2})));
+    let result = mesh
+        .bus
+        .call("echo", command, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("a result");
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(result.attempt, 3);
+    let retried = mesh
+        .events()
+        .await
+        .iter()
+        .filter(|e| e.kind() == Some(EventKind::Retried))
+        .count();
+    assert_eq!(retried, 2);
+}
+
+#[tokio::test]
+async fn sigterm_during_work_exits_0_and_loses_nothing() {
+    let mesh = Mesh::new("sigterm").await;
+    let mut first = mesh.agent(&[
+        "--concurrency",
+        "8",
+        "--shutdown-grace-ms",
+        "5000",
+        "--lease-ms",
+        "2000",
+    ]);
+    mesh.wait_consumers(1).await;
+    let total = 40;
+    for i in 0..total {
+        mesh.bus
+            .publish(
+                "echo",
+                &Command::new("echo.say", Payload::json(json!({"i": i, "sleep_ms": 300}))),
+            )
+            .await
+            .unwrap();
+    }
+    mesh.wait_len(&mesh.stream("event"), 4, Duration::from_secs(20))
+        .await;
+    kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), first.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(mesh.stream("cmd:{echo}"))
+        .arg("echo")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    assert!(
+        pending.is_empty(),
+        "in-flight work finished and was acknowledged before exit: {pending:?}"
+    );
+    let _second = mesh.agent(&[]);
+    let results = mesh.wait_results(total, Duration::from_secs(30)).await;
+    assert_eq!(by_command(&results).len(), total, "nothing lost");
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_hands_work_back() {
+    let mesh = Mesh::new("handback").await;
+    let mut first = mesh.agent(&["--shutdown-grace-ms", "200", "--lease-ms", "1000"]);
+    let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 3_000})));
+    mesh.bus.publish("echo", &command).await.unwrap();
+    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+        .await;
+    kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    assert!(first.wait().await.unwrap().success());
+    let _second = mesh.agent(&["--lease-ms", "1000"]);
+    let result = mesh
+        .wait_results(1, Duration::from_secs(30))
+        .await
+        .remove(0);
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(
+        result.attempt, 2,
+        "the second agent ran it as a second delivery"
+    );
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: real `mindbus-agent` processes against a real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod crash;
+mod lifecycle;
+mod poison;
+mod restart;
+mod round_trip;

@@ -1,0 +1,110 @@
+//! An agent keeps working across a kill and restart of its (private, AOF) Redis.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::Duration;
+
+use mindbus::wire::{Command, Payload, Status};
+use serde_json::json;
+
+use crate::support::{Mesh, by_command};
+
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start(dir: &Path, port: u16) -> Self {
+        let child = Process::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let server = Self { child, port };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private redis-server did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn agent_survives_a_redis_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = PrivateRedis::start(dir.path(), port);
+    let mesh = Mesh::on(&server.url(), "restart").await;
+    let _agent = mesh.agent(&[]);
+    let send = |i: usize| Command::new("echo.say", Payload::json(json!({"i": i})));
+    for i in 0..100 {
+        mesh.bus.publish("echo", &send(i)).await.unwrap();
+    }
+    mesh.wait_results(100, Duration::from_secs(20)).await;
+
+    server.kill();
+    server = PrivateRedis::start(dir.path(), port);
+    // The client's shared connection reconnects after a failed request; retry until it does.
+    for i in 100..200 {
+        let command = send(i);
+        for _ in 0..50 {
+            if mesh.bus.publish("echo", &command).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let results = mesh.wait_results(200, Duration::from_secs(60)).await;
+    let counts = by_command(&results);
+    assert_eq!(counts.len(), 200, "no command lost across the restart");
+    assert!(results.iter().all(|r| r.status == Status::Completed));
+    drop(server);
+}

@@ -1,0 +1,162 @@
+//! A command published with redis-cli or the Rust client gets its result from an echo agent.
+
+use std::time::Duration;
+
+use mindbus::wire::{Command, ContentType, EntryId, Origin, Payload, Status, derived_id};
+use serde_json::json;
+
+use crate::support::{Mesh, redis_cli};
+
+#[tokio::test]
+async fn redis_cli_command_gets_a_result() {
+    let mesh = Mesh::new("cli").await;
+    let _agent = mesh.agent(&[]);
+    let stream = mesh.stream("cmd:{echo}");
+    let entry: EntryId = redis_cli(
+        &mesh.url,
+        &[
+            "XADD",
+            &stream,
+            "*",
+            "type",
+            "echo.say",
+            "data",
+            r#"{"text":"hi"}"#,
+        ],
+    )
+    .parse()
+    .unwrap();
+    let id = derived_id(Origin {
+        stream: &stream,
+        entry,
+    });
+
+    let results = mesh.wait_results(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        results[0].correlationid, id,
+        "the result answers the command's derived id"
+    );
+    assert_eq!(results[0].status, Status::Completed);
+    assert_eq!(results[0].envelope.data.value, json!({"text": "hi"}));
+    assert_eq!(
+        results[0].envelope.traceparent.trace_id_hex(),
+        id.simple().to_string(),
+        "the default trace is rooted at the command id"
+    );
+}
+
+#[tokio::test]
+async fn call_waits_on_a_private_reply_stream_in_both_encodings() {
+    let mesh = Mesh::new("call").await;
+    let _agent = mesh.agent(&[]);
+    for content_type in [ContentType::Json, ContentType::MsgPack] {
+        let command = Command::new(
+            "echo.say",
+            Payload {
+                content_type,
+                value: json!({"n": 7, "list": ["a"]}),
+            },
+        );
+        let id = command.envelope.id;
+        let result = mesh
+            .bus
+            .call("echo", command, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .expect("a result");
+        assert_eq!(result.correlationid, id);
+        assert_eq!(
+            result.envelope.data.content_type, content_type,
+            "the result answers in the command's encoding"
+        );
+        assert_eq!(result.envelope.data.value, json!({"n": 7, "list": ["a"]}));
+    }
+}
+
+#[tokio::test]
+async fn events_trace_the_lifecycle_and_unknown_fields_survive() {
+    let mesh = Mesh::new("events").await;
+    let _agent = mesh.agent(&[]);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let stream = mesh.stream("cmd:{echo}");
+    redis_cli(
+        &mesh.url,
+        &[
+            "XADD",
+            &stream,
+            "*",
+            "type",
+            "echo.say",
+            "data",
+            "{}",
+            "traceparent",
+            tp,
+            "runid",
+            "r1",
+            "tenant",
+            "acme",
+        ],
+    );
+    let result = mesh
+        .wait_results(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(result.envelope.traceparent.to_string(), tp);
+    assert_eq!(result.runid.as_deref(), Some("r1"));
+    mesh.wait_len(&mesh.stream("event"), 3, Duration::from_secs(5))
+        .await;
+    let kinds: Vec<String> = mesh
+        .events()
+        .await
+        .into_iter()
+        .map(|e| {
+            assert_eq!(
+                e.envelope.traceparent.to_string(),
+                tp,
+                "every event carries the trace"
+            );
+            assert_eq!(e.correlationid, Some(result.correlationid));
+            e.envelope.ty
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "mindbus.command.received",
+            "mindbus.command.started",
+            "mindbus.command.completed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn cli_send_wait_prints_the_result() {
+    let mesh = Mesh::new("send").await;
+    let _agent = mesh.agent(&[]);
+    let out = mesh
+        .cli()
+        .args([
+            "send",
+            "echo",
+            "echo.say",
+            r#"{"text":"from the cli"}"#,
+            "--wait",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["status"], "completed");
+    assert_eq!(printed["data"], json!({"text": "from the cli"}));
+
+    let failed = mesh
+        .cli()
+        .args(["send", "echo", "echo.say", r#"{"fail":"fatal"}"#, "--wait"])
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1), "a failed result exits 1");
+}

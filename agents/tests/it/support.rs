@@ -1,0 +1,256 @@
+//! Test support: a private key prefix per test, agent processes, and waiting on streams.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mindbus::bus::Bus;
+use mindbus::config::RedisConfig;
+use mindbus::streams::parse_read;
+use mindbus::wire::{CommandResult, EntryId, Event, Fields, Origin};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A test's own key prefix on the shared Redis; its keys are deleted on drop.
+pub struct Mesh {
+    pub url: String,
+    pub prefix: String,
+    pub bus: Bus,
+}
+
+impl Mesh {
+    pub async fn new(name: &str) -> Self {
+        Self::on(&redis_url(), name).await
+    }
+
+    pub async fn on(url: &str, name: &str) -> Self {
+        let prefix = format!("t-{name}-{:08x}", rand_u32());
+        let config = RedisConfig {
+            url: url.to_string().into(),
+            prefix: prefix.clone(),
+        };
+        let bus = Bus::connect(&config).await.expect("redis is reachable");
+        Self {
+            url: url.into(),
+            prefix,
+            bus,
+        }
+    }
+
+    /// Starts `mindbus-agent --role echo` with extra flags.
+    pub fn agent(&self, extra: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_mindbus-agent"))
+            .args([
+                "--role",
+                "echo",
+                "--prefix",
+                &self.prefix,
+                "--redis-url",
+                &self.url,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("agent starts")
+    }
+
+    /// Runs the `mindbus` CLI (built beside the agent) against this mesh.
+    pub fn cli(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(sibling_binary("mindbus"));
+        cmd.args(["--prefix", &self.prefix, "--redis-url", &self.url]);
+        cmd
+    }
+
+    pub fn stream(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    /// Every entry of a stream.
+    pub async fn entries(&self, stream: &str) -> Vec<(EntryId, Fields)> {
+        let mut out = Vec::new();
+        let mut after = EntryId::ZERO.to_string();
+        loop {
+            let reply = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(10_000)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(&after)
+                .query_async(&mut self.bus.connection())
+                .await
+                .unwrap();
+            let batch: Vec<_> = parse_read(reply)
+                .unwrap()
+                .into_iter()
+                .flat_map(|(_, e)| e)
+                .collect();
+            let Some(last) = batch.last() else { return out };
+            after = last.id.to_string();
+            out.extend(batch.into_iter().filter_map(|e| Some((e.id, e.fields?))));
+        }
+    }
+
+    pub async fn results(&self) -> Vec<CommandResult> {
+        let stream = self.stream("result");
+        self.entries(&stream)
+            .await
+            .into_iter()
+            .map(|(id, f)| {
+                CommandResult::decode(
+                    f,
+                    Origin {
+                        stream: &stream,
+                        entry: id,
+                    },
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    pub async fn events(&self) -> Vec<Event> {
+        let stream = self.stream("event");
+        self.entries(&stream)
+            .await
+            .into_iter()
+            .map(|(id, f)| {
+                Event::decode(
+                    f,
+                    Origin {
+                        stream: &stream,
+                        entry: id,
+                    },
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// Waits until the result stream holds `n` entries, or panics after `timeout`.
+    pub async fn wait_results(&self, n: usize, timeout: Duration) -> Vec<CommandResult> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let len: usize = redis::cmd("XLEN")
+                .arg(self.stream("result"))
+                .query_async(&mut self.bus.connection())
+                .await
+                .unwrap();
+            if len >= n {
+                return self.results().await;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {len} of {n} results after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `stream` has at least `n` entries.
+    pub async fn wait_len(&self, stream: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let len: usize = redis::cmd("XLEN")
+                .arg(stream)
+                .query_async(&mut self.bus.connection())
+                .await
+                .unwrap();
+            if len >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stream} has {len} of {n} entries after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the echo group has `n` consumers that have read at least once.
+    pub async fn wait_consumers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let consumers: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(self.stream("cmd:{echo}"))
+                .arg("echo")
+                .query_async(&mut self.bus.connection())
+                .await;
+            if consumers.is_ok_and(|c| c.len() >= n) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} consumers did not join");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+/// A binary of this workspace, built next to `mindbus-agent`.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_mindbus-agent"));
+    let path = agent.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo nextest run --workspace`",
+        path.display()
+    );
+    path
+}
+
+pub fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    nanos ^ std::process::id().rotate_left(16) ^ (uuid::Uuid::now_v7().as_u128() as u32)
+}
+
+/// Results per command id.
+pub fn by_command(results: &[CommandResult]) -> HashMap<uuid::Uuid, usize> {
+    let mut counts = HashMap::new();
+    for r in results {
+        *counts.entry(r.correlationid).or_default() += 1;
+    }
+    counts
+}
+
+/// Runs `redis-cli` against `url` with `args`, returning its output.
+pub fn redis_cli(url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-u")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "redis-cli failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

@@ -1,0 +1,178 @@
+//! `mindbus dlq list|show|retry|drop`: inspect dead letters and send them back.
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use comfy_table::Table;
+use mindbus::bus::Bus;
+use mindbus::streams::{StreamEntry, parse_read};
+use mindbus::wire::{DeadLetter, EntryId};
+use redis::Value;
+
+use super::show::raw;
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
+    /// Show one dead letter with all its fields.
+    Show {
+        /// The dead letter's entry id in the dead-letter stream.
+        id: EntryId,
+    },
+    /// Send dead letters back to the stream they came from, unchanged, and remove them.
+    Retry {
+        /// Entry ids in the dead-letter stream.
+        ids: Vec<EntryId>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Remove dead letters.
+    Drop {
+        /// Entry ids in the dead-letter stream.
+        ids: Vec<EntryId>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+async fn range(
+    bus: &Bus,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> anyhow::Result<Vec<StreamEntry>> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(bus.keys().dead_letters())
+        .arg(start)
+        .arg(end)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(&mut bus.connection())
+        .await?;
+    // XRANGE answers with the entries alone; wrap them as an XREAD reply to reuse its parser.
+    let wrapped = Value::Array(vec![Value::Array(vec![
+        Value::BulkString(b"dlq".to_vec()),
+        reply,
+    ])]);
+    Ok(parse_read(wrapped)?
+        .into_iter()
+        .flat_map(|(_, e)| e)
+        .collect())
+}
+
+async fn selected(bus: &Bus, ids: &[EntryId], all: bool) -> anyhow::Result<Vec<StreamEntry>> {
+    if all {
+        return range(bus, "-", "+", 1_000_000).await;
+    }
+    if ids.is_empty() {
+        bail!("name dead-letter ids, or --all");
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        let found = range(bus, &id.to_string(), &id.to_string(), 1).await?;
+        out.push(
+            found
+                .into_iter()
+                .next()
+                .with_context(|| format!("no dead letter {id}"))?,
+        );
+    }
+    Ok(out)
+}
+
+pub async fn run(bus: &Bus, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { count } => list(bus, count).await,
+        DlqCommand::Show { id } => {
+            let entry = selected(bus, &[id], false).await?.remove(0);
+            for (name, value) in entry.fields.unwrap_or_default() {
+                println!("{name:>16}  {}", String::from_utf8_lossy(&value));
+            }
+            Ok(())
+        }
+        DlqCommand::Retry { ids, all } => retry(bus, selected(bus, &ids, all).await?).await,
+        DlqCommand::Drop { ids, all } => {
+            let entries = selected(bus, &ids, all).await?;
+            for entry in &entries {
+                let _: i64 = redis::cmd("XDEL")
+                    .arg(bus.keys().dead_letters())
+                    .arg(entry.id.to_string())
+                    .query_async(&mut bus.connection())
+                    .await?;
+            }
+            println!("dropped {} dead letter(s)", entries.len());
+            Ok(())
+        }
+    }
+}
+
+async fn list(bus: &Bus, count: usize) -> anyhow::Result<()> {
+    let mut table = Table::new();
+    table.set_header([
+        "dead letter",
+        "from stream",
+        "entry",
+        "deliveries",
+        "errortype",
+        "reason",
+    ]);
+    for entry in range(bus, "-", "+", count).await? {
+        let Some(fields) = entry.fields else { continue };
+        match DeadLetter::decode(fields.clone()) {
+            Ok(d) => table.add_row([
+                entry.id.to_string(),
+                d.stream,
+                d.entry.to_string(),
+                d.deliveries.to_string(),
+                d.errortype.to_string(),
+                d.reason,
+            ]),
+            Err(e) => table.add_row([
+                entry.id.to_string(),
+                "?".into(),
+                "?".into(),
+                "?".into(),
+                "?".into(),
+                format!("undecodable ({e}): {}", raw(&fields)),
+            ]),
+        };
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// Re-publishes each dead letter's original fields to its stream. The command's done key is
+/// cleared first, so its new result is not mistaken for a duplicate of the failed one.
+async fn retry(bus: &Bus, entries: Vec<StreamEntry>) -> anyhow::Result<()> {
+    let mut conn = bus.connection();
+    for entry in &entries {
+        let letter = DeadLetter::decode(entry.fields.clone().unwrap_or_default())
+            .with_context(|| format!("dead letter {}", entry.id))?;
+        let command_id = letter
+            .original
+            .iter()
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let mut pipe = redis::pipe();
+        if let Some(id) = command_id {
+            pipe.cmd("DEL").arg(bus.keys().done(&id)).ignore();
+        }
+        let add = pipe.cmd("XADD").arg(&letter.stream).arg("*");
+        for (name, value) in &letter.original {
+            add.arg(name).arg(value.as_slice());
+        }
+        pipe.cmd("XDEL")
+            .arg(bus.keys().dead_letters())
+            .arg(entry.id.to_string())
+            .ignore();
+        let (new_id,): (String,) = pipe.query_async(&mut conn).await?;
+        println!("{} -> {} {new_id}", entry.id, letter.stream);
+    }
+    Ok(())
+}

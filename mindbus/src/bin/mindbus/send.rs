@@ -1,0 +1,84 @@
+//! `mindbus send ROLE TYPE DATA [--wait]`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use mindbus::bus::{Bus, ResultWaiter};
+use mindbus::wire::{Command, ContentType, Payload, Status};
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The agent role, e.g. `echo`.
+    role: String,
+    /// The command type, e.g. `echo.say`.
+    #[arg(name = "TYPE")]
+    ty: String,
+    /// The command's data, as JSON.
+    data: String,
+    /// Wait for the result and print it; exit 1 unless it completed, 2 on timeout.
+    #[arg(long)]
+    wait: bool,
+    /// How long to wait, in milliseconds.
+    #[arg(long, default_value_t = 30_000, env = "MINDBUS_WAIT_MS")]
+    wait_ms: u64,
+    /// Send `data` as MessagePack instead of JSON.
+    #[arg(long)]
+    msgpack: bool,
+    /// Deliveries before dead-lettering.
+    #[arg(long)]
+    maxattempts: Option<u32>,
+    /// Deadline, in milliseconds from now.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+}
+
+pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
+    let value = serde_json::from_str(&args.data).context("DATA is not valid JSON")?;
+    let content_type = if args.msgpack {
+        ContentType::MsgPack
+    } else {
+        ContentType::Json
+    };
+    let mut command = Command::new(
+        &args.ty,
+        Payload {
+            content_type,
+            value,
+        },
+    );
+    command.envelope.source = "urn:mindbus:cli".into();
+    command.maxattempts = args.maxattempts;
+    command.deadline = args
+        .deadline_ms
+        .map(|ms| jiff::Timestamp::now() + Duration::from_millis(ms));
+    let id = command.envelope.id;
+    if !args.wait {
+        bus.publish(&args.role, &command)
+            .await
+            .context("publishing")?;
+        println!("{id}");
+        return Ok(());
+    }
+    let mut waiter = ResultWaiter::new(bus).await?;
+    let entry = bus
+        .publish(&args.role, &command)
+        .await
+        .context("publishing")?;
+    eprintln!("sent {id}; waiting for its result");
+    let Some(result) = waiter
+        .wait_result(entry, id, Duration::from_millis(args.wait_ms))
+        .await?
+    else {
+        eprintln!("no result for {id} within {} ms", args.wait_ms);
+        std::process::exit(2);
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&super::show::result_json(&result))?
+    );
+    if result.status != Status::Completed {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Rendering entries for people: one line each for `tail`, JSON for `send --wait`.
+
+use mindbus::keys::Keys;
+use mindbus::streams::StreamEntry;
+use mindbus::wire::{Command, CommandResult, DeadLetter, Event, Origin};
+use serde_json::{Value, json};
+
+/// A result as JSON, for printing.
+pub fn result_json(result: &CommandResult) -> Value {
+    let mut out = json!({
+        "correlationid": result.correlationid.to_string(),
+        "status": result.status.as_str(),
+        "attempt": result.attempt,
+        "role": result.role,
+        "data": result.envelope.data.value,
+    });
+    if let Some(failure) = &result.failure {
+        out["errortype"] = json!(failure.errortype.as_str());
+        out["error"] = json!(failure.error);
+        out["retryable"] = json!(failure.retryable);
+    }
+    out
+}
+
+/// What kind of stream a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Commands,
+    Results,
+    Events,
+    DeadLetters,
+    Other,
+}
+
+pub fn kind_of(keys: &Keys, stream: &str) -> StreamKind {
+    if keys.role_of(stream).is_some() {
+        StreamKind::Commands
+    } else if stream == keys.results() || stream.starts_with(&keys.reply("")) {
+        StreamKind::Results
+    } else if stream == keys.events() {
+        StreamKind::Events
+    } else if stream == keys.dead_letters() {
+        StreamKind::DeadLetters
+    } else {
+        StreamKind::Other
+    }
+}
+
+/// The decoded facts `tail` shows and filters on.
+#[derive(Debug, Default)]
+pub struct Line {
+    pub ty: String,
+    pub id: String,
+    pub correlation: String,
+    pub role: String,
+    pub detail: String,
+}
+
+pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
+    let Some(fields) = entry.fields.clone() else {
+        return Line {
+            detail: "(deleted)".into(),
+            ..Line::default()
+        };
+    };
+    let origin = Origin {
+        stream,
+        entry: entry.id,
+    };
+    let role = keys.role_of(stream).unwrap_or_default().to_owned();
+    let decoded = match kind_of(keys, stream) {
+        StreamKind::Commands => Command::decode(fields.clone(), origin).map(|c| Line {
+            ty: c.envelope.ty,
+            id: c.envelope.id.to_string(),
+            role,
+            detail: format!("data={}", c.envelope.data.value),
+            ..Line::default()
+        }),
+        StreamKind::Results => CommandResult::decode(fields.clone(), origin).map(|r| Line {
+            ty: r.envelope.ty.clone(),
+            id: r.envelope.id.to_string(),
+            correlation: r.correlationid.to_string(),
+            role: r.role.clone().unwrap_or_default(),
+            detail: format!(
+                "status={} attempt={} {}",
+                r.status,
+                r.attempt,
+                failure_or_data(&r)
+            ),
+        }),
+        StreamKind::Events => Event::decode(fields.clone(), origin).map(|e| Line {
+            ty: e.envelope.ty,
+            id: e.envelope.id.to_string(),
+            correlation: e.correlationid.map(|c| c.to_string()).unwrap_or_default(),
+            role: e.role.unwrap_or_default(),
+            detail: format!(
+                "attempt={} data={}",
+                e.attempt.unwrap_or_default(),
+                e.envelope.data.value
+            ),
+        }),
+        StreamKind::DeadLetters => DeadLetter::decode(fields.clone()).map(|d| Line {
+            ty: "mindbus.deadletter".into(),
+            role: keys.role_of(&d.stream).unwrap_or_default().to_owned(),
+            detail: format!(
+                "from={} {} deliveries={} errortype={} reason={:?}",
+                d.stream, d.entry, d.deliveries, d.errortype, d.reason
+            ),
+            ..Line::default()
+        }),
+        StreamKind::Other => Err(mindbus::wire::WireError::invalid(
+            "type",
+            "unknown stream kind",
+        )),
+    };
+    decoded.unwrap_or_else(|e| Line {
+        detail: format!("undecodable ({e}): {}", raw(&fields)),
+        ..Line::default()
+    })
+}
+
+fn failure_or_data(result: &CommandResult) -> String {
+    match &result.failure {
+        Some(f) => format!("errortype={} error={:?}", f.errortype, f.error),
+        None => format!("data={}", result.envelope.data.value),
+    }
+}
+
+pub fn raw(fields: &[(String, Vec<u8>)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
