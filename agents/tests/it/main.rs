@@ -4,6 +4,7 @@
 mod support;
 
 mod crash;
+mod languages;
 mod lifecycle;
 mod poison;
 mod restart;

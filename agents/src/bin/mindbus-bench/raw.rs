@@ -1,0 +1,117 @@
+//! The baseline consumer: plain redis commands, no MindBus code. It reads a batch with
+//! XREADGROUP, then writes every result and acknowledges the batch in one pipeline.
+
+use std::time::Duration;
+
+use redis::Value;
+
+pub async fn serve(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let stream = format!("{prefix}:cmd:{{echo}}");
+    let results = format!("{prefix}:result");
+    let consumer = format!("raw-{}", std::process::id());
+    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("echo")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await;
+    // A blocked read does not register the consumer on Redis 7.0; a plain one does.
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("echo")
+        .arg(&consumer)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg("0")
+        .query_async(&mut conn)
+        .await?;
+    loop {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("echo")
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(512)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await?;
+        let entries = mindbus_free_parse(reply);
+        if entries.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (id, fields) in &entries {
+            let mut add = redis::cmd("XADD");
+            add.arg(&results)
+                .arg("*")
+                .arg("correlationid")
+                .arg(find(fields, "id"))
+                .arg("status")
+                .arg("completed")
+                .arg("data")
+                .arg(find(fields, "data"));
+            pipe.add_command(add).ignore();
+            pipe.cmd("XACK").arg(&stream).arg("echo").arg(id).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+}
+
+fn find<'a>(fields: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> &'a [u8] {
+    fields
+        .iter()
+        .find(|(k, _)| k == name.as_bytes())
+        .map_or(&[], |(_, v)| v)
+}
+
+/// An entry id and its fields, as raw bytes.
+type RawEntry = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Parses an XREADGROUP reply by hand, so the baseline shares no code with MindBus.
+fn mindbus_free_parse(reply: Value) -> Vec<RawEntry> {
+    let mut out = Vec::new();
+    let Value::Array(streams) = reply else {
+        return out;
+    };
+    for stream in streams {
+        let Value::Array(mut pair) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = pair.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut parts) = entry else {
+                continue;
+            };
+            let (Some(Value::Array(flat)), Some(Value::BulkString(id))) =
+                (parts.pop(), parts.pop())
+            else {
+                continue;
+            };
+            let mut fields = Vec::new();
+            let mut it = flat.into_iter();
+            while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                (it.next(), it.next())
+            {
+                fields.push((k, v));
+            }
+            out.push((id, fields));
+        }
+    }
+    out
+}

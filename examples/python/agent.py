@@ -1,0 +1,79 @@
+"""A MindBus agent in Python: serves a role through the same consumer group as Rust agents.
+
+    python3 agent.py --role shout [--count N]
+
+It answers each command's `data.text` in upper case, writing the result to the result stream
+(and to `replyto` when the command names one) and acknowledging the command, as the Rust
+runtime does. Environment: REDIS_URL, MINDBUS_PREFIX.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import sys
+import uuid
+
+import redis
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def serve(r: redis.Redis, prefix: str, role: str, count: int) -> None:
+    stream = f"{prefix}:cmd:{{{role}}}"
+    consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    try:
+        r.xgroup_create(stream, role, id="0", mkstream=True)
+    except redis.ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+    print(f"serving {role} as {consumer}", file=sys.stderr, flush=True)
+    served = 0
+    while count == 0 or served < count:
+        answer = r.xreadgroup(role, consumer, {stream: ">"}, count=10, block=2000)
+        for _, entries in answer or []:
+            for entry_id, fields in entries:
+                handle(r, prefix, stream, role, consumer, entry_id, fields)
+                served += 1
+
+
+def handle(r, prefix, stream, role, consumer, entry_id, fields) -> None:
+    f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+    # A producer may leave `id` out; a real agent derives it from the entry id (see schemas/).
+    command_id = f.get("id") or str(uuid.uuid4())
+    data = json.loads(f.get("data") or "null") or {}
+    result = {
+        "id": str(uuid.uuid4()),
+        "type": "mindbus.result",
+        "source": f"python-agent/{role}/{consumer}",
+        "time": now(),
+        "datacontenttype": "application/json",
+        "data": json.dumps({"text": str(data.get("text", "")).upper()}),
+        "correlationid": command_id,
+        "status": "completed",
+        "attempt": "1",
+        "role": role,
+    }
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd(f"{prefix}:result", result)
+    if f.get("replyto"):
+        pipe.xadd(f["replyto"], result)
+    pipe.xack(stream, role, entry_id)
+    pipe.execute()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--role", default="shout")
+    parser.add_argument("--count", type=int, default=0, help="exit after serving this many (0: forever)")
+    args = parser.parse_args()
+    r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    serve(r, os.environ.get("MINDBUS_PREFIX", "mindbus"), args.role, args.count)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The main job: brings up two echo agents, sends a batch of commands through them, shows the
+# events and results as they happen, then shuts everything down and leaves nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+ensure_redis
+say "building"
+cargo build --release --quiet --bins
+bin=target/release
+export MINDBUS_PREFIX="demo-$$"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  redis-cli -u "$REDIS_URL" --scan --pattern "$MINDBUS_PREFIX:*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
+  stop_private_redis
+}
+trap cleanup EXIT
+
+say "starting two echo agents (prefix $MINDBUS_PREFIX)"
+for _ in 1 2; do
+  RUST_LOG=warn "$bin/mindbus-agent" --role echo --maxattempts 3 & pids+=($!)
+done
+"$bin/mindbus" tail --for-ms 600000 & pids+=($!)
+sleep 0.5
+
+say "sending commands (watch the events above)"
+"$bin/mindbus" send echo echo.say '{"text":"hello, agents"}' --wait
+"$bin/mindbus" send echo echo.say '{"text":"flaky once","fail_attempts":1}' --wait
+"$bin/mindbus" send echo echo.say '{"text":"packed","n":[1,2,3]}' --msgpack --wait
+"$bin/mindbus" send echo echo.say '{"text":"too slow","sleep_ms":5000}' --deadline-ms 300 --wait || true
+"$bin/mindbus" send echo echo.say '{"text":"poison","panic":true}' --wait 2>/dev/null || true
+redis-cli -u "$REDIS_URL" XADD "$MINDBUS_PREFIX:cmd:{echo}" '*' type echo.say data '{"text":' >/dev/null
+for i in $(seq 1 20); do "$bin/mindbus" send echo echo.say "{\"i\":$i,\"sleep_ms\":50}" >/dev/null; done
+sleep 1.5
+
+say "status"
+"$bin/mindbus" status
+say "dead letters"
+"$bin/mindbus" dlq list
+say "shutting down"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: unit, property, schema and end-to-end tests against a real Redis, and
+# the Python and node examples. Uses REDIS_URL when it answers, else a private redis-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+ensure_redis
+command -v python3 >/dev/null || install_with_apt python3
+python3 -c 'import redis' 2>/dev/null || { say "installing redis-py"; python3 -m pip install -q -r examples/python/requirements.txt 2>/dev/null || install_with_apt python3-redis; }
+command -v npm >/dev/null || install_with_apt npm
+[ -d examples/node/node_modules/redis ] || { say "installing node-redis"; npm ci --prefix examples/node --no-audit --no-fund --silent; }
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace "$@"
+else
+  say "cargo-nextest not found; using cargo test"
+  cargo test --workspace "$@"
+fi
