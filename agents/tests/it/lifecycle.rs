@@ -8,27 +8,20 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::support::{Mesh, by_command, redis_cli};
+use crate::support::{Mesh, by_command};
 
 #[tokio::test]
 async fn an_expired_command_is_not_run() {
     let mesh = Mesh::new("deadline").await;
     let _agent = mesh.agent(&[]);
-    let stream = mesh.stream("cmd:{echo}");
-    redis_cli(
-        &mesh.url,
-        &[
-            "XADD",
-            &stream,
-            "*",
-            "type",
-            "echo.say",
-            "data",
-            "{}",
-            "deadline",
-            "2020-01-01T00:00:00Z",
-        ],
-    );
+    mesh.xadd_cli(&[
+        "type",
+        "echo.say",
+        "data",
+        "{}",
+        "deadline",
+        "2020-01-01T00:00:00Z",
+    ]);
     let result = mesh
         .wait_results(1, Duration::from_secs(20))
         .await

@@ -5,7 +5,7 @@ use std::time::Duration;
 use mindbus::wire::{Command, DeadLetter, ErrorType, EventKind, Payload, Status};
 use serde_json::json;
 
-use crate::support::{Mesh, by_command, redis_cli};
+use crate::support::{Mesh, by_command};
 
 #[tokio::test]
 async fn a_command_that_always_panics_is_dead_lettered_after_maxattempts() {
@@ -73,47 +73,10 @@ async fn a_command_that_always_panics_is_dead_lettered_after_maxattempts() {
 async fn malformed_entries_are_dead_lettered_at_once_naming_the_field() {
     let mesh = Mesh::new("malformed").await;
     let _agent = mesh.agent(&[]);
-    let stream = mesh.stream("cmd:{echo}");
-    redis_cli(
-        &mesh.url,
-        &["XADD", &stream, "*", "data", r#"{"text":"no type"}"#],
-    );
-    redis_cli(
-        &mesh.url,
-        &[
-            "XADD",
-            &stream,
-            "*",
-            "type",
-            "echo.say",
-            "data",
-            r#"{"text":"#,
-        ],
-    );
-    redis_cli(
-        &mesh.url,
-        &[
-            "XADD",
-            &stream,
-            "*",
-            "type",
-            "echo.say",
-            "maxattempts",
-            "many",
-        ],
-    );
-    redis_cli(
-        &mesh.url,
-        &[
-            "XADD",
-            &stream,
-            "*",
-            "type",
-            "echo.say",
-            "data",
-            r#"{"ok":true}"#,
-        ],
-    );
+    mesh.xadd_cli(&["data", r#"{"text":"no type"}"#]);
+    mesh.xadd_cli(&["type", "echo.say", "data", r#"{"text":"#]);
+    mesh.xadd_cli(&["type", "echo.say", "maxattempts", "many"]);
+    mesh.xadd_cli(&["type", "echo.say", "data", r#"{"ok":true}"#]);
 
     let results = mesh.wait_results(4, Duration::from_secs(20)).await;
     let letters: Vec<DeadLetter> = mesh

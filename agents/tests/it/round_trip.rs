@@ -5,27 +5,17 @@ use std::time::Duration;
 use mindbus::wire::{Command, ContentType, EntryId, Origin, Payload, Status, derived_id};
 use serde_json::json;
 
-use crate::support::{Mesh, redis_cli};
+use crate::support::Mesh;
 
 #[tokio::test]
 async fn redis_cli_command_gets_a_result() {
     let mesh = Mesh::new("cli").await;
     let _agent = mesh.agent(&[]);
     let stream = mesh.stream("cmd:{echo}");
-    let entry: EntryId = redis_cli(
-        &mesh.url,
-        &[
-            "XADD",
-            &stream,
-            "*",
-            "type",
-            "echo.say",
-            "data",
-            r#"{"text":"hi"}"#,
-        ],
-    )
-    .parse()
-    .unwrap();
+    let entry: EntryId = mesh
+        .xadd_cli(&["type", "echo.say", "data", r#"{"text":"hi"}"#])
+        .parse()
+        .unwrap();
     let id = derived_id(Origin {
         stream: &stream,
         entry,
@@ -78,25 +68,18 @@ async fn events_trace_the_lifecycle_and_unknown_fields_survive() {
     let mesh = Mesh::new("events").await;
     let _agent = mesh.agent(&[]);
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let stream = mesh.stream("cmd:{echo}");
-    redis_cli(
-        &mesh.url,
-        &[
-            "XADD",
-            &stream,
-            "*",
-            "type",
-            "echo.say",
-            "data",
-            "{}",
-            "traceparent",
-            tp,
-            "runid",
-            "r1",
-            "tenant",
-            "acme",
-        ],
-    );
+    mesh.xadd_cli(&[
+        "type",
+        "echo.say",
+        "data",
+        "{}",
+        "traceparent",
+        tp,
+        "runid",
+        "r1",
+        "tenant",
+        "acme",
+    ]);
     let result = mesh
         .wait_results(1, Duration::from_secs(20))
         .await

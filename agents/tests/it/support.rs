@@ -68,6 +68,14 @@ impl Mesh {
         cmd
     }
 
+    /// `redis-cli XADD <prefix>:cmd:{echo} * <fields...>`, as a user would type it.
+    pub fn xadd_cli(&self, fields: &[&str]) -> String {
+        let stream = self.stream("cmd:{echo}");
+        let mut args = vec!["XADD", stream.as_str(), "*"];
+        args.extend_from_slice(fields);
+        redis_cli(&self.url, &args)
+    }
+
     pub fn stream(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.prefix)
     }
