@@ -17,7 +17,8 @@ use crate::wire::EntryId;
 /// Reads commands until `stop` fires, reconnecting (and recreating the group) after errors.
 pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: CancellationToken) {
     let mut conn = None;
-    let mut own_pending = true;
+    // `Some(id)`: still reading our own pending entries, after `id`; `None`: reading new ones.
+    let mut own_pending = Some(EntryId::ZERO);
     let mut delays = retry_delays();
     while !stop.is_cancelled() {
         match read_once(&shared, &redis, &mut conn, &mut own_pending, &stop).await {
@@ -27,7 +28,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: Cancellat
                 // A read cut short may still have delivered entries to us: read our own
                 // pending entries again once reconnected.
                 conn = None;
-                own_pending = true;
+                own_pending = Some(EntryId::ZERO);
                 let delay = delays.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
             }
@@ -39,7 +40,7 @@ async fn read_once(
     shared: &Arc<Shared>,
     redis: &Redis,
     conn: &mut Option<MultiplexedConnection>,
-    own_pending: &mut bool,
+    own_pending: &mut Option<EntryId>,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
     let block = Duration::from_millis(shared.config.block_ms);
@@ -55,14 +56,14 @@ async fn read_once(
         _ = stop.cancelled() => return Ok(()),
         permits = take_slots(&shared.slots, shared.config.concurrency) => permits,
     };
-    let from = if *own_pending { "0" } else { ">" };
+    let from = own_pending.map_or(">".to_owned(), |after| after.to_string());
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
         .arg(&shared.role)
         .arg(&shared.consumer)
         .arg("COUNT")
         .arg(permits.len());
-    if !*own_pending {
+    if own_pending.is_none() {
         cmd.arg("BLOCK").arg(shared.config.block_ms);
     }
     cmd.arg("STREAMS").arg(&shared.stream).arg(from);
@@ -74,8 +75,13 @@ async fn read_once(
         .into_iter()
         .flat_map(|(_, e)| e)
         .collect();
-    let counts = if *own_pending {
-        *own_pending = entries.len() >= permits.len();
+    let counts = if own_pending.is_some() {
+        // Entries already running here come back too; moving past them keeps this from
+        // re-reading the same ones while they run.
+        *own_pending = entries
+            .last()
+            .filter(|_| entries.len() >= permits.len())
+            .map(|last| last.id);
         delivery_counts(conn, shared, &entries).await?
     } else {
         HashMap::new()
