@@ -143,22 +143,8 @@ impl Mesh {
 
     /// Waits until the result stream holds `n` entries, or panics after `timeout`.
     pub async fn wait_results(&self, n: usize, timeout: Duration) -> Vec<CommandResult> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let len: usize = redis::cmd("XLEN")
-                .arg(self.stream("result"))
-                .query_async(&mut self.bus.connection())
-                .await
-                .unwrap();
-            if len >= n {
-                return self.results().await;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {len} of {n} results after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_len(&self.stream("result"), n, timeout).await;
+        self.results().await
     }
 
     /// Waits until `stream` has at least `n` entries.
