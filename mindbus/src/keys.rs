@@ -67,11 +67,6 @@ impl Keys {
         format!("{}:done:{command_id}", self.prefix)
     }
 
-    /// `<prefix>:canceled:<command id>`: set when a command is cancelled.
-    pub fn canceled(&self, command_id: &str) -> String {
-        format!("{}:canceled:{command_id}", self.prefix)
-    }
-
     /// The shared streams every deployment has, in display order.
     pub fn shared_streams(&self) -> [String; 3] {
         [self.results(), self.events(), self.dead_letters()]

@@ -82,6 +82,27 @@ async fn a_cancelled_long_command_stops_and_reports_canceled() {
 }
 
 #[tokio::test]
+async fn a_command_cancelled_before_any_agent_starts_never_runs() {
+    let mesh = Mesh::new("cancel-early").await;
+    let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 10})));
+    mesh.bus.publish("echo", &command).await.unwrap();
+    mesh.bus.cancel(command.envelope.id).await.unwrap();
+    let _agent = mesh.agent(&[]);
+    let result = mesh
+        .wait_results(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(result.status, Status::Canceled);
+    assert!(
+        mesh.events()
+            .await
+            .iter()
+            .all(|e| e.kind() != Some(EventKind::Started)),
+        "it never started"
+    );
+}
+
+#[tokio::test]
 async fn retryable_failures_are_retried_with_backoff() {
     let mesh = Mesh::new("retry").await;
     let _agent = mesh.agent(&[]);

@@ -17,8 +17,6 @@ use crate::keys::{Keys, validate_role};
 use crate::streams::Redis;
 use crate::wire::{Command, EntryId, Fields};
 
-/// How long a cancellation is remembered for commands that have not started yet.
-const CANCEL_TTL_SECS: u64 = 86_400;
 /// Approximate length the control stream is kept to.
 const CONTROL_MAXLEN: u64 = 10_000;
 
@@ -97,12 +95,6 @@ impl Bus {
     pub async fn cancel(&self, command_id: Uuid) -> Result<(), Error> {
         let id = command_id.to_string();
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.keys.canceled(&id))
-            .arg(1)
-            .arg("EX")
-            .arg(CANCEL_TTL_SECS)
-            .ignore();
         pipe.cmd("XADD")
             .arg(self.keys.control())
             .arg("MAXLEN")

@@ -14,6 +14,8 @@ use crate::wire::{EntryId, Origin};
 
 /// How far back a starting agent reads the control stream for cancellations.
 const LOOKBACK: Duration = Duration::from_secs(86_400);
+/// Control entries read at once.
+const READ_COUNT: usize = 1000;
 /// Most cancellations remembered.
 const REMEMBERED: usize = 10_000;
 
@@ -22,6 +24,8 @@ const REMEMBERED: usize = 10_000;
 pub(crate) struct Cancellations {
     running: Mutex<HashMap<EntryId, (Uuid, CancellationToken)>>,
     seen: Mutex<(HashSet<Uuid>, VecDeque<Uuid>)>,
+    /// Fires once the listener has read the control stream's history.
+    caught_up: CancellationToken,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -31,6 +35,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cancellations {
+    /// Waits until the control stream's history has been read (or `stop` fires): commands
+    /// are taken only then, so one cancelled before this agent started is never run.
+    pub async fn wait_caught_up(&self, stop: &CancellationToken) {
+        tokio::select! { _ = stop.cancelled() => {}, _ = self.caught_up.cancelled() => {} }
+    }
+
     /// Takes `entry` for this process; `false` when it already runs here (an entry can come
     /// back through a reclaim while its first run is still going).
     pub fn claim(&self, entry: EntryId, token: CancellationToken) -> bool {
@@ -101,18 +111,21 @@ pub(crate) async fn listen(
         };
         loop {
             let mut read = redis::cmd("XREAD");
-            read.arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(block.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(position.to_string());
+            read.arg("COUNT").arg(READ_COUNT);
+            // History is read without blocking, so an agent starts as soon as it has it.
+            if cancellations.caught_up.is_cancelled() {
+                read.arg("BLOCK").arg(block.as_millis() as u64);
+            }
+            read.arg("STREAMS").arg(&stream).arg(position.to_string());
             let reply = tokio::select! { _ = stop.cancelled() => return, reply = read.query_async(&mut conn) => reply };
             let Ok(entries) = reply.map_err(crate::Error::from).and_then(parse_read) else {
                 break;
             };
-            for entry in entries.into_iter().flat_map(|(_, e)| e) {
+            let entries: Vec<_> = entries.into_iter().flat_map(|(_, e)| e).collect();
+            if entries.len() < READ_COUNT {
+                cancellations.caught_up.cancel();
+            }
+            for entry in entries {
                 position = entry.id;
                 if let Some(command) = cancelled_command(&stream, entry.id, entry.fields) {
                     cancellations.cancel(command);

@@ -49,8 +49,9 @@ while i <= #ARGV do
     if ok then
       xadd(results, result, maxlen)
       if replyto ~= '' and #result > 0 then
-        xadd(replyto, result, 1000)
-        redis.call('EXPIRE', replyto, reply_ttl)
+        -- A bad replyto (e.g. a key of another type) must not fail the whole batch.
+        redis.pcall('XADD', replyto, 'MAXLEN', '~', 1000, '*', unpack(result))
+        redis.pcall('EXPIRE', replyto, reply_ttl)
       end
       for j = 1, k do
         xadd(events, evs[j], maxlen)

@@ -131,11 +131,14 @@ impl Agent {
             shared.consumer.clone(),
         );
         drop(shared);
-        if tokio::time::timeout(Duration::from_secs(10), writer)
+        let mut writer = writer;
+        if tokio::time::timeout(Duration::from_secs(10), &mut writer)
             .await
             .is_err()
         {
+            // Let it give up (a few tries), so nothing is written after entries are handed back.
             abort.cancel();
+            let _ = writer.await;
         }
         hand_back_rest(&mut conn, &leases, &stream, &group, &consumer, lease).await;
         tracing::info!("agent stopped");

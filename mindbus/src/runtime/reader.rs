@@ -20,6 +20,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: Cancellat
     // `Some(id)`: still reading our own pending entries, after `id`; `None`: reading new ones.
     let mut own_pending = Some(EntryId::ZERO);
     let mut delays = retry_delays();
+    shared.cancellations.wait_caught_up(&stop).await;
     while !stop.is_cancelled() {
         match read_once(&shared, &redis, &mut conn, &mut own_pending, &stop).await {
             Ok(()) => delays = retry_delays(),
@@ -123,7 +124,8 @@ pub(crate) async fn delivery_counts<C: ConnectionLike + Send>(
         .arg(&shared.role)
         .arg(first.id.to_string())
         .arg(last.id.to_string())
-        .arg(entries.len())
+        // Our running entries may lie in the same range: count them in.
+        .arg(entries.len() + shared.config.concurrency)
         .arg(&shared.consumer)
         .query_async(conn)
         .await?;

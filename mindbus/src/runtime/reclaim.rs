@@ -23,6 +23,7 @@ pub(crate) async fn reclaim_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let every = (Duration::from_millis(shared.config.lease_ms) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut cursor = EntryId::ZERO;
+    shared.cancellations.wait_caught_up(&stop).await;
     loop {
         tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
         // The reader holds its slots while it blocks; the semaphore is fair, so waiting here
