@@ -194,3 +194,37 @@ async fn sigterm_past_the_grace_period_hands_work_back() {
         "the second agent ran it as a second delivery"
     );
 }
+
+#[tokio::test]
+async fn a_command_published_twice_yields_one_accepted_result() {
+    let mesh = Mesh::new("dedup").await;
+    let _agent = mesh.agent(&[]);
+    let command = Command::new("echo.say", Payload::json(json!({"text": "once"})));
+    mesh.bus.publish("echo", &command).await.unwrap();
+    mesh.wait_results(1, Duration::from_secs(20)).await;
+    mesh.bus.publish("echo", &command).await.unwrap(); // a late duplicate, same id
+    mesh.wait_len(&mesh.stream("event"), 6, Duration::from_secs(20))
+        .await;
+    let events = mesh.events().await;
+    assert_eq!(
+        events.last().unwrap().kind(),
+        Some(EventKind::Duplicate),
+        "{:?}",
+        events.iter().map(|e| &e.envelope.ty).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        mesh.results().await.len(),
+        1,
+        "the duplicate's result was dropped"
+    );
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(mesh.stream("cmd:{echo}"))
+        .arg("echo")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    assert!(pending.is_empty(), "the duplicate was acknowledged");
+}

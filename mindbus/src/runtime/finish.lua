@@ -1,9 +1,11 @@
 -- Writes one batch of an agent's events and finished commands, in order, atomically.
 -- ARGV: commands, group, results, events, deadletters, maxlen, dedup_ttl, reply_ttl, then ops:
 --   E <n> <n fields...>                           an event
---   F <entry> <donekey> <replyto> <result> <k> <k events> <duplicate> <deadletter>
+--   F <entry> <donekey> <replyto> <result> <k> <k events> <deadletter>
 --     where each <...> group of fields is <n> followed by n values.
--- Returns one 1 (accepted) or 0 (duplicate) per F.
+-- Returns one 1 (accepted) or 0 (duplicate) per F; a duplicate's first event is written
+-- with type mindbus.command.duplicate instead.
+-- Fields are passed to XADD as slices of ARGV (no tables are built on the hot path).
 local commands, group, results, events, dlq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local maxlen, dedup_ttl, reply_ttl = ARGV[6], ARGV[7], ARGV[8]
 local i = 9
@@ -15,51 +17,67 @@ local function take()
   return v
 end
 
+-- A group of fields: returns where it starts and how many values it has.
 local function fields()
   local n = tonumber(take())
-  local out = {}
-  for j = 1, n do
-    out[j] = ARGV[i + j - 1]
-  end
+  local start = i
   i = i + n
-  return out
+  return start, n
 end
 
-local function xadd(stream, f, cap)
-  if #f == 0 then
-    return
+local function xadd(stream, start, n, cap)
+  if n > 0 then
+    redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', unpack(ARGV, start, start + n - 1))
   end
-  redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', unpack(f))
 end
 
-while i <= #ARGV do
+-- The event at `start`, retyped as a duplicate (rare, so a copy is fine).
+local function duplicate(start, n)
+  local copy = {}
+  for j = 0, n - 1 do
+    copy[j + 1] = ARGV[start + j]
+  end
+  for j = 1, n, 2 do
+    if copy[j] == 'type' then
+      copy[j + 1] = 'mindbus.command.duplicate'
+    end
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(copy))
+end
+
+local last = #ARGV
+while i <= last do
   local op = take()
   if op == 'E' then
-    xadd(events, fields(), maxlen)
+    local start, n = fields()
+    xadd(events, start, n, maxlen)
   else
     local entry, done, replyto = take(), take(), take()
-    local result = fields()
+    local rstart, rn = fields()
     local k = tonumber(take())
     local evs = {}
     for j = 1, k do
-      evs[j] = fields()
+      local start, n = fields()
+      evs[j] = {start, n}
     end
-    local duplicate, letter = fields(), fields()
+    local lstart, ln = fields()
     local ok = (done == '') or redis.call('SET', done, '1', 'NX', 'EX', dedup_ttl)
     if ok then
-      xadd(results, result, maxlen)
-      if replyto ~= '' and #result > 0 then
+      xadd(results, rstart, rn, maxlen)
+      if replyto ~= '' and rn > 0 then
         -- A bad replyto (e.g. a key of another type) must not fail the whole batch.
-        redis.pcall('XADD', replyto, 'MAXLEN', '~', 1000, '*', unpack(result))
+        redis.pcall('XADD', replyto, 'MAXLEN', '~', 1000, '*', unpack(ARGV, rstart, rstart + rn - 1))
         redis.pcall('EXPIRE', replyto, reply_ttl)
       end
       for j = 1, k do
-        xadd(events, evs[j], maxlen)
+        xadd(events, evs[j][1], evs[j][2], maxlen)
       end
-      xadd(dlq, letter, maxlen)
+      xadd(dlq, lstart, ln, maxlen)
       accepted[#accepted + 1] = 1
     else
-      xadd(events, duplicate, maxlen)
+      if k > 0 then
+        duplicate(evs[1][1], evs[1][2])
+      end
       accepted[#accepted + 1] = 0
     end
     if entry ~= '' then

@@ -83,9 +83,6 @@ impl Shared {
                 .event_fields(kind, command, attempt, detail)
                 .into_iter()
                 .collect(),
-            duplicate: self
-                .event_fields(EventKind::Duplicate, command, attempt, json!({}))
-                .unwrap_or_default(),
             dead_letter: Vec::new(),
         }
     }

@@ -8,14 +8,19 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use redis::Script;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use redis::aio::ConnectionManager;
+use redis::{Cmd, Script};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::wire::{EntryId, Fields};
 
 const MAX_BATCH: usize = 512;
+/// Batches sent before the first one is answered: the connection is pipelined, and Redis
+/// runs them in order, so events still leave in the order they happened.
+const IN_FLIGHT: usize = 4;
 
 /// What the writer is asked to write.
 #[derive(Debug)]
@@ -39,8 +44,6 @@ pub(crate) struct Finish {
     pub result: Fields,
     /// Events written when the result is accepted.
     pub events: Vec<Fields>,
-    /// The event written instead when it is a duplicate.
-    pub duplicate: Fields,
     /// A dead letter written when the result is accepted.
     pub dead_letter: Fields,
 }
@@ -62,33 +65,54 @@ pub(crate) struct Targets {
 /// retries with backoff; once `abort` fires it gives up on a batch after a few tries (the
 /// unacknowledged commands are then redelivered elsewhere, so nothing is lost).
 pub(crate) async fn run(
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     targets: Targets,
     mut rx: mpsc::Receiver<Write>,
     abort: CancellationToken,
 ) {
-    let script = Script::new(include_str!("finish.lua"));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (args, waiters) = encode(&targets, std::mem::take(&mut batch));
-        match write(&mut conn, &script, &args, &abort).await {
-            Some(accepted) => {
-                for (waiter, ok) in waiters.into_iter().zip(accepted) {
-                    let _ = waiter.send(ok == 1);
+    let script = Script::new(script_source());
+    let mut in_flight = FuturesOrdered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            Some((accepted, waiters)) = in_flight.next(), if !in_flight.is_empty() => deliver(accepted, waiters),
+            batch = next_batch(&mut rx), if open && in_flight.len() < IN_FLIGHT => match batch {
+                None => open = false,
+                Some(batch) => {
+                    let (cmd, waiters) = encode(&targets, script.get_hash(), batch);
+                    let (mut conn, script, abort) = (conn.clone(), script.clone(), abort.clone());
+                    in_flight.push_back(async move { (write(&mut conn, &script, &cmd, &abort).await, waiters) });
                 }
-            }
-            None => tracing::error!(
-                writes = waiters.len(),
-                "gave up writing a batch; its commands stay pending and will be redelivered"
-            ),
+            },
         }
     }
 }
 
+async fn next_batch(rx: &mut mpsc::Receiver<Write>) -> Option<Vec<Write>> {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    (rx.recv_many(&mut batch, MAX_BATCH).await > 0).then_some(batch)
+}
+
+fn deliver(accepted: Option<Vec<i64>>, waiters: Vec<oneshot::Sender<bool>>) {
+    match accepted {
+        Some(accepted) => {
+            for (waiter, ok) in waiters.into_iter().zip(accepted) {
+                let _ = waiter.send(ok == 1);
+            }
+        }
+        None => tracing::error!(
+            writes = waiters.len(),
+            "gave up writing a batch; its commands stay pending and will be redelivered"
+        ),
+    }
+}
+
+/// Runs the batch's EVALSHA, loading the script when Redis does not have it (after a
+/// restart, for instance) and retrying with backoff while Redis is unreachable.
 async fn write(
     conn: &mut ConnectionManager,
     script: &Script,
-    args: &[Vec<u8>],
+    cmd: &Cmd,
     abort: &CancellationToken,
 ) -> Option<Vec<i64>> {
     let mut delays = ExponentialBuilder::default()
@@ -99,12 +123,19 @@ async fn write(
         .build();
     let mut tries_after_abort = 0;
     loop {
-        let mut invocation = script.prepare_invoke();
-        for arg in args {
-            invocation.arg(arg.as_slice());
-        }
-        match invocation.invoke_async::<Vec<i64>>(conn).await {
+        match cmd.query_async::<Vec<i64>>(conn).await {
             Ok(accepted) => return Some(accepted),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let loaded: Result<String, _> = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(script_source())
+                    .query_async(conn)
+                    .await;
+                if loaded.is_ok_and(|hash| hash == script.get_hash()) {
+                    continue;
+                }
+                tracing::warn!("loading the finish script failed; retrying");
+            }
             Err(e) => tracing::warn!(error = %e, "writing to redis failed; retrying"),
         }
         if abort.is_cancelled() {
@@ -117,54 +148,50 @@ async fn write(
     }
 }
 
-fn push_fields(args: &mut Vec<Vec<u8>>, fields: Fields) {
-    args.push((fields.len() * 2).to_string().into_bytes());
+fn script_source() -> &'static str {
+    include_str!("finish.lua")
+}
+
+fn push_fields(cmd: &mut Cmd, fields: &Fields) {
+    cmd.arg(fields.len() * 2);
     for (name, value) in fields {
-        args.push(name.into_bytes());
-        args.push(value);
+        cmd.arg(name.as_bytes()).arg(value.as_slice());
     }
 }
 
-fn encode(t: &Targets, batch: Vec<Write>) -> (Vec<Vec<u8>>, Vec<oneshot::Sender<bool>>) {
-    let mut args: Vec<Vec<u8>> = [
-        &t.commands,
-        &t.group,
-        &t.results,
-        &t.events,
-        &t.dead_letters,
-    ]
-    .iter()
-    .map(|s| s.as_bytes().to_vec())
-    .chain([t.maxlen, t.dedup_ttl_secs, t.reply_ttl_secs].map(|n| n.to_string().into_bytes()))
-    .collect();
+/// One `EVALSHA` for the whole batch, its arguments written straight into the command.
+fn encode(t: &Targets, hash: &str, batch: Vec<Write>) -> (Cmd, Vec<oneshot::Sender<bool>>) {
+    let mut cmd = Cmd::with_capacity(16 + batch.len() * 40, 256 + batch.len() * 1024);
+    cmd.arg("EVALSHA").arg(hash).arg(0);
+    cmd.arg(&t.commands)
+        .arg(&t.group)
+        .arg(&t.results)
+        .arg(&t.events)
+        .arg(&t.dead_letters);
+    cmd.arg(t.maxlen)
+        .arg(t.dedup_ttl_secs)
+        .arg(t.reply_ttl_secs);
     let mut waiters = Vec::new();
     for write in batch {
         match write {
             Write::Event(fields) => {
-                args.push(b"E".to_vec());
-                push_fields(&mut args, fields);
+                cmd.arg("E");
+                push_fields(&mut cmd, &fields);
             }
             Write::Finish(finish, waiter) => {
-                args.push(b"F".to_vec());
-                args.push(
-                    finish
-                        .entry
-                        .map(|e| e.to_string())
-                        .unwrap_or_default()
-                        .into_bytes(),
-                );
-                args.push(finish.done_key.into_bytes());
-                args.push(finish.replyto.unwrap_or_default().into_bytes());
-                push_fields(&mut args, finish.result);
-                args.push(finish.events.len().to_string().into_bytes());
-                for event in finish.events {
-                    push_fields(&mut args, event);
+                cmd.arg("F")
+                    .arg(finish.entry.map(|e| e.to_string()).unwrap_or_default());
+                cmd.arg(finish.done_key)
+                    .arg(finish.replyto.unwrap_or_default());
+                push_fields(&mut cmd, &finish.result);
+                cmd.arg(finish.events.len());
+                for event in &finish.events {
+                    push_fields(&mut cmd, event);
                 }
-                push_fields(&mut args, finish.duplicate);
-                push_fields(&mut args, finish.dead_letter);
+                push_fields(&mut cmd, &finish.dead_letter);
                 waiters.push(waiter);
             }
         }
     }
-    (args, waiters)
+    (cmd, waiters)
 }
