@@ -1,8 +1,7 @@
--- Writes one batch of an agent's events and finished commands, in order, atomically.
--- ARGV: commands, group, results, events, deadletters, maxlen, dedup_ttl, reply_ttl, then ops:
---   E <n> <n fields...>                           an event
---   F <entry> <donekey> <replyto> <result> <k> <k events> <deadletter>
---     where each <...> group of fields is <n> followed by n values.
+-- Writes a run of an agent's finished commands, in order, atomically.
+-- ARGV: commands, group, results, events, deadletters, maxlen, dedup_ttl, reply_ttl, then per
+-- finished command: <entry> <donekey> <replyto> <result> <k> <k events> <deadletter>,
+-- where each <...> group of fields is <n> followed by n values.
 -- Returns one 1 (accepted) or 0 (duplicate) per F; a duplicate's first event is written
 -- with type mindbus.command.duplicate instead.
 -- Fields are passed to XADD as slices of ARGV (no tables are built on the hot path).
@@ -10,6 +9,7 @@ local commands, group, results, events, dlq = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local maxlen, dedup_ttl, reply_ttl = ARGV[6], ARGV[7], ARGV[8]
 local i = 9
 local accepted = {}
+local acks = {}
 
 local function take()
   local v = ARGV[i]
@@ -47,11 +47,7 @@ end
 
 local last = #ARGV
 while i <= last do
-  local op = take()
-  if op == 'E' then
-    local start, n = fields()
-    xadd(events, start, n, maxlen)
-  else
+  do
     local entry, done, replyto = take(), take(), take()
     local rstart, rn = fields()
     local k = tonumber(take())
@@ -81,8 +77,12 @@ while i <= last do
       accepted[#accepted + 1] = 0
     end
     if entry ~= '' then
-      redis.call('XACK', commands, group, entry)
+      acks[#acks + 1] = entry
     end
   end
+end
+-- One XACK for the whole run, still inside this atomic script.
+for j = 1, #acks, 1000 do
+  redis.call('XACK', commands, group, unpack(acks, j, math.min(j + 999, #acks)))
 end
 return accepted

@@ -1,5 +1,6 @@
-//! The agent's one ordered writer: events and finished commands leave the process in the
-//! order they happened, batched into one script call per round trip.
+//! The agent's one writer: events and finished commands leave the process in batches, one
+//! pipeline each (events as plain `XADD`s, then every finish of the batch in one script
+//! call), with a few batches in flight on the pipelined connection.
 //!
 //! A finished command is written atomically with its acknowledgement: the result is
 //! accepted only if no result for that command id was accepted before (`SET NX` on its
@@ -11,7 +12,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use redis::aio::ConnectionManager;
-use redis::{Cmd, Script};
+use redis::{Cmd, Pipeline};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +71,6 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Write>,
     abort: CancellationToken,
 ) {
-    let script = Script::new(script_source());
     let mut in_flight = FuturesOrdered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -79,9 +79,9 @@ pub(crate) async fn run(
             batch = next_batch(&mut rx), if open && in_flight.len() < IN_FLIGHT => match batch {
                 None => open = false,
                 Some(batch) => {
-                    let (cmd, waiters) = encode(&targets, script.get_hash(), batch);
-                    let (mut conn, script, abort) = (conn.clone(), script.clone(), abort.clone());
-                    in_flight.push_back(async move { (write(&mut conn, &script, &cmd, &abort).await, waiters) });
+                    let (pipe, waiters) = encode(&targets, batch);
+                    let (mut conn, abort) = (conn.clone(), abort.clone());
+                    in_flight.push_back(async move { (write(&mut conn, &pipe, &abort).await, waiters) });
                 }
             },
         }
@@ -94,25 +94,22 @@ async fn next_batch(rx: &mut mpsc::Receiver<Write>) -> Option<Vec<Write>> {
 }
 
 fn deliver(accepted: Option<Vec<i64>>, waiters: Vec<oneshot::Sender<bool>>) {
-    match accepted {
-        Some(accepted) => {
-            for (waiter, ok) in waiters.into_iter().zip(accepted) {
-                let _ = waiter.send(ok == 1);
-            }
-        }
-        None => tracing::error!(
+    let Some(accepted) = accepted else {
+        return tracing::error!(
             writes = waiters.len(),
             "gave up writing a batch; its commands stay pending and will be redelivered"
-        ),
+        );
+    };
+    for (waiter, ok) in waiters.into_iter().zip(accepted) {
+        let _ = waiter.send(ok == 1);
     }
 }
 
-/// Runs the batch's EVALSHA, loading the script when Redis does not have it (after a
-/// restart, for instance) and retrying with backoff while Redis is unreachable.
+/// Sends the batch's pipeline, retrying with backoff while Redis is unreachable. The
+/// script travels with every call (`EVAL`), so a restarted Redis needs no reloading.
 async fn write(
     conn: &mut ConnectionManager,
-    script: &Script,
-    cmd: &Cmd,
+    pipe: &Pipeline,
     abort: &CancellationToken,
 ) -> Option<Vec<i64>> {
     let mut delays = ExponentialBuilder::default()
@@ -123,19 +120,8 @@ async fn write(
         .build();
     let mut tries_after_abort = 0;
     loop {
-        match cmd.query_async::<Vec<i64>>(conn).await {
-            Ok(accepted) => return Some(accepted),
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let loaded: Result<String, _> = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(script_source())
-                    .query_async(conn)
-                    .await;
-                if loaded.is_ok_and(|hash| hash == script.get_hash()) {
-                    continue;
-                }
-                tracing::warn!("loading the finish script failed; retrying");
-            }
+        match pipe.query_async::<Vec<Vec<i64>>>(conn).await {
+            Ok(mut accepted) => return Some(accepted.pop().unwrap_or_default()),
             Err(e) => tracing::warn!(error = %e, "writing to redis failed; retrying"),
         }
         if abort.is_cancelled() {
@@ -148,9 +134,7 @@ async fn write(
     }
 }
 
-fn script_source() -> &'static str {
-    include_str!("finish.lua")
-}
+const FINISH_SCRIPT: &str = include_str!("finish.lua");
 
 fn push_fields(cmd: &mut Cmd, fields: &Fields) {
     cmd.arg(fields.len() * 2);
@@ -159,10 +143,48 @@ fn push_fields(cmd: &mut Cmd, fields: &Fields) {
     }
 }
 
-/// One `EVALSHA` for the whole batch, its arguments written straight into the command.
-fn encode(t: &Targets, hash: &str, batch: Vec<Write>) -> (Cmd, Vec<oneshot::Sender<bool>>) {
-    let mut cmd = Cmd::with_capacity(16 + batch.len() * 40, 256 + batch.len() * 1024);
-    cmd.arg("EVALSHA").arg(hash).arg(0);
+fn xadd(stream: &str, maxlen: u64, fields: &Fields) -> Cmd {
+    let mut cmd = Cmd::with_capacity(6 + fields.len() * 2, 64 + fields.len() * 48);
+    cmd.arg("XADD")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(maxlen)
+        .arg("*");
+    for (name, value) in fields {
+        cmd.arg(name.as_bytes()).arg(value.as_slice());
+    }
+    cmd
+}
+
+/// One pipeline for the batch: its events as plain `XADD`s, then all its finished commands
+/// in one `EVAL` of the finish script. A command's events are queued before its finish, so
+/// they still land before its terminal event.
+fn encode(t: &Targets, batch: Vec<Write>) -> (Pipeline, Vec<oneshot::Sender<bool>>) {
+    let mut pipe = redis::pipe();
+    let mut waiters = Vec::new();
+    let mut script = script_header(t);
+    for write in batch {
+        match write {
+            Write::Event(fields) => {
+                pipe.add_command(xadd(&t.events, t.maxlen, &fields))
+                    .ignore();
+            }
+            Write::Finish(finish, waiter) => {
+                push_finish(&mut script, finish);
+                waiters.push(waiter);
+            }
+        }
+    }
+    if !waiters.is_empty() {
+        pipe.add_command(script);
+    }
+    (pipe, waiters)
+}
+
+fn script_header(t: &Targets) -> Cmd {
+    let mut cmd = Cmd::with_capacity(512, 16 * 1024);
+    cmd.arg("EVAL").arg(FINISH_SCRIPT).arg(0);
     cmd.arg(&t.commands)
         .arg(&t.group)
         .arg(&t.results)
@@ -171,27 +193,17 @@ fn encode(t: &Targets, hash: &str, batch: Vec<Write>) -> (Cmd, Vec<oneshot::Send
     cmd.arg(t.maxlen)
         .arg(t.dedup_ttl_secs)
         .arg(t.reply_ttl_secs);
-    let mut waiters = Vec::new();
-    for write in batch {
-        match write {
-            Write::Event(fields) => {
-                cmd.arg("E");
-                push_fields(&mut cmd, &fields);
-            }
-            Write::Finish(finish, waiter) => {
-                cmd.arg("F")
-                    .arg(finish.entry.map(|e| e.to_string()).unwrap_or_default());
-                cmd.arg(finish.done_key)
-                    .arg(finish.replyto.unwrap_or_default());
-                push_fields(&mut cmd, &finish.result);
-                cmd.arg(finish.events.len());
-                for event in &finish.events {
-                    push_fields(&mut cmd, event);
-                }
-                push_fields(&mut cmd, &finish.dead_letter);
-                waiters.push(waiter);
-            }
-        }
+    cmd
+}
+
+fn push_finish(cmd: &mut Cmd, finish: Finish) {
+    cmd.arg(finish.entry.map(|e| e.to_string()).unwrap_or_default());
+    cmd.arg(finish.done_key)
+        .arg(finish.replyto.unwrap_or_default());
+    push_fields(cmd, &finish.result);
+    cmd.arg(finish.events.len());
+    for event in &finish.events {
+        push_fields(cmd, event);
     }
-    (cmd, waiters)
+    push_fields(cmd, &finish.dead_letter);
 }
