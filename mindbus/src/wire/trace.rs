@@ -37,8 +37,16 @@ impl TraceParent {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex; this is on every entry's hot path, so it allocates once and formats nothing.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 fn unhex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
