@@ -4,13 +4,11 @@
 //! # Layout
 //! - [`echo`]: the built-in `echo` role, which answers with what it was sent and can be told
 //!   to sleep, fail or panic, so tests and benchmarks drive every path of the runtime.
-//! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //!
 //! # Invariant
 //! An agent talks to nothing but its Redis streams.
 
 pub mod echo;
-pub mod shutdown;
 
 use mindbus::config::Config;
 use mindbus::runtime::Agent;

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     agent.maxattempts = args.maxattempts.unwrap_or(agent.maxattempts).max(1);
     agent.shutdown_grace_ms = args.shutdown_grace_ms.unwrap_or(agent.shutdown_grace_ms);
     mindbus::telemetry::init(&config.log);
-    let shutdown = mindbus_agents::shutdown::on_signal().context("installing signal handlers")?;
+    let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
     mindbus_agents::run(&config, &args.role, shutdown)
         .await
         .context("running the agent")

@@ -1,7 +1,8 @@
 //! Configuration: typed, validated before use, layered file → environment → flags.
 //!
 //! The file is YAML (`config/mindbus.yaml`). The environment overrides it with
-//! `MINDBUS_<SECTION>__<KEY>` (for example `MINDBUS_AGENT__CONCURRENCY=8`) and `REDIS_URL`.
+//! `MINDBUS_<SECTION>__<KEY>` (for example `MINDBUS_AGENT__CONCURRENCY=8`), `REDIS_URL` and
+//! `DATABASE_URL`.
 //! Every file is checked against the JSON Schema generated from these types, so a bad file
 //! gets every problem reported with its path, not just the first.
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// How agents consume commands.
     pub agent: AgentConfig,
+    /// How the monitor records entries and trims streams.
+    pub monitor: MonitorConfig,
     /// How processes log.
     pub log: LogConfig,
 }
@@ -97,6 +100,46 @@ impl Default for AgentConfig {
             dedup_ttl_secs: 86_400,
             reply_ttl_secs: 3_600,
             stream_maxlen: 1_000_000,
+        }
+    }
+}
+
+/// The monitor: Postgres, batching and stream retention.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Postgres URL; may hold a password, so it is never logged. Env: `DATABASE_URL`.
+    #[schemars(with = "String")]
+    pub database_url: SecretString,
+    /// Entries read and written per batch (per stream).
+    #[schemars(range(min = 1, max = 100_000))]
+    pub batch: usize,
+    /// Longest blocking read, in milliseconds.
+    #[schemars(range(min = 10, max = 60_000))]
+    pub block_ms: u64,
+    /// Entries of a dead monitor idle this long (ms) are reclaimed by a live one.
+    #[schemars(range(min = 100))]
+    pub lease_ms: u64,
+    /// Keep about this many entries per stream (0: no length limit). Trimming never passes
+    /// an entry that any consumer group has not yet acknowledged.
+    pub retain_entries: u64,
+    /// Keep entries this many seconds (0: no age limit), with the same guarantee.
+    pub retain_secs: u64,
+    /// How often streams are trimmed, in milliseconds.
+    #[schemars(range(min = 100))]
+    pub trim_every_ms: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from("postgres://localhost/mindbus"),
+            batch: 1_000,
+            block_ms: 1_000,
+            lease_ms: 30_000,
+            retain_entries: 100_000,
+            retain_secs: 0,
+            trim_every_ms: 10_000,
         }
     }
 }
@@ -178,6 +221,11 @@ fn figment(file: Option<&Path>) -> Figment {
                 .split("__"),
         )
         .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
+        .merge(
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "monitor.database_url".into()),
+        )
 }
 
 /// Loads the configuration: the file (if any), then the environment. Flags are applied by

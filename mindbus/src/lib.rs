@@ -8,6 +8,7 @@
 //! - [`bus`]: the client: publish, wait for results, follow streams, cancel.
 //! - [`runtime`]: the agent runtime, a [`runtime::Handler`] behind a consumer-group loop.
 //! - [`telemetry`]: logging setup for the binaries.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token, for the binaries.
 //!
 //! # Invariant
 //! Processes talk only through streams: everything one process tells another is an entry
@@ -18,6 +19,7 @@ pub mod config;
 mod error;
 pub mod keys;
 pub mod runtime;
+pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
 pub mod wire;

@@ -1,0 +1,269 @@
+//! The ingest loop: every MindBus stream through the monitor's consumer group, a batch at a
+//! time: read, insert (retrying while Postgres is away), then acknowledge.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use mindbus::config::MonitorConfig;
+use mindbus::keys::Keys;
+use mindbus::streams::{Redis, StreamEntry, ensure_group, parse_autoclaim, parse_read};
+use mindbus::wire::EntryId;
+use redis::aio::MultiplexedConnection;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::record;
+use crate::{GROUP, store};
+
+/// How often new streams (roles) are looked for.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+
+/// One monitor process.
+#[derive(Debug)]
+pub struct Ingest {
+    redis: Redis,
+    keys: Keys,
+    pool: PgPool,
+    config: MonitorConfig,
+    consumer: String,
+}
+
+/// Where this consumer reads each stream: its own pending entries after an id, or new ones.
+type Positions = HashMap<String, Option<EntryId>>;
+
+impl Ingest {
+    pub fn new(redis: Redis, keys: Keys, pool: PgPool, config: MonitorConfig) -> Self {
+        let consumer = format!("monitor-{}-{:012x}", std::process::id(), rand_bits());
+        Self {
+            redis,
+            keys,
+            pool,
+            config,
+            consumer,
+        }
+    }
+
+    /// Records entries until `stop` fires. A batch in progress is finished (or, while
+    /// Postgres is down, left pending for the next monitor) before returning.
+    pub async fn run(&self, stop: CancellationToken) {
+        let mut delays = delays();
+        while !stop.is_cancelled() {
+            match self.session(&stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "monitor lost redis; reconnecting");
+                    let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of work; returns `Ok` only when stopped.
+    async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
+        let mut conn = self
+            .redis
+            .dedicated(Duration::from_millis(self.config.block_ms))
+            .await?;
+        let mut positions = Positions::new();
+        let mut discovered = Instant::now() - DISCOVER_EVERY;
+        let mut reclaimed = Instant::now();
+        while !stop.is_cancelled() {
+            if discovered.elapsed() >= DISCOVER_EVERY {
+                self.discover(&mut conn, &mut positions).await?;
+                discovered = Instant::now();
+            }
+            if reclaimed.elapsed() >= Duration::from_millis(self.config.lease_ms / 2) {
+                self.reclaim(&mut conn, &positions, stop).await?;
+                reclaimed = Instant::now();
+            }
+            let batch = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                batch = self.read(&mut conn, &mut positions) => batch?,
+            };
+            self.record(&mut conn, batch, stop).await?;
+        }
+        Ok(())
+    }
+
+    async fn discover(
+        &self,
+        conn: &mut MultiplexedConnection,
+        positions: &mut Positions,
+    ) -> anyhow::Result<()> {
+        let mut streams = command_streams(conn, &self.keys).await?;
+        streams.extend(self.keys.shared_streams());
+        for stream in streams {
+            if let std::collections::hash_map::Entry::Vacant(slot) = positions.entry(stream) {
+                ensure_group(conn, slot.key(), GROUP, "0").await?;
+                slot.insert(Some(EntryId::ZERO));
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        positions: &mut Positions,
+    ) -> anyhow::Result<Vec<(String, Vec<StreamEntry>)>> {
+        let streams: Vec<(String, Option<EntryId>)> =
+            positions.iter().map(|(s, p)| (s.clone(), *p)).collect();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.config.batch);
+        if streams.iter().all(|(_, p)| p.is_none()) {
+            cmd.arg("BLOCK").arg(self.config.block_ms);
+        }
+        cmd.arg("STREAMS");
+        streams.iter().for_each(|(s, _)| {
+            cmd.arg(s);
+        });
+        streams.iter().for_each(|(_, p)| {
+            cmd.arg(p.map_or(">".to_owned(), |id| id.to_string()));
+        });
+        let read = match cmd.query_async(conn).await {
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // A stream or group vanished (e.g. Redis restarted): start over from discovery.
+                positions.clear();
+                return Ok(Vec::new());
+            }
+            other => parse_read(other?)?,
+        };
+        for (stream, position) in &streams {
+            if position.is_some() {
+                let got = read
+                    .iter()
+                    .find(|(s, _)| s == stream)
+                    .map_or(&[][..], |(_, e)| e.as_slice());
+                let next = got
+                    .last()
+                    .filter(|_| got.len() >= self.config.batch)
+                    .map(|e| e.id);
+                positions.insert(stream.clone(), next);
+            }
+        }
+        Ok(read)
+    }
+
+    /// Takes over entries a dead monitor left pending longer than the lease.
+    async fn reclaim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        positions: &Positions,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        for stream in positions.keys() {
+            let reply = redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(self.config.lease_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.config.batch)
+                .query_async(conn)
+                .await;
+            let Ok((_, entries)) = reply
+                .map_err(mindbus::Error::from)
+                .and_then(parse_autoclaim)
+            else {
+                continue;
+            };
+            if !entries.is_empty() {
+                tracing::info!(
+                    stream,
+                    entries = entries.len(),
+                    "reclaimed entries of a dead monitor"
+                );
+                self.record(conn, vec![(stream.clone(), entries)], stop)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the batch, retrying while Postgres is away, then acknowledges it.
+    async fn record(
+        &self,
+        conn: &mut MultiplexedConnection,
+        batch: Vec<(String, Vec<StreamEntry>)>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let rows: Vec<_> = batch
+            .iter()
+            .flat_map(|(s, entries)| entries.iter().filter_map(|e| record(&self.keys, s, e)))
+            .collect();
+        if rows.is_empty() && batch.iter().all(|(_, e)| e.is_empty()) {
+            return Ok(());
+        }
+        let mut delays = delays();
+        loop {
+            match store::insert(&self.pool, &rows).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = rows.len(), "postgres write failed; retrying (entries stay unacknowledged)");
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+                }
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (stream, entries) in &batch {
+            if !entries.is_empty() {
+                let ack = pipe.cmd("XACK").arg(stream).arg(GROUP);
+                entries.iter().for_each(|e| {
+                    ack.arg(e.id.to_string());
+                });
+                ack.ignore();
+            }
+        }
+        pipe.query_async::<()>(conn).await?;
+        Ok(())
+    }
+}
+
+/// Every role's command stream.
+pub async fn command_streams(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.commands_pattern())
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await?;
+        out.extend(found);
+        if next == 0 {
+            out.sort();
+            out.dedup();
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+fn delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn rand_bits() -> u64 {
+    uuid::Uuid::now_v7().as_u128() as u64 & 0xffff_ffff_ffff
+}

@@ -1,0 +1,88 @@
+//! The MindBus monitor: records every entry of every MindBus stream in Postgres, exactly
+//! once, and trims streams without ever passing an entry some group still needs.
+//!
+//! # Layout
+//! - [`record`]: a stream entry to a row (no IO); malformed entries become flagged rows.
+//! - [`store`]: migrations and idempotent batch inserts.
+//! - [`ingest`]: the consumer-group loop: read a batch, insert it, then acknowledge it.
+//! - [`trim`]: retention by length or age, bounded by every group's progress.
+//!
+//! # Invariant
+//! An entry is acknowledged only after the transaction holding its row has committed, and
+//! rows are unique by stream and entry id, so a crash at any point loses nothing and
+//! duplicates nothing.
+
+pub mod ingest;
+pub mod record;
+pub mod store;
+pub mod trim;
+
+/// The consumer group the monitor reads every stream with.
+pub const GROUP: &str = "mindbus-monitor";
+
+use std::time::Duration;
+
+use mindbus::config::Config;
+use mindbus::keys::Keys;
+use mindbus::streams::Redis;
+use tokio_util::sync::CancellationToken;
+
+/// Runs a monitor until `shutdown` fires: migrations (retried until Postgres answers),
+/// the ingest loop, and periodic trimming.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = store::connect(&config.monitor.database_url)?;
+    let mut tries = 0u32;
+    while let Err(e) = store::migrate(&pool).await {
+        tries += 1;
+        tracing::warn!(error = %e, tries, "migrations not applied yet; retrying");
+        tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+    }
+    let redis = Redis::open(&config.redis.url)?;
+    let keys = Keys::new(config.redis.prefix.clone());
+    let trimmer = tokio::spawn(trim_loop(
+        redis.clone(),
+        keys.clone(),
+        config.monitor.clone(),
+        shutdown.clone(),
+    ));
+    let ingest = ingest::Ingest::new(redis, keys, pool.clone(), config.monitor.clone());
+    tracing::info!("monitor started");
+    ingest.run(shutdown).await;
+    let _ = trimmer.await;
+    pool.close().await;
+    tracing::info!("monitor stopped");
+    Ok(())
+}
+
+async fn trim_loop(
+    redis: Redis,
+    keys: Keys,
+    config: mindbus::config::MonitorConfig,
+    stop: CancellationToken,
+) {
+    let every = Duration::from_millis(config.trim_every_ms);
+    loop {
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
+        let Ok(mut conn) = redis.shared().await else {
+            continue;
+        };
+        let Ok(mut streams) = redis
+            .dedicated(Duration::from_secs(1))
+            .await
+            .map_err(anyhow::Error::from)
+        else {
+            continue;
+        };
+        let mut all = ingest::command_streams(&mut streams, &keys)
+            .await
+            .unwrap_or_default();
+        all.extend(keys.shared_streams());
+        for stream in all {
+            match trim::trim(&mut conn, &stream, &config).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(stream, removed, "trimmed"),
+                Err(e) => tracing::warn!(stream, error = %e, "trimming failed"),
+            }
+        }
+    }
+}

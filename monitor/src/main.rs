@@ -1,0 +1,71 @@
+//! `mindbus-monitor`: records every MindBus stream entry in Postgres.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Record every MindBus stream entry in Postgres, exactly once.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A YAML config file (see config/mindbus.yaml).
+    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL (overrides the file and REDIS_URL).
+    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Postgres URL (overrides the file and DATABASE_URL).
+    #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Key prefix.
+    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
+    prefix: Option<String>,
+    /// Idle time in ms before a dead monitor's entries are reclaimed.
+    #[arg(long, global = true, env = "MINDBUS_MONITOR_LEASE_MS")]
+    lease_ms: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Record entries until SIGTERM (the default).
+    Run,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config =
+        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
+    if let Some(url) = args.redis_url {
+        config.redis.url = url.into();
+    }
+    if let Some(url) = args.database_url {
+        config.monitor.database_url = url.into();
+    }
+    if let Some(prefix) = args.prefix {
+        config.redis.prefix = prefix;
+    }
+    if let Some(lease) = args.lease_ms {
+        config.monitor.lease_ms = lease;
+    }
+    mindbus::telemetry::init(&config.log);
+    match args.command.unwrap_or(Command::Run) {
+        Command::Migrate => {
+            let pool = mindbus_monitor::store::connect(&config.monitor.database_url)?;
+            mindbus_monitor::store::migrate(&pool)
+                .await
+                .context("applying migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Run => {
+            let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
+            mindbus_monitor::run(&config, shutdown).await
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Turning a stream entry into a row (pure: no IO). Malformed entries become rows too, raw
+//! and flagged, so nothing is ever dropped.
+
+use mindbus::keys::Keys;
+use mindbus::streams::StreamEntry;
+use mindbus::wire::{Command, CommandResult, DeadLetter, Envelope, Event, Fields, Origin};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// What kind of stream an entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `<prefix>:cmd:{<role>}`.
+    Command,
+    /// `<prefix>:result`.
+    Result,
+    /// `<prefix>:event`.
+    Event,
+    /// `<prefix>:dlq`.
+    DeadLetter,
+}
+
+impl Kind {
+    /// The stream kind of `stream`, if it is one of MindBus's.
+    pub fn of(keys: &Keys, stream: &str) -> Option<Kind> {
+        if keys.role_of(stream).is_some() {
+            Some(Kind::Command)
+        } else if stream == keys.results() {
+            Some(Kind::Result)
+        } else if stream == keys.events() {
+            Some(Kind::Event)
+        } else if stream == keys.dead_letters() {
+            Some(Kind::DeadLetter)
+        } else {
+            None
+        }
+    }
+
+    /// The value of the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Command => "command",
+            Kind::Result => "result",
+            Kind::Event => "event",
+            Kind::DeadLetter => "deadletter",
+        }
+    }
+}
+
+/// One row of `mindbus_entries`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Record {
+    pub stream: String,
+    pub entry_ms: i64,
+    pub entry_seq: i64,
+    pub kind: &'static str,
+    pub ty: Option<String>,
+    pub id: Option<Uuid>,
+    pub correlation_id: Option<Uuid>,
+    pub run_id: Option<String>,
+    pub step_id: Option<String>,
+    pub status: Option<String>,
+    pub source: Option<String>,
+    pub role: Option<String>,
+    /// RFC 3339.
+    pub time: Option<String>,
+    pub trace_id: Option<String>,
+    pub data: Option<Value>,
+    pub fields: Value,
+    /// Why the entry could not be decoded, when it could not.
+    pub malformed: Option<String>,
+}
+
+/// The row for one entry (`None` for an entry deleted before it was read).
+pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> {
+    let fields = entry.fields.as_ref()?;
+    let kind = Kind::of(keys, stream).unwrap_or(Kind::Event);
+    let mut row = Record {
+        stream: stream.to_owned(),
+        entry_ms: i64::try_from(entry.id.ms).unwrap_or(i64::MAX),
+        entry_seq: i64::try_from(entry.id.seq).unwrap_or(i64::MAX),
+        kind: kind.as_str(),
+        fields: fields_json(fields),
+        role: keys.role_of(stream).map(str::to_owned),
+        ..Record::default()
+    };
+    let origin = Origin {
+        stream,
+        entry: entry.id,
+    };
+    let decoded = match kind {
+        Kind::Command => Command::decode(fields.clone(), origin).map(|c| {
+            row.run_id = c.runid;
+            row.step_id = c.stepid;
+            envelope(&mut row, c.envelope);
+        }),
+        Kind::Result => CommandResult::decode(fields.clone(), origin).map(|r| {
+            row.correlation_id = Some(r.correlationid);
+            row.status = Some(r.status.as_str().to_owned());
+            row.role = r.role;
+            row.run_id = r.runid;
+            row.step_id = r.stepid;
+            envelope(&mut row, r.envelope);
+        }),
+        Kind::Event => Event::decode(fields.clone(), origin).map(|e| {
+            row.correlation_id = e.correlationid;
+            row.role = e.role;
+            row.run_id = e.runid;
+            row.step_id = e.stepid;
+            envelope(&mut row, e.envelope);
+        }),
+        Kind::DeadLetter => DeadLetter::decode(fields.clone()).map(|d| {
+            row.status = Some(d.errortype.to_string());
+            row.role = keys.role_of(&d.stream).map(str::to_owned);
+            row.time = Some(d.time.to_string());
+            let text = |name: &str| {
+                d.original
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+            };
+            row.ty = text("type");
+            row.id = text("id").and_then(|id| id.parse().ok());
+            row.run_id = text("runid");
+        }),
+    };
+    if let Err(e) = decoded {
+        row.malformed = Some(e.to_string());
+        let text = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+        };
+        row.ty = text("type");
+        row.id = text("id").and_then(|id| id.parse().ok());
+    }
+    Some(row)
+}
+
+fn envelope(row: &mut Record, envelope: Envelope) {
+    row.ty = Some(envelope.ty);
+    row.id = Some(envelope.id);
+    row.source = Some(envelope.source);
+    row.time = Some(envelope.time.to_string());
+    row.trace_id = Some(envelope.traceparent.trace_id_hex());
+    row.data = Some(without_nul(envelope.data.value));
+}
+
+/// Every field as JSON: text as a string, binary (e.g. MessagePack `data`) as `{"hex": ...}`.
+fn fields_json(fields: &Fields) -> Value {
+    let mut map = Map::new();
+    for (name, value) in fields {
+        let json = match std::str::from_utf8(value) {
+            Ok(text) => Value::String(text.replace('\0', "\u{fffd}")),
+            Err(_) => {
+                serde_json::json!({"hex": value.iter().map(|b| format!("{b:02x}")).collect::<String>()})
+            }
+        };
+        map.insert(name.replace('\0', "\u{fffd}"), json);
+    }
+    Value::Object(map)
+}
+
+/// Postgres `jsonb` cannot hold U+0000; replace it rather than lose the row.
+fn without_nul(value: Value) -> Value {
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mindbus::wire::{EntryId, Payload};
+    use serde_json::json;
+
+    use super::*;
+
+    fn entry(fields: Fields) -> StreamEntry {
+        StreamEntry {
+            id: EntryId { ms: 5, seq: 2 },
+            fields: Some(fields),
+        }
+    }
+
+    #[test]
+    fn a_command_gets_typed_columns() {
+        let keys = Keys::new("mb");
+        let mut command = Command::new(
+            "echo.say",
+            Payload {
+                content_type: mindbus::wire::ContentType::MsgPack,
+                value: json!({"t": "a\0b"}),
+            },
+        );
+        command.runid = Some("r1".into());
+        let row = record(&keys, "mb:cmd:{echo}", &entry(command.encode().unwrap())).unwrap();
+        assert_eq!(row.kind, "command");
+        assert_eq!(row.id, Some(command.envelope.id));
+        assert_eq!(row.role.as_deref(), Some("echo"));
+        assert_eq!(row.run_id.as_deref(), Some("r1"));
+        assert_eq!(
+            row.data,
+            Some(json!({"t": "a\u{fffd}b"})),
+            "MessagePack data is stored as JSON, NUL-free"
+        );
+        assert!(
+            row.fields["data"].get("hex").is_some(),
+            "binary fields are kept, as hex"
+        );
+        assert_eq!((row.entry_ms, row.entry_seq), (5, 2));
+    }
+
+    #[test]
+    fn a_malformed_entry_is_kept_raw_and_flagged() {
+        let keys = Keys::new("mb");
+        let row = record(
+            &keys,
+            "mb:result",
+            &entry(vec![("type".into(), b"mindbus.result".to_vec())]),
+        )
+        .unwrap();
+        assert!(
+            row.malformed.as_deref().unwrap().contains("status"),
+            "{row:?}"
+        );
+        assert_eq!(row.ty.as_deref(), Some("mindbus.result"));
+        assert_eq!(row.fields, json!({"type": "mindbus.result"}));
+    }
+}

@@ -1,0 +1,64 @@
+//! The event log in Postgres: migrations and idempotent batch inserts.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::record::Record;
+
+/// The migrations under `monitor/migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects lazily: the pool dials Postgres on first use, so a monitor starts (and keeps
+/// its place in Redis) while Postgres is still down.
+pub fn connect(url: &SecretString) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(url.expose_secret())
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Inserts rows in one statement; rows already there (a redelivery) are skipped. Returns
+/// how many were new.
+pub async fn insert(pool: &PgPool, rows: &[Record]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&Record) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let result = sqlx::query(
+        "INSERT INTO mindbus_entries (stream, entry_ms, entry_seq, kind, type, id, correlation_id, run_id, step_id, \
+         status, source, role, time, trace_id, data, fields, malformed) \
+         SELECT s, ms, seq, k, t, i, c, r, st, stat, src, rl, tm::timestamptz, tr, d, f, m FROM UNNEST(\
+         $1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::uuid[], $8::text[], $9::text[], \
+         $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::jsonb[], $17::text[]) \
+         AS u(s, ms, seq, k, t, i, c, r, st, stat, src, rl, tm, tr, d, f, m) \
+         ON CONFLICT (stream, entry_ms, entry_seq) DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.stream.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry_seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kind.to_owned()).collect::<Vec<_>>())
+    .bind(col(|r| r.ty.clone()))
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.correlation_id).collect::<Vec<_>>())
+    .bind(col(|r| r.run_id.clone()))
+    .bind(col(|r| r.step_id.clone()))
+    .bind(col(|r| r.status.clone()))
+    .bind(col(|r| r.source.clone()))
+    .bind(col(|r| r.role.clone()))
+    .bind(col(|r| r.time.clone()))
+    .bind(col(|r| r.trace_id.clone()))
+    .bind(rows.iter().map(|r| r.data.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.fields.clone()).collect::<Vec<_>>())
+    .bind(col(|r| r.malformed.clone()))
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}

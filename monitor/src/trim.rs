@@ -1,0 +1,122 @@
+//! Retention: streams are trimmed to a length or an age, but never past an entry that any
+//! consumer group has not yet acknowledged (or not yet been delivered). Postgres keeps the
+//! history.
+
+use std::time::Duration;
+
+use mindbus::config::MonitorConfig;
+use mindbus::wire::EntryId;
+use redis::Value;
+use redis::aio::ConnectionLike;
+
+/// The oldest entry some group still needs: its oldest pending entry, or the first entry
+/// after its last delivered one. `None` when the stream has no groups.
+pub async fn oldest_needed<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+) -> anyhow::Result<Option<EntryId>> {
+    let groups: Vec<Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    let mut oldest: Option<EntryId> = None;
+    for group in groups {
+        let info = map(group);
+        let name = text(info.get("name")).unwrap_or_default();
+        let delivered: EntryId = text(info.get("last-delivered-id"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(EntryId::ZERO);
+        let mut need = EntryId {
+            ms: delivered.ms,
+            seq: delivered.seq + 1,
+        };
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&name)
+            .query_async(conn)
+            .await?;
+        if let Value::Array(parts) = summary
+            && let Some(first) = parts
+                .get(1)
+                .and_then(|v| text(Some(v)))
+                .and_then(|s| s.parse::<EntryId>().ok())
+        {
+            need = need.min(first);
+        }
+        oldest = Some(oldest.map_or(need, |o| o.min(need)));
+    }
+    Ok(oldest)
+}
+
+/// Trims `stream` as `config` asks, never past what its groups still need. Returns the
+/// number of entries removed.
+pub async fn trim<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    config: &MonitorConfig,
+) -> anyhow::Result<u64> {
+    let Some(needed) = oldest_needed(conn, stream).await? else {
+        return Ok(0);
+    };
+    let mut target: Option<EntryId> = None;
+    if config.retain_entries > 0 {
+        let keep: Vec<Value> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(config.retain_entries)
+            .query_async(conn)
+            .await?;
+        if keep.len() as u64 >= config.retain_entries
+            && let Some(Value::Array(last)) = keep.last()
+        {
+            target = text(last.first()).and_then(|s| s.parse().ok());
+        }
+    }
+    if config.retain_secs > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let cutoff = EntryId {
+            ms: (now.as_millis() as u64).saturating_sub(config.retain_secs * 1000),
+            seq: 0,
+        };
+        target = Some(target.map_or(cutoff, |t| t.max(cutoff)));
+    }
+    let Some(target) = target else { return Ok(0) };
+    let minid = target.min(needed);
+    let removed: u64 = redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg(minid.to_string())
+        .query_async(conn)
+        .await?;
+    Ok(removed)
+}
+
+fn map(value: Value) -> std::collections::HashMap<String, Value> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = std::collections::HashMap::new();
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let Some(k) = text(Some(&k)) {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+fn text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,7 @@
+//! The monitor against real Redis, real Postgres, real agents and real monitor processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod exactly_once;
+mod trimming;
