@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job: brings up two echo agents, sends a batch of commands through them, shows the
-# events and results as they happen, then shuts everything down and leaves nothing running.
+# The main job: brings up two echo agents and the monitor, sends a batch of commands through
+# them, shows the events and results as they happen, shows one command's recorded timeline
+# from Postgres, then shuts everything down and leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_redis
+ensure_postgres
 say "building"
 cargo build --release --quiet --bins
 bin=target/release
@@ -15,20 +17,22 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   redis-cli -u "$REDIS_URL" --scan --pattern "$MINDBUS_PREFIX:*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
-  stop_private_redis
 }
-trap cleanup EXIT
+add_cleanup cleanup
 
 say "starting two echo agents (prefix $MINDBUS_PREFIX)"
 for _ in 1 2; do
   RUST_LOG=warn "$bin/mindbus-agent" --role echo --maxattempts 3 & pids+=($!)
 done
+RUST_LOG=warn "$bin/mindbus-monitor" & pids+=($!)
 "$bin/mindbus" tail --for-ms 600000 & pids+=($!)
 sleep 0.5
 
 say "sending commands (watch the events above)"
 "$bin/mindbus" send echo echo.say '{"text":"hello, agents"}' --wait
-"$bin/mindbus" send echo echo.say '{"text":"flaky once","fail_attempts":1}' --wait
+flaky=$("$bin/mindbus" send echo echo.say '{"text":"flaky once","fail_attempts":1}' --wait)
+echo "$flaky"
+flaky_id=$(echo "$flaky" | grep -o '"correlationid": "[^"]*"' | cut -d'"' -f4)
 "$bin/mindbus" send echo echo.say '{"text":"packed","n":[1,2,3]}' --msgpack --wait
 "$bin/mindbus" send echo echo.say '{"text":"too slow","sleep_ms":5000}' --deadline-ms 300 --wait || true
 "$bin/mindbus" send echo echo.say '{"text":"poison","panic":true}' --wait 2>/dev/null || true
@@ -40,4 +44,6 @@ say "status"
 "$bin/mindbus" status
 say "dead letters"
 "$bin/mindbus" dlq list
+say "the flaky command's timeline, as the monitor recorded it (mindbus trace $flaky_id)"
+"$bin/mindbus" trace "$flaky_id"
 say "shutting down"

@@ -1,10 +1,20 @@
-# Sourced by the other scripts: makes sure a Redis is there for them.
+# Sourced by the other scripts: makes sure Redis (and Postgres) are there for them.
 #
 # ensure_redis: uses REDIS_URL when it is set and answers; otherwise starts a private
 # redis-server on a free port (installing it with apt-get when missing and root), exports
 # REDIS_URL, and stops that server when the calling script exits.
+# ensure_postgres: the same for DATABASE_URL and a private PostgreSQL cluster.
+# add_cleanup FN: runs FN when the script exits (last added, first run).
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+CLEANUPS=()
+run_cleanups() {
+  local i
+  for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do "${CLEANUPS[$i]}" || true; done
+}
+add_cleanup() { CLEANUPS+=("$1"); }
+trap run_cleanups EXIT
 
 install_with_apt() {
   local package=$1
@@ -40,7 +50,7 @@ ensure_redis() {
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
   MINDBUS_PRIVATE_REDIS_DIR=$dir
   export REDIS_URL="redis://127.0.0.1:$port"
-  trap stop_private_redis EXIT
+  add_cleanup stop_private_redis
   for _ in $(seq 100); do redis_answers "$REDIS_URL" && break; sleep 0.05; done
   redis_answers "$REDIS_URL" || { say "private redis-server did not start (see $dir/redis.log)"; exit 1; }
   say "started a private redis-server at $REDIS_URL"
@@ -50,4 +60,41 @@ stop_private_redis() {
   [ -n "${MINDBUS_PRIVATE_REDIS_DIR:-}" ] || return 0
   redis-cli -u "$REDIS_URL" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$MINDBUS_PRIVATE_REDIS_DIR"
+}
+
+postgres_answers() {
+  [ -n "${1:-}" ] && psql "$1" -Atqc 'select 1' >/dev/null 2>&1
+}
+
+ensure_postgres() {
+  command -v psql >/dev/null || install_with_apt postgresql
+  if postgres_answers "${DATABASE_URL:-}"; then
+    say "using Postgres at DATABASE_URL"
+    return
+  fi
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -x "$bin/initdb" ] || { install_with_apt postgresql; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1); }
+  local port dir run=()
+  port=$(free_port)
+  dir=$(mktemp -d)
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$dir"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+  "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+  MINDBUS_PRIVATE_POSTGRES=("${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop)
+  MINDBUS_PRIVATE_POSTGRES_DIR=$dir
+  add_cleanup stop_private_postgres
+  psql "postgres://postgres@127.0.0.1:$port/postgres" -qc 'CREATE DATABASE mindbus' >/dev/null
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/mindbus"
+  say "started a private PostgreSQL at $DATABASE_URL"
+}
+
+stop_private_postgres() {
+  [ -n "${MINDBUS_PRIVATE_POSTGRES_DIR:-}" ] || return 0
+  "${MINDBUS_PRIVATE_POSTGRES[@]}" >/dev/null 2>&1 || true
+  rm -rf "$MINDBUS_PRIVATE_POSTGRES_DIR"
 }

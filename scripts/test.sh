@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, schema and end-to-end tests against a real Redis, and
-# the Python and node examples. Uses REDIS_URL when it answers, else a private redis-server.
+# Runs every test: unit, property, schema and end-to-end tests against a real Redis and a
+# real Postgres, and the Python and node examples. Uses REDIS_URL and DATABASE_URL when they
+# answer, else a private redis-server and a private PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_redis
+ensure_postgres
 command -v python3 >/dev/null || install_with_apt python3
 python3 -c 'import redis' 2>/dev/null || { say "installing redis-py"; python3 -m pip install -q -r examples/python/requirements.txt 2>/dev/null || install_with_apt python3-redis; }
 command -v npm >/dev/null || install_with_apt npm

@@ -4,4 +4,5 @@
 mod support;
 
 mod exactly_once;
+mod history;
 mod trimming;

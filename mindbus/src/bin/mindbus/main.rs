@@ -1,6 +1,7 @@
 //! `mindbus`: publish commands, follow streams, inspect groups and dead letters, check config.
 
 mod dlq;
+mod history;
 mod send;
 mod show;
 mod status;
@@ -26,6 +27,9 @@ struct Cli {
     /// Key prefix.
     #[arg(long, global = true, env = "MINDBUS_PREFIX")]
     prefix: Option<String>,
+    /// Postgres URL of the monitor's event log (overrides the file and DATABASE_URL).
+    #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +50,13 @@ enum Command {
     /// Inspect dead letters and send them back.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// The whole recorded timeline of a command or a run, from Postgres.
+    Trace {
+        /// A command id or a run id.
+        id: String,
+    },
+    /// List recorded entries from Postgres, filtered.
+    Events(history::EventsArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -68,6 +79,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = load(&cli)?;
     mindbus::telemetry::init(&config.log);
+    match cli.command {
+        Command::Trace { id } => return history::trace(&config, &id).await,
+        Command::Events(args) => return history::events(&config, args).await,
+        _ => {}
+    }
     let bus = Bus::connect(&config.redis)
         .await
         .context("connecting to redis")?;
@@ -83,7 +99,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Tail(args) => tail::run(&bus, args).await,
         Command::Status => status::run(&bus).await,
         Command::Dlq(command) => dlq::run(&bus, command).await,
-        Command::Config(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::Trace { .. } | Command::Events(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -95,6 +113,9 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(prefix) = &cli.prefix {
         config.redis.prefix = prefix.clone();
+    }
+    if let Some(url) = &cli.database_url {
+        config.monitor.database_url = url.clone().into();
     }
     Ok(config)
 }

@@ -1,0 +1,170 @@
+//! `mindbus trace ID` and `mindbus events`: reading the monitor's event log in Postgres.
+
+use anyhow::Context as _;
+use clap::Args;
+use comfy_table::Table;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+const COLUMNS: &str = "stream, entry_ms, entry_seq, kind, type, id::text, correlation_id::text, run_id, status, role, \
+                       time::text, fields->>'attempt', data::text, malformed";
+
+type Row = (
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+async fn pool(config: &mindbus::config::Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect(config.monitor.database_url.expose_secret())
+        .await
+        .context("connecting to postgres (set DATABASE_URL)")
+}
+
+/// Prints the whole timeline of a command (by id) or a run (by run id), oldest first.
+pub async fn trace(config: &mindbus::config::Config, id: &str) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    let uuid = id.parse::<uuid::Uuid>().ok();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $2 ORDER BY entry_ms, entry_seq"
+    );
+    let rows: Vec<Row> = sqlx::query_as(&sql)
+        .bind(uuid)
+        .bind(id)
+        .fetch_all(&pool)
+        .await?;
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "nothing recorded for {id} (is the monitor running?)"
+    );
+    let start = rows[0].1;
+    let mut table = Table::new();
+    table.set_header(["+ms", "kind", "type", "role", "attempt", "status", "detail"]);
+    for row in &rows {
+        let detail = row
+            .13
+            .clone()
+            .map(|m| format!("malformed: {m}"))
+            .or_else(|| row.12.clone())
+            .unwrap_or_default();
+        table.add_row([
+            (row.1 - start).to_string(),
+            row.3.clone(),
+            row.4.clone().unwrap_or_default(),
+            row.9.clone().unwrap_or_default(),
+            row.11.clone().unwrap_or_default(),
+            row.8.clone().unwrap_or_default(),
+            truncate(&detail, 80),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only entries whose type starts with this.
+    #[arg(long = "type")]
+    ty: Option<String>,
+    /// Only entries of this role.
+    #[arg(long)]
+    role: Option<String>,
+    /// Only results or dead letters with this status (completed, failed, canceled, or an errortype).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only entries at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only entries before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many, newest last.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists recorded entries, filtered.
+pub async fn events(config: &mindbus::config::Config, args: EventsArgs) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    let sql = format!(
+        "SELECT * FROM (SELECT {COLUMNS} FROM mindbus_entries WHERE ($1::text IS NULL OR type LIKE $1 || '%') \
+         AND ($2::text IS NULL OR role = $2) AND ($3::text IS NULL OR status = $3) \
+         AND ($4::text IS NULL OR time >= $4::timestamptz) AND ($5::text IS NULL OR time < $5::timestamptz) \
+         ORDER BY entry_ms DESC, entry_seq DESC LIMIT $6) newest ORDER BY entry_ms, entry_seq"
+    );
+    let rows: Vec<Row> = sqlx::query_as(&sql)
+        .bind(&args.ty)
+        .bind(&args.role)
+        .bind(&args.status)
+        .bind(&args.since)
+        .bind(&args.until)
+        .bind(args.limit)
+        .fetch_all(&pool)
+        .await?;
+    if args.json {
+        for row in &rows {
+            println!("{}", row_json(row));
+        }
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header([
+        "entry",
+        "stream",
+        "kind",
+        "type",
+        "id",
+        "correlation",
+        "role",
+        "status",
+        "time",
+    ]);
+    for row in &rows {
+        table.add_row([
+            format!("{}-{}", row.1, row.2),
+            row.0.clone(),
+            row.3.clone(),
+            row.4.clone().unwrap_or_default(),
+            row.5.clone().unwrap_or_default(),
+            row.6.clone().unwrap_or_default(),
+            row.9.clone().unwrap_or_default(),
+            row.8.clone().unwrap_or_default(),
+            row.10.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn row_json(row: &Row) -> Value {
+    json!({
+        "stream": row.0, "entry": format!("{}-{}", row.1, row.2), "kind": row.3, "type": row.4, "id": row.5,
+        "correlationid": row.6, "runid": row.7, "status": row.8, "role": row.9, "time": row.10, "attempt": row.11,
+        "data": row.12.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()), "malformed": row.13,
+    })
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    text.chars().take(max).collect::<String>() + "…"
+}

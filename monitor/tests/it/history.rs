@@ -1,0 +1,88 @@
+//! `mindbus trace` and `mindbus events` read the recorded history back.
+
+use std::time::Duration;
+
+use mindbus::wire::{Command, Payload};
+use serde_json::{Value, json};
+
+use crate::support::{Mesh, TestDb, redis_url, wait_recorded};
+
+fn cli(mesh: &Mesh, db: &TestDb, args: &[&str]) -> String {
+    let path =
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_mindbus-monitor")).with_file_name("mindbus");
+    let out = std::process::Command::new(&path)
+        .args([
+            "--prefix",
+            &mesh.prefix,
+            "--redis-url",
+            &redis_url(),
+            "--database-url",
+            &db.url,
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{} runs (build the workspace): {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_shows_a_commands_whole_timeline_in_order() {
+    let db = TestDb::new("trace").await;
+    let mesh = Mesh::new("trace").await;
+    mesh.agent();
+    let _monitor = mesh.monitor(&db, &[]);
+    let mut command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 1})));
+    command.runid = Some("run-42".into());
+    let id = command.envelope.id.to_string();
+    mesh.bus
+        .call("echo", command, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("a result");
+    wait_recorded(&mesh, &db.pool().await, Duration::from_secs(30)).await;
+
+    let trace = cli(&mesh, &db, &["trace", &id]);
+    let order = [
+        "echo.say",
+        "mindbus.command.received",
+        "mindbus.command.started",
+        "mindbus.command.retried",
+        "mindbus.result",
+        "mindbus.command.completed",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|t| {
+            trace
+                .find(t)
+                .unwrap_or_else(|| panic!("{t} missing from:\n{trace}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order:\n{trace}"
+    );
+    assert_eq!(
+        cli(&mesh, &db, &["trace", "run-42"]).lines().count(),
+        trace.lines().count(),
+        "a run id finds the same timeline"
+    );
+
+    let lines = cli(
+        &mesh,
+        &db,
+        &["events", "--type", "mindbus.result", "--json"],
+    );
+    let results: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["correlationid"], id.as_str());
+    assert_eq!(results[0]["status"], "completed");
+}
