@@ -5,4 +5,5 @@ mod support;
 
 mod exactly_once;
 mod history;
+mod outage;
 mod trimming;

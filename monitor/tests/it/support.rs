@@ -32,23 +32,32 @@ fn unique(name: &str) -> String {
 /// A fresh database, dropped with the test.
 pub struct TestDb {
     pub url: String,
+    admin: String,
     name: String,
 }
 
 impl TestDb {
     pub async fn new(name: &str) -> Self {
+        Self::on(&admin_url(), name).await
+    }
+
+    /// A fresh database on the server at `admin` (a URL to any of its databases).
+    pub async fn on(admin: &str, name: &str) -> Self {
         let name = unique(&format!("mindbus_test_{name}"));
-        let admin = PgPool::connect(&admin_url())
+        let pool = PgPool::connect(admin)
             .await
             .expect("postgres is reachable (DATABASE_URL)");
         sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
+            .execute(&pool)
             .await
             .unwrap();
-        admin.close().await;
-        let base = admin_url();
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-        Self { url, name }
+        pool.close().await;
+        let url = format!("{}/{name}", &admin[..admin.rfind('/').unwrap()]);
+        Self {
+            url,
+            admin: admin.to_owned(),
+            name,
+        }
     }
 
     pub async fn pool(&self) -> PgPool {
@@ -59,7 +68,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = std::process::Command::new("psql")
-            .arg(admin_url())
+            .arg(&self.admin)
             .args([
                 "-q",
                 "-c",
@@ -120,6 +129,8 @@ impl Mesh {
             ])
             .args(extra)
             .env("RUST_LOG", "warn")
+            // Keep every entry, so the streams can be compared with the table.
+            .env("MINDBUS_MONITOR__RETAIN_ENTRIES", "0")
             .kill_on_drop(true)
             .spawn()
             .unwrap()
