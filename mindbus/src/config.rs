@@ -134,7 +134,7 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         Self {
             database_url: SecretString::from("postgres://localhost/mindbus"),
-            batch: 1_000,
+            batch: 2_000,
             block_ms: 1_000,
             lease_ms: 30_000,
             retain_entries: 100_000,

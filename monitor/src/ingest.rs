@@ -1,7 +1,7 @@
 //! The ingest loop: every MindBus stream through the monitor's consumer group, a batch at a
 //! time: read, insert (retrying while Postgres is away), then acknowledge.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -9,13 +9,16 @@ use mindbus::config::MonitorConfig;
 use mindbus::keys::Keys;
 use mindbus::streams::{Redis, StreamEntry, ensure_group, parse_autoclaim, parse_read};
 use mindbus::wire::EntryId;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::record;
 use crate::{GROUP, store};
 
+/// Batches written to Postgres at once.
+const WRITERS: usize = 2;
 /// How often new streams (roles) are looked for.
 const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
@@ -66,25 +69,47 @@ impl Ingest {
             .redis
             .dedicated(Duration::from_millis(self.config.block_ms))
             .await?;
+        // Acknowledgements go on a connection of their own: the reading one blocks.
+        let acks = self.redis.shared().await?;
         let mut positions = Positions::new();
         let mut discovered = Instant::now() - DISCOVER_EVERY;
         let mut reclaimed = Instant::now();
+        // While batches are written to Postgres (on separate connections), the next is read:
+        // at most WRITERS + 1 batches in memory.
+        let mut writing: VecDeque<JoinHandle<anyhow::Result<()>>> = VecDeque::new();
         while !stop.is_cancelled() {
             if discovered.elapsed() >= DISCOVER_EVERY {
                 self.discover(&mut conn, &mut positions).await?;
                 discovered = Instant::now();
             }
             if reclaimed.elapsed() >= Duration::from_millis(self.config.lease_ms / 2) {
-                self.reclaim(&mut conn, &positions, stop).await?;
+                finish_all(&mut writing).await?;
+                self.reclaim(&mut conn, &acks, &positions, stop).await?;
                 reclaimed = Instant::now();
             }
             let batch = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => break,
                 batch = self.read(&mut conn, &mut positions) => batch?,
             };
-            self.record(&mut conn, batch, stop).await?;
+            if batch.iter().all(|(_, entries)| entries.is_empty()) {
+                continue;
+            }
+            if writing.len() >= WRITERS
+                && let Some(oldest) = writing.pop_front()
+            {
+                oldest.await??;
+            }
+            let (pool, keys, acks, stop) = (
+                self.pool.clone(),
+                self.keys.clone(),
+                acks.clone(),
+                stop.clone(),
+            );
+            writing.push_back(tokio::spawn(async move {
+                write_batch(&pool, &keys, acks, batch, &stop).await
+            }));
         }
-        Ok(())
+        finish_all(&mut writing).await
     }
 
     async fn discover(
@@ -154,6 +179,7 @@ impl Ingest {
     async fn reclaim(
         &self,
         conn: &mut MultiplexedConnection,
+        acks: &ConnectionManager,
         positions: &Positions,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
@@ -180,51 +206,55 @@ impl Ingest {
                     entries = entries.len(),
                     "reclaimed entries of a dead monitor"
                 );
-                self.record(conn, vec![(stream.clone(), entries)], stop)
-                    .await?;
+                let batch = vec![(stream.clone(), entries)];
+                write_batch(&self.pool, &self.keys, acks.clone(), batch, stop).await?;
             }
         }
         Ok(())
     }
+}
 
-    /// Inserts the batch, retrying while Postgres is away, then acknowledges it.
-    async fn record(
-        &self,
-        conn: &mut MultiplexedConnection,
-        batch: Vec<(String, Vec<StreamEntry>)>,
-        stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let rows: Vec<_> = batch
-            .iter()
-            .flat_map(|(s, entries)| entries.iter().filter_map(|e| record(&self.keys, s, e)))
-            .collect();
-        if rows.is_empty() && batch.iter().all(|(_, e)| e.is_empty()) {
-            return Ok(());
-        }
-        let mut delays = delays();
-        loop {
-            match store::insert(&self.pool, &rows).await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, rows = rows.len(), "postgres write failed; retrying (entries stay unacknowledged)");
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
-                }
-            }
-        }
-        let mut pipe = redis::pipe();
-        for (stream, entries) in &batch {
-            if !entries.is_empty() {
-                let ack = pipe.cmd("XACK").arg(stream).arg(GROUP);
-                entries.iter().for_each(|e| {
-                    ack.arg(e.id.to_string());
-                });
-                ack.ignore();
-            }
-        }
-        pipe.query_async::<()>(conn).await?;
-        Ok(())
+async fn finish_all(writing: &mut VecDeque<JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    while let Some(handle) = writing.pop_front() {
+        handle.await??;
     }
+    Ok(())
+}
+
+/// Inserts a batch, retrying while Postgres is away, then acknowledges it. When stopped
+/// first, the batch stays unacknowledged and is recorded later, by this monitor or another.
+async fn write_batch(
+    pool: &PgPool,
+    keys: &Keys,
+    mut acks: ConnectionManager,
+    batch: Vec<(String, Vec<StreamEntry>)>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let rows: Vec<_> = batch
+        .iter()
+        .flat_map(|(s, entries)| entries.iter().filter_map(|e| record(keys, s, e)))
+        .collect();
+    let mut delays = delays();
+    loop {
+        match store::insert(pool, &rows).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, rows = rows.len(), "postgres write failed; retrying (entries stay unacknowledged)");
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+    let mut pipe = redis::pipe();
+    for (stream, entries) in batch.iter().filter(|(_, e)| !e.is_empty()) {
+        let ack = pipe.cmd("XACK").arg(stream).arg(GROUP);
+        entries.iter().for_each(|e| {
+            ack.arg(e.id.to_string());
+        });
+        ack.ignore();
+    }
+    pipe.query_async::<()>(&mut acks).await?;
+    Ok(())
 }
 
 /// Every role's command stream.
