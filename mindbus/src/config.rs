@@ -82,8 +82,9 @@ pub struct AgentConfig {
     /// How long a `replyto` stream lives after its last result (s).
     #[schemars(range(min = 1))]
     pub reply_ttl_secs: u64,
-    /// Approximate maximum length of the result, event and dead-letter streams.
-    #[schemars(range(min = 1000))]
+    /// A hard cap on the result, event and dead-letter streams (approximate), or 0 for none.
+    /// Leave it at 0 when a monitor runs: it trims without ever passing an entry some
+    /// group has not acknowledged, which a cap cannot promise.
     pub stream_maxlen: u64,
 }
 
@@ -99,7 +100,7 @@ impl Default for AgentConfig {
             shutdown_grace_ms: 10_000,
             dedup_ttl_secs: 86_400,
             reply_ttl_secs: 3_600,
-            stream_maxlen: 1_000_000,
+            stream_maxlen: 0,
         }
     }
 }

@@ -25,8 +25,14 @@ local function fields()
   return start, n
 end
 
+-- cap '0' means no cap (the monitor trims, never past an unrecorded entry).
 local function xadd(stream, start, n, cap)
-  if n > 0 then
+  if n == 0 then
+    return
+  end
+  if cap == '0' then
+    redis.call('XADD', stream, '*', unpack(ARGV, start, start + n - 1))
+  else
     redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', unpack(ARGV, start, start + n - 1))
   end
 end
@@ -42,7 +48,11 @@ local function duplicate(start, n)
       copy[j + 1] = 'mindbus.command.duplicate'
     end
   end
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(copy))
+  local start = #ARGV + 1
+  for j = 1, #copy do
+    ARGV[start + j - 1] = copy[j]
+  end
+  xadd(events, start, #copy, maxlen)
 end
 
 local last = #ARGV

@@ -145,12 +145,11 @@ fn push_fields(cmd: &mut Cmd, fields: &Fields) {
 
 fn xadd(stream: &str, maxlen: u64, fields: &Fields) -> Cmd {
     let mut cmd = Cmd::with_capacity(6 + fields.len() * 2, 64 + fields.len() * 48);
-    cmd.arg("XADD")
-        .arg(stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(maxlen)
-        .arg("*");
+    cmd.arg("XADD").arg(stream);
+    if maxlen > 0 {
+        cmd.arg("MAXLEN").arg("~").arg(maxlen);
+    }
+    cmd.arg("*");
     for (name, value) in fields {
         cmd.arg(name.as_bytes()).arg(value.as_slice());
     }
