@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::record::record;
 use crate::{GROUP, store};
 
+/// Most XAUTOCLAIM pages followed per stream and round.
+const RECLAIM_PAGES: usize = 10;
 /// Batches written to Postgres at once.
 const WRITERS: usize = 2;
 /// How often new streams (roles) are looked for.
@@ -184,30 +186,42 @@ impl Ingest {
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         for stream in positions.keys() {
-            let reply = redis::cmd("XAUTOCLAIM")
-                .arg(stream)
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg(self.config.lease_ms)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(self.config.batch)
-                .query_async(conn)
-                .await;
-            let Ok((_, entries)) = reply
-                .map_err(mindbus::Error::from)
-                .and_then(parse_autoclaim)
-            else {
-                continue;
-            };
-            if !entries.is_empty() {
-                tracing::info!(
-                    stream,
-                    entries = entries.len(),
-                    "reclaimed entries of a dead monitor"
-                );
-                let batch = vec![(stream.clone(), entries)];
-                write_batch(&self.pool, &self.keys, acks.clone(), batch, stop).await?;
+            // XAUTOCLAIM scans a bounded part of the pending list per call: follow its cursor.
+            let mut cursor = EntryId::ZERO.to_string();
+            for _ in 0..RECLAIM_PAGES {
+                let reply = redis::cmd("XAUTOCLAIM")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(self.config.lease_ms)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(self.config.batch)
+                    .query_async(conn)
+                    .await;
+                let (next, entries) = match reply
+                    .map_err(mindbus::Error::from)
+                    .and_then(parse_autoclaim)
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(stream, error = %e, "reclaiming failed");
+                        break;
+                    }
+                };
+                if !entries.is_empty() {
+                    tracing::info!(
+                        stream,
+                        entries = entries.len(),
+                        "reclaimed entries of a dead monitor"
+                    );
+                    let batch = vec![(stream.clone(), entries)];
+                    write_batch(&self.pool, &self.keys, acks.clone(), batch, stop).await?;
+                }
+                if next == EntryId::ZERO {
+                    break;
+                }
+                cursor = next.to_string();
             }
         }
         Ok(())
@@ -236,7 +250,7 @@ async fn write_batch(
         .collect();
     let mut delays = delays();
     loop {
-        match store::insert(pool, &rows).await {
+        match store::insert_or_bare(pool, &rows).await {
             Ok(_) => break,
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "postgres write failed; retrying (entries stay unacknowledged)");

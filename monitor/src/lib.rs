@@ -78,6 +78,12 @@ async fn trim_loop(
             .unwrap_or_default();
         all.extend(keys.shared_streams());
         for stream in all {
+            // Our own group first: a stream is never trimmed past what we have not recorded,
+            // even before ingest has discovered it.
+            if let Err(e) = mindbus::streams::ensure_group(&mut conn, &stream, GROUP, "0").await {
+                tracing::warn!(stream, error = %e, "cannot ensure the monitor group; not trimming");
+                continue;
+            }
             match trim::trim(&mut conn, &stream, &config).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::debug!(stream, removed, "trimmed"),

@@ -71,6 +71,47 @@ pub struct Record {
     pub malformed: Option<String>,
 }
 
+impl Record {
+    /// Postgres `text` cannot hold U+0000 either: replace it in every text column.
+    fn without_nul(mut self) -> Self {
+        let clean = |s: &mut Option<String>| {
+            if let Some(text) = s.as_mut().filter(|t| t.contains('\0')) {
+                *text = text.replace('\0', "\u{fffd}");
+            }
+        };
+        self.stream = self.stream.replace('\0', "\u{fffd}");
+        for column in [
+            &mut self.ty,
+            &mut self.run_id,
+            &mut self.step_id,
+            &mut self.status,
+            &mut self.source,
+            &mut self.role,
+            &mut self.time,
+            &mut self.trace_id,
+            &mut self.malformed,
+        ] {
+            clean(column);
+        }
+        self
+    }
+
+    /// The same entry reduced to what Postgres cannot refuse: its fields and why.
+    pub fn bare(&self, why: &str) -> Self {
+        Record {
+            stream: self.stream.clone(),
+            entry_ms: self.entry_ms,
+            entry_seq: self.entry_seq,
+            kind: self.kind,
+            fields: self.fields.clone(),
+            malformed: Some(
+                format!("stored bare, postgres refused the row: {why}").replace('\0', ""),
+            ),
+            ..Record::default()
+        }
+    }
+}
+
 /// The row for one entry (`None` for an entry deleted before it was read).
 pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> {
     let fields = entry.fields.as_ref()?;
@@ -135,7 +176,7 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> 
         row.ty = text("type");
         row.id = text("id").and_then(|id| id.parse().ok());
     }
-    Some(row)
+    Some(row.without_nul())
 }
 
 fn envelope(row: &mut Record, envelope: Envelope) {
@@ -144,7 +185,7 @@ fn envelope(row: &mut Record, envelope: Envelope) {
     row.source = Some(envelope.source);
     row.time = Some(envelope.time.to_string());
     row.trace_id = Some(envelope.traceparent.trace_id_hex());
-    row.data = Some(without_nul(envelope.data.value));
+    row.data = Some(json_without_nul(envelope.data.value));
 }
 
 /// Every field as JSON: text as a string, binary (e.g. MessagePack `data`) as `{"hex": ...}`.
@@ -163,13 +204,13 @@ fn fields_json(fields: &Fields) -> Value {
 }
 
 /// Postgres `jsonb` cannot hold U+0000; replace it rather than lose the row.
-fn without_nul(value: Value) -> Value {
+fn json_without_nul(value: Value) -> Value {
     match value {
         Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
-        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(json_without_nul).collect()),
         Value::Object(map) => Value::Object(
             map.into_iter()
-                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), without_nul(v)))
+                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), json_without_nul(v)))
                 .collect(),
         ),
         other => other,
@@ -216,6 +257,18 @@ mod tests {
             "binary fields are kept, as hex"
         );
         assert_eq!((row.entry_ms, row.entry_seq), (5, 2));
+    }
+
+    #[test]
+    fn nul_never_reaches_a_text_column() {
+        let keys = Keys::new("mb");
+        let fields = vec![
+            ("type".into(), b"a\0b".to_vec()),
+            ("runid".into(), b"r\0".to_vec()),
+        ];
+        let row = record(&keys, "mb:cmd:{echo}", &entry(fields)).unwrap();
+        assert_eq!(row.ty.as_deref(), Some("a\u{fffd}b"));
+        assert_eq!(row.run_id.as_deref(), Some("r\u{fffd}"));
     }
 
     #[test]

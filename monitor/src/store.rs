@@ -62,3 +62,32 @@ pub async fn insert(pool: &PgPool, rows: &[Record]) -> Result<u64, sqlx::Error> 
     .await?;
     Ok(result.rows_affected())
 }
+
+/// Inserts rows like [`insert`], but a row Postgres refuses for its data (an encoding or
+/// constraint error, which no retry fixes) is stored bare, with its fields and the reason,
+/// instead of blocking every batch behind it. Other errors (Postgres away) are returned.
+pub async fn insert_or_bare(pool: &PgPool, rows: &[Record]) -> Result<u64, sqlx::Error> {
+    match insert(pool, rows).await {
+        Err(e) if is_data_error(&e) => {
+            tracing::warn!(error = %e, rows = rows.len(), "postgres refused a batch; inserting its rows one by one");
+            let mut inserted = 0;
+            for row in rows {
+                inserted += match insert(pool, std::slice::from_ref(row)).await {
+                    Err(e) if is_data_error(&e) => {
+                        insert(pool, &[row.bare(&e.to_string())]).await?
+                    }
+                    other => other?,
+                };
+            }
+            Ok(inserted)
+        }
+        other => other,
+    }
+}
+
+fn is_data_error(err: &sqlx::Error) -> bool {
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code().map(|c| c.into_owned()));
+    code.is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}

@@ -27,9 +27,15 @@ pub async fn oldest_needed<C: ConnectionLike + Send>(
         let delivered: EntryId = text(info.get("last-delivered-id"))
             .and_then(|s| s.parse().ok())
             .unwrap_or(EntryId::ZERO);
-        let mut need = EntryId {
-            ms: delivered.ms,
-            seq: delivered.seq + 1,
+        let mut need = match delivered.seq.checked_add(1) {
+            Some(seq) => EntryId {
+                ms: delivered.ms,
+                seq,
+            },
+            None => EntryId {
+                ms: delivered.ms.saturating_add(1),
+                seq: 0,
+            },
         };
         let summary: Value = redis::cmd("XPENDING")
             .arg(stream)

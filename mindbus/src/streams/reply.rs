@@ -53,7 +53,12 @@ fn fields(value: Value) -> Result<Option<Fields>, Error> {
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut items = items.into_iter();
     while let (Some(name), Some(value)) = (items.next(), items.next()) {
-        out.push((text(&name)?, bytes(value)?));
+        // A name that is not UTF-8 must not make the whole reply unreadable (the entry
+        // would then be stuck in a pending list); the decoders report it as malformed.
+        out.push((
+            String::from_utf8_lossy(&bytes(name)?).into_owned(),
+            bytes(value)?,
+        ));
     }
     Ok(Some(out))
 }

@@ -6,4 +6,5 @@ mod support;
 mod exactly_once;
 mod history;
 mod outage;
+mod store;
 mod trimming;

@@ -36,12 +36,14 @@ async fn pool(config: &mindbus::config::Config) -> anyhow::Result<PgPool> {
         .context("connecting to postgres (set DATABASE_URL)")
 }
 
-/// Prints the whole timeline of a command (by id) or a run (by run id), oldest first.
+/// Prints the whole timeline of a command (by id) or a run (by run id), oldest first. Entries
+/// of different streams in the same millisecond are ordered by their `time`, which the
+/// process that wrote them set in the order things happened.
 pub async fn trace(config: &mindbus::config::Config, id: &str) -> anyhow::Result<()> {
     let pool = pool(config).await?;
     let uuid = id.parse::<uuid::Uuid>().ok();
     let sql = format!(
-        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $2 ORDER BY entry_ms, entry_seq"
+        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $2 ORDER BY entry_ms, time, entry_seq"
     );
     let rows: Vec<Row> = sqlx::query_as(&sql)
         .bind(uuid)
