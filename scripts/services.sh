@@ -19,7 +19,7 @@ trap run_cleanups EXIT
 install_with_apt() {
   local package=$1
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    say "missing $package: install it (Debian: sudo apt-get install -y $package), or set REDIS_URL"
+    say "missing $package: install it (Debian: sudo apt-get install -y $package)${2:+, or $2}"
     exit 1
   fi
   say "installing $package with apt-get"
@@ -37,7 +37,7 @@ free_port() {
 }
 
 ensure_redis() {
-  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || install_with_apt redis-server
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || install_with_apt redis-server "set REDIS_URL"
   if redis_answers "${REDIS_URL:-}"; then
     say "using Redis at REDIS_URL"
     return
@@ -67,14 +67,17 @@ postgres_answers() {
 }
 
 ensure_postgres() {
-  command -v psql >/dev/null || install_with_apt postgresql
+  command -v psql >/dev/null || install_with_apt postgresql "set DATABASE_URL"
   if postgres_answers "${DATABASE_URL:-}"; then
     say "using Postgres at DATABASE_URL"
     return
   fi
   local bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-  [ -x "$bin/initdb" ] || { install_with_apt postgresql; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1); }
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+  if [ ! -x "$bin/initdb" ]; then
+    install_with_apt postgresql "set DATABASE_URL"
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
   local port dir run=()
   port=$(free_port)
   dir=$(mktemp -d)

@@ -157,3 +157,38 @@ async fn dlq_retry_sends_a_dead_letter_back_and_it_can_succeed() {
         "the retried letter was removed and the new failure recorded"
     );
 }
+
+#[tokio::test]
+async fn dlq_retry_keeps_a_derived_command_id() {
+    let mesh = Mesh::new("dlqderived").await;
+    let _agent = mesh.agent(&[]);
+    let stream = mesh.stream("cmd:{echo}");
+    let entry: mindbus::wire::EntryId = mesh
+        .xadd_cli(&[
+            "type",
+            "echo.say",
+            "data",
+            r#"{"fail_attempts":1}"#,
+            "maxattempts",
+            "1",
+        ])
+        .parse()
+        .unwrap();
+    let id = mindbus::wire::derived_id(mindbus::wire::Origin {
+        stream: &stream,
+        entry,
+    });
+    mesh.wait_len(&mesh.stream("dlq"), 1, Duration::from_secs(20))
+        .await;
+    let retried = mesh.cli().args(["dlq", "retry", "--all"]).output().unwrap();
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let results = mesh.wait_results(2, Duration::from_secs(20)).await;
+    assert!(
+        results.iter().all(|r| r.correlationid == id),
+        "a waiter on the original id sees the retry's result too"
+    );
+}

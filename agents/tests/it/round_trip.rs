@@ -143,3 +143,30 @@ async fn cli_send_wait_prints_the_result() {
         .unwrap();
     assert_eq!(failed.status.code(), Some(1), "a failed result exits 1");
 }
+
+#[tokio::test]
+async fn tail_prints_entries_of_a_quiet_stream() {
+    let mesh = Mesh::new("tail").await;
+    let _agent = mesh.agent(&[]);
+    let tail = mesh
+        .cli()
+        .args(["tail", "--count", "5", "--for-ms", "20000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // One command: its entry, received, started, result, completed; the dead-letter stream
+    // stays quiet and must not make tail skip anything.
+    mesh.xadd_cli(&["type", "echo.say", "data", "{}"]);
+    let out = tail.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for kind in [
+        "echo.say",
+        "mindbus.command.received",
+        "mindbus.command.started",
+        "mindbus.result",
+        "mindbus.command.completed",
+    ] {
+        assert!(text.contains(kind), "{kind} missing from:\n{text}");
+    }
+}

@@ -19,15 +19,24 @@ pub struct Follower {
 
 impl Follower {
     /// Follows `streams` from their current end (`from_start` reads their history first).
+    /// The end is resolved to a real entry id once: sending `$` on every read would skip
+    /// whatever a quiet stream received between two reads.
     pub async fn new(
         bus: &Bus,
         streams: Vec<String>,
         from_start: bool,
         block: Duration,
     ) -> Result<Self, Error> {
-        let conn = bus.redis().dedicated(block).await?;
-        let start = if from_start { "0-0" } else { "$" };
-        let positions = streams.into_iter().map(|s| (s, start.to_owned())).collect();
+        let mut conn = bus.redis().dedicated(block).await?;
+        let mut positions = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let start = if from_start {
+                EntryId::ZERO
+            } else {
+                last_id(&mut conn, &stream).await?
+            };
+            positions.push((stream, start.to_string()));
+        }
         Ok(Self {
             conn,
             positions,
@@ -83,4 +92,25 @@ impl Follower {
             .find(|(s, _)| s == stream)
             .and_then(|(_, p)| p.parse().ok())
     }
+}
+
+/// The id of the newest entry of `stream` (`0-0` when it is empty or absent).
+async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<EntryId, Error> {
+    let newest: redis::Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let wrapped = redis::Value::Array(vec![redis::Value::Array(vec![
+        redis::Value::BulkString(stream.as_bytes().to_vec()),
+        newest,
+    ])]);
+    Ok(parse_read(wrapped)?
+        .into_iter()
+        .flat_map(|(_, e)| e)
+        .next()
+        .map_or(EntryId::ZERO, |e| e.id))
 }

@@ -145,18 +145,20 @@ impl CommandResult {
 }
 
 fn read_failure(r: &mut FieldReader, status: Status) -> Result<Option<Failure>, WireError> {
-    let errortype: Option<ErrorType> = r.parse("errortype")?;
+    if status == Status::Completed {
+        // Failure fields on a completed result are left in place, as unknown fields.
+        return Ok(None);
+    }
+    let errortype: ErrorType = r
+        .parse("errortype")?
+        .ok_or(WireError::MissingField { field: "errortype" })?;
     let error = r.text("error")?;
     let retryable = r.parse::<bool>("retryable")?.unwrap_or(false);
-    match (status, errortype) {
-        (Status::Completed, _) => Ok(None),
-        (_, None) => Err(WireError::MissingField { field: "errortype" }),
-        (_, Some(errortype)) => Ok(Some(Failure {
-            error: error.unwrap_or_else(|| errortype.to_string()),
-            errortype,
-            retryable,
-        })),
-    }
+    Ok(Some(Failure {
+        error: error.unwrap_or_else(|| errortype.to_string()),
+        errortype,
+        retryable,
+    }))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use comfy_table::Table;
 use mindbus::bus::Bus;
 use mindbus::streams::{StreamEntry, parse_read};
-use mindbus::wire::{DeadLetter, EntryId};
+use mindbus::wire::{DeadLetter, EntryId, Fields, Origin, derived_id};
 use redis::Value;
 
 use super::show::raw;
@@ -154,17 +154,11 @@ async fn retry(bus: &Bus, entries: Vec<StreamEntry>) -> anyhow::Result<()> {
     for entry in &entries {
         let letter = DeadLetter::decode(entry.fields.clone().unwrap_or_default())
             .with_context(|| format!("dead letter {}", entry.id))?;
-        let command_id = letter
-            .original
-            .iter()
-            .find(|(k, _)| k == "id")
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let (command_id, original) = with_id(&letter);
         let mut pipe = redis::pipe();
-        if let Some(id) = command_id {
-            pipe.cmd("DEL").arg(bus.keys().done(&id)).ignore();
-        }
+        pipe.cmd("DEL").arg(bus.keys().done(&command_id)).ignore();
         let add = pipe.cmd("XADD").arg(&letter.stream).arg("*");
-        for (name, value) in &letter.original {
+        for (name, value) in &original {
             add.arg(name).arg(value.as_slice());
         }
         pipe.cmd("XDEL")
@@ -172,7 +166,29 @@ async fn retry(bus: &Bus, entries: Vec<StreamEntry>) -> anyhow::Result<()> {
             .arg(entry.id.to_string())
             .ignore();
         let (new_id,): (String,) = pipe.query_async(&mut conn).await?;
-        println!("{} -> {} {new_id}", entry.id, letter.stream);
+        println!(
+            "{} -> {} {new_id} (command {command_id})",
+            entry.id, letter.stream
+        );
     }
     Ok(())
+}
+
+/// The original fields with the command's `id` made explicit: a command sent without one had
+/// it derived from its entry, and the new entry would derive another.
+fn with_id(letter: &DeadLetter) -> (String, Fields) {
+    let mut original = letter.original.clone();
+    let id = match original.iter().find(|(k, _)| k == "id") {
+        Some((_, v)) => String::from_utf8_lossy(v).into_owned(),
+        None => {
+            let id = derived_id(Origin {
+                stream: &letter.stream,
+                entry: letter.entry,
+            })
+            .to_string();
+            original.push(("id".into(), id.clone().into_bytes()));
+            id
+        }
+    };
+    (id, original)
 }
