@@ -103,7 +103,7 @@ impl Record {
             entry_ms: self.entry_ms,
             entry_seq: self.entry_seq,
             kind: self.kind,
-            fields: self.fields.clone(),
+            fields: json_without_nul(self.fields.clone()),
             malformed: Some(
                 format!("stored bare, postgres refused the row: {why}").replace('\0', ""),
             ),
