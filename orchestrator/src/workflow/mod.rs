@@ -1,0 +1,13 @@
+//! Workflows: steps that call agent roles, with dependencies, fan-out, conditions, loops,
+//! approvals and limits on steps added at run time.
+
+mod error;
+mod load;
+mod model;
+mod template;
+mod validate;
+
+pub use error::{Problem, WorkflowError};
+pub use load::{load_dir, load_file, parse};
+pub use model::{Approval, DynamicLimits, InputSpec, OnTimeout, Repeat, Step, Workflow};
+pub use template::{render, truthy};

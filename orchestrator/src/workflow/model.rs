@@ -1,0 +1,124 @@
+//! The workflow file, as typed data.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A workflow: inputs, steps and limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// The name runs are started by.
+    pub name: String,
+    /// What it does, for people.
+    #[serde(default)]
+    pub description: String,
+    /// The run's inputs.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputSpec>,
+    /// A deadline for the whole run, in milliseconds; its commands inherit it.
+    pub deadline_ms: Option<u64>,
+    /// Limits on steps that results add at run time; none may be added without them.
+    pub dynamic: Option<DynamicLimits>,
+    /// The steps, in any order (dependencies decide the order of execution).
+    pub steps: Vec<Step>,
+    /// The run's output: a template over inputs and steps. Default: the last step's output.
+    pub output: Option<Value>,
+}
+
+/// One input of a run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// For people.
+    #[serde(default)]
+    pub description: String,
+    /// The value when the run does not give one; an input without a default is required.
+    pub default: Option<Value>,
+}
+
+/// Limits on steps added at run time by a step's result.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicLimits {
+    /// Roles added steps may call.
+    pub allowed_roles: Vec<String>,
+    /// Most steps added to one run.
+    pub max_added_steps: u32,
+    /// Most levels of steps adding steps.
+    pub max_depth: u32,
+}
+
+/// One step.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique within the workflow: a-z, 0-9, `-`, `_`.
+    pub id: String,
+    /// The agent role that runs it (or `approval`).
+    pub role: Option<String>,
+    /// The command type. Default: `<role>.<id>`.
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    /// Steps that must finish first.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// The command's data: any JSON, whose strings are templates.
+    #[serde(default)]
+    pub input: Value,
+    /// Run only when this expression is true; otherwise the step is skipped.
+    pub when: Option<String>,
+    /// Fan out: one command per item of the list this expression yields (`item` in
+    /// templates); the step's output is the list of their outputs.
+    pub for_each: Option<String>,
+    /// Run again until `until` holds, at most `max_rounds` times.
+    pub repeat: Option<Repeat>,
+    /// Per-command timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Deliveries per command before it fails.
+    pub maxattempts: Option<u32>,
+    /// Wait for a person to approve or reject instead of calling a role.
+    pub approval: Option<Approval>,
+}
+
+/// A loop: run the step again until a condition holds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repeat {
+    /// An expression over `output` (this round's) and everything the step can see.
+    pub until: String,
+    /// Most rounds.
+    pub max_rounds: u32,
+}
+
+/// A human approval.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// How long to wait, in milliseconds.
+    pub timeout_ms: u64,
+    /// What a timeout means.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+/// What an approval timeout does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// The run fails.
+    #[default]
+    Reject,
+    /// The run goes on as if approved.
+    Approve,
+}
+
+impl Step {
+    /// The command type this step sends.
+    pub fn command_type(&self) -> String {
+        self.ty.clone().unwrap_or_else(|| {
+            format!("{}.{}", self.role.as_deref().unwrap_or("approval"), self.id)
+        })
+    }
+}
