@@ -369,6 +369,8 @@ fn check_names(
                 "`{field}` reads steps.{other}, which this step does not depend on"
             )),
             ("inputs" | "steps" | "run", _) => None,
+            // minijinja's global functions.
+            ("range" | "dict" | "namespace" | "debug", _) => None,
             ("item", _) if scope.item => None,
             ("round", _) if scope.round => None,
             ("output", _) if scope.output => None,

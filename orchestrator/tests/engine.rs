@@ -1,0 +1,272 @@
+//! The run engine, driven by a simulated echo agent (answers with its input).
+
+use std::path::Path;
+
+use mindbus_orchestrator::engine::{self, Action, Event, RunState};
+use mindbus_orchestrator::workflow::{self, Workflow};
+use serde_json::{Value, json};
+
+fn workflow(yaml: &str) -> Workflow {
+    workflow::parse(Path::new("test.yaml"), yaml, &["echo"]).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// Answers every dispatched command with its input (last first, to shake the order), until
+/// the run ends; returns the final action and how many commands were sent.
+fn drive(workflow: &Workflow, state: &mut RunState, mut actions: Vec<Action>) -> (Action, usize) {
+    let mut sent = 0;
+    loop {
+        if let Some(end) = actions
+            .iter()
+            .find(|a| matches!(a, Action::Complete { .. } | Action::Fail { .. }))
+        {
+            return (end.clone(), sent);
+        }
+        let Some(Action::Dispatch {
+            step,
+            item,
+            round,
+            input,
+            ..
+        }) = actions.pop()
+        else {
+            panic!("stuck with {actions:?}")
+        };
+        sent += 1;
+        let event = Event::Result {
+            step: step.clone(),
+            item,
+            round,
+            output: Ok(input.clone()),
+        };
+        // A duplicate delivery of the same result changes nothing.
+        let mut next = engine::apply(workflow, state, event.clone());
+        assert!(
+            engine::apply(workflow, state, event).is_empty(),
+            "a result counted twice"
+        );
+        actions.append(&mut next);
+    }
+}
+
+#[test]
+fn the_sample_runs_its_dag_fan_out_condition_and_loop() {
+    let sample = workflow::load_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/workflows/sample.yaml"),
+        &["echo"],
+    )
+    .unwrap();
+    let (mut state, actions) = engine::start(&sample, json!({"topic": "streams"})).unwrap();
+    assert!(matches!(&actions[..], [Action::Dispatch { step, .. }] if step == "draft"));
+    let (end, sent) = drive(&sample, &mut state, actions);
+    // draft 1 + expand 3 + review 3 rounds
+    assert_eq!(sent, 7);
+    let Action::Complete { output } = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(output["draft"], "A short piece on streams");
+    let points: Vec<&str> = output["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["point"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        points,
+        ["why", "how", "what next"],
+        "fan-in keeps the item order"
+    );
+}
+
+#[test]
+fn a_fan_out_of_twenty_then_a_dynamic_number_of_rounds() {
+    let w = workflow(
+        r#"
+name: wide
+inputs:
+  n: {default: 20}
+steps:
+  - id: fan
+    role: echo
+    for_each: "range(inputs.n) | list"
+    input: {i: "{{ item }}"}
+  - id: sum
+    role: echo
+    needs: [fan]
+    input: {count: "{{ steps.fan.output | length }}"}
+    repeat: {until: "round >= 2", max_rounds: 5}
+"#,
+    );
+    let (mut state, actions) = engine::start(&w, Value::Null).unwrap();
+    assert_eq!(actions.len(), 20);
+    let (end, sent) = drive(&w, &mut state, actions);
+    assert_eq!(sent, 22);
+    assert_eq!(
+        end,
+        Action::Complete {
+            output: json!({"count": 20})
+        }
+    );
+}
+
+#[test]
+fn a_false_condition_skips_and_dependents_still_run() {
+    let w = workflow(
+        r#"
+name: cond
+inputs:
+  go: {default: false}
+steps:
+  - id: maybe
+    role: echo
+    when: "inputs.go"
+  - id: after
+    role: echo
+    needs: [maybe]
+    input: {skipped: "{{ steps.maybe.skipped }}"}
+"#,
+    );
+    let (mut state, actions) = engine::start(&w, Value::Null).unwrap();
+    let (end, sent) = drive(&w, &mut state, actions);
+    assert_eq!(sent, 1);
+    assert_eq!(
+        end,
+        Action::Complete {
+            output: json!({"skipped": true})
+        }
+    );
+}
+
+#[test]
+fn a_failed_step_fails_the_run_and_late_results_change_nothing() {
+    let w = workflow(
+        "name: f\nsteps:\n  - id: a\n    role: echo\n  - id: b\n    role: echo\n    needs: [a]\n",
+    );
+    let (mut state, _) = engine::start(&w, Value::Null).unwrap();
+    let actions = engine::apply(
+        &w,
+        &mut state,
+        Event::Result {
+            step: "a".into(),
+            item: 0,
+            round: 1,
+            output: Err("boom".into()),
+        },
+    );
+    assert!(matches!(&actions[..], [Action::Fail { reason, .. }] if reason.contains("boom")));
+    assert!(
+        engine::apply(
+            &w,
+            &mut state,
+            Event::Result {
+                step: "a".into(),
+                item: 0,
+                round: 1,
+                output: Ok(json!(1))
+            }
+        )
+        .is_empty()
+    );
+    assert!(
+        engine::apply(
+            &w,
+            &mut state,
+            Event::Result {
+                step: "b".into(),
+                item: 0,
+                round: 1,
+                output: Ok(json!(1))
+            }
+        )
+        .is_empty(),
+        "b never started"
+    );
+}
+
+#[test]
+fn approvals_approve_reject_and_time_out_as_declared() {
+    let yaml = |on_timeout: &str| {
+        format!(
+            "name: a\nsteps:\n  - id: ok\n    approval: {{timeout_ms: 1000, on_timeout: {on_timeout}}}\n  - id: after\n    role: echo\n    needs: [ok]\n"
+        )
+    };
+    let w = workflow(&yaml("reject"));
+    let (mut state, actions) = engine::start(&w, Value::Null).unwrap();
+    assert_eq!(
+        actions,
+        vec![Action::AwaitApproval {
+            step: "ok".into(),
+            timeout_ms: 1000
+        }]
+    );
+    let next = engine::apply(
+        &w,
+        &mut state.clone(),
+        Event::Decided {
+            step: "ok".into(),
+            approved: true,
+        },
+    );
+    assert!(matches!(&next[..], [Action::Dispatch { step, .. }] if step == "after"));
+    let rejected = engine::apply(
+        &w,
+        &mut state.clone(),
+        Event::Decided {
+            step: "ok".into(),
+            approved: false,
+        },
+    );
+    assert!(matches!(&rejected[..], [Action::Fail { .. }]));
+    let timed_out = engine::apply(
+        &w,
+        &mut state,
+        Event::ApprovalTimedOut { step: "ok".into() },
+    );
+    assert!(
+        matches!(&timed_out[..], [Action::Fail { .. }]),
+        "on_timeout: reject"
+    );
+
+    let w = workflow(&yaml("approve"));
+    let (mut state, _) = engine::start(&w, Value::Null).unwrap();
+    let next = engine::apply(
+        &w,
+        &mut state,
+        Event::ApprovalTimedOut { step: "ok".into() },
+    );
+    assert!(
+        matches!(&next[..], [Action::Dispatch { .. }]),
+        "on_timeout: approve"
+    );
+}
+
+#[test]
+fn a_missing_required_input_is_refused() {
+    let w = workflow(
+        "name: i\ninputs:\n  topic: {}\nsteps:\n  - id: a\n    role: echo\n    input: {t: \"{{ inputs.topic }}\"}\n",
+    );
+    assert_eq!(
+        engine::start(&w, Value::Null).unwrap_err(),
+        "missing required input `topic`"
+    );
+}
+
+#[test]
+fn state_survives_a_round_trip_through_json() {
+    let w = workflow("name: s\nsteps:\n  - id: a\n    role: echo\n    for_each: \"[1, 2]\"\n");
+    let (mut state, _) = engine::start(&w, Value::Null).unwrap();
+    engine::apply(
+        &w,
+        &mut state,
+        Event::Result {
+            step: "a".into(),
+            item: 1,
+            round: 1,
+            output: Ok(json!("two")),
+        },
+    );
+    let restored: RunState = serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
+    assert_eq!(
+        restored, state,
+        "a persisted run resumes exactly where it stood"
+    );
+}
