@@ -1,0 +1,198 @@
+//! How one step moves: starting it (condition, approval, fan-out), recording its results
+//! (fan-in, loops) and failing it.
+
+use serde_json::{Value, json};
+
+use super::{Action, RunState, StepState, context};
+use crate::workflow::{Step, render, truthy};
+
+/// `None` when the step was not waiting for a decision.
+pub(super) fn on_decision(
+    step: &Step,
+    state: &mut RunState,
+    approved: bool,
+) -> Option<Vec<Action>> {
+    let slot = state
+        .steps
+        .get_mut(&step.id)
+        .filter(|s| **s == StepState::AwaitingApproval)?;
+    if approved {
+        *slot = StepState::Done {
+            output: json!({"approved": true}),
+        };
+        Some(Vec::new())
+    } else {
+        *slot = StepState::Failed {
+            error: "rejected".into(),
+        };
+        Some(vec![Action::Fail {
+            step: Some(step.id.clone()),
+            reason: format!("step `{}` was rejected", step.id),
+        }])
+    }
+}
+
+/// `None` when the step was not waiting for this result (late, repeated or unknown).
+pub(super) fn on_result(
+    step: &Step,
+    state: &mut RunState,
+    item: usize,
+    round: u32,
+    output: Result<Value, String>,
+) -> Option<Vec<Action>> {
+    match state.steps.get(&step.id) {
+        Some(StepState::Running {
+            round: current,
+            outputs,
+        }) if *current == round && outputs.get(item).is_some_and(Option::is_none) => {}
+        _ => return None,
+    }
+    Some(record_result(step, state, item, round, output))
+}
+
+fn record_result(
+    step: &Step,
+    state: &mut RunState,
+    item: usize,
+    round: u32,
+    output: Result<Value, String>,
+) -> Vec<Action> {
+    let context = context(state, None);
+    let output = match output {
+        Ok(output) => output,
+        Err(error) => {
+            state.steps.insert(
+                step.id.clone(),
+                StepState::Failed {
+                    error: error.clone(),
+                },
+            );
+            return vec![Action::Fail {
+                step: Some(step.id.clone()),
+                reason: format!("step `{}` failed: {error}", step.id),
+            }];
+        }
+    };
+    let Some(StepState::Running { outputs, .. }) = state.steps.get_mut(&step.id) else {
+        return Vec::new();
+    };
+    outputs[item] = Some(output);
+    if outputs.iter().any(Option::is_none) {
+        return Vec::new();
+    }
+    let outputs: Vec<Value> = outputs
+        .iter_mut()
+        .map(|o| o.take().unwrap_or_default())
+        .collect();
+    let output = if step.for_each.is_some() {
+        Value::Array(outputs)
+    } else {
+        outputs.into_iter().next().unwrap_or_default()
+    };
+    let Some(repeat) = &step.repeat else {
+        state
+            .steps
+            .insert(step.id.clone(), StepState::Done { output });
+        return Vec::new();
+    };
+    let mut scope = context;
+    scope["output"] = output.clone();
+    scope["round"] = json!(round);
+    match truthy(&repeat.until, &scope) {
+        Ok(true) => finish(state, step, output),
+        Ok(false) if round >= repeat.max_rounds => finish(state, step, output),
+        Ok(false) => dispatch(step, state, round + 1),
+        Err(e) => fail(state, step, format!("repeat.until: {e}")),
+    }
+}
+
+fn finish(state: &mut RunState, step: &Step, output: Value) -> Vec<Action> {
+    state
+        .steps
+        .insert(step.id.clone(), StepState::Done { output });
+    Vec::new()
+}
+
+fn fail(state: &mut RunState, step: &Step, error: String) -> Vec<Action> {
+    state.steps.insert(
+        step.id.clone(),
+        StepState::Failed {
+            error: error.clone(),
+        },
+    );
+    vec![Action::Fail {
+        step: Some(step.id.clone()),
+        reason: format!("step `{}`: {error}", step.id),
+    }]
+}
+
+pub(super) fn begin(step: &Step, state: &mut RunState) -> Vec<Action> {
+    if let Some(when) = &step.when {
+        match truthy(when, &context(state, None)) {
+            Ok(false) => {
+                state.steps.insert(step.id.clone(), StepState::Skipped);
+                return Vec::new();
+            }
+            Ok(true) => {}
+            Err(e) => return fail(state, step, format!("when: {e}")),
+        }
+    }
+    if let Some(approval) = &step.approval {
+        state
+            .steps
+            .insert(step.id.clone(), StepState::AwaitingApproval);
+        return vec![Action::AwaitApproval {
+            step: step.id.clone(),
+            timeout_ms: approval.timeout_ms,
+        }];
+    }
+    dispatch(step, state, 1)
+}
+
+/// Sends the step's commands for `round`: one per fan-out item, or one.
+fn dispatch(step: &Step, state: &mut RunState, round: u32) -> Vec<Action> {
+    let items = match &step.for_each {
+        None => vec![None],
+        Some(list) => match crate::workflow::render(
+            &Value::String(format!("{{{{ {list} }}}}")),
+            &context(state, None),
+        ) {
+            Ok(Value::Array(items)) => items.into_iter().map(Some).collect(),
+            Ok(other) => {
+                return fail(
+                    state,
+                    step,
+                    format!("for_each must yield a list, not {other}"),
+                );
+            }
+            Err(e) => return fail(state, step, format!("for_each: {e}")),
+        },
+    };
+    if items.is_empty() {
+        return finish(state, step, json!([]));
+    }
+    let mut actions = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let mut scope = context(state, item.clone());
+        scope["round"] = json!(round);
+        match render(&step.input, &scope) {
+            Ok(input) => actions.push(Action::Dispatch {
+                step: step.id.clone(),
+                item: index,
+                round,
+                role: step.role.clone().unwrap_or_default(),
+                command_type: step.command_type(),
+                input,
+            }),
+            Err(e) => return fail(state, step, format!("input: {e}")),
+        }
+    }
+    state.steps.insert(
+        step.id.clone(),
+        StepState::Running {
+            round,
+            outputs: vec![None; items.len()],
+        },
+    );
+    actions
+}
