@@ -119,7 +119,7 @@ impl Ingest {
         conn: &mut MultiplexedConnection,
         positions: &mut Positions,
     ) -> anyhow::Result<()> {
-        let mut streams = command_streams(conn, &self.keys).await?;
+        let mut streams = mindbus::streams::command_streams(conn, &self.keys).await?;
         streams.extend(self.keys.shared_streams());
         for stream in streams {
             if let std::collections::hash_map::Entry::Vacant(slot) = positions.entry(stream) {
@@ -269,34 +269,6 @@ async fn write_batch(
     }
     pipe.query_async::<()>(&mut acks).await?;
     Ok(())
-}
-
-/// Every role's command stream.
-pub async fn command_streams(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys.commands_pattern())
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(conn)
-            .await?;
-        out.extend(found);
-        if next == 0 {
-            out.sort();
-            out.dedup();
-            return Ok(out);
-        }
-        cursor = next;
-    }
 }
 
 fn delays() -> impl Iterator<Item = Duration> {

@@ -66,14 +66,7 @@ async fn trim_loop(
         let Ok(mut conn) = redis.shared().await else {
             continue;
         };
-        let Ok(mut streams) = redis
-            .dedicated(Duration::from_secs(1))
-            .await
-            .map_err(anyhow::Error::from)
-        else {
-            continue;
-        };
-        let mut all = ingest::command_streams(&mut streams, &keys)
+        let mut all = mindbus::streams::command_streams(&mut conn, &keys)
             .await
             .unwrap_or_default();
         all.extend(keys.shared_streams());

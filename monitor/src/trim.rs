@@ -22,7 +22,7 @@ pub async fn oldest_needed<C: ConnectionLike + Send>(
         .await?;
     let mut oldest: Option<EntryId> = None;
     for group in groups {
-        let info = map(group);
+        let info = mindbus::streams::info_map(group);
         let name = text(info.get("name")).unwrap_or_default();
         let delivered: EntryId = text(info.get("last-delivered-id"))
             .and_then(|s| s.parse().ok())
@@ -100,22 +100,6 @@ pub async fn trim<C: ConnectionLike + Send>(
         .query_async(conn)
         .await?;
     Ok(removed)
-}
-
-fn map(value: Value) -> std::collections::HashMap<String, Value> {
-    let items = match value {
-        Value::Array(items) => items,
-        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => Vec::new(),
-    };
-    let mut out = std::collections::HashMap::new();
-    let mut it = items.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        if let Some(k) = text(Some(&k)) {
-            out.insert(k, v);
-        }
-    }
-    out
 }
 
 fn text(value: Option<&Value>) -> Option<String> {

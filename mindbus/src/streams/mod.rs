@@ -88,3 +88,52 @@ where
 pub fn is_nogroup(err: &Error) -> bool {
     matches!(err, Error::Redis(e) if e.code() == Some("NOGROUP"))
 }
+
+/// Every role's command stream under `keys`, found with `SCAN` (sorted). New roles appear
+/// here as soon as their first command is published.
+pub async fn command_streams<C>(
+    conn: &mut C,
+    keys: &crate::keys::Keys,
+) -> Result<Vec<String>, Error>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.commands_pattern())
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await?;
+        out.extend(found);
+        if next == 0 {
+            out.sort();
+            out.dedup();
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// A flat `XINFO` reply (`[name, value, ...]` or a map) as a map by name.
+pub fn info_map(value: redis::Value) -> std::collections::HashMap<String, redis::Value> {
+    let items = match value {
+        redis::Value::Array(items) => items,
+        redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = std::collections::HashMap::new();
+    let mut items = items.into_iter();
+    while let (Some(k), Some(v)) = (items.next(), items.next()) {
+        if let Ok(k) = redis::from_redis_value::<String>(k) {
+            out.insert(k, v);
+        }
+    }
+    out
+}

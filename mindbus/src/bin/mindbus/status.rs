@@ -1,53 +1,13 @@
 //! `mindbus status`: every stream with its length, groups, consumers, pending and lag.
 
-use std::collections::HashMap;
-
 use comfy_table::Table;
 use mindbus::bus::Bus;
+use mindbus::streams::info_map;
 use redis::Value;
 
-/// Every role's command stream, found with SCAN (sorted).
+/// Every role's command stream (sorted).
 pub async fn command_streams(bus: &Bus) -> anyhow::Result<Vec<String>> {
-    let mut conn = bus.connection();
-    let mut streams = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(bus.keys().commands_pattern())
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(&mut conn)
-            .await?;
-        streams.extend(keys);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    streams.sort();
-    streams.dedup();
-    Ok(streams)
-}
-
-/// A flat `XINFO` reply as a map.
-fn info_map(value: Value) -> HashMap<String, Value> {
-    let items = match value {
-        Value::Array(items) => items,
-        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => Vec::new(),
-    };
-    let mut out = HashMap::new();
-    let mut items = items.into_iter();
-    while let (Some(k), Some(v)) = (items.next(), items.next()) {
-        if let Ok(k) = redis::from_redis_value::<String>(k) {
-            out.insert(k, v);
-        }
-    }
-    out
+    Ok(mindbus::streams::command_streams(&mut bus.connection(), bus.keys()).await?)
 }
 
 fn show(value: Option<&Value>) -> String {
