@@ -43,15 +43,21 @@ impl ResultWaiter {
     }
 
     /// Waits for the result of `command_id` on the shared result stream, looking at entries
-    /// after `since` (use the command's own entry id: results are always newer).
+    /// written from the millisecond of `command` on (pass the command's own entry id). Ids
+    /// of different streams are not ordered within one millisecond: a fast agent's result
+    /// can carry the very same id as its command, so the whole millisecond is read.
     pub async fn wait_result(
         &mut self,
-        since: EntryId,
+        command: EntryId,
         command_id: Uuid,
         timeout: Duration,
     ) -> Result<Option<CommandResult>, Error> {
         let stream = self.results.clone();
-        self.wait_on(&stream, since, command_id, timeout).await
+        let before = match command.ms.checked_sub(1) {
+            Some(ms) => EntryId { ms, seq: u64::MAX },
+            None => EntryId::ZERO,
+        };
+        self.wait_on(&stream, before, command_id, timeout).await
     }
 
     async fn wait_on(

@@ -1,4 +1,5 @@
 //! The `mindbus` crate's integration tests: one binary, one module per concern.
 #![allow(clippy::unwrap_used)]
 
+mod bus;
 mod schemas;
