@@ -136,6 +136,20 @@ async fn cli_send_wait_prints_the_result() {
     assert_eq!(printed["status"], "completed");
     assert_eq!(printed["data"], json!({"text": "from the cli"}));
 
+    // Flags can come from the environment too.
+    let by_env = mesh
+        .cli()
+        .args(["send", "echo", "echo.say", r#"{"via":"env"}"#])
+        .env("MINDBUS_SEND_WAIT", "true")
+        .output()
+        .unwrap();
+    let printed: serde_json::Value = serde_json::from_slice(&by_env.stdout).unwrap();
+    assert_eq!(
+        printed["data"],
+        json!({"via": "env"}),
+        "MINDBUS_SEND_WAIT=true waits like --wait"
+    );
+
     let failed = mesh
         .cli()
         .args(["send", "echo", "echo.say", r#"{"fail":"fatal"}"#, "--wait"])

@@ -15,7 +15,7 @@ pub enum DlqCommand {
     /// List dead letters, oldest first.
     List {
         /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, env = "MINDBUS_DLQ_COUNT")]
         count: usize,
     },
     /// Show one dead letter with all its fields.

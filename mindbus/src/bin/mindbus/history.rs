@@ -81,25 +81,25 @@ pub async fn trace(config: &mindbus::config::Config, id: &str) -> anyhow::Result
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only entries whose type starts with this.
-    #[arg(long = "type")]
+    #[arg(long = "type", env = "MINDBUS_EVENTS_TYPE")]
     ty: Option<String>,
     /// Only entries of this role.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_EVENTS_ROLE")]
     role: Option<String>,
     /// Only results or dead letters with this status (completed, failed, canceled, or an errortype).
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_EVENTS_STATUS")]
     status: Option<String>,
     /// Only entries at or after this time (RFC 3339).
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_EVENTS_SINCE")]
     since: Option<String>,
     /// Only entries before this time (RFC 3339).
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_EVENTS_UNTIL")]
     until: Option<String>,
     /// At most this many, newest last.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, env = "MINDBUS_EVENTS_LIMIT")]
     limit: i64,
     /// One JSON object per line instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_EVENTS_JSON")]
     json: bool,
 }
 

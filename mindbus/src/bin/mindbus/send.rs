@@ -17,19 +17,19 @@ pub struct SendArgs {
     /// The command's data, as JSON.
     data: String,
     /// Wait for the result and print it; exit 1 unless it completed, 2 on timeout.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_SEND_WAIT")]
     wait: bool,
     /// How long to wait, in milliseconds.
-    #[arg(long, default_value_t = 30_000, env = "MINDBUS_WAIT_MS")]
+    #[arg(long, default_value_t = 30_000, env = "MINDBUS_SEND_WAIT_MS")]
     wait_ms: u64,
     /// Send `data` as MessagePack instead of JSON.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_SEND_MSGPACK")]
     msgpack: bool,
     /// Deliveries before dead-lettering.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_SEND_MAXATTEMPTS")]
     maxattempts: Option<u32>,
     /// Deadline, in milliseconds from now.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_SEND_DEADLINE_MS")]
     deadline_ms: Option<u64>,
 }
 

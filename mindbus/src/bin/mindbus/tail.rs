@@ -14,22 +14,22 @@ pub struct TailArgs {
     /// command streams of roles that appear later are picked up).
     streams: Vec<String>,
     /// Only entries whose type starts with this.
-    #[arg(long = "type")]
+    #[arg(long = "type", env = "MINDBUS_TAIL_TYPE")]
     ty: Option<String>,
     /// Only entries of this role.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_TAIL_ROLE")]
     role: Option<String>,
     /// Only entries about this command id.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_TAIL_ID")]
     id: Option<String>,
     /// Print the streams' history first.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_TAIL_FROM_START")]
     from_start: bool,
     /// Exit after printing this many entries.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_TAIL_COUNT")]
     count: Option<usize>,
     /// Exit after this many milliseconds.
-    #[arg(long)]
+    #[arg(long, env = "MINDBUS_TAIL_FOR_MS")]
     for_ms: Option<u64>,
 }
 
