@@ -270,3 +270,50 @@ fn state_survives_a_round_trip_through_json() {
         "a persisted run resumes exactly where it stood"
     );
 }
+
+#[test]
+fn after_a_failure_parallel_results_change_nothing() {
+    let w = workflow(
+        "name: p\noutput: \"{{ steps.c.output }}\"\nsteps:\n  - id: a\n    role: echo\n  - id: b\n    role: echo\n  - id: c\n    role: echo\n    needs: [b]\n",
+    );
+    let (mut state, actions) = engine::start(&w, Value::Null).unwrap();
+    assert_eq!(actions.len(), 2, "a and b start together");
+    let failed = engine::apply(
+        &w,
+        &mut state,
+        Event::Result {
+            step: "a".into(),
+            item: 0,
+            round: 1,
+            output: Err("boom".into()),
+        },
+    );
+    assert!(matches!(&failed[..], [Action::Fail { .. }]));
+    let late = engine::apply(
+        &w,
+        &mut state,
+        Event::Result {
+            step: "b".into(),
+            item: 0,
+            round: 1,
+            output: Ok(json!(1)),
+        },
+    );
+    assert!(
+        late.is_empty(),
+        "c is not dispatched and the run does not fail twice: {late:?}"
+    );
+}
+
+#[test]
+fn a_skipped_final_step_without_output_fails_the_run() {
+    let w = workflow(
+        "name: s\nsteps:\n  - id: a\n    role: echo\n  - id: last\n    role: echo\n    needs: [a]\n    when: \"false\"\n",
+    );
+    let (mut state, actions) = engine::start(&w, Value::Null).unwrap();
+    let (end, _) = drive(&w, &mut state, actions);
+    assert!(
+        matches!(&end, Action::Fail { reason, .. } if reason.contains("`last` was skipped")),
+        "{end:?}"
+    );
+}

@@ -116,6 +116,14 @@ pub fn start(workflow: &Workflow, input: Value) -> Result<(RunState, Vec<Action>
 /// waiting for it (a late or repeated result) changes nothing and returns nothing, so a
 /// result can never be counted twice.
 pub fn apply(workflow: &Workflow, state: &mut RunState, event: Event) -> Vec<Action> {
+    // A failed run is over: results of steps that were still running change nothing.
+    if state
+        .steps
+        .values()
+        .any(|s| matches!(s, StepState::Failed { .. }))
+    {
+        return Vec::new();
+    }
     let Some(step) = workflow
         .steps
         .iter()
@@ -207,22 +215,24 @@ fn settled(state: &RunState, step: &str) -> bool {
 
 fn complete(workflow: &Workflow, state: &RunState) -> Action {
     let output = match &workflow.output {
-        Some(template) => render(template, &context(state, None)),
-        None => Ok(workflow
-            .steps
-            .last()
-            .and_then(|s| match state.steps.get(&s.id) {
-                Some(StepState::Done { output }) => Some(output.clone()),
-                _ => None,
-            })
-            .unwrap_or_default()),
+        Some(template) => {
+            render(template, &context(state, None)).map_err(|e| format!("output: {e}"))
+        }
+        // Validation guarantees one final step when there is no `output` template.
+        None => match crate::workflow::final_steps(workflow)
+            .first()
+            .and_then(|id| state.steps.get(*id).map(|s| (*id, s)))
+        {
+            Some((_, StepState::Done { output })) => Ok(output.clone()),
+            Some((id, _)) => Err(format!(
+                "the final step `{id}` was skipped and the workflow declares no `output`"
+            )),
+            None => Ok(Value::Null),
+        },
     };
     match output {
         Ok(output) => Action::Complete { output },
-        Err(e) => Action::Fail {
-            step: None,
-            reason: format!("output: {e}"),
-        },
+        Err(reason) => Action::Fail { step: None, reason },
     }
 }
 

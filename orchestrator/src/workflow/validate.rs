@@ -19,6 +19,7 @@ pub(crate) fn check(workflow: &Workflow, roles: &[&str]) -> Found {
         check_step(step, &ids, roles, &mut found);
     }
     check_cycles(&ids, &mut found);
+    check_final_step(workflow, &mut found);
     check_dynamic(workflow, roles, &mut found);
     if found.is_empty() {
         // Reference checks need a DAG to compute what each step can see.
@@ -39,6 +40,33 @@ pub(crate) fn check(workflow: &Workflow, roles: &[&str]) -> Found {
         }
     }
     found
+}
+
+/// Without an `output` template the run's output is its one final step's (the step no other
+/// step needs); with several final steps, which one is meant must be said.
+fn check_final_step(workflow: &Workflow, found: &mut Found) {
+    if workflow.output.is_none() && final_steps(workflow).len() > 1 {
+        let names = final_steps(workflow).join(", ");
+        found.push((
+            None,
+            Problem::BadLimit(format!("several final steps ({names}): declare `output`")),
+        ));
+    }
+}
+
+/// The steps no other step needs.
+pub fn final_steps(workflow: &Workflow) -> Vec<&str> {
+    let needed: BTreeSet<&str> = workflow
+        .steps
+        .iter()
+        .flat_map(|s| s.needs.iter().map(String::as_str))
+        .collect();
+    workflow
+        .steps
+        .iter()
+        .map(|s| s.id.as_str())
+        .filter(|id| !needed.contains(id))
+        .collect()
 }
 
 fn check_ids(workflow: &Workflow, found: &mut Found) {
@@ -74,6 +102,14 @@ fn check_step(step: &Step, ids: &BTreeMap<&str, &Step>, roles: &[&str], found: &
             at(),
             Problem::BadLimit("approval.timeout_ms must be positive".into()),
         )),
+        (None, Some(_))
+            if step.for_each.is_some() || step.repeat.is_some() || !step.input.is_null() =>
+        {
+            found.push((
+                at(),
+                Problem::BadLimit("an approval step takes no input, for_each or repeat".into()),
+            ))
+        }
         (None, Some(_)) => {}
         _ => found.push((at(), Problem::RoleOrApproval)),
     }
@@ -179,7 +215,9 @@ fn ancestors(step: &Step, ids: &BTreeMap<&str, &Step>) -> BTreeSet<String> {
     out
 }
 
-/// The names a field may use besides `inputs`, `steps` and `run`.
+/// The names a field may use besides `inputs` and `steps`: exactly what the engine gives
+/// it (`when` and `for_each` see neither `item` nor `round`; `repeat.until` sees `round`
+/// and `output`; `input` sees `item` in a fan-out and `round` in a loop).
 #[derive(Debug, Default)]
 struct Scope {
     item: bool,
@@ -216,10 +254,7 @@ fn check_references(
             "when",
             when,
             visible,
-            &Scope {
-                item: false,
-                ..base
-            },
+            &Scope::default(),
             found,
         );
     }
@@ -230,11 +265,7 @@ fn check_references(
             "for_each",
             list,
             visible,
-            &Scope {
-                item: false,
-                round,
-                output: false,
-            },
+            &Scope::default(),
             found,
         );
     }
@@ -246,7 +277,7 @@ fn check_references(
             &repeat.until,
             visible,
             &Scope {
-                item,
+                item: false,
                 round,
                 output: true,
             },
@@ -368,7 +399,7 @@ fn check_names(
             ("steps", Some(other)) if !visible.contains(other) => Some(format!(
                 "`{field}` reads steps.{other}, which this step does not depend on"
             )),
-            ("inputs" | "steps" | "run", _) => None,
+            ("inputs" | "steps", _) => None,
             // minijinja's global functions.
             ("range" | "dict" | "namespace" | "debug", _) => None,
             ("item", _) if scope.item => None,
