@@ -67,18 +67,9 @@ async fn kill_9_of_one_agent_loses_nothing() {
 
 /// Entries pending for the consumer of process `pid` (consumer names carry the pid).
 async fn pending_of(mesh: &Mesh, pid: u32) -> usize {
-    let reply = redis::cmd("XPENDING")
-        .arg(mesh.stream("cmd:{echo}"))
-        .arg("echo")
-        .arg("-")
-        .arg("+")
-        .arg(100_000)
-        .query_async(&mut mesh.bus.connection())
-        .await
-        .unwrap();
     let marker = format!("-{pid}-");
-    mindbus::streams::parse_pending(reply)
-        .unwrap()
+    mesh.pending()
+        .await
         .iter()
         .filter(|(_, consumer, _)| consumer.contains(&marker))
         .count()

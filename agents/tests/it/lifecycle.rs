@@ -31,13 +31,7 @@ async fn an_expired_command_is_not_run() {
         result.failure.unwrap().errortype,
         ErrorType::DeadlineExceeded
     );
-    assert!(
-        mesh.events()
-            .await
-            .iter()
-            .all(|e| e.kind() != Some(EventKind::Started)),
-        "it never started"
-    );
+    assert!(!mesh.any_started().await, "it never started");
 }
 
 #[tokio::test]
@@ -93,13 +87,7 @@ async fn a_command_cancelled_before_any_agent_starts_never_runs() {
         .await
         .remove(0);
     assert_eq!(result.status, Status::Canceled);
-    assert!(
-        mesh.events()
-            .await
-            .iter()
-            .all(|e| e.kind() != Some(EventKind::Started)),
-        "it never started"
-    );
+    assert!(!mesh.any_started().await, "it never started");
 }
 
 #[tokio::test]
@@ -155,15 +143,7 @@ async fn sigterm_during_work_exits_0_and_loses_nothing() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
 
-    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg(mesh.stream("cmd:{echo}"))
-        .arg("echo")
-        .arg("-")
-        .arg("+")
-        .arg(100)
-        .query_async(&mut mesh.bus.connection())
-        .await
-        .unwrap();
+    let pending = mesh.pending().await;
     assert!(
         pending.is_empty(),
         "in-flight work finished and was acknowledged before exit: {pending:?}"
@@ -217,14 +197,6 @@ async fn a_command_published_twice_yields_one_accepted_result() {
         1,
         "the duplicate's result was dropped"
     );
-    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg(mesh.stream("cmd:{echo}"))
-        .arg("echo")
-        .arg("-")
-        .arg("+")
-        .arg(10)
-        .query_async(&mut mesh.bus.connection())
-        .await
-        .unwrap();
+    let pending = mesh.pending().await;
     assert!(pending.is_empty(), "the duplicate was acknowledged");
 }

@@ -57,15 +57,7 @@ async fn a_command_that_always_panics_is_dead_lettered_after_maxattempts() {
         })
         .count();
     assert_eq!(started, 3, "exactly maxattempts deliveries");
-    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg(mesh.stream("cmd:{echo}"))
-        .arg("echo")
-        .arg("-")
-        .arg("+")
-        .arg(10)
-        .query_async(&mut mesh.bus.connection())
-        .await
-        .unwrap();
+    let pending = mesh.pending().await;
     assert!(pending.is_empty(), "the poison entry was acknowledged");
 }
 

@@ -76,6 +76,28 @@ impl Mesh {
         redis_cli(&self.url, &args)
     }
 
+    /// The echo group's pending entries: (entry, consumer, deliveries).
+    pub async fn pending(&self) -> Vec<(EntryId, String, u32)> {
+        let reply = redis::cmd("XPENDING")
+            .arg(self.stream("cmd:{echo}"))
+            .arg("echo")
+            .arg("-")
+            .arg("+")
+            .arg(100_000)
+            .query_async(&mut self.bus.connection())
+            .await
+            .unwrap();
+        mindbus::streams::parse_pending(reply).unwrap()
+    }
+
+    /// Whether any command's handler ever started.
+    pub async fn any_started(&self) -> bool {
+        self.events()
+            .await
+            .iter()
+            .any(|e| e.kind() == Some(mindbus::wire::EventKind::Started))
+    }
+
     pub fn stream(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.prefix)
     }
