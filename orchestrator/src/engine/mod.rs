@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod dynamic;
 mod step;
 
 use crate::workflow::{Step, Workflow, render};
+pub use dynamic::{ADD_STEPS, AddedStep};
 use step::{begin, on_decision, on_result};
 
 /// Where one step stands.
@@ -39,8 +41,41 @@ pub enum StepState {
 pub struct RunState {
     /// The run's input, defaults applied.
     pub input: Value,
-    /// Every step's state.
+    /// Every step's state, added steps included.
     pub steps: BTreeMap<String, StepState>,
+    /// Steps that results added at run time, in the order they were added.
+    #[serde(default)]
+    pub added: Vec<AddedStep>,
+}
+
+impl RunState {
+    /// The commands still out: (step, fan-out item, round) of every unanswered dispatch.
+    pub fn outstanding(&self) -> Vec<(String, usize, u32)> {
+        self.steps
+            .iter()
+            .filter_map(|(id, s)| match s {
+                StepState::Running { round, outputs } => Some((id, *round, outputs)),
+                _ => None,
+            })
+            .flat_map(|(id, round, outputs)| {
+                outputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.is_none())
+                    .map(move |(item, _)| (id.clone(), item, round))
+            })
+            .collect()
+    }
+}
+
+/// The run's steps: the workflow's, then those added at run time.
+fn all_steps(workflow: &Workflow, state: &RunState) -> Vec<Step> {
+    workflow
+        .steps
+        .iter()
+        .chain(state.added.iter().map(|a| &a.step))
+        .cloned()
+        .collect()
 }
 
 /// What the orchestrator must do.
@@ -107,6 +142,7 @@ pub fn start(workflow: &Workflow, input: Value) -> Result<(RunState, Vec<Action>
     let mut state = RunState {
         input: Value::Object(given),
         steps,
+        added: Vec::new(),
     };
     let actions = advance(workflow, &mut state);
     Ok((state, actions))
@@ -124,8 +160,8 @@ pub fn apply(workflow: &Workflow, state: &mut RunState, event: Event) -> Vec<Act
     {
         return Vec::new();
     }
-    let Some(step) = workflow
-        .steps
+    let steps = all_steps(workflow, state);
+    let Some(step) = steps
         .iter()
         .find(|s| Some(s.id.as_str()) == event_step(&event))
     else {
@@ -137,7 +173,7 @@ pub fn apply(workflow: &Workflow, state: &mut RunState, event: Event) -> Vec<Act
             round,
             output,
             ..
-        } => on_result(step, state, item, round, output),
+        } => on_result(workflow, step, state, item, round, output),
         Event::Decided { approved, .. } => on_decision(step, state, approved),
         Event::ApprovalTimedOut { .. } => {
             let approve = step
@@ -174,8 +210,8 @@ fn event_step(event: &Event) -> Option<&str> {
 fn advance(workflow: &Workflow, state: &mut RunState) -> Vec<Action> {
     let mut actions = Vec::new();
     loop {
-        let ready: Vec<&Step> = workflow
-            .steps
+        let steps = all_steps(workflow, state);
+        let ready: Vec<&Step> = steps
             .iter()
             .filter(|s| {
                 state.steps.get(&s.id) == Some(&StepState::Pending)

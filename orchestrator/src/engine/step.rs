@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Action, RunState, StepState, context};
-use crate::workflow::{Step, render, truthy};
+use super::{Action, RunState, StepState, context, dynamic};
+use crate::workflow::{Step, Workflow, render, truthy};
 
 /// `None` when the step was not waiting for a decision.
 pub(super) fn on_decision(
@@ -34,6 +34,7 @@ pub(super) fn on_decision(
 
 /// `None` when the step was not waiting for this result (late, repeated or unknown).
 pub(super) fn on_result(
+    workflow: &Workflow,
     step: &Step,
     state: &mut RunState,
     item: usize,
@@ -47,10 +48,11 @@ pub(super) fn on_result(
         }) if *current == round && outputs.get(item).is_some_and(Option::is_none) => {}
         _ => return None,
     }
-    Some(record_result(step, state, item, round, output))
+    Some(record_result(workflow, step, state, item, round, output))
 }
 
 fn record_result(
+    workflow: &Workflow,
     step: &Step,
     state: &mut RunState,
     item: usize,
@@ -90,19 +92,24 @@ fn record_result(
         outputs.into_iter().next().unwrap_or_default()
     };
     let Some(repeat) = &step.repeat else {
-        state
-            .steps
-            .insert(step.id.clone(), StepState::Done { output });
-        return Vec::new();
+        return done(workflow, state, step, output);
     };
     let mut scope = context;
     scope["output"] = output.clone();
     scope["round"] = json!(round);
     match truthy(&repeat.until, &scope) {
-        Ok(true) => finish(state, step, output),
-        Ok(false) if round >= repeat.max_rounds => finish(state, step, output),
+        Ok(true) => done(workflow, state, step, output),
+        Ok(false) if round >= repeat.max_rounds => done(workflow, state, step, output),
         Ok(false) => dispatch(step, state, round + 1),
         Err(e) => fail(state, step, format!("repeat.until: {e}")),
+    }
+}
+
+/// A step's final output: it adds the steps it lists (if any), then the step is done.
+fn done(workflow: &Workflow, state: &mut RunState, step: &Step, output: Value) -> Vec<Action> {
+    match dynamic::add_steps(workflow, state, step, &output) {
+        Ok(()) => finish(state, step, output),
+        Err(reason) => fail(state, step, reason),
     }
 }
 

@@ -12,3 +12,4 @@ pub use load::{load_dir, load_file, parse};
 pub use model::{Approval, DynamicLimits, InputSpec, OnTimeout, Repeat, Step, Workflow};
 pub use template::{render, truthy};
 pub use validate::final_steps;
+pub(crate) use validate::valid_id;

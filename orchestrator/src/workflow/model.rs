@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A workflow: inputs, steps and limits.
@@ -51,7 +51,7 @@ pub struct DynamicLimits {
 }
 
 /// One step.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Unique within the workflow: a-z, 0-9, `-`, `_`.
@@ -83,7 +83,7 @@ pub struct Step {
 }
 
 /// A loop: run the step again until a condition holds.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Repeat {
     /// An expression over `output` (this round's) and everything the step can see.
@@ -93,7 +93,7 @@ pub struct Repeat {
 }
 
 /// A human approval.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     /// How long to wait, in milliseconds.
@@ -104,7 +104,7 @@ pub struct Approval {
 }
 
 /// What an approval timeout does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnTimeout {
     /// The run fails.

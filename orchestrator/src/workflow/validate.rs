@@ -69,11 +69,16 @@ pub fn final_steps(workflow: &Workflow) -> Vec<&str> {
         .collect()
 }
 
+/// A step id: a-z, 0-9, `-` and `_`, not empty.
+pub(crate) fn valid_id(id: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    !id.is_empty() && id.chars().all(ok)
+}
+
 fn check_ids(workflow: &Workflow, found: &mut Found) {
     let mut seen = BTreeSet::new();
     for step in &workflow.steps {
-        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-        if step.id.is_empty() || !step.id.chars().all(ok) {
+        if !valid_id(&step.id) {
             found.push((
                 Some(step.id.clone()),
                 Problem::BadId(format!("`{}` must be a-z, 0-9, `-` and `_`", step.id)),

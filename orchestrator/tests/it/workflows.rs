@@ -30,7 +30,7 @@ fn the_shipped_workflows_load() {
 
 #[test]
 fn every_kind_of_error_is_named() {
-    let dir = root().join("orchestrator/tests/invalid");
+    let dir = root().join("orchestrator/tests/it/invalid");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

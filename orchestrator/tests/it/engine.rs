@@ -6,13 +6,17 @@ use mindbus_orchestrator::engine::{self, Action, Event, RunState};
 use mindbus_orchestrator::workflow::{self, Workflow};
 use serde_json::{Value, json};
 
-fn workflow(yaml: &str) -> Workflow {
+pub(crate) fn workflow(yaml: &str) -> Workflow {
     workflow::parse(Path::new("test.yaml"), yaml, &["echo"]).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// Answers every dispatched command with its input (last first, to shake the order), until
 /// the run ends; returns the final action and how many commands were sent.
-fn drive(workflow: &Workflow, state: &mut RunState, mut actions: Vec<Action>) -> (Action, usize) {
+pub(crate) fn drive(
+    workflow: &Workflow,
+    state: &mut RunState,
+    mut actions: Vec<Action>,
+) -> (Action, usize) {
     let mut sent = 0;
     loop {
         if let Some(end) = actions

@@ -1,0 +1,71 @@
+//! Dynamic steps: a result adds steps to its run, within the workflow's limits.
+
+use mindbus_orchestrator::engine::{self, Action};
+use serde_json::{Value, json};
+
+use crate::engine::{drive, workflow};
+
+/// A workflow whose `plan` step answers (through echo) with the steps to add.
+fn planner(limits: &str, add: &str) -> String {
+    format!(
+        r#"
+name: dyn
+{limits}
+output: "{{{{ steps }}}}"
+steps:
+  - id: plan
+    role: echo
+    input:
+      n: 7
+      add_steps: {add}
+"#
+    )
+}
+
+const LIMITS: &str = "dynamic: {allowed_roles: [echo], max_added_steps: 2, max_depth: 1}";
+
+fn end_of(yaml: &str) -> Action {
+    let w = workflow(yaml);
+    let (mut state, actions) = engine::start(&w, Value::Null).expect("the run starts");
+    drive(&w, &mut state, actions).0
+}
+
+fn failure(yaml: &str) -> String {
+    match end_of(yaml) {
+        Action::Fail { reason, .. } => reason,
+        other => panic!("the run should fail, not {other:?}"),
+    }
+}
+
+#[test]
+fn added_steps_run_after_their_parent_and_read_its_output() {
+    let add = r#"[{id: extra, role: echo, input: {x: "{% raw %}{{ steps.plan.output.n + 1 }}{% endraw %}"}}]"#;
+    let Action::Complete { output } = end_of(&planner(LIMITS, add)) else {
+        panic!("the run should complete")
+    };
+    assert_eq!(output["extra"]["output"], json!({"x": 8}));
+}
+
+#[test]
+fn steps_outside_the_limits_fail_the_run_naming_the_limit() {
+    let other_role = r#"[{id: x, role: critic}]"#;
+    assert!(failure(&planner(LIMITS, other_role)).contains("dynamic.allowed_roles"));
+    let three = r#"[{id: a, role: echo}, {id: b, role: echo}, {id: c, role: echo}]"#;
+    assert!(failure(&planner(LIMITS, three)).contains("dynamic.max_added_steps (2)"));
+    let nested = r#"[{id: a, role: echo, input: {add_steps: [{id: b, role: echo}]}}]"#;
+    assert!(failure(&planner(LIMITS, nested)).contains("dynamic.max_depth (1)"));
+    let clash = r#"[{id: plan, role: echo}]"#;
+    assert!(failure(&planner(LIMITS, clash)).contains("existing step"));
+    assert!(failure(&planner("", r#"[{id: a, role: echo}]"#)).contains("no `dynamic` limits"));
+}
+
+#[test]
+fn a_second_level_within_max_depth_runs() {
+    let limits = "dynamic: {allowed_roles: [echo], max_added_steps: 2, max_depth: 2}";
+    let nested =
+        r#"[{id: a, role: echo, input: {add_steps: [{id: b, role: echo, input: {deep: true}}]}}]"#;
+    let Action::Complete { output } = end_of(&planner(limits, nested)) else {
+        panic!("the run should complete")
+    };
+    assert_eq!(output["b"]["output"], json!({"deep": true}));
+}
