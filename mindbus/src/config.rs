@@ -2,7 +2,7 @@
 //!
 //! The file is YAML (`config/mindbus.yaml`). The environment overrides it with
 //! `MINDBUS_<SECTION>__<KEY>` (for example `MINDBUS_AGENT__CONCURRENCY=8`), `REDIS_URL` and
-//! `DATABASE_URL`.
+//! `DATABASE_URL` (the monitor's and the orchestrator's).
 //! Every file is checked against the JSON Schema generated from these types, so a bad file
 //! gets every problem reported with its path, not just the first.
 
@@ -25,6 +25,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// How the monitor records entries and trims streams.
     pub monitor: MonitorConfig,
+    /// How the orchestrator runs workflows.
+    pub orchestrator: OrchestratorConfig,
     /// How processes log.
     pub log: LogConfig,
 }
@@ -145,6 +147,55 @@ impl Default for MonitorConfig {
     }
 }
 
+/// The orchestrator: where runs are kept, which workflows it knows, how it reads results.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Postgres URL of the run store; may hold a password, so it is never logged.
+    /// Env: `DATABASE_URL`.
+    #[schemars(with = "String")]
+    pub database_url: SecretString,
+    /// The folder of workflow files (`*.yaml`), all validated on start.
+    pub workflows: String,
+    /// The roles workflows may call; empty accepts any role.
+    pub roles: Vec<String>,
+    /// Results read per batch.
+    #[schemars(range(min = 1, max = 10_000))]
+    pub batch: usize,
+    /// Results applied at once (each in its own transaction).
+    #[schemars(range(min = 1, max = 1_000))]
+    pub concurrency: usize,
+    /// Longest blocking read, in milliseconds.
+    #[schemars(range(min = 10, max = 60_000))]
+    pub block_ms: u64,
+    /// Results a dead orchestrator left unacknowledged this long (ms) are taken over.
+    #[schemars(range(min = 100))]
+    pub lease_ms: u64,
+    /// How often due timers (approvals, deadlines) and unsent commands are looked for (ms).
+    #[schemars(range(min = 10))]
+    pub tick_ms: u64,
+    /// A command committed this long ago (ms) and still unsent was left by a crashed
+    /// orchestrator; it is sent again, with the same id.
+    #[schemars(range(min = 100))]
+    pub resend_after_ms: u64,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from("postgres://localhost/mindbus"),
+            workflows: "config/workflows".into(),
+            roles: Vec::new(),
+            batch: 200,
+            concurrency: 16,
+            block_ms: 1_000,
+            lease_ms: 10_000,
+            tick_ms: 200,
+            resend_after_ms: 2_000,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -226,6 +277,11 @@ fn figment(file: Option<&Path>) -> Figment {
             Env::raw()
                 .only(&["DATABASE_URL"])
                 .map(|_| "monitor.database_url".into()),
+        )
+        .merge(
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "orchestrator.database_url".into()),
         )
 }
 

@@ -8,9 +8,6 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::record::Record;
 
-/// The migrations under `monitor/migrations/`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 /// Connects lazily: the pool dials Postgres on first use, so a monitor starts (and keeps
 /// its place in Redis) while Postgres is still down.
 pub fn connect(url: &SecretString) -> Result<PgPool, sqlx::Error> {
@@ -20,9 +17,12 @@ pub fn connect(url: &SecretString) -> Result<PgPool, sqlx::Error> {
         .connect_lazy(url.expose_secret())
 }
 
-/// Applies pending migrations.
+/// Applies the migrations under `monitor/migrations/`. They share a database (and sqlx's
+/// migration table) with the orchestrator's, so each ignores the other's versions.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
 }
 
 /// Inserts rows in one statement; rows already there (a redelivery) are skipped. Returns

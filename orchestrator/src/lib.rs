@@ -12,4 +12,7 @@
 //! template and expression compiles, and every `steps.X` a step reads is a step it depends on.
 
 pub mod engine;
+pub mod ids;
+pub mod service;
+pub mod store;
 pub mod workflow;

@@ -18,7 +18,7 @@ use crate::streams::Redis;
 use crate::wire::{Command, EntryId, Fields};
 
 /// Approximate length the control stream is kept to.
-const CONTROL_MAXLEN: u64 = 10_000;
+pub const CONTROL_MAXLEN: u64 = 10_000;
 
 /// A handle on one MindBus deployment (one Redis, one key prefix). Cheap to clone.
 #[derive(Clone, Debug)]

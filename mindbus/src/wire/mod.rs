@@ -15,6 +15,7 @@ mod error_type;
 mod event;
 mod fields;
 mod result;
+mod run;
 pub mod schema;
 mod trace;
 
@@ -28,4 +29,5 @@ pub use error_type::ErrorType;
 pub use event::{Event, EventKind};
 pub use fields::Fields;
 pub use result::{CommandResult, Failure, RESULT_TYPE, Status};
+pub use run::{ORCHESTRATOR_ROLE, RunCommand, RunEventKind, RunStatus};
 pub use trace::TraceParent;

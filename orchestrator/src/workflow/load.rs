@@ -26,21 +26,33 @@ pub fn parse(file: &Path, text: &str, roles: &[&str]) -> Result<Workflow, Vec<Wo
     }
 }
 
+/// A workflow and the text it was parsed from (a run keeps the text it started with).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub workflow: Workflow,
+    pub source: String,
+}
+
 /// Loads one workflow file.
 pub fn load_file(path: &Path, roles: &[&str]) -> Result<Workflow, Vec<WorkflowError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    read(path, roles).map(|loaded| loaded.workflow)
+}
+
+fn read(path: &Path, roles: &[&str]) -> Result<Loaded, Vec<WorkflowError>> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
         vec![WorkflowError {
             file: path.to_owned(),
             step: None,
             problem: Problem::Syntax(format!("cannot read: {e}")),
         }]
     })?;
-    parse(path, &text, roles)
+    let workflow = parse(path, &source, roles)?;
+    Ok(Loaded { workflow, source })
 }
 
 /// Loads every `*.yaml` and `*.yml` file of `dir`, sorted by name; all problems of all files
 /// are reported together.
-pub fn load_dir(dir: &Path, roles: &[&str]) -> Result<Vec<Workflow>, Vec<WorkflowError>> {
+pub fn load_dir(dir: &Path, roles: &[&str]) -> Result<Vec<Loaded>, Vec<WorkflowError>> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         vec![WorkflowError {
             file: dir.to_owned(),
@@ -55,7 +67,7 @@ pub fn load_dir(dir: &Path, roles: &[&str]) -> Result<Vec<Workflow>, Vec<Workflo
     files.sort();
     let (mut workflows, mut errors) = (Vec::new(), Vec::new());
     for file in files {
-        match load_file(&file, roles) {
+        match read(&file, roles) {
             Ok(workflow) => workflows.push(workflow),
             Err(mut problems) => errors.append(&mut problems),
         }

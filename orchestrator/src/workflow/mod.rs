@@ -8,7 +8,7 @@ mod template;
 mod validate;
 
 pub use error::{Problem, WorkflowError};
-pub use load::{load_dir, load_file, parse};
+pub use load::{Loaded, load_dir, load_file, parse};
 pub use model::{Approval, DynamicLimits, InputSpec, OnTimeout, Repeat, Step, Workflow};
 pub use template::{render, truthy};
 pub use validate::final_steps;

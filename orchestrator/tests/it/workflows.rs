@@ -25,7 +25,7 @@ fn the_shipped_workflows_load() {
                     .join("\n")
             )
         });
-    assert!(workflows.iter().any(|w| w.name == "sample"));
+    assert!(workflows.iter().any(|w| w.workflow.name == "sample"));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod dlq;
 mod history;
+mod runs;
 mod send;
 mod show;
 mod status;
@@ -47,6 +48,11 @@ enum Command {
     Tail(tail::TailArgs),
     /// Streams, groups, consumers, pending and lag, and dead letters.
     Status,
+    /// Start a workflow run and follow it to its end.
+    Run(runs::RunArgs),
+    /// List, show, cancel and approve workflow runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Inspect dead letters and send them back.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -98,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tail(args) => tail::run(&bus, args).await,
         Command::Status => status::run(&bus).await,
+        Command::Run(args) => runs::run(&bus, args).await,
+        Command::Runs(command) => runs::runs(&bus, command).await,
         Command::Dlq(command) => dlq::run(&bus, command).await,
         Command::Config(_) | Command::Trace { .. } | Command::Events(_) => {
             unreachable!("handled above")

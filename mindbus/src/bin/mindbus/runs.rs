@@ -1,0 +1,186 @@
+//! `mindbus run WORKFLOW` and `mindbus runs list|show|cancel|approve`: workflow runs, steered
+//! through the orchestrator's command stream (no database access needed here).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use mindbus::bus::{Bus, Follower};
+use mindbus::wire::{
+    Command, CommandResult, Event, ORCHESTRATOR_ROLE, Origin, Payload, RunCommand, RunEventKind,
+    Status,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// How long the orchestrator has to answer a run command.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow's name, e.g. `sample`.
+    workflow: String,
+    /// The run's input, as a JSON object.
+    #[arg(long, default_value = "{}", env = "MINDBUS_RUN_INPUT")]
+    input: String,
+    /// Print the run id and return at once instead of following the run.
+    #[arg(long, env = "MINDBUS_RUN_DETACH")]
+    detach: bool,
+    /// Longest time to follow the run, in milliseconds; exit 2 when it runs out.
+    #[arg(long, default_value_t = 3_600_000, env = "MINDBUS_RUN_WAIT_MS")]
+    wait_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Recent runs.
+    List {
+        /// Only runs in this status (running, completed, failed, canceled).
+        #[arg(long, env = "MINDBUS_RUNS_STATUS")]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20, env = "MINDBUS_RUNS_LIMIT")]
+        limit: u32,
+    },
+    /// One run's status, output and steps.
+    Show { run_id: Uuid },
+    /// Stop a run and cancel its running commands.
+    Cancel { run_id: Uuid },
+    /// Approve (or `--reject`) a run's approval step.
+    Approve {
+        run_id: Uuid,
+        step: String,
+        #[arg(long)]
+        reject: bool,
+    },
+}
+
+/// Starts a run and follows it to its end: step changes on stderr, the output on stdout.
+/// Exits 1 when the run did not complete, 2 when the wait ran out.
+pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
+    let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
+    let mut follower = Follower::new(
+        bus,
+        vec![bus.keys().events()],
+        false,
+        Duration::from_secs(1),
+    )
+    .await
+    .context("following events")?;
+    let data = json!({"workflow": args.workflow, "input": input});
+    let answer = ask(bus, RunCommand::Start, data).await?;
+    let run_id: Uuid = serde_json::from_value(answer["run_id"].clone())
+        .context("the orchestrator's answer has no run_id")?;
+    if args.detach {
+        println!("{run_id}");
+        return Ok(());
+    }
+    eprintln!("run {run_id} started; following it (Ctrl-C stops following, not the run)");
+    let until = tokio::time::Instant::now() + Duration::from_millis(args.wait_ms);
+    while tokio::time::Instant::now() < until {
+        for (stream, entry) in follower.next().await? {
+            let Some(fields) = entry.fields else { continue };
+            let origin = Origin {
+                stream: &stream,
+                entry: entry.id,
+            };
+            let Ok(event) = Event::decode(fields, origin) else {
+                continue;
+            };
+            if event.runid.as_deref() != Some(run_id.to_string().as_str()) {
+                continue;
+            }
+            if let Some(code) = show_event(&event)? {
+                std::process::exit(code);
+            }
+        }
+    }
+    eprintln!(
+        "the run is still going after {} ms; see `mindbus runs show {run_id}`",
+        args.wait_ms
+    );
+    std::process::exit(2)
+}
+
+/// Prints one run event; `Some(exit code)` when the run ended.
+fn show_event(event: &Event) -> anyhow::Result<Option<i32>> {
+    let data = &event.envelope.data.value;
+    match event.envelope.ty.parse::<RunEventKind>() {
+        Ok(RunEventKind::Step) => {
+            let round = data
+                .get("round")
+                .map(|r| format!(" (round {r})"))
+                .unwrap_or_default();
+            eprintln!(
+                "step {}: {}{round}",
+                data["step"].as_str().unwrap_or("?"),
+                data["state"].as_str().unwrap_or("?")
+            );
+            Ok(None)
+        }
+        Ok(RunEventKind::Ended) => {
+            let status = data["status"].as_str().unwrap_or("?");
+            eprintln!("run {status}");
+            if status == "completed" {
+                println!("{}", serde_json::to_string_pretty(&data["output"])?);
+                Ok(Some(0))
+            } else {
+                eprintln!("{}", data["error"].as_str().unwrap_or(""));
+                Ok(Some(1))
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+pub async fn runs(bus: &Bus, command: RunsCommand) -> anyhow::Result<()> {
+    let (kind, data) = match command {
+        RunsCommand::List { status, limit } => {
+            (RunCommand::List, json!({"status": status, "limit": limit}))
+        }
+        RunsCommand::Show { run_id } => (RunCommand::Get, json!({"run_id": run_id})),
+        RunsCommand::Cancel { run_id } => (RunCommand::Cancel, json!({"run_id": run_id})),
+        RunsCommand::Approve {
+            run_id,
+            step,
+            reject,
+        } => (
+            RunCommand::Approve,
+            json!({"run_id": run_id, "step": step, "approved": !reject}),
+        ),
+    };
+    let answer = ask(bus, kind, data).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+/// Sends a run command to the orchestrator and returns its answer; a failure is printed and
+/// exits 1.
+async fn ask(bus: &Bus, kind: RunCommand, data: Value) -> anyhow::Result<Value> {
+    let mut command = Command::new(kind.as_str(), Payload::json(data));
+    command.envelope.source = "urn:mindbus:cli".into();
+    let Some(result) = bus
+        .call(ORCHESTRATOR_ROLE, command, ANSWER_WITHIN)
+        .await
+        .context("sending to the orchestrator")?
+    else {
+        anyhow::bail!(
+            "no orchestrator answered within {} s (is mindbus-orchestrator running?)",
+            ANSWER_WITHIN.as_secs()
+        );
+    };
+    failed(&result)?;
+    Ok(result.envelope.data.value)
+}
+
+fn failed(result: &CommandResult) -> anyhow::Result<()> {
+    if result.status == Status::Completed {
+        return Ok(());
+    }
+    let why = result
+        .failure
+        .as_ref()
+        .map_or(String::new(), |f| format!("{}: {}", f.errortype, f.error));
+    eprintln!("the orchestrator refused: {why}");
+    std::process::exit(1)
+}

@@ -1,0 +1,98 @@
+//! `mindbus-orchestrator`: runs YAML workflows over agent roles, durably.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mindbus_orchestrator::service::Catalog;
+
+/// Run workflows: serve run commands, apply step results, keep runs in Postgres.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A YAML config file (see config/mindbus.yaml).
+    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL (overrides the file and REDIS_URL).
+    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Postgres URL of the run store (overrides the file and DATABASE_URL).
+    #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Key prefix.
+    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
+    prefix: Option<String>,
+    /// The folder of workflow files.
+    #[arg(long, global = true, env = "MINDBUS_WORKFLOWS")]
+    workflows: Option<String>,
+    /// Idle time in ms before a stopped orchestrator's results are taken over.
+    #[arg(long, global = true, env = "MINDBUS_ORCHESTRATOR_LEASE_MS")]
+    lease_ms: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run workflows until SIGTERM (the default).
+    Run,
+    /// Apply the run store's migrations and exit.
+    Migrate,
+    /// Validate every workflow file and print each problem with its file and step.
+    Check,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config =
+        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
+    if let Some(url) = args.redis_url {
+        config.redis.url = url.into();
+    }
+    if let Some(url) = args.database_url {
+        config.orchestrator.database_url = url.into();
+    }
+    if let Some(prefix) = args.prefix {
+        config.redis.prefix = prefix;
+    }
+    if let Some(dir) = args.workflows {
+        config.orchestrator.workflows = dir;
+    }
+    if let Some(lease) = args.lease_ms {
+        config.orchestrator.lease_ms = lease;
+    }
+    mindbus::telemetry::init(&config.log);
+    let settings = &config.orchestrator;
+    match args.command.unwrap_or(Command::Run) {
+        Command::Migrate => {
+            let pool = mindbus_orchestrator::store::connect(&settings.database_url, 1)?;
+            mindbus_orchestrator::store::migrate(&pool)
+                .await
+                .context("applying migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Check => check(&settings.workflows, &settings.roles),
+        Command::Run => {
+            let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
+            mindbus_orchestrator::service::run(&config, shutdown).await
+        }
+    }
+}
+
+fn check(dir: &str, roles: &[String]) -> anyhow::Result<()> {
+    match Catalog::load(std::path::Path::new(dir), roles) {
+        Ok(catalog) => {
+            println!("{dir}: ok ({})", catalog.names().join(", "));
+            Ok(())
+        }
+        Err(errors) => {
+            for error in &errors {
+                println!("{error}");
+            }
+            eprintln!("{} problem(s) in {dir}", errors.len());
+            std::process::exit(1)
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The orchestrator process: it serves run commands on its own command stream, applies step
+//! results read through its consumer group on the result stream, fires timers (approval
+//! timeouts, run deadlines) and publishes what each transition committed.
+//!
+//! Every transition runs in one Postgres transaction holding the run's row lock; the
+//! commands and events it produces are written to the outbox in that transaction and
+//! published after it commits. A result is acknowledged only after its transition commits.
+//! So an orchestrator killed at any moment loses nothing: unacknowledged results are read
+//! again (and recognised if already applied), unsent outbox entries are sent again by any
+//! live orchestrator, with the same command ids.
+
+mod catalog;
+mod commands;
+mod publish;
+mod results;
+mod timers;
+mod transition;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mindbus::bus::Bus;
+use mindbus::config::{Config, OrchestratorConfig};
+use mindbus::runtime::Agent;
+use mindbus::wire::ORCHESTRATOR_ROLE;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use catalog::Catalog;
+
+use crate::store;
+
+/// The `source` of every entry the orchestrator writes.
+const SOURCE: &str = "urn:mindbus:orchestrator";
+
+/// What every part of one orchestrator process shares.
+#[derive(Debug)]
+pub(crate) struct Orchestrator {
+    pool: PgPool,
+    bus: Bus,
+    catalog: Catalog,
+    config: OrchestratorConfig,
+}
+
+/// Runs an orchestrator until `shutdown` fires: migrations (retried until Postgres answers),
+/// then the command handler, the result reader, the timers and the outbox sweeper.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = config.orchestrator.clone();
+    let catalog =
+        Catalog::load(Path::new(&settings.workflows), &settings.roles).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("invalid workflows:\n  {}", lines.join("\n  "))
+        })?;
+    let connections = u32::try_from(settings.concurrency + 4).unwrap_or(32);
+    let pool = store::connect(&settings.database_url, connections)?;
+    while let Err(e) = store::migrate(&pool).await {
+        tracing::warn!(error = %e, "run store migrations not applied yet; retrying");
+        tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+    }
+    let bus = Bus::connect(&config.redis)
+        .await
+        .context("connecting to redis")?;
+    let this = Arc::new(Orchestrator {
+        pool: pool.clone(),
+        bus,
+        catalog,
+        config: settings,
+    });
+    tracing::info!(workflows = ?this.catalog.names(), "orchestrator started");
+    let loops = TaskTracker::new();
+    loops.spawn(results::read_loop(Arc::clone(&this), shutdown.clone()));
+    loops.spawn(timers::timer_loop(Arc::clone(&this), shutdown.clone()));
+    loops.spawn(publish::sweep_loop(Arc::clone(&this), shutdown.clone()));
+    loops.close();
+    let agent = Agent::new(&config.redis, ORCHESTRATOR_ROLE, config.agent.clone())?;
+    agent
+        .run(commands::Commands(Arc::clone(&this)), shutdown.clone())
+        .await?;
+    loops.wait().await;
+    pool.close().await;
+    tracing::info!("orchestrator stopped");
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Publishing what transitions committed: building the entries, sending them after the
+//! commit, and re-sending what an orchestrator that died in between left in the outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mindbus::bus::{Bus, CONTROL_CANCEL, CONTROL_MAXLEN};
+use mindbus::wire::{
+    Command, Envelope, Event, Extensions, Fields, Payload, RunEventKind, TraceParent,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Orchestrator, SOURCE};
+use crate::store::{self, CommandRow, OutboxEntry, RunRow};
+
+/// Entries re-sent per sweep.
+const SWEEP_BATCH: i64 = 500;
+
+impl Orchestrator {
+    /// Sends committed entries in one pipeline, then forgets them. On failure they stay in
+    /// the outbox, and a sweep sends them later.
+    pub(crate) async fn publish(&self, entries: Vec<OutboxEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = xadd_all(&self.bus, &entries).await {
+            tracing::warn!(error = %e, entries = entries.len(), "publishing failed; the sweep will send them");
+            return;
+        }
+        let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+        if let Err(e) = store::delete_sent(&self.pool, &ids).await {
+            tracing::warn!(error = %e, "cannot clear the outbox; entries will be sent again");
+        }
+    }
+
+    /// Sends entries older than `resend_after_ms`, left by an orchestrator that committed a
+    /// transition and died before publishing it. Returns how many.
+    async fn sweep(&self) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let entries =
+            store::take_stale(&mut tx, self.config.resend_after_ms as i64, SWEEP_BATCH).await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        xadd_all(&self.bus, &entries).await?;
+        tx.commit().await?;
+        tracing::info!(
+            entries = entries.len(),
+            "re-sent entries a stopped orchestrator left unsent"
+        );
+        Ok(entries.len())
+    }
+}
+
+/// Sweeps the outbox every tick until `stop` fires.
+pub(crate) async fn sweep_loop(this: Arc<Orchestrator>, stop: CancellationToken) {
+    let tick = Duration::from_millis(this.config.tick_ms);
+    while !stop.is_cancelled() {
+        match this.sweep().await {
+            Ok(n) if n as i64 == SWEEP_BATCH => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
+        }
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(tick) => {} }
+    }
+}
+
+async fn xadd_all(bus: &Bus, entries: &[OutboxEntry]) -> Result<(), redis::RedisError> {
+    let mut pipe = redis::pipe();
+    for entry in entries {
+        let cmd = pipe.cmd("XADD").arg(&entry.stream);
+        if let Some(maxlen) = entry.maxlen {
+            cmd.arg("MAXLEN").arg("~").arg(maxlen);
+        }
+        cmd.arg("*");
+        for (name, value) in &entry.fields {
+            cmd.arg(name).arg(value);
+        }
+        cmd.ignore();
+    }
+    pipe.query_async::<()>(&mut bus.connection()).await
+}
+
+/// The trace context of something a run does: the run's trace, a span of its own.
+fn child_trace(run: &RunRow, span: Uuid) -> Option<TraceParent> {
+    let parent: TraceParent = run.traceparent.as_deref()?.parse().ok()?;
+    let mut child = TraceParent::rooted_at(span);
+    child.trace_id = parent.trace_id;
+    child.flags = parent.flags;
+    Some(child)
+}
+
+fn text_fields(fields: Fields) -> Vec<(String, String)> {
+    fields
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
+/// The command for one step (item, round) of a run.
+pub(crate) fn command_entry(
+    bus: &Bus,
+    run: &RunRow,
+    row: &CommandRow,
+    command_type: &str,
+    input: Value,
+    deadline_ms: Option<i64>,
+    maxattempts: Option<u32>,
+) -> anyhow::Result<OutboxEntry> {
+    let mut command = Command::new(command_type, Payload::json(input));
+    command.envelope.id = row.command_id;
+    command.envelope.source = SOURCE.into();
+    if let Some(trace) = child_trace(run, row.command_id) {
+        command.envelope.traceparent = trace;
+    }
+    command.deadline = deadline_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+    command.maxattempts = maxattempts;
+    command.runid = Some(run.id.to_string());
+    command.stepid = Some(row.step.clone());
+    command.causationid = Some(run.id.to_string());
+    command
+        .extensions
+        .insert("stepitem".into(), row.item.to_string());
+    command
+        .extensions
+        .insert("stepround".into(), row.round.to_string());
+    Ok(OutboxEntry {
+        id: 0,
+        run_id: run.id,
+        command_id: Some(row.command_id),
+        stream: bus.keys().commands(&row.role),
+        maxlen: None,
+        fields: text_fields(command.encode()?),
+    })
+}
+
+/// A cancellation of one of a run's commands, on the control stream.
+pub(crate) fn cancel_entry(bus: &Bus, run_id: Uuid, command_id: Uuid) -> OutboxEntry {
+    OutboxEntry {
+        id: 0,
+        run_id,
+        command_id: None,
+        stream: bus.keys().control(),
+        maxlen: Some(CONTROL_MAXLEN as i64),
+        fields: vec![
+            ("type".into(), CONTROL_CANCEL.into()),
+            ("correlationid".into(), command_id.to_string()),
+        ],
+    }
+}
+
+/// A run event.
+pub(crate) fn event_entry(
+    bus: &Bus,
+    run: &RunRow,
+    kind: RunEventKind,
+    step: Option<&str>,
+    data: Value,
+) -> anyhow::Result<OutboxEntry> {
+    let mut envelope = Envelope::new(kind.as_str(), SOURCE, Payload::json(data));
+    if let Some(trace) = child_trace(run, envelope.id) {
+        envelope.traceparent = trace;
+    }
+    let event = Event {
+        envelope,
+        correlationid: None,
+        role: None,
+        attempt: None,
+        runid: Some(run.id.to_string()),
+        stepid: step.map(str::to_owned),
+        extensions: Extensions::new(),
+    };
+    Ok(OutboxEntry {
+        id: 0,
+        run_id: run.id,
+        command_id: None,
+        stream: bus.keys().events(),
+        maxlen: None,
+        fields: text_fields(event.encode()?),
+    })
+}

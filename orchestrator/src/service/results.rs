@@ -1,0 +1,228 @@
+//! Step results: read from the result stream through the `mindbus-orchestrator` consumer
+//! group, applied each in its own transaction, acknowledged only after it committed. Results
+//! a dead orchestrator left unacknowledged are taken over after the lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt as _;
+use mindbus::streams::{StreamEntry, ensure_group, parse_autoclaim, parse_read};
+use mindbus::wire::{CommandResult, EntryId, Origin, Status};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Orchestrator;
+use super::transition::Input;
+
+/// The consumer group every orchestrator reads results with.
+pub const GROUP: &str = "mindbus-orchestrator";
+
+/// Reads and applies results until `stop` fires, reconnecting after Redis failures.
+pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) {
+    let consumer = format!(
+        "orchestrator-{}-{}",
+        std::process::id(),
+        &Uuid::now_v7().simple().to_string()[20..]
+    );
+    let mut delays = delays();
+    while !stop.is_cancelled() {
+        match session(&this, &consumer, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "result reader lost redis; reconnecting");
+                let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+}
+
+/// One connection's worth of reading; `Ok` only when stopped.
+async fn session(
+    this: &Orchestrator,
+    consumer: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let config = &this.config;
+    let mut conn = this
+        .bus
+        .redis()
+        .dedicated(Duration::from_millis(config.block_ms))
+        .await?;
+    let mut acks = this.bus.redis().shared().await?;
+    let stream = this.bus.keys().results();
+    ensure_group(&mut conn, &stream, GROUP, "0").await?;
+    // Our own pending entries first (none for a fresh name, but a reconnect keeps the name).
+    let mut own = Some(EntryId::ZERO);
+    let lease = Duration::from_millis(config.lease_ms);
+    let mut reclaimed = Instant::now() - lease;
+    while !stop.is_cancelled() {
+        if reclaimed.elapsed() >= lease / 2 {
+            reclaim(this, &mut conn, &mut acks, &stream, consumer, stop).await?;
+            reclaimed = Instant::now();
+        }
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(config.batch);
+        if own.is_none() {
+            cmd.arg("BLOCK").arg(config.block_ms);
+        }
+        cmd.arg("STREAMS")
+            .arg(&stream)
+            .arg(own.map_or(">".into(), |id| id.to_string()));
+        let reply = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            reply = cmd.query_async(&mut conn) => reply?,
+        };
+        let entries: Vec<StreamEntry> = parse_read(reply)?
+            .into_iter()
+            .flat_map(|(_, e)| e)
+            .collect();
+        if own.is_some() {
+            own = entries
+                .last()
+                .filter(|_| entries.len() >= config.batch)
+                .map(|e| e.id);
+        }
+        apply_batch(this, &mut acks, &stream, entries, stop).await?;
+    }
+    Ok(())
+}
+
+/// Takes over results idle longer than the lease (their orchestrator died), page by page.
+async fn reclaim(
+    this: &Orchestrator,
+    conn: &mut MultiplexedConnection,
+    acks: &mut ConnectionManager,
+    stream: &str,
+    consumer: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut cursor = EntryId::ZERO;
+    loop {
+        let reply = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(this.config.lease_ms)
+            .arg(cursor.to_string())
+            .arg("COUNT")
+            .arg(this.config.batch)
+            .query_async(conn)
+            .await?;
+        let (next, entries) = parse_autoclaim(reply)?;
+        if !entries.is_empty() {
+            tracing::info!(
+                entries = entries.len(),
+                "took over results of a stopped orchestrator"
+            );
+            apply_batch(this, acks, stream, entries, stop).await?;
+        }
+        if next == EntryId::ZERO {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Applies a batch (up to `concurrency` at once) and acknowledges what was applied.
+async fn apply_batch(
+    this: &Orchestrator,
+    acks: &mut ConnectionManager,
+    stream: &str,
+    entries: Vec<StreamEntry>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let done: Vec<Option<EntryId>> = futures::stream::iter(entries)
+        .map(|entry| apply_one(this, stream, entry, stop))
+        .buffer_unordered(this.config.concurrency)
+        .collect()
+        .await;
+    let done: Vec<String> = done
+        .into_iter()
+        .flatten()
+        .map(|id| id.to_string())
+        .collect();
+    if !done.is_empty() {
+        redis::cmd("XACK")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(&done)
+            .query_async::<()>(acks)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Applies one entry, retrying while Postgres fails; returns its id once it may be
+/// acknowledged (`None` when stopped first: it stays pending for the next reader).
+async fn apply_one(
+    this: &Orchestrator,
+    stream: &str,
+    entry: StreamEntry,
+    stop: &CancellationToken,
+) -> Option<EntryId> {
+    let Some((run_id, input)) = step_result(stream, &entry) else {
+        return Some(entry.id);
+    };
+    let mut delays = delays();
+    loop {
+        match this.advance(run_id, input.clone()).await {
+            Ok(outcome) => {
+                tracing::debug!(run.id = %run_id, ?outcome, "result applied");
+                return Some(entry.id);
+            }
+            Err(e) => {
+                tracing::warn!(run.id = %run_id, error = %e, "applying a result failed; retrying");
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! { _ = stop.cancelled() => return None, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+}
+
+/// The run and input a result entry means, or `None` for an entry that is not a run's step
+/// result (or cannot be read: the monitor records it, flagged).
+fn step_result(stream: &str, entry: &StreamEntry) -> Option<(Uuid, Input)> {
+    let fields = entry.fields.clone()?;
+    let origin = Origin {
+        stream,
+        entry: entry.id,
+    };
+    let result = match CommandResult::decode(fields, origin) {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::warn!(entry = %entry.id, error = %e, "skipping a malformed result");
+            return None;
+        }
+    };
+    let run_id = result.runid.as_deref()?.parse().ok()?;
+    let output = match (&result.status, &result.failure) {
+        (Status::Completed, _) => Ok(result.envelope.data.value),
+        (_, Some(failure)) => Err(format!("{}: {}", failure.errortype, failure.error)),
+        (status, None) => Err(status.to_string()),
+    };
+    let input = Input::Result {
+        command_id: result.correlationid,
+        status: result.status,
+        output,
+    };
+    Some((run_id, input))
+}
+
+fn delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

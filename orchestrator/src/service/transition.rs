@@ -1,0 +1,276 @@
+//! One transition of one run: lock the run, apply what happened through the engine, record
+//! the commands, timers and events it produced, commit, then publish.
+
+use std::sync::Arc;
+
+use mindbus::wire::{RunEventKind, RunStatus, Status};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::Orchestrator;
+use super::publish::{cancel_entry, command_entry, event_entry};
+use super::timers::Timer;
+use crate::engine::{self, Action, Event, RunState, StepState};
+use crate::store::{self, CommandRow, OutboxEntry, RunRow, Tx};
+use crate::workflow::Workflow;
+
+/// What happened to a run.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    /// A step's command answered.
+    Result {
+        command_id: Uuid,
+        status: Status,
+        output: Result<Value, String>,
+    },
+    /// Someone approved or rejected an approval step.
+    Decided { step: String, approved: bool },
+    /// A timer fired.
+    Timer { timer: Timer, step: String },
+    /// Someone cancelled the run.
+    Cancel,
+}
+
+/// What a transition did.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    /// Applied; the run is now in this status.
+    Applied(RunStatus),
+    /// Nothing to do (the reason says why): a repeated result, a run already over.
+    Ignored(String),
+    /// No such run.
+    NotFound,
+}
+
+/// A transition's work, written in its transaction and published after it commits.
+pub(crate) struct Effects<'a> {
+    pub tx: &'a mut Tx,
+    pub out: Vec<OutboxEntry>,
+}
+
+impl Orchestrator {
+    /// Applies `input` to run `run_id` in one transaction and publishes what it produced.
+    pub(crate) async fn advance(&self, run_id: Uuid, input: Input) -> anyhow::Result<Outcome> {
+        let mut tx = self.pool.begin().await?;
+        let Some(mut run) = store::lock_run(&mut tx, run_id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        if run.status.is_final() {
+            if let Input::Result {
+                command_id, status, ..
+            } = &input
+            {
+                store::apply_command(&mut tx, *command_id, status.as_str()).await?;
+                tx.commit().await?;
+            }
+            return Ok(Outcome::Ignored(format!("the run is {}", run.status)));
+        }
+        let workflow = self
+            .catalog
+            .definition(&run.workflow, &run.definition)
+            .map_err(anyhow::Error::msg)?;
+        let before = run.state.clone();
+        let actions = match self.actions(&mut tx, &workflow, &mut run, input).await? {
+            Ok(actions) => actions,
+            Err(ignored) => return Ok(Outcome::Ignored(ignored)),
+        };
+        let mut effects = Effects {
+            tx: &mut tx,
+            out: Vec::new(),
+        };
+        self.record(&mut effects, &mut run, &before, actions)
+            .await?;
+        let out = effects.out;
+        store::save_run(&mut tx, &run).await?;
+        tx.commit().await?;
+        self.publish(out).await;
+        Ok(Outcome::Applied(run.status))
+    }
+
+    /// The engine's actions for `input`, or why there are none.
+    async fn actions(
+        &self,
+        tx: &mut Tx,
+        workflow: &Arc<Workflow>,
+        run: &mut RunRow,
+        input: Input,
+    ) -> anyhow::Result<Result<Vec<Action>, String>> {
+        let event = match input {
+            Input::Result {
+                command_id,
+                status,
+                output,
+            } => match store::apply_command(tx, command_id, status.as_str()).await? {
+                Some(CommandRow {
+                    step, item, round, ..
+                }) => Event::Result {
+                    step,
+                    item,
+                    round,
+                    output,
+                },
+                None => return Ok(Err("the result was applied before".into())),
+            },
+            Input::Decided { step, approved } => {
+                if run.state.steps.get(&step) != Some(&StepState::AwaitingApproval) {
+                    return Ok(Err(format!("step `{step}` is not waiting for an approval")));
+                }
+                store::drop_timer(tx, run.id, Timer::Approval.as_str(), &step).await?;
+                Event::Decided { step, approved }
+            }
+            Input::Timer { timer, step } => {
+                if !store::take_timer(tx, run.id, timer.as_str(), &step).await? {
+                    return Ok(Err("the timer is gone".into()));
+                }
+                match timer {
+                    Timer::Approval => Event::ApprovalTimedOut { step },
+                    Timer::Deadline => {
+                        return Ok(Ok(vec![Action::Fail {
+                            step: None,
+                            reason: "deadline_exceeded: the run's deadline passed".into(),
+                        }]));
+                    }
+                }
+            }
+            Input::Cancel => {
+                run.status = RunStatus::Canceled;
+                run.error = Some("canceled".into());
+                return Ok(Ok(Vec::new()));
+            }
+        };
+        Ok(Ok(engine::apply(workflow, &mut run.state, event)))
+    }
+
+    /// Writes the effects of `actions` (taken from state `before`) into the transaction.
+    pub(crate) async fn record(
+        &self,
+        fx: &mut Effects<'_>,
+        run: &mut RunRow,
+        before: &RunState,
+        actions: Vec<Action>,
+    ) -> anyhow::Result<()> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        for action in actions {
+            match action {
+                Action::Dispatch {
+                    step,
+                    item,
+                    round,
+                    role,
+                    command_type,
+                    input,
+                } => {
+                    let workflow = self
+                        .catalog
+                        .definition(&run.workflow, &run.definition)
+                        .map_err(anyhow::Error::msg)?;
+                    let timeout = workflow
+                        .steps
+                        .iter()
+                        .chain(run.state.added.iter().map(|a| &a.step))
+                        .find(|s| s.id == step)
+                        .map(|s| (s.timeout_ms, s.maxattempts));
+                    let (timeout_ms, maxattempts) = timeout.unwrap_or((None, None));
+                    let deadline = [timeout_ms.map(|t| now + t as i64), run.deadline_ms]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    let row = CommandRow {
+                        command_id: crate::ids::command_id(run.id, &step, item, round),
+                        run_id: run.id,
+                        step,
+                        item,
+                        round,
+                        role,
+                    };
+                    store::insert_command(fx.tx, &row).await?;
+                    let entry = command_entry(
+                        &self.bus,
+                        run,
+                        &row,
+                        &command_type,
+                        input,
+                        deadline,
+                        maxattempts,
+                    )?;
+                    fx.out.push(store::push(fx.tx, entry).await?);
+                }
+                Action::AwaitApproval { step, timeout_ms } => {
+                    let due = now + timeout_ms as i64;
+                    store::set_timer(fx.tx, run.id, Timer::Approval.as_str(), &step, due).await?;
+                }
+                Action::Complete { output } => {
+                    run.status = RunStatus::Completed;
+                    run.output = Some(output);
+                }
+                Action::Fail { reason, .. } => {
+                    run.status = RunStatus::Failed;
+                    run.error = Some(reason);
+                }
+            }
+        }
+        self.step_events(fx, run, before).await?;
+        if run.status.is_final() {
+            self.end(fx, run).await?;
+        }
+        Ok(())
+    }
+
+    /// One `mindbus.run.step` event per step whose state changed.
+    async fn step_events(
+        &self,
+        fx: &mut Effects<'_>,
+        run: &RunRow,
+        before: &RunState,
+    ) -> anyhow::Result<()> {
+        for (id, state) in &run.state.steps {
+            let Some(data) = step_news(id, before.steps.get(id), state)? else {
+                continue;
+            };
+            let entry = event_entry(&self.bus, run, RunEventKind::Step, Some(id), data)?;
+            fx.out.push(store::push(fx.tx, entry).await?);
+        }
+        Ok(())
+    }
+
+    /// A run that ended: its timers go, its running commands are cancelled, and its end is
+    /// announced.
+    async fn end(&self, fx: &mut Effects<'_>, run: &RunRow) -> anyhow::Result<()> {
+        store::clear_timers(fx.tx, run.id).await?;
+        for command_id in store::open_commands(fx.tx, run.id).await? {
+            fx.out
+                .push(store::push(fx.tx, cancel_entry(&self.bus, run.id, command_id)).await?);
+        }
+        let data = json!({
+            "status": run.status.as_str(),
+            "workflow": run.workflow,
+            "output": run.output,
+            "error": run.error,
+        });
+        let entry = event_entry(&self.bus, run, RunEventKind::Ended, None, data)?;
+        fx.out.push(store::push(fx.tx, entry).await?);
+        tracing::info!(run.id = %run.id, status = %run.status, "run ended");
+        Ok(())
+    }
+}
+
+/// What a step event says about a step that went from `before` to `now`: `None` when
+/// nothing worth telling changed (a fan-out item answered, but the step still runs).
+fn step_news(
+    id: &str,
+    before: Option<&StepState>,
+    now: &StepState,
+) -> serde_json::Result<Option<Value>> {
+    if before == Some(now) {
+        return Ok(None);
+    }
+    let mut data = serde_json::to_value(now)?;
+    if let StepState::Running { round, outputs } = now {
+        if matches!(before, Some(StepState::Running { round: r, .. }) if r == round) {
+            return Ok(None);
+        }
+        data = json!({"state": "running", "round": round, "commands": outputs.len()});
+    }
+    data["step"] = json!(id);
+    Ok(Some(data))
+}

@@ -1,0 +1,40 @@
+//! The run store in Postgres: runs, the commands they sent, the outbox and the timers. Every
+//! change to a run happens in a transaction that holds the run's row lock, so two
+//! orchestrators never advance one run at the same time.
+
+mod commands;
+mod outbox;
+mod runs;
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+pub use commands::{CommandRow, apply_command, insert_command, open_commands, resent_total};
+pub use outbox::{
+    OutboxEntry, clear_timers, delete_sent, drop_timer, due_timers, push, set_timer, take_stale,
+    take_timer,
+};
+pub use runs::{RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, save_run};
+
+/// A transaction on the run store.
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Connects lazily: an orchestrator starts while Postgres is still coming up.
+pub fn connect(url: &SecretString, connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(url.expose_secret())
+}
+
+/// Applies the orchestrator's migrations. They share a database (and sqlx's migration table)
+/// with the monitor's, so each ignores the other's versions.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator: Migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
+}

@@ -1,0 +1,167 @@
+//! The outbox (entries committed with a transition, published after it) and the timers
+//! (approval timeouts and run deadlines).
+
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::Tx;
+
+/// One entry to XADD.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The outbox row; 0 before it is stored.
+    pub id: i64,
+    pub run_id: Uuid,
+    /// Set for a step's command, to count resends.
+    pub command_id: Option<Uuid>,
+    pub stream: String,
+    /// `MAXLEN ~` for the XADD.
+    pub maxlen: Option<i64>,
+    pub fields: Vec<(String, String)>,
+}
+
+/// Stores an entry to publish after the transaction commits; returns it with its row id.
+pub async fn push(tx: &mut Tx, mut entry: OutboxEntry) -> Result<OutboxEntry, sqlx::Error> {
+    let fields = serde_json::to_value(&entry.fields).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    entry.id = sqlx::query_scalar(
+        "INSERT INTO mindbus_outbox (run_id, command_id, stream, maxlen, fields) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(entry.run_id)
+    .bind(entry.command_id)
+    .bind(&entry.stream)
+    .bind(entry.maxlen)
+    .bind(fields)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(entry)
+}
+
+/// Forgets entries that were published.
+pub async fn delete_sent(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM mindbus_outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Locks and returns entries older than `older_ms` (left by an orchestrator that died between
+/// commit and publish), skipping rows another orchestrator is sending, and deletes them in
+/// the same transaction; their commands count one more resend.
+pub async fn take_stale(
+    tx: &mut Tx,
+    older_ms: i64,
+    limit: i64,
+) -> Result<Vec<OutboxEntry>, sqlx::Error> {
+    let rows = sqlx::query(
+        "DELETE FROM mindbus_outbox WHERE id IN (SELECT id FROM mindbus_outbox \
+         WHERE created_at < now() - make_interval(secs => $1::float8 / 1000) \
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, run_id, command_id, stream, maxlen, fields",
+    )
+    .bind(older_ms)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut entries = rows
+        .iter()
+        .map(|row| {
+            let fields: serde_json::Value = row.try_get("fields")?;
+            Ok(OutboxEntry {
+                id: row.try_get("id")?,
+                run_id: row.try_get("run_id")?,
+                command_id: row.try_get("command_id")?,
+                stream: row.try_get("stream")?,
+                maxlen: row.try_get("maxlen")?,
+                fields: serde_json::from_value(fields)
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    entries.sort_by_key(|e| e.id);
+    let resent: Vec<Uuid> = entries.iter().filter_map(|e| e.command_id).collect();
+    sqlx::query("UPDATE mindbus_run_commands SET resent = resent + 1 WHERE command_id = ANY($1)")
+        .bind(&resent)
+        .execute(&mut **tx)
+        .await?;
+    Ok(entries)
+}
+
+/// Sets (or moves) a timer.
+pub async fn set_timer(
+    tx: &mut Tx,
+    run_id: Uuid,
+    kind: &str,
+    step: &str,
+    due_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO mindbus_run_timers (run_id, kind, step, due_at) \
+         VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000)) \
+         ON CONFLICT (run_id, kind, step) DO UPDATE SET due_at = EXCLUDED.due_at",
+    )
+    .bind(run_id)
+    .bind(kind)
+    .bind(step)
+    .bind(due_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Removes a timer that is due; `false` when it is gone (fired elsewhere, or the run ended).
+pub async fn take_timer(
+    tx: &mut Tx,
+    run_id: Uuid,
+    kind: &str,
+    step: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM mindbus_run_timers WHERE run_id = $1 AND kind = $2 AND step = $3 AND due_at <= now()",
+    )
+    .bind(run_id)
+    .bind(kind)
+    .bind(step)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes a timer whether due or not (an approval was decided in time).
+pub async fn drop_timer(
+    tx: &mut Tx,
+    run_id: Uuid,
+    kind: &str,
+    step: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM mindbus_run_timers WHERE run_id = $1 AND kind = $2 AND step = $3")
+        .bind(run_id)
+        .bind(kind)
+        .bind(step)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Removes every timer of a run (it ended).
+pub async fn clear_timers(tx: &mut Tx, run_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM mindbus_run_timers WHERE run_id = $1")
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Timers that are due: (run, kind, step).
+pub async fn due_timers(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT run_id, kind, step FROM mindbus_run_timers WHERE due_at <= now() ORDER BY due_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

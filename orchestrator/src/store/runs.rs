@@ -1,0 +1,149 @@
+//! Run rows.
+
+use mindbus::wire::RunStatus;
+use serde_json::Value;
+use sqlx::{PgPool, Row, postgres::PgRow};
+use uuid::Uuid;
+
+use super::Tx;
+use crate::engine::RunState;
+
+/// One run, as stored.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub workflow: String,
+    /// The workflow file the run started with.
+    pub definition: String,
+    pub status: RunStatus,
+    pub input: Value,
+    pub state: RunState,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub traceparent: Option<String>,
+    /// The run's deadline, in Unix milliseconds.
+    pub deadline_ms: Option<i64>,
+}
+
+/// A run in a listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: Uuid,
+    pub workflow: String,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub error: Option<String>,
+}
+
+const COLUMNS: &str = "id, workflow, definition, status, input, state, output, error, traceparent, \
+     (extract(epoch FROM deadline_at) * 1000)::int8 AS deadline_ms";
+
+fn from_row(row: &PgRow) -> Result<RunRow, sqlx::Error> {
+    let decode = |e: String| sqlx::Error::Decode(e.into());
+    let status: String = row.try_get("status")?;
+    let state: Value = row.try_get("state")?;
+    Ok(RunRow {
+        id: row.try_get("id")?,
+        workflow: row.try_get("workflow")?,
+        definition: row.try_get("definition")?,
+        status: status.parse().map_err(decode)?,
+        input: row.try_get("input")?,
+        state: serde_json::from_value(state).map_err(|e| decode(e.to_string()))?,
+        output: row.try_get("output")?,
+        error: row.try_get("error")?,
+        traceparent: row.try_get("traceparent")?,
+        deadline_ms: row.try_get("deadline_ms")?,
+    })
+}
+
+/// Inserts a new run; `false` when a run with this id exists (a redelivered start).
+pub async fn insert_run(tx: &mut Tx, run: &RunRow) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO mindbus_runs (id, workflow, definition, status, input, state, traceparent, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8 / 1000)) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(run.id)
+    .bind(&run.workflow)
+    .bind(&run.definition)
+    .bind(run.status.as_str())
+    .bind(&run.input)
+    .bind(state_json(&run.state)?)
+    .bind(&run.traceparent)
+    .bind(run.deadline_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Locks a run's row for this transaction and reads it.
+pub async fn lock_run(tx: &mut Tx, id: Uuid) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM mindbus_runs WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .as_ref()
+    .map(from_row)
+    .transpose()
+}
+
+/// Reads a run without locking it.
+pub async fn get_run(pool: &PgPool, id: Uuid) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM mindbus_runs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// Writes a locked run's status, state, output and error back.
+pub async fn save_run(tx: &mut Tx, run: &RunRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE mindbus_runs SET status = $2, state = $3, output = $4, error = $5, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(run.id)
+    .bind(run.status.as_str())
+    .bind(state_json(&run.state)?)
+    .bind(&run.output)
+    .bind(&run.error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The most recent runs, optionally of one status.
+pub async fn list_runs(
+    pool: &PgPool,
+    status: Option<RunStatus>,
+    limit: i64,
+) -> Result<Vec<RunSummary>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, workflow, status, created_at::text AS created_at, updated_at::text AS updated_at, error \
+         FROM mindbus_runs WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(status.map(RunStatus::as_str))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(RunSummary {
+                run_id: row.try_get("id")?,
+                workflow: row.try_get("workflow")?,
+                status: row.try_get("status")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                error: row.try_get("error")?,
+            })
+        })
+        .collect()
+}
+
+fn state_json(state: &RunState) -> Result<Value, sqlx::Error> {
+    serde_json::to_value(state).map_err(|e| sqlx::Error::Encode(e.into()))
+}
