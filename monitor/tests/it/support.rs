@@ -1,11 +1,10 @@
 //! A database of its own per test, a key prefix of its own, and monitor processes.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use mindbus::bus::Bus;
-use mindbus::config::{Config, RedisConfig};
+use mindbus::config::RedisConfig;
 use mindbus::streams::parse_read;
 use mindbus::wire::EntryId;
 use sqlx::PgPool;
@@ -13,71 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "{name}_{:012x}",
-        uuid::Uuid::now_v7().as_u128() as u64 & 0xffff_ffff_ffff
-    )
-}
-
-/// A fresh database, dropped with the test.
-pub struct TestDb {
-    pub url: String,
-    admin: String,
-    name: String,
-}
-
-impl TestDb {
-    pub async fn new(name: &str) -> Self {
-        Self::on(&admin_url(), name).await
-    }
-
-    /// A fresh database on the server at `admin` (a URL to any of its databases).
-    pub async fn on(admin: &str, name: &str) -> Self {
-        let name = unique(&format!("mindbus_test_{name}"));
-        let pool = PgPool::connect(admin)
-            .await
-            .expect("postgres is reachable (DATABASE_URL)");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        let url = format!("{}/{name}", &admin[..admin.rfind('/').unwrap()]);
-        Self {
-            url,
-            admin: admin.to_owned(),
-            name,
-        }
-    }
-
-    pub async fn pool(&self) -> PgPool {
-        PgPool::connect(&self.url).await.unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .arg(&self.admin)
-            .args([
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+pub use crate::testenv::{TestDb, redis_url, unique};
 
 /// A key prefix of its own on the shared Redis, with in-process echo agents.
 pub struct Mesh {
@@ -102,18 +37,9 @@ impl Mesh {
         }
     }
 
-    /// Starts an echo agent in this process (the real runtime, only not a separate binary).
+    /// Starts an echo agent in this process.
     pub fn agent(&self) {
-        let mut config = Config {
-            redis: RedisConfig {
-                url: redis_url().into(),
-                prefix: self.prefix.clone(),
-            },
-            ..Config::default()
-        };
-        config.agent.concurrency = 256;
-        let stop = self.agents.clone();
-        tokio::spawn(async move { mindbus_agents::run(&config, "echo", stop).await.unwrap() });
+        crate::testenv::spawn_echo(&self.prefix, 256, self.agents.clone());
     }
 
     /// Starts a `mindbus-monitor` process writing to `db`.
@@ -194,19 +120,7 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.agents.cancel();
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query(&mut conn)
-            .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-        }
+        crate::testenv::delete_prefix(&self.prefix);
     }
 }
 

@@ -1,6 +1,12 @@
-//! The orchestrator's tests: the pure engine and workflow loading here, the process against
-//! real Redis, Postgres and echo agents in `process`.
+//! The orchestrator's tests: the pure engine and workflow loading, then runs through real
+//! Redis, Postgres, echo agents and `mindbus-orchestrator` processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod durability;
 mod dynamic;
 mod engine;
+mod runs;
+mod support;
+#[path = "../../../monitor/tests/it/testenv.rs"]
+mod testenv;
 mod workflows;

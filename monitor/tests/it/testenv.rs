@@ -1,0 +1,104 @@
+//! What every test against the shared servers needs: their URLs, unique names, a database
+//! of its own per test, and cleaning a key prefix. Shared by the monitor's and the
+//! orchestrator's integration tests (the orchestrator includes this file by path).
+
+use std::process::Stdio;
+
+use sqlx::PgPool;
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn unique(name: &str) -> String {
+    format!(
+        "{name}_{:012x}",
+        uuid::Uuid::now_v7().as_u128() as u64 & 0xffff_ffff_ffff
+    )
+}
+
+/// A fresh database, dropped with the test.
+pub struct TestDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new(name: &str) -> Self {
+        Self::on(&admin_url(), name).await
+    }
+
+    /// A fresh database on the server at `admin` (a URL to any of its databases).
+    pub async fn on(admin: &str, name: &str) -> Self {
+        let name = unique(&format!("mindbus_test_{name}"));
+        let pool = PgPool::connect(admin)
+            .await
+            .expect("postgres is reachable (DATABASE_URL)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let url = format!("{}/{name}", &admin[..admin.rfind('/').unwrap()]);
+        Self {
+            url,
+            admin: admin.to_owned(),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .arg(&self.admin)
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Deletes every key under `prefix` (a test's own) from the shared Redis.
+pub fn delete_prefix(prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    }
+}
+
+/// Starts an echo agent in this process (the real runtime, only not a separate binary),
+/// stopped when `stop` fires.
+pub fn spawn_echo(prefix: &str, concurrency: usize, stop: tokio_util::sync::CancellationToken) {
+    let mut config = mindbus::config::Config {
+        redis: mindbus::config::RedisConfig {
+            url: redis_url().into(),
+            prefix: prefix.to_owned(),
+        },
+        ..Default::default()
+    };
+    config.agent.concurrency = concurrency;
+    tokio::spawn(async move { mindbus_agents::run(&config, "echo", stop).await.unwrap() });
+}

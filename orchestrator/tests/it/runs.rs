@@ -1,0 +1,227 @@
+//! Runs through real processes: a workflow with every feature, cancel, approvals, the
+//! run deadline, and the CLI.
+
+use std::time::Duration;
+
+use mindbus::wire::{RunCommand, Status};
+use serde_json::json;
+
+use crate::support::{Orch, completed};
+
+const EVERYTHING: &str = r#"
+name: everything
+inputs:
+  n: {default: 20}
+  rounds: {default: 3}
+dynamic: {allowed_roles: [echo], max_added_steps: 1, max_depth: 1}
+output:
+  fanned: "{{ steps.fan.output | length }}"
+  sum: "{{ steps.fan.output | map(attribute='i') | sum }}"
+  rounds: "{{ steps.loop.output.round }}"
+  skipped: "{{ steps.never.skipped }}"
+steps:
+  - id: seed
+    role: echo
+    input: {items: "{{ range(inputs.n) | list }}"}
+  - id: fan
+    role: echo
+    needs: [seed]
+    for_each: "steps.seed.output.items"
+    input: {i: "{{ item }}"}
+  - id: loop
+    role: echo
+    needs: [fan]
+    repeat: {until: "output.round >= inputs.rounds", max_rounds: 5}
+    input: {round: "{{ round }}"}
+  - id: never
+    role: echo
+    needs: [seed]
+    when: "inputs.n > 100"
+  - id: plan
+    role: echo
+    needs: [loop, never]
+    input:
+      note: planned
+      add_steps:
+        - id: extra
+          role: echo
+          input: {from: "{% raw %}{{ steps.plan.output.note }}{% endraw %}"}
+"#;
+
+const SLOW: &str =
+    "name: slow\nsteps:\n  - id: wait\n    role: echo\n    input: {sleep_ms: 60000}\n";
+const HURRY: &str = "name: hurry\ndeadline_ms: 500\nsteps:\n  - id: wait\n    role: echo\n    input: {sleep_ms: 60000}\n";
+
+fn gate(name: &str, timeout_ms: u64, on_timeout: &str) -> String {
+    format!(
+        "name: {name}\nsteps:\n  - id: ok\n    approval: {{timeout_ms: {timeout_ms}, on_timeout: {on_timeout}}}\n  - id: after\n    role: echo\n    needs: [ok]\n    input: {{approved: \"{{{{ steps.ok.output.approved }}}}\"}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_dag_with_fan_out_loop_condition_and_dynamic_step_completes() {
+    let (orch, _o) = Orch::up("everything", &[("everything.yaml", EVERYTHING)]).await;
+    let run = orch.start("everything", json!({})).await;
+    let ended = orch.wait_ended(&[run], Duration::from_secs(60)).await;
+    assert_eq!(ended[0].status, "completed", "{:?}", ended[0].error);
+    assert_eq!(
+        ended[0].output,
+        Some(json!({"fanned": 20, "sum": 190, "rounds": 3, "skipped": true}))
+    );
+    let shown = orch.ask(RunCommand::Get, json!({"run_id": run})).await;
+    let steps = &shown.envelope.data.value["steps"];
+    assert_eq!(
+        steps["extra"]["output"],
+        json!({"from": "planned"}),
+        "the added step ran after its parent"
+    );
+    let commands: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM mindbus_run_commands WHERE run_id = $1 AND applied_at IS NOT NULL",
+    )
+    .bind(run)
+    .fetch_one(&orch.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        commands,
+        1 + 20 + 3 + 1 + 1,
+        "seed, 20 fan-out items, 3 rounds, plan, extra"
+    );
+    let ends = orch.events("mindbus.run.ended").await;
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].0, run.to_string());
+}
+
+#[tokio::test]
+async fn cancel_stops_the_run_and_its_running_command() {
+    let (orch, _o) = Orch::up("cancel", &[("slow.yaml", SLOW)]).await;
+    let run = orch.start("slow", json!({})).await;
+    let command = orch.wait_command(run).await;
+    let answer = orch.ask(RunCommand::Cancel, json!({"run_id": run})).await;
+    assert!(completed(&answer), "{answer:?}");
+    assert_eq!(answer.envelope.data.value["status"], "canceled");
+    let result = orch.wait_result(command).await;
+    assert_eq!(
+        result.status,
+        Status::Canceled,
+        "the step's command was stopped"
+    );
+    let ended = orch.wait_ended(&[run], Duration::from_secs(5)).await;
+    assert_eq!(ended[0].status, "canceled");
+    let again = orch.ask(RunCommand::Cancel, json!({"run_id": run})).await;
+    assert!(
+        !completed(&again),
+        "a run that is over cannot be cancelled again"
+    );
+}
+
+#[tokio::test]
+async fn approvals_are_decided_by_people_or_by_their_timeout() {
+    let files = [
+        ("a.yaml", gate("manual", 60_000, "reject")),
+        ("b.yaml", gate("lapse-reject", 300, "reject")),
+        ("c.yaml", gate("lapse-approve", 300, "approve")),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(f, y)| (*f, y.as_str())).collect();
+    let (orch, _o) = Orch::up("approval", &files).await;
+    let approved = orch.start("manual", json!({})).await;
+    let rejected = orch.start("manual", json!({})).await;
+    let lapsed_reject = orch.start("lapse-reject", json!({})).await;
+    let lapsed_approve = orch.start("lapse-approve", json!({})).await;
+    orch.wait_stored(approved).await;
+    orch.wait_stored(rejected).await;
+    let not_waiting = orch
+        .ask(
+            RunCommand::Approve,
+            json!({"run_id": approved, "step": "after"}),
+        )
+        .await;
+    assert!(
+        not_waiting
+            .failure
+            .unwrap()
+            .error
+            .contains("not waiting for an approval")
+    );
+    let yes = orch
+        .ask(
+            RunCommand::Approve,
+            json!({"run_id": approved, "step": "ok"}),
+        )
+        .await;
+    assert!(completed(&yes), "{yes:?}");
+    let no = orch
+        .ask(
+            RunCommand::Approve,
+            json!({"run_id": rejected, "step": "ok", "approved": false}),
+        )
+        .await;
+    assert!(completed(&no), "{no:?}");
+    let ended = orch
+        .wait_ended(
+            &[approved, rejected, lapsed_reject, lapsed_approve],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(ended[0].output, Some(json!({"approved": true})));
+    assert_eq!(ended[1].status, "failed");
+    assert!(ended[1].error.as_deref().unwrap().contains("rejected"));
+    assert_eq!(ended[2].status, "failed", "on_timeout: reject");
+    assert_eq!(ended[3].status, "completed", "on_timeout: approve");
+}
+
+#[tokio::test]
+async fn the_run_deadline_fails_the_run_and_stops_its_commands() {
+    let (orch, _o) = Orch::up("deadline", &[("hurry.yaml", HURRY)]).await;
+    let run = orch.start("hurry", json!({})).await;
+    let command = orch.wait_command(run).await;
+    let ended = orch.wait_ended(&[run], Duration::from_secs(20)).await;
+    assert_eq!(ended[0].status, "failed");
+    // The run's timer or the command's inherited deadline, whichever fires first.
+    let error = ended[0].error.clone().unwrap();
+    assert!(error.contains("deadline_exceeded"), "{error}");
+    let result = orch.wait_result(command).await;
+    assert_ne!(
+        result.status,
+        Status::Completed,
+        "the command inherited the deadline"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_runs_a_workflow_and_shows_it() {
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/workflows/sample.yaml"
+    ))
+    .unwrap();
+    let (orch, _o) = Orch::up("cli", &[("sample.yaml", &sample)]).await;
+    let cli = orch.cli();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cli = cli;
+        cli.args(["run", "sample", "--input", r#"{"topic": "streams"}"#])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let output: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(output["draft"], "A short piece on streams");
+    assert_eq!(output["sections"].as_array().unwrap().len(), 3);
+    assert!(
+        stderr.contains("step review: running (round 3)"),
+        "{stderr}"
+    );
+    let list = orch
+        .cli()
+        .args(["runs", "list", "--status", "completed"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
+    let unknown = orch.cli().args(["run", "nope"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no workflow `nope`; known: sample"));
+}

@@ -1,0 +1,267 @@
+//! A key prefix and a database of its own per test, workflow files in a temporary folder,
+//! in-process echo agents (the real runtime) and real `mindbus-orchestrator` processes.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mindbus::bus::Bus;
+use mindbus::config::RedisConfig;
+use mindbus::wire::{Command, CommandResult, ORCHESTRATOR_ROLE, Payload, RunCommand, Status};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::process::Child;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::testenv::{TestDb, delete_prefix, redis_url, unique};
+
+/// How a run ended, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub status: String,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+pub struct Orch {
+    pub prefix: String,
+    pub db: TestDb,
+    pub bus: Bus,
+    pub pool: PgPool,
+    workflows: tempfile::TempDir,
+    agents: CancellationToken,
+}
+
+impl Orch {
+    /// A mesh whose orchestrators know `workflows` (file name, YAML).
+    pub async fn new(name: &str, workflows: &[(&str, &str)]) -> Self {
+        let prefix = unique(&format!("t-orch-{name}"));
+        let db = TestDb::new(&format!("orch_{name}")).await;
+        let pool = db.pool().await;
+        let bus = Bus::connect(&RedisConfig {
+            url: redis_url().into(),
+            prefix: prefix.clone(),
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (file, yaml) in workflows {
+            std::fs::write(dir.path().join(file), yaml).unwrap();
+        }
+        Self {
+            prefix,
+            db,
+            bus,
+            pool,
+            workflows: dir,
+            agents: CancellationToken::new(),
+        }
+    }
+
+    /// A mesh with an echo agent and one orchestrator running (kept alive by the `Child`).
+    pub async fn up(name: &str, workflows: &[(&str, &str)]) -> (Self, Child) {
+        let orch = Self::new(name, workflows).await;
+        orch.agent();
+        let child = orch.orchestrator(2_000);
+        (orch, child)
+    }
+
+    /// Starts an echo agent in this process.
+    pub fn agent(&self) {
+        crate::testenv::spawn_echo(&self.prefix, 512, self.agents.clone());
+    }
+
+    /// Starts a `mindbus-orchestrator` process; `resend_after_ms` is how long a committed,
+    /// unsent command waits before another orchestrator sends it.
+    pub fn orchestrator(&self, resend_after_ms: u64) -> Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-orchestrator"))
+            .args(["--prefix", &self.prefix, "--redis-url", &redis_url()])
+            .args(["--database-url", &self.db.url, "--lease-ms", "1000"])
+            .arg("--workflows")
+            .arg(self.workflows.path())
+            .env("RUST_LOG", "warn")
+            .env("MINDBUS_ORCHESTRATOR__TICK_MS", "50")
+            .env(
+                "MINDBUS_ORCHESTRATOR__RESEND_AFTER_MS",
+                resend_after_ms.to_string(),
+            )
+            // Run commands a killed orchestrator was handling are taken over after 1 s.
+            .env("MINDBUS_AGENT__LEASE_MS", "1000")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// The `mindbus` CLI against this mesh.
+    pub fn cli(&self) -> std::process::Command {
+        let path =
+            PathBuf::from(env!("CARGO_BIN_EXE_mindbus-orchestrator")).with_file_name("mindbus");
+        assert!(
+            path.exists(),
+            "run the tests with `cargo nextest run --workspace`"
+        );
+        let mut cmd = std::process::Command::new(path);
+        cmd.args(["--prefix", &self.prefix, "--redis-url", &redis_url()]);
+        cmd
+    }
+
+    /// Publishes a `run.start` (as any producer would, without waiting); the run's id is
+    /// the command's id.
+    pub async fn start(&self, workflow: &str, input: Value) -> Uuid {
+        let command = Command::new(
+            RunCommand::Start.as_str(),
+            Payload::json(json!({"workflow": workflow, "input": input})),
+        );
+        self.bus.publish(ORCHESTRATOR_ROLE, &command).await.unwrap();
+        command.envelope.id
+    }
+
+    /// Sends a run command and waits for the orchestrator's answer.
+    pub async fn ask(&self, kind: RunCommand, data: Value) -> CommandResult {
+        self.bus
+            .call(
+                ORCHESTRATOR_ROLE,
+                Command::new(kind.as_str(), Payload::json(data)),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+            .expect("the orchestrator answers")
+    }
+
+    /// The stored end of a run, `None` while it runs (or before the store exists).
+    pub async fn ended(&self, run: Uuid) -> Option<Ended> {
+        let row: Option<(String, Option<Value>, Option<String>)> = sqlx::query_as(
+            "SELECT status, output, error FROM mindbus_runs WHERE id = $1 AND status <> 'running'",
+        )
+        .bind(run)
+        .fetch_optional(&self.pool)
+        .await
+        .ok()
+        .flatten();
+        row.map(|(status, output, error)| Ended {
+            status,
+            output,
+            error,
+        })
+    }
+
+    /// Waits until every run in `runs` ended, and returns how.
+    pub async fn wait_ended(&self, runs: &[Uuid], timeout: Duration) -> Vec<Ended> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut ended = Vec::new();
+            for run in runs {
+                match self.ended(*run).await {
+                    Some(end) => ended.push(end),
+                    None => break,
+                }
+            }
+            if ended.len() == runs.len() {
+                return ended;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {} runs ended",
+                ended.len(),
+                runs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the orchestrator has stored a run.
+    pub async fn wait_stored(&self, run: Uuid) {
+        let sql = "SELECT id FROM mindbus_runs WHERE id = $1";
+        self.wait_row(sql, run, "was not stored").await;
+    }
+
+    /// Waits until a run has sent a command, and returns its id.
+    pub async fn wait_command(&self, run: Uuid) -> Uuid {
+        let sql = "SELECT command_id FROM mindbus_run_commands WHERE run_id = $1 LIMIT 1";
+        self.wait_row(sql, run, "sent no command").await
+    }
+
+    /// Waits until `sql` (with `run` as `$1`) returns an id.
+    async fn wait_row(&self, sql: &str, run: Uuid, failure: &str) -> Uuid {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found: Option<Uuid> = sqlx::query_scalar(sql)
+                .bind(run)
+                .fetch_optional(&self.pool)
+                .await
+                .ok()
+                .flatten();
+            if let Some(id) = found {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "run {run} {failure}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the result of a command on the result stream.
+    pub async fn wait_result(&self, command: Uuid) -> CommandResult {
+        let mut waiter = mindbus::bus::ResultWaiter::new(&self.bus).await.unwrap();
+        waiter
+            .wait_result(
+                mindbus::wire::EntryId::ZERO,
+                command,
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no result for {command}"))
+    }
+
+    /// Every entry of `<prefix>:<suffix>`, as its fields.
+    pub async fn entries(&self, suffix: &str) -> Vec<Vec<(String, String)>> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("{}:{suffix}", self.prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.bus.connection())
+            .await
+            .unwrap();
+        entries.into_iter().map(|(_, fields)| fields).collect()
+    }
+
+    /// Every event of `type` `ty`, as (runid, stepid, data).
+    pub async fn events(&self, ty: &str) -> Vec<(String, Option<String>, Value)> {
+        let get = |fields: &[(String, String)], name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        self.entries("event")
+            .await
+            .into_iter()
+            .filter(|fields| get(fields, "type").as_deref() == Some(ty))
+            .map(|fields| {
+                let data = get(&fields, "data").unwrap_or_default();
+                let data = serde_json::from_str(&data).unwrap_or(Value::Null);
+                (
+                    get(&fields, "runid").unwrap_or_default(),
+                    get(&fields, "stepid"),
+                    data,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Orch {
+    fn drop(&mut self) {
+        self.agents.cancel();
+        delete_prefix(&self.prefix);
+    }
+}
+
+/// Whether a result completed.
+pub fn completed(result: &CommandResult) -> bool {
+    result.status == Status::Completed
+}
