@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: brings up two echo agents and the monitor, sends a batch of commands through
-# them, shows the events and results as they happen, shows one command's recorded timeline
+# The main job: brings up two echo agents, the monitor and the orchestrator, sends a batch of
+# commands through them, runs the sample workflow (a DAG with a fan-out, a condition and a
+# loop) end to end, shows the events and results as they happen and the recorded timelines
 # from Postgres, then shuts everything down and leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ for _ in 1 2; do
   RUST_LOG=warn "$bin/mindbus-agent" --role echo --maxattempts 3 & pids+=($!)
 done
 RUST_LOG=warn "$bin/mindbus-monitor" & pids+=($!)
+RUST_LOG=warn "$bin/mindbus-orchestrator" --workflows config/workflows & pids+=($!)
 "$bin/mindbus" tail --for-ms 600000 & pids+=($!)
 sleep 0.5
 
@@ -40,10 +42,17 @@ redis-cli -u "$REDIS_URL" XADD "$MINDBUS_PREFIX:cmd:{echo}" '*' type echo.say da
 for i in $(seq 1 20); do "$bin/mindbus" send echo echo.say "{\"i\":$i,\"sleep_ms\":50}" >/dev/null; done
 sleep 1.5
 
+say "running the sample workflow: mindbus run sample (step changes below, output last)"
+"$bin/mindbus" run sample --input '{"topic":"redis streams"}'
+run_id=$("$bin/mindbus" runs list --limit 1 | grep -o '"run_id": "[^"]*"' | cut -d'"' -f4)
+sleep 1
+
 say "status"
 "$bin/mindbus" status
 say "dead letters"
 "$bin/mindbus" dlq list
 say "the flaky command's timeline, as the monitor recorded it (mindbus trace $flaky_id)"
 "$bin/mindbus" trace "$flaky_id"
+say "the run's timeline (mindbus trace $run_id)"
+"$bin/mindbus" trace "$run_id" | tail -n 15
 say "shutting down"
