@@ -4,7 +4,8 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --bins --locked \
  && mkdir /out \
- && cp target/release/mindbus target/release/mindbus-agent target/release/mindbus-monitor /out/
+ && cp target/release/mindbus target/release/mindbus-agent target/release/mindbus-monitor \
+    target/release/mindbus-orchestrator /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
