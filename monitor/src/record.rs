@@ -103,7 +103,7 @@ impl Record {
             entry_ms: self.entry_ms,
             entry_seq: self.entry_seq,
             kind: self.kind,
-            fields: json_without_nul(self.fields.clone()),
+            fields: mindbus::wire::without_nul(self.fields.clone()),
             malformed: Some(
                 format!("stored bare, postgres refused the row: {why}").replace('\0', ""),
             ),
@@ -185,7 +185,7 @@ fn envelope(row: &mut Record, envelope: Envelope) {
     row.source = Some(envelope.source);
     row.time = Some(envelope.time.to_string());
     row.trace_id = Some(envelope.traceparent.trace_id_hex());
-    row.data = Some(json_without_nul(envelope.data.value));
+    row.data = Some(mindbus::wire::without_nul(envelope.data.value));
 }
 
 /// Every field as JSON: text as a string, binary (e.g. MessagePack `data`) as `{"hex": ...}`.
@@ -201,20 +201,6 @@ fn fields_json(fields: &Fields) -> Value {
         map.insert(name.replace('\0', "\u{fffd}"), json);
     }
     Value::Object(map)
-}
-
-/// Postgres `jsonb` cannot hold U+0000; replace it rather than lose the row.
-fn json_without_nul(value: Value) -> Value {
-    match value {
-        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
-        Value::Array(items) => Value::Array(items.into_iter().map(json_without_nul).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), json_without_nul(v)))
-                .collect(),
-        ),
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,9 @@ CREATE TABLE mindbus_outbox (
     stream      text NOT NULL,
     maxlen      bigint,
     fields      jsonb NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    -- The insert's own time, not the transaction's: a transaction that waited for a run's
+    -- lock must not publish rows the sweep already thinks abandoned.
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
 CREATE TABLE mindbus_run_timers (

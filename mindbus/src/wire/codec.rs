@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::WireError;
 
@@ -116,6 +117,21 @@ impl FromStr for ContentType {
                 "`{s}` is not supported (use application/json or application/msgpack)"
             )),
         }
+    }
+}
+
+/// `value` with every U+0000 replaced by U+FFFD, for stores that cannot hold it (Postgres
+/// `jsonb` and `text`): replace rather than lose the row.
+pub fn without_nul(value: Value) -> Value {
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{fffd}")),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 

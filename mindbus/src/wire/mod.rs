@@ -19,7 +19,7 @@ mod run;
 pub mod schema;
 mod trace;
 
-pub use codec::{Codec, ContentType, Json, MsgPack};
+pub use codec::{Codec, ContentType, Json, MsgPack, without_nul};
 pub use command::Command;
 pub use dead_letter::{DLQ_FIELD_PREFIX, DeadLetter};
 pub use entry_id::EntryId;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{RunState, StepState};
-use crate::workflow::{Step, Workflow, valid_id};
+use crate::workflow::{Step, Workflow, check_workflow, valid_id};
 
 /// The field of a step's output that lists steps to add.
 pub const ADD_STEPS: &str = "add_steps";
@@ -29,8 +29,10 @@ pub(super) fn add_steps(
     parent: &Step,
     output: &Value,
 ) -> Result<(), String> {
-    let Some(listed) = output.get(ADD_STEPS) else {
-        return Ok(());
+    let listed = match output.get(ADD_STEPS) {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(items)) if items.is_empty() => return Ok(()),
+        Some(listed) => listed,
     };
     let Some(limits) = &workflow.dynamic else {
         return Err("its output adds steps, but the workflow declares no `dynamic` limits".into());
@@ -56,14 +58,53 @@ pub(super) fn add_steps(
         if !step.needs.contains(&parent.id) {
             step.needs.push(parent.id.clone());
         }
+    }
+    validate_together(workflow, state, &steps, &limits.allowed_roles)?;
+    for step in steps {
         state.steps.insert(step.id.clone(), StepState::Pending);
         state.added.push(AddedStep {
-            step: step.clone(),
+            step,
             parent: parent.id.clone(),
             depth,
         });
     }
     Ok(())
+}
+
+/// The run's steps with `new` among them must pass every check a workflow file passes
+/// (templates compile and read only steps they depend on, no cycle, limits positive).
+fn validate_together(
+    workflow: &Workflow,
+    state: &RunState,
+    new: &[Step],
+    allowed: &[String],
+) -> Result<(), String> {
+    let mut combined = workflow.clone();
+    combined
+        .steps
+        .extend(state.added.iter().map(|a| a.step.clone()));
+    combined.steps.extend(new.iter().cloned());
+    // The run's output is the workflow's; added leaves are not candidates for it.
+    combined.output = Some(Value::Null);
+    // The workflow's own roles were checked when it loaded; added steps may use `allowed`.
+    let roles: Vec<&str> = workflow
+        .steps
+        .iter()
+        .filter_map(|s| s.role.as_deref())
+        .chain(allowed.iter().map(String::as_str))
+        .collect();
+    let problems = check_workflow(&combined, &roles);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let text: Vec<String> = problems
+        .into_iter()
+        .map(|(step, problem)| match step {
+            Some(step) => format!("added step `{step}`: {problem}"),
+            None => problem.to_string(),
+        })
+        .collect();
+    Err(text.join("; "))
 }
 
 fn depth(state: &RunState, id: &str) -> u32 {
@@ -95,8 +136,12 @@ fn check(step: &Step, state: &RunState, allowed: &[String]) -> Result<(), String
         }
         None => return Err(format!("added step `{id}` must call a role")),
     }
-    if step.approval.is_some() {
-        return Err(format!("added step `{id}` cannot be an approval"));
+    // Each added step is one command: a fan-out or a loop would multiply the work past
+    // what max_added_steps promises.
+    if step.approval.is_some() || step.for_each.is_some() || step.repeat.is_some() {
+        return Err(format!(
+            "added step `{id}` cannot be an approval, fan out (for_each) or loop (repeat)"
+        ));
     }
     if let Some(unknown) = step.needs.iter().find(|n| !state.steps.contains_key(*n)) {
         return Err(format!(

@@ -8,6 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::workflow::{self, Loaded, Problem, Workflow, WorkflowError};
 
+/// A run's stored workflow no longer parses (it cannot be advanced).
+#[derive(Debug, thiserror::Error)]
+#[error("the run's workflow definition is invalid: {0}")]
+pub struct DefinitionError(String);
+
 /// Workflows by name, and a cache of definitions by their text.
 #[derive(Debug)]
 pub struct Catalog {
@@ -53,7 +58,7 @@ impl Catalog {
     }
 
     /// The workflow a run started with, parsed from the text it stored.
-    pub fn definition(&self, name: &str, source: &str) -> Result<Arc<Workflow>, String> {
+    pub fn definition(&self, name: &str, source: &str) -> Result<Arc<Workflow>, DefinitionError> {
         let mut hasher = DefaultHasher::new();
         source.hash(&mut hasher);
         let key = hasher.finish();
@@ -61,11 +66,8 @@ impl Catalog {
             return Ok(found);
         }
         let parsed = workflow::parse(Path::new(name), source, &[]).map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
+            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            DefinitionError(problems.join("; "))
         })?;
         let parsed = Arc::new(parsed);
         if let Ok(mut cache) = self.parsed.lock() {

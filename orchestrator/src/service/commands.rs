@@ -113,7 +113,9 @@ impl Orchestrator {
             engine::start(&workflow, start.input).map_err(HandlerError::fatal)?;
         let now = jiff::Timestamp::now().as_millisecond();
         let deadline_ms = [
-            workflow.deadline_ms.map(|d| now + d as i64),
+            workflow
+                .deadline_ms
+                .map(|d| now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX))),
             command.deadline.map(|d| d.as_millisecond()),
         ]
         .into_iter()
@@ -133,6 +135,8 @@ impl Orchestrator {
         };
         let mut tx = self.pool.begin().await.map_err(retry)?;
         if !store::insert_run(&mut tx, &run).await.map_err(retry)? {
+            // A redelivered start: answer with the run it started.
+            drop(tx);
             return self.get(run.id).await;
         }
         if let Some(due) = deadline_ms {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt as _;
 use mindbus::streams::{StreamEntry, ensure_group, parse_autoclaim, parse_read};
-use mindbus::wire::{CommandResult, EntryId, Origin, Status};
+use mindbus::wire::{CommandResult, EntryId, Origin, Status, without_nul};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -180,6 +180,10 @@ async fn apply_one(
                 tracing::debug!(run.id = %run_id, ?outcome, "result applied");
                 return Some(entry.id);
             }
+            Err(e) if is_permanent(&e) => {
+                abort(this, run_id, &input, &e).await;
+                return Some(entry.id);
+            }
             Err(e) => {
                 tracing::warn!(run.id = %run_id, error = %e, "applying a result failed; retrying");
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
@@ -205,9 +209,13 @@ fn step_result(stream: &str, entry: &StreamEntry) -> Option<(Uuid, Input)> {
         }
     };
     let run_id = result.runid.as_deref()?.parse().ok()?;
+    // Postgres cannot store U+0000: an agent's output or message must not make a result
+    // impossible to apply.
     let output = match (&result.status, &result.failure) {
-        (Status::Completed, _) => Ok(result.envelope.data.value),
-        (_, Some(failure)) => Err(format!("{}: {}", failure.errortype, failure.error)),
+        (Status::Completed, _) => Ok(without_nul(result.envelope.data.value)),
+        (_, Some(failure)) => {
+            Err(format!("{}: {}", failure.errortype, failure.error).replace('\0', "\u{fffd}"))
+        }
         (status, None) => Err(status.to_string()),
     };
     let input = Input::Result {
@@ -216,6 +224,41 @@ fn step_result(stream: &str, entry: &StreamEntry) -> Option<(Uuid, Input)> {
         output,
     };
     Some((run_id, input))
+}
+
+/// An error that retrying cannot cure: the store refuses the data (class 22 or 23), or a
+/// stored value cannot be read back.
+fn is_permanent(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+            Some(
+                sqlx::Error::Decode(_) | sqlx::Error::Encode(_) | sqlx::Error::ColumnDecode { .. },
+            ) => true,
+            Some(_) => false,
+            None => {
+                cause.is::<serde_json::Error>() || cause.is::<super::catalog::DefinitionError>()
+            }
+        })
+}
+
+/// Fails the run of a result that can never be applied, so it neither blocks the reader
+/// nor leaves the run waiting forever.
+async fn abort(this: &Orchestrator, run_id: Uuid, input: &Input, error: &anyhow::Error) {
+    tracing::error!(run.id = %run_id, error = %format!("{error:#}"), "a result cannot be applied; failing its run");
+    let Input::Result { command_id, .. } = input else {
+        return;
+    };
+    let reason = format!("internal: a step result could not be stored: {error}");
+    let abort = Input::Abort {
+        command_id: *command_id,
+        reason,
+    };
+    if let Err(e) = this.advance(run_id, abort).await {
+        tracing::error!(run.id = %run_id, error = %e, "failing the run failed too; the result is skipped");
+    }
 }
 
 fn delays() -> impl Iterator<Item = Duration> {

@@ -55,8 +55,13 @@ async fn fire_due(this: &Orchestrator) -> anyhow::Result<()> {
         let Some(timer) = Timer::parse(&kind) else {
             continue;
         };
-        let outcome = this.advance(run_id, Input::Timer { timer, step }).await?;
-        tracing::info!(run.id = %run_id, timer = kind, ?outcome, "timer fired");
+        // One timer that fails must not hold back those due after it.
+        match this.advance(run_id, Input::Timer { timer, step }).await {
+            Ok(outcome) => tracing::info!(run.id = %run_id, timer = kind, ?outcome, "timer fired"),
+            Err(e) => {
+                tracing::warn!(run.id = %run_id, timer = kind, error = %e, "firing a timer failed")
+            }
+        }
     }
     Ok(())
 }

@@ -29,6 +29,8 @@ pub(crate) enum Input {
     Timer { timer: Timer, step: String },
     /// Someone cancelled the run.
     Cancel,
+    /// A result could not be applied for good (the store refuses it): the run fails.
+    Abort { command_id: Uuid, reason: String },
 }
 
 /// What a transition did.
@@ -60,15 +62,12 @@ impl Orchestrator {
                 command_id, status, ..
             } = &input
             {
-                store::apply_command(&mut tx, *command_id, status.as_str()).await?;
+                store::apply_command(&mut tx, run_id, *command_id, status.as_str()).await?;
                 tx.commit().await?;
             }
             return Ok(Outcome::Ignored(format!("the run is {}", run.status)));
         }
-        let workflow = self
-            .catalog
-            .definition(&run.workflow, &run.definition)
-            .map_err(anyhow::Error::msg)?;
+        let workflow = self.catalog.definition(&run.workflow, &run.definition)?;
         let before = run.state.clone();
         let actions = match self.actions(&mut tx, &workflow, &mut run, input).await? {
             Ok(actions) => actions,
@@ -100,7 +99,7 @@ impl Orchestrator {
                 command_id,
                 status,
                 output,
-            } => match store::apply_command(tx, command_id, status.as_str()).await? {
+            } => match store::apply_command(tx, run.id, command_id, status.as_str()).await? {
                 Some(CommandRow {
                     step, item, round, ..
                 }) => Event::Result {
@@ -137,6 +136,10 @@ impl Orchestrator {
                 run.error = Some("canceled".into());
                 return Ok(Ok(Vec::new()));
             }
+            Input::Abort { command_id, reason } => {
+                store::apply_command(tx, run.id, command_id, "failed").await?;
+                return Ok(Ok(vec![Action::Fail { step: None, reason }]));
+            }
         };
         Ok(Ok(engine::apply(workflow, &mut run.state, event)))
     }
@@ -150,6 +153,7 @@ impl Orchestrator {
         actions: Vec<Action>,
     ) -> anyhow::Result<()> {
         let now = jiff::Timestamp::now().as_millisecond();
+        let after = |ms: u64| now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
         for action in actions {
             match action {
                 Action::Dispatch {
@@ -160,10 +164,7 @@ impl Orchestrator {
                     command_type,
                     input,
                 } => {
-                    let workflow = self
-                        .catalog
-                        .definition(&run.workflow, &run.definition)
-                        .map_err(anyhow::Error::msg)?;
+                    let workflow = self.catalog.definition(&run.workflow, &run.definition)?;
                     let timeout = workflow
                         .steps
                         .iter()
@@ -171,7 +172,7 @@ impl Orchestrator {
                         .find(|s| s.id == step)
                         .map(|s| (s.timeout_ms, s.maxattempts));
                     let (timeout_ms, maxattempts) = timeout.unwrap_or((None, None));
-                    let deadline = [timeout_ms.map(|t| now + t as i64), run.deadline_ms]
+                    let deadline = [timeout_ms.map(after), run.deadline_ms]
                         .into_iter()
                         .flatten()
                         .min();
@@ -196,7 +197,7 @@ impl Orchestrator {
                     fx.out.push(store::push(fx.tx, entry).await?);
                 }
                 Action::AwaitApproval { step, timeout_ms } => {
-                    let due = now + timeout_ms as i64;
+                    let due = after(timeout_ms);
                     store::set_timer(fx.tx, run.id, Timer::Approval.as_str(), &step, due).await?;
                 }
                 Action::Complete { output } => {
@@ -224,6 +225,11 @@ impl Orchestrator {
         before: &RunState,
     ) -> anyhow::Result<()> {
         for (id, state) in &run.state.steps {
+            // A run that failed while starting steps sent none of their commands.
+            let started = matches!(state, StepState::Running { .. });
+            if started && run.status.is_final() {
+                continue;
+            }
             let Some(data) = step_news(id, before.steps.get(id), state)? else {
                 continue;
             };

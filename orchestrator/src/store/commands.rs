@@ -34,20 +34,22 @@ pub async fn insert_command(tx: &mut Tx, row: &CommandRow) -> Result<(), sqlx::E
     Ok(())
 }
 
-/// Marks a command's result applied, once: `None` when it is not a command of a run or
-/// its result was applied before (a redelivered result).
+/// Marks a command's result applied, once: `None` when it is not a command of run `run_id`
+/// (whose row lock the caller holds) or its result was applied before (a redelivery).
 pub async fn apply_command(
     tx: &mut Tx,
+    run_id: Uuid,
     command_id: Uuid,
     status: &str,
 ) -> Result<Option<CommandRow>, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE mindbus_run_commands SET applied_at = now(), status = $2 \
-         WHERE command_id = $1 AND applied_at IS NULL \
+         WHERE command_id = $1 AND run_id = $3 AND applied_at IS NULL \
          RETURNING command_id, run_id, step, item, round, role",
     )
     .bind(command_id)
     .bind(status)
+    .bind(run_id)
     .fetch_optional(&mut **tx)
     .await?;
     row.map(|row| {

@@ -60,6 +60,16 @@ fn steps_outside_the_limits_fail_the_run_naming_the_limit() {
 }
 
 #[test]
+fn an_empty_or_null_list_adds_nothing_even_without_limits() {
+    for add in ["[]", "null"] {
+        assert!(
+            matches!(end_of(&planner("", add)), Action::Complete { .. }),
+            "{add}"
+        );
+    }
+}
+
+#[test]
 fn a_second_level_within_max_depth_runs() {
     let limits = "dynamic: {allowed_roles: [echo], max_added_steps: 2, max_depth: 2}";
     let nested =

@@ -225,3 +225,41 @@ async fn the_cli_runs_a_workflow_and_shows_it() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no workflow `nope`; known: sample"));
 }
+
+#[tokio::test]
+async fn a_result_for_another_run_or_holding_nul_neither_corrupts_nor_stalls() {
+    let (orch, _o) = Orch::up("forged", &[("slow.yaml", SLOW)]).await;
+    let (a, b) = (
+        orch.start("slow", json!({})).await,
+        orch.start("slow", json!({})).await,
+    );
+    let b_command = orch.wait_command(b).await;
+    orch.wait_command(a).await;
+    let forge = |run: uuid::Uuid, data: &str| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(format!("{}:result", orch.prefix)).arg("*");
+        cmd.arg("type")
+            .arg("mindbus.result")
+            .arg("status")
+            .arg("completed");
+        cmd.arg("correlationid").arg(b_command.to_string());
+        cmd.arg("runid")
+            .arg(run.to_string())
+            .arg("data")
+            .arg(data.to_owned());
+        cmd
+    };
+    // Run a's id with run b's command: not a's command, so nothing happens to either.
+    forge(a, r#"{"stolen": true}"#)
+        .query_async::<String>(&mut orch.bus.connection())
+        .await
+        .unwrap();
+    forge(b, r#"{"text": "a\u0000b"}"#)
+        .query_async::<String>(&mut orch.bus.connection())
+        .await
+        .unwrap();
+    let ended = orch.wait_ended(&[b], Duration::from_secs(20)).await;
+    assert_eq!(ended[0].status, "completed", "{:?}", ended[0].error);
+    assert_eq!(ended[0].output, Some(json!({"text": "a\u{fffd}b"})));
+    assert_eq!(orch.ended(a).await, None, "run a did not take b's result");
+}
