@@ -27,6 +27,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// How the orchestrator runs workflows.
     pub orchestrator: OrchestratorConfig,
+    /// The HTTP gateway.
+    pub gateway: GatewayConfig,
     /// How processes log.
     pub log: LogConfig,
 }
@@ -194,6 +196,65 @@ impl Default for OrchestratorConfig {
             resend_after_ms: 2_000,
         }
     }
+}
+
+/// The HTTP gateway: where it listens, who may call it and how much.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address and port to listen on.
+    pub listen: String,
+    /// The API keys, stored as SHA-256 hashes (`mindbus-gateway hash-key KEY` prints one).
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Largest request body, in bytes (413 above).
+    #[schemars(range(min = 64))]
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in a body (422 above).
+    #[schemars(range(min = 2, max = 128))]
+    pub max_json_depth: usize,
+    /// Longest `wait` a request may ask for, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Server-sent event streams open at once, per gateway (503 above).
+    #[schemars(range(min = 1))]
+    pub max_streams: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            api_keys: Vec::new(),
+            max_body_bytes: 256 * 1024,
+            max_json_depth: 32,
+            max_wait_ms: 60_000,
+            max_streams: 1_000,
+        }
+    }
+}
+
+/// One API key: its hash, what it may reach, and how fast.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and metrics (the key itself is never logged).
+    pub name: String,
+    /// The key's SHA-256, in lower-case hex.
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: String,
+    /// Roles it may send commands to; `*` for all.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Workflows it may start and steer; `*` for all.
+    #[serde(default)]
+    pub workflows: Vec<String>,
+    /// Requests per minute (429 with `Retry-After` above).
+    #[serde(default = "default_rate")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: u32,
+}
+
+fn default_rate() -> u32 {
+    600
 }
 
 /// Log output.

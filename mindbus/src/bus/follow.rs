@@ -44,6 +44,20 @@ impl Follower {
         })
     }
 
+    /// Follows `stream` from just after `after` (for example a client's `Last-Event-ID`).
+    pub async fn after(
+        bus: &Bus,
+        stream: String,
+        after: EntryId,
+        block: Duration,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            conn: bus.redis().dedicated(block).await?,
+            positions: vec![(stream, after.to_string())],
+            block,
+        })
+    }
+
     /// Starts following one more stream (for example a role that appeared), from its start.
     pub fn add(&mut self, stream: String) {
         if !self.positions.iter().any(|(s, _)| *s == stream) {

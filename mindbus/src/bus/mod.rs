@@ -1,6 +1,7 @@
 //! The bus client: publish commands, wait for their results, follow streams, cancel.
 
 mod follow;
+mod overview;
 mod wait;
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 pub use follow::Follower;
+pub use overview::{GroupInfo, StreamInfo};
 pub use wait::ResultWaiter;
 
 use crate::Error;

@@ -105,6 +105,23 @@ impl CommandResult {
         }
     }
 
+    /// The result as one JSON object, as people and HTTP clients see it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::json!({
+            "correlationid": self.correlationid.to_string(),
+            "status": self.status.as_str(),
+            "attempt": self.attempt,
+            "role": self.role,
+            "data": self.envelope.data.value,
+        });
+        if let Some(failure) = &self.failure {
+            out["errortype"] = serde_json::json!(failure.errortype.as_str());
+            out["error"] = serde_json::json!(failure.error);
+            out["retryable"] = serde_json::json!(failure.retryable);
+        }
+        out
+    }
+
     /// Decodes a result from stream fields.
     pub fn decode(fields: Fields, origin: Origin<'_>) -> Result<Self, WireError> {
         let mut r = FieldReader::new(fields);

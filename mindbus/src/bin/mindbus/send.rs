@@ -73,10 +73,7 @@ pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
         eprintln!("no result for {id} within {} ms", args.wait_ms);
         std::process::exit(2);
     };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&super::show::result_json(&result))?
-    );
+    println!("{}", serde_json::to_string_pretty(&result.to_json())?);
     if result.status != Status::Completed {
         std::process::exit(1);
     }

@@ -3,24 +3,6 @@
 use mindbus::keys::Keys;
 use mindbus::streams::StreamEntry;
 use mindbus::wire::{Command, CommandResult, DeadLetter, Event, Origin};
-use serde_json::{Value, json};
-
-/// A result as JSON, for printing.
-pub fn result_json(result: &CommandResult) -> Value {
-    let mut out = json!({
-        "correlationid": result.correlationid.to_string(),
-        "status": result.status.as_str(),
-        "attempt": result.attempt,
-        "role": result.role,
-        "data": result.envelope.data.value,
-    });
-    if let Some(failure) = &result.failure {
-        out["errortype"] = json!(failure.errortype.as_str());
-        out["error"] = json!(failure.error);
-        out["retryable"] = json!(failure.retryable);
-    }
-    out
-}
 
 /// What kind of stream a key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,156 @@
+//! API keys: stored as SHA-256 hashes, each scoped to roles and workflows and limited in
+//! requests per minute. A request names its key in `Authorization: Bearer <key>` (or
+//! `X-API-Key`); the limit is per key, so no header a client can forge changes it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use mindbus::config::ApiKeyConfig;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// The SHA-256 of a key, in lower-case hex, as configs store it.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// What a key may reach: everything, or the names listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl Scope {
+    fn from_list(list: &[String]) -> Self {
+        if list.iter().any(|s| s == "*") {
+            Scope::All
+        } else {
+            Scope::Only(list.iter().cloned().collect())
+        }
+    }
+
+    /// Whether `name` is in scope.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Only(names) => names.contains(name),
+        }
+    }
+}
+
+/// The caller of a request: its key's name, scopes and rate limiter.
+#[derive(Debug)]
+pub struct Caller {
+    pub name: String,
+    pub roles: Scope,
+    pub workflows: Scope,
+    limiter: DefaultDirectRateLimiter,
+}
+
+/// Every known key, by hash.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    by_hash: HashMap<String, Arc<Caller>>,
+}
+
+impl KeyRing {
+    /// The keys of the config, plus `admin_key` (a plain key from the environment, allowed
+    /// everything) when given.
+    pub fn new(keys: &[ApiKeyConfig], admin_key: Option<&str>) -> Self {
+        let mut by_hash = HashMap::new();
+        for key in keys {
+            by_hash.insert(key.sha256.to_ascii_lowercase(), Arc::new(caller(key)));
+        }
+        if let Some(plain) = admin_key.filter(|k| !k.is_empty()) {
+            let admin = ApiKeyConfig {
+                name: "admin".into(),
+                sha256: hash_key(plain),
+                roles: vec!["*".into()],
+                workflows: vec!["*".into()],
+                requests_per_minute: 60_000,
+            };
+            by_hash.insert(admin.sha256.clone(), Arc::new(caller(&admin)));
+        }
+        Self { by_hash }
+    }
+
+    fn find(&self, key: &str) -> Option<Arc<Caller>> {
+        self.by_hash.get(&hash_key(key)).cloned()
+    }
+}
+
+fn caller(key: &ApiKeyConfig) -> Caller {
+    let rate = NonZeroU32::new(key.requests_per_minute).unwrap_or(NonZeroU32::MIN);
+    Caller {
+        name: key.name.clone(),
+        roles: Scope::from_list(&key.roles),
+        workflows: Scope::from_list(&key.workflows),
+        limiter: RateLimiter::direct(Quota::per_minute(rate)),
+    }
+}
+
+/// An authenticated caller within its rate limit.
+#[derive(Debug, Clone)]
+pub struct Authed(pub Arc<Caller>);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let headers = &parts.headers;
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let key = bearer
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+            .ok_or(AppError::Unauthorized)?;
+        let caller = state
+            .keys()
+            .find(key.trim())
+            .ok_or(AppError::Unauthorized)?;
+        if let Err(not_until) = caller.limiter.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            metrics::counter!("mindbus_gateway_rate_limited_total", "key" => caller.name.clone())
+                .increment(1);
+            return Err(AppError::RateLimited(wait));
+        }
+        Ok(Authed(caller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_by_hash_and_scoped() {
+        let config = ApiKeyConfig {
+            name: "writer-only".into(),
+            sha256: hash_key("s3cret"),
+            roles: vec!["writer".into()],
+            workflows: vec![],
+            requests_per_minute: 2,
+        };
+        let ring = KeyRing::new(&[config], None);
+        let caller = ring.find("s3cret").unwrap();
+        assert!(caller.roles.allows("writer"));
+        assert!(!caller.roles.allows("echo"));
+        assert!(!caller.workflows.allows("sample"));
+        assert!(ring.find("S3CRET").is_none());
+        assert!(caller.limiter.check().is_ok());
+        assert!(caller.limiter.check().is_ok());
+        assert!(
+            caller.limiter.check().is_err(),
+            "the third request in a minute is over"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Path and query extractors whose rejections are 422s naming the parameter, in the same
+//! error body as every other answer.
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::error::AppError;
+
+/// The `{id}` path parameter, a UUID.
+#[derive(Debug, Clone, Copy)]
+pub struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| AppError::Invalid(format!("id: {e}")))?;
+        raw.parse()
+            .map(IdPath)
+            .map_err(|_| AppError::Invalid(format!("id: `{raw}` is not a UUID")))
+    }
+}
+
+/// The query string, parsed as `T`.
+#[derive(Debug, Clone)]
+pub struct QueryOf<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryOf<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| QueryOf(q))
+            .map_err(|e| AppError::Invalid(format!("query: {}", e.body_text())))
+    }
+}

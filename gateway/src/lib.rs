@@ -1,0 +1,112 @@
+//! The MindBus HTTP gateway: a thin, safe front door that turns requests into commands and
+//! workflow runs, and streams their events back as server-sent events.
+//!
+//! # Layout
+//! - [`routes`]: the handlers (`commands`, `runs`, `ops`).
+//! - [`auth`]: API keys (hashed, scoped, rate-limited per key).
+//! - `body`: JSON bodies with size and depth limits, errors naming the field.
+//! - `replies`: results for the requests this gateway waits on.
+//! - `sse`: server-sent events from the event stream, resumable by `Last-Event-ID`.
+//! - [`error`]: one error type, one HTTP answer per variant.
+//! - [`openapi`]: the generated OpenAPI document.
+//!
+//! # Invariant
+//! The gateway is stateless: everything it knows is in Redis (commands, results, events,
+//! idempotency keys) or behind the orchestrator, so gateways side by side are
+//! interchangeable, and a client never sets a field only the system may set.
+
+pub mod auth;
+mod body;
+pub mod error;
+mod extract;
+pub mod openapi;
+mod replies;
+pub mod routes;
+mod sse;
+mod state;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use mindbus::config::Config;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use state::AppState;
+
+use error::AppError;
+use routes::{commands, ops, runs};
+
+/// The whole API over `state`; tests call it without a socket.
+pub fn app(state: AppState) -> Router {
+    let config = state.config();
+    let timeout = Duration::from_millis(config.max_wait_ms) + Duration::from_secs(15);
+    Router::new()
+        // One pattern for both methods (the router allows one parameter name per segment):
+        // POST takes the segment as the role, GET as the command id.
+        .route(
+            "/v1/commands/{id}",
+            post(commands::publish).get(commands::show),
+        )
+        .route("/v1/commands/{id}/events", get(commands::events))
+        .route("/v1/runs", post(runs::start))
+        .route("/v1/runs/{id}", get(runs::show))
+        .route("/v1/runs/{id}/events", get(runs::events))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/approve", post(runs::approve))
+        .route("/v1/agents", get(ops::agents))
+        .route("/v1/streams", get(ops::streams))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(ops::not_found)
+        .layer(middleware::from_fn(record))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            AppError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Counts requests by method, route and status, and times them.
+async fn record(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("mindbus_gateway_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("mindbus_gateway_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves the API on `config.gateway.listen` until `shutdown` fires.
+pub async fn run(
+    config: &Config,
+    admin_key: Option<&str>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = AppState::new(config, admin_key, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `mindbus-gateway`: the HTTP front door.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Serve the MindBus HTTP API.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A YAML config file (see config/mindbus.yaml).
+    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL (overrides the file and REDIS_URL).
+    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Key prefix.
+    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
+    prefix: Option<String>,
+    /// Address and port to listen on.
+    #[arg(long, global = true, env = "MINDBUS_GATEWAY_LISTEN")]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve until SIGTERM (the default).
+    Run,
+    /// Print the SHA-256 of an API key, for `gateway.api_keys` in the config.
+    HashKey { key: String },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command.as_ref().unwrap_or(&Command::Run) {
+        Command::HashKey { key } => {
+            println!("{}", mindbus_gateway::auth::hash_key(key));
+            return Ok(());
+        }
+        Command::Openapi => {
+            println!("{}", mindbus_gateway::openapi::document().to_pretty_json()?);
+            return Ok(());
+        }
+        Command::Run => {}
+    }
+    let mut config =
+        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
+    if let Some(url) = args.redis_url {
+        config.redis.url = url.into();
+    }
+    if let Some(prefix) = args.prefix {
+        config.redis.prefix = prefix;
+    }
+    if let Some(listen) = args.listen {
+        config.gateway.listen = listen;
+    }
+    mindbus::telemetry::init(&config.log);
+    // A plain key from the environment, allowed everything (for development and demos).
+    let admin_key = std::env::var("MINDBUS_GATEWAY_API_KEY").ok();
+    let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
+    mindbus_gateway::run(&config, admin_key.as_deref(), shutdown).await
+}

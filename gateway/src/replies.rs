@@ -1,0 +1,115 @@
+//! Results for the requests this gateway is waiting on: one loop follows the result stream
+//! (without a group, so every gateway sees every result) and hands each result to the
+//! request that registered its command id. A gateway keeps no other state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mindbus::bus::{Bus, Follower};
+use mindbus::wire::{CommandResult, EntryId, Origin};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+type Waiting = Mutex<HashMap<Uuid, oneshot::Sender<CommandResult>>>;
+
+/// Requests waiting for results, by command id.
+#[derive(Debug, Default)]
+pub struct Replies {
+    waiting: Waiting,
+}
+
+/// One registered wait; dropping it forgets the registration.
+#[derive(Debug)]
+pub struct Waiter {
+    replies: Arc<Replies>,
+    id: Uuid,
+    rx: Option<oneshot::Receiver<CommandResult>>,
+}
+
+impl Replies {
+    /// Starts following the result stream from its current end, until `stop` fires.
+    pub async fn start(bus: Bus, stop: CancellationToken) -> Result<Arc<Self>, mindbus::Error> {
+        let replies = Arc::new(Self::default());
+        let results = bus.keys().results();
+        let follower = Follower::new(&bus, vec![results], false, Duration::from_secs(2)).await?;
+        tokio::spawn(follow(Arc::clone(&replies), bus, follower, stop));
+        Ok(replies)
+    }
+
+    /// Registers a wait for `id`; register before publishing the command, so the result
+    /// cannot come first.
+    pub fn register(self: &Arc<Self>, id: Uuid) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(id, tx);
+        }
+        Waiter {
+            replies: Arc::clone(self),
+            id,
+            rx: Some(rx),
+        }
+    }
+
+    fn deliver(&self, result: CommandResult) {
+        let waiter = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&result.correlationid));
+        if let Some(tx) = waiter {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Waiter {
+    /// The result, or `None` when `timeout` runs out first.
+    pub async fn wait(mut self, timeout: Duration) -> Option<CommandResult> {
+        let rx = self.rx.take()?;
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.replies.waiting.lock() {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+async fn follow(replies: Arc<Replies>, bus: Bus, mut follower: Follower, stop: CancellationToken) {
+    let stream = bus.keys().results();
+    loop {
+        let batch = tokio::select! {
+            _ = stop.cancelled() => return,
+            batch = follower.next() => batch,
+        };
+        match batch {
+            Ok(entries) => {
+                for (_, entry) in entries {
+                    let Some(fields) = entry.fields else { continue };
+                    let origin = Origin {
+                        stream: &stream,
+                        entry: entry.id,
+                    };
+                    if let Ok(result) = CommandResult::decode(fields, origin) {
+                        replies.deliver(result);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "following results failed; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let after = follower.position(&stream).unwrap_or(EntryId::ZERO);
+                if let Ok(again) =
+                    Follower::after(&bus, stream.clone(), after, Duration::from_secs(2)).await
+                {
+                    follower = again;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP routes, one module per resource.
+
+pub mod commands;
+pub mod ops;
+pub mod runs;
+
+use axum::http::HeaderMap;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::hash_key;
+use crate::error::AppError;
+
+/// How long an `Idempotency-Key` is remembered.
+const IDEMPOTENCY_TTL_SECS: u64 = 86_400;
+
+/// The id a request stands for: `fresh` unless an earlier request of the same caller used
+/// the same `Idempotency-Key` (for the same kind of request), whose id it then is.
+async fn idempotent(
+    state: &AppState,
+    caller: &str,
+    kind: &str,
+    headers: &HeaderMap,
+    fresh: Uuid,
+) -> Result<Uuid, AppError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(fresh);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            AppError::Invalid("Idempotency-Key header: must be 1 to 200 visible characters".into())
+        })?;
+    let slot = format!(
+        "{}:idem:{}:{kind}:{}",
+        state.bus().keys().prefix(),
+        hash_key(caller),
+        hash_key(key)
+    );
+    let mut conn = state.bus().connection();
+    let (set, existing): (Option<String>, Option<String>) = redis::pipe()
+        .cmd("SET")
+        .arg(&slot)
+        .arg(fresh.to_string())
+        .arg("NX")
+        .arg("EX")
+        .arg(IDEMPOTENCY_TTL_SECS)
+        .cmd("GET")
+        .arg(&slot)
+        .query_async(&mut conn)
+        .await?;
+    if set.is_some() {
+        return Ok(fresh);
+    }
+    existing
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("idempotency slot {slot} holds no id")))
+}

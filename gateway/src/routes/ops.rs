@@ -1,0 +1,144 @@
+//! Health, readiness, metrics, the OpenAPI document, and what the mesh looks like.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use mindbus::bus::{GroupInfo, StreamInfo};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::Authed;
+use crate::error::{AppError, ErrorBody};
+
+/// Answers while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Answers 200 when Redis answers, 503 otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = String), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, AppError> {
+    let ping: Result<String, _> = redis::cmd("PING")
+        .query_async(&mut state.bus().connection())
+        .await;
+    ping.map(|_| "ready")
+        .map_err(|_| AppError::Unavailable("redis does not answer".into()))
+}
+
+/// Prometheus metrics: requests by route and status, their latency, commands by role,
+/// rate-limited requests.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().render(),
+    )
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, body = Object)))]
+pub async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
+}
+
+/// One agent role.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentView {
+    pub role: String,
+    /// Consumers in the role's group (one per agent process, live or not yet cleaned up).
+    pub consumers: u64,
+    /// Commands delivered and not yet finished.
+    pub pending: u64,
+    /// Commands not yet delivered.
+    pub lag: Option<u64>,
+}
+
+/// One stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamView {
+    pub stream: String,
+    pub role: Option<String>,
+    pub length: u64,
+    pub groups: Vec<GroupView>,
+}
+
+/// One consumer group.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupView {
+    pub name: String,
+    pub consumers: u64,
+    pub pending: u64,
+    pub lag: Option<u64>,
+    pub last_delivered: String,
+}
+
+impl From<GroupInfo> for GroupView {
+    fn from(g: GroupInfo) -> Self {
+        Self {
+            name: g.name,
+            consumers: g.consumers,
+            pending: g.pending,
+            lag: g.lag,
+            last_delivered: g.last_delivered,
+        }
+    }
+}
+
+impl From<StreamInfo> for StreamView {
+    fn from(s: StreamInfo) -> Self {
+        Self {
+            stream: s.stream,
+            role: s.role,
+            length: s.length,
+            groups: s.groups.into_iter().map(GroupView::from).collect(),
+        }
+    }
+}
+
+/// The roles with a command stream, and their consumers, pending work and lag.
+#[utoipa::path(get, path = "/v1/agents", tag = "mesh",
+    responses((status = 200, body = Vec<AgentView>), (status = 401, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn agents(
+    State(state): State<AppState>,
+    Authed(_caller): Authed,
+) -> Result<Json<Vec<AgentView>>, AppError> {
+    let agents = state
+        .bus()
+        .overview()
+        .await?
+        .into_iter()
+        .filter_map(|s| {
+            let role = s.role?;
+            let group = s.groups.into_iter().find(|g| g.name == role);
+            Some(AgentView {
+                consumers: group.as_ref().map_or(0, |g| g.consumers),
+                pending: group.as_ref().map_or(0, |g| g.pending),
+                lag: group.and_then(|g| g.lag),
+                role,
+            })
+        })
+        .collect();
+    Ok(Json(agents))
+}
+
+/// Every MindBus stream with its length and groups.
+#[utoipa::path(get, path = "/v1/streams", tag = "mesh",
+    responses((status = 200, body = Vec<StreamView>), (status = 401, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn streams(
+    State(state): State<AppState>,
+    Authed(_caller): Authed,
+) -> Result<Json<Vec<StreamView>>, AppError> {
+    let streams = state.bus().overview().await?;
+    Ok(Json(streams.into_iter().map(StreamView::from).collect()))
+}
+
+/// Any path that is not a route.
+pub async fn not_found() -> AppError {
+    AppError::NotFound("no such route".into())
+}

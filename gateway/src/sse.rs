@@ -1,0 +1,170 @@
+//! Server-sent events: a command's or a run's events from the event stream, each with its
+//! stream entry id as the SSE `id`, so a client that reconnects with `Last-Event-ID` loses
+//! nothing. One dedicated Redis connection per open stream, at most `max_streams` at once.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use mindbus::bus::Follower;
+use mindbus::wire::{EntryId, Event, EventKind, Origin, RunEventKind};
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Scope;
+use crate::error::AppError;
+
+/// Which events a stream carries.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// One command's, of roles in scope.
+    Command(Uuid, Scope),
+    /// One run's (its own transitions and its commands' events).
+    Run(Uuid),
+}
+
+impl Filter {
+    fn id(&self) -> Uuid {
+        match self {
+            Filter::Command(id, _) | Filter::Run(id) => *id,
+        }
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        match self {
+            Filter::Command(id, roles) => {
+                event.correlationid == Some(*id)
+                    && event.role.as_deref().is_none_or(|r| roles.allows(r))
+            }
+            Filter::Run(id) => event.runid.as_deref() == Some(id.to_string().as_str()),
+        }
+    }
+
+    /// Whether `event` is the last one this stream sends.
+    fn ends_with(&self, event: &Event) -> bool {
+        match self {
+            Filter::Command(..) => matches!(
+                event.kind(),
+                Some(
+                    EventKind::Completed
+                        | EventKind::Failed
+                        | EventKind::Canceled
+                        | EventKind::DeadLettered
+                )
+            ),
+            Filter::Run(_) => event.envelope.ty == RunEventKind::Ended.as_str(),
+        }
+    }
+}
+
+struct Following {
+    follower: Follower,
+    stream: String,
+    filter: Filter,
+    ready: VecDeque<SseEvent>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Answers with the event stream, starting after `Last-Event-ID` or from the moment the
+/// command or run was created (its UUIDv7 carries the millisecond).
+pub async fn respond(
+    state: &AppState,
+    headers: &HeaderMap,
+    filter: Filter,
+) -> Result<Response, AppError> {
+    let start = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(id) => id
+            .parse::<EntryId>()
+            .map_err(|e| AppError::Invalid(format!("Last-Event-ID header: {e}")))?,
+        None => before(filter.id()),
+    };
+    let permit = state.streams().clone().try_acquire_owned().map_err(|_| {
+        AppError::Unavailable("too many event streams are open; try again later".into())
+    })?;
+    let stream = state.bus().keys().events();
+    let follower =
+        Follower::after(state.bus(), stream.clone(), start, Duration::from_secs(5)).await?;
+    let following = Following {
+        follower,
+        stream,
+        filter,
+        ready: VecDeque::new(),
+        done: false,
+        _permit: permit,
+    };
+    Ok(Sse::new(events(following))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// The entry id just before the millisecond a UUIDv7 was made in.
+fn before(id: Uuid) -> EntryId {
+    let bytes = id.as_bytes();
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&bytes[..6]);
+    match u64::from_be_bytes(ms).checked_sub(1) {
+        Some(ms) => EntryId { ms, seq: u64::MAX },
+        None => EntryId::ZERO,
+    }
+}
+
+fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold(following, |mut f| async move {
+        loop {
+            if let Some(event) = f.ready.pop_front() {
+                return Some((Ok(event), f));
+            }
+            if f.done {
+                return None;
+            }
+            match f.follower.next().await {
+                Ok(batch) => {
+                    for (_, entry) in batch {
+                        let Some(fields) = entry.fields else { continue };
+                        let origin = Origin {
+                            stream: &f.stream,
+                            entry: entry.id,
+                        };
+                        let Ok(event) = Event::decode(fields, origin) else {
+                            continue;
+                        };
+                        if f.done || !f.filter.wants(&event) {
+                            continue;
+                        }
+                        f.ready.push_back(to_sse(entry.id, &event));
+                        f.done = f.filter.ends_with(&event);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream read failed; closing it");
+                    return None;
+                }
+            }
+        }
+    })
+}
+
+fn to_sse(entry: EntryId, event: &Event) -> SseEvent {
+    let body = json!({
+        "id": event.envelope.id,
+        "type": event.envelope.ty,
+        "time": event.envelope.time.to_string(),
+        "correlationid": event.correlationid,
+        "runid": event.runid,
+        "stepid": event.stepid,
+        "role": event.role,
+        "attempt": event.attempt,
+        "data": event.envelope.data.value,
+    });
+    SseEvent::default()
+        .id(entry.to_string())
+        .event(event.envelope.ty.clone())
+        .data(body.to_string())
+}

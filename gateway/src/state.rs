@@ -1,0 +1,86 @@
+//! What every request handler shares.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use mindbus::bus::Bus;
+use mindbus::config::{Config, GatewayConfig};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyRing;
+use crate::replies::Replies;
+
+/// The gateway's shared state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    bus: Bus,
+    keys: KeyRing,
+    config: GatewayConfig,
+    replies: Arc<Replies>,
+    streams: Arc<Semaphore>,
+    metrics: PrometheusHandle,
+}
+
+/// The process's one Prometheus recorder (installing a second one fails).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+impl AppState {
+    /// Connects to Redis and starts following results; `admin_key` is a plain key from the
+    /// environment allowed everything.
+    pub async fn new(
+        config: &Config,
+        admin_key: Option<&str>,
+        stop: CancellationToken,
+    ) -> Result<Self, mindbus::Error> {
+        let bus = Bus::connect(&config.redis).await?;
+        let replies = Replies::start(bus.clone(), stop).await?;
+        let gateway = config.gateway.clone();
+        Ok(Self(Arc::new(Inner {
+            keys: KeyRing::new(&gateway.api_keys, admin_key),
+            streams: Arc::new(Semaphore::new(gateway.max_streams)),
+            config: gateway,
+            bus,
+            replies,
+            metrics: metrics_handle(),
+        })))
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.0.bus
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.0.keys
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.0.config
+    }
+
+    pub fn replies(&self) -> &Arc<Replies> {
+        &self.0.replies
+    }
+
+    /// Permits for open event streams.
+    pub fn streams(&self) -> &Arc<Semaphore> {
+        &self.0.streams
+    }
+
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.0.metrics
+    }
+}

@@ -1,0 +1,1 @@
+//! Through real processes: placeholder until the next step.

@@ -1,0 +1,7 @@
+//! The gateway: routes without a socket (against the real Redis), then real processes
+//! (gateway, orchestrator, echo agents) over HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e;
+mod routes;
+mod support;

@@ -1,0 +1,213 @@
+//! Every auth, scope, rate-limit, size and validation case, through the router without a
+//! socket.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::support::{ADMIN, ECHO, Gw, SLOW, get, json, post};
+
+#[tokio::test]
+async fn without_a_valid_key_every_api_route_is_401() {
+    let gw = Gw::new("auth").await;
+    for key in [None, Some("wrong-key")] {
+        let response = gw
+            .send(post("/v1/commands/echo", key, r#"{"type": "echo.say"}"#))
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(json(response).await["error"]["code"], "unauthorized");
+        assert_eq!(
+            gw.send(get("/v1/streams", key)).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        gw.send(get("/healthz", None)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(gw.send(get("/readyz", None)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_key_is_held_to_its_roles_and_workflows() {
+    let gw = Gw::new("scope").await;
+    let ok = gw
+        .send(post(
+            "/v1/commands/echo",
+            Some(ECHO),
+            r#"{"type": "echo.say"}"#,
+        ))
+        .await;
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+    let other = gw
+        .send(post(
+            "/v1/commands/writer",
+            Some(ECHO),
+            r#"{"type": "writer.draft"}"#,
+        ))
+        .await;
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    assert!(
+        json(other).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`writer`")
+    );
+    let run = gw
+        .send(post("/v1/runs", Some(ECHO), r#"{"workflow": "article"}"#))
+        .await;
+    assert_eq!(run.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after_whatever_the_headers_say() {
+    let gw = Gw::new("rate").await;
+    let body = r#"{"type": "echo.say"}"#;
+    for _ in 0..2 {
+        assert_eq!(
+            gw.send(post("/v1/commands/echo", Some(SLOW), body))
+                .await
+                .status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let mut forged = post("/v1/commands/echo", Some(SLOW), body);
+    forged
+        .headers_mut()
+        .insert("x-forwarded-for", "10.9.8.7".parse().unwrap());
+    forged
+        .headers_mut()
+        .insert("forwarded", "for=10.9.8.6".parse().unwrap());
+    let limited = gw.send(forged).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    let other_key = gw.send(post("/v1/commands/echo", Some(ADMIN), body)).await;
+    assert_eq!(
+        other_key.status(),
+        StatusCode::ACCEPTED,
+        "limits are per key"
+    );
+}
+
+#[tokio::test]
+async fn oversized_deep_and_malformed_bodies_are_refused_naming_the_problem() {
+    let gw = Gw::new("bodies").await;
+    let big = format!(r#"{{"type": "echo.say", "data": "{}"}}"#, "x".repeat(5000));
+    let response = gw.send(post("/v1/commands/echo", Some(ADMIN), &big)).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let deep = format!(
+        r#"{{"type": "echo.say", "data": {}1{}}}"#,
+        "[".repeat(10),
+        "]".repeat(10)
+    );
+    let cases = [
+        (deep.as_str(), "deeper than 8"),
+        (r#"{"data": {}}"#, "missing field `type`"),
+        (r#"{"type": 5}"#, "type:"),
+        (
+            r#"{"type": "echo.say", "maxattempts": "many"}"#,
+            "maxattempts:",
+        ),
+        (
+            r#"{"type": "echo.say", "maxattempts": 0}"#,
+            "maxattempts: must be 1 to 1000",
+        ),
+        (
+            r#"{"type": "echo.say", "attempt": 3}"#,
+            "unknown field `attempt`",
+        ),
+        (
+            r#"{"type": "echo.say", "id": "0192f1a0-0000-7000-8000-000000000001"}"#,
+            "unknown field `id`",
+        ),
+        (
+            r#"{"type": "echo.say", "source": "me"}"#,
+            "unknown field `source`",
+        ),
+        ("{not json", "not valid JSON"),
+    ];
+    for (body, expected) in cases {
+        let response = gw.send(post("/v1/commands/echo", Some(ADMIN), body)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        let message = json(response).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    let bad_role = gw
+        .send(post(
+            "/v1/commands/Bad%20Role",
+            Some(ADMIN),
+            r#"{"type": "a"}"#,
+        ))
+        .await;
+    assert_eq!(bad_role.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let bad_id = gw.send(get("/v1/commands/not-a-uuid", Some(ADMIN))).await;
+    assert_eq!(bad_id.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        gw.send(get("/nowhere", None)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_command() {
+    let gw = Gw::new("idem").await;
+    let send = || {
+        let mut request = post(
+            "/v1/commands/echo",
+            Some(ADMIN),
+            r#"{"type": "echo.say", "data": {"n": 1}}"#,
+        );
+        request
+            .headers_mut()
+            .insert("idempotency-key", "order-42".parse().unwrap());
+        gw.send(request)
+    };
+    let first = json(send().await).await["id"].clone();
+    let second = json(send().await).await["id"].clone();
+    assert_eq!(first, second);
+    let queued: usize = redis::cmd("XLEN")
+        .arg(format!("{}:cmd:{{echo}}", gw.prefix))
+        .query_async(
+            &mut redis::Client::open(crate::support::redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "one command published");
+}
+
+#[tokio::test]
+async fn the_committed_openapi_document_is_current() {
+    let gw = Gw::new("openapi").await;
+    let served = json(gw.send(get("/openapi.json", None)).await).await;
+    let committed: serde_json::Value =
+        serde_json::from_str(include_str!("../../openapi.json")).unwrap();
+    assert_eq!(
+        served, committed,
+        "gateway/openapi.json is stale: run `cargo run -p mindbus-gateway -- openapi > gateway/openapi.json`"
+    );
+    let metrics = gw.send(get("/metrics", None)).await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = json(metrics).await;
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("mindbus_gateway_requests_total"),
+        "{text}"
+    );
+    let _ = json!({});
+}

@@ -1,0 +1,122 @@
+//! A gateway over a key prefix of its own, with three API keys, in process (for `oneshot`)
+//! or as a `mindbus-gateway` process.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use mindbus::config::{ApiKeyConfig, Config, RedisConfig};
+use mindbus_gateway::AppState;
+use mindbus_gateway::auth::hash_key;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+pub const ADMIN: &str = "admin-key-for-tests";
+/// May send to `echo` and start `sample`.
+pub const ECHO: &str = "echo-key";
+/// May do anything, twice a minute.
+pub const SLOW: &str = "slow-key";
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn config(prefix: &str) -> Config {
+    let mut config = Config {
+        redis: RedisConfig {
+            url: redis_url().into(),
+            prefix: prefix.into(),
+        },
+        ..Config::default()
+    };
+    let key = |name: &str, plain: &str, roles: &[&str], workflows: &[&str], rpm| ApiKeyConfig {
+        name: name.into(),
+        sha256: hash_key(plain),
+        roles: roles.iter().map(|s| s.to_string()).collect(),
+        workflows: workflows.iter().map(|s| s.to_string()).collect(),
+        requests_per_minute: rpm,
+    };
+    config.gateway.api_keys = vec![
+        key("echo", ECHO, &["echo"], &["sample"], 10_000),
+        key("slow", SLOW, &["*"], &["*"], 2),
+    ];
+    config.gateway.max_body_bytes = 4096;
+    config.gateway.max_json_depth = 8;
+    config
+}
+
+/// The app in this process, on its own prefix (deleted on drop).
+pub struct Gw {
+    pub prefix: String,
+    pub app: Router,
+    stop: CancellationToken,
+}
+
+impl Gw {
+    pub async fn new(name: &str) -> Self {
+        let prefix = format!("t-gw-{name}-{}", uuid::Uuid::now_v7().simple());
+        let stop = CancellationToken::new();
+        let state = AppState::new(&config(&prefix), Some(ADMIN), stop.clone())
+            .await
+            .unwrap();
+        Self {
+            prefix,
+            app: mindbus_gateway::app(state),
+            stop,
+        }
+    }
+
+    /// Sends one request through the app, without a socket.
+    pub async fn send(&self, request: Request<Body>) -> Response<Body> {
+        self.app.clone().oneshot(request).await.unwrap()
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        delete_prefix(&self.prefix);
+    }
+}
+
+/// Deletes every key under `prefix`.
+pub fn delete_prefix(prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    }
+}
+
+/// A request with a key and a JSON body.
+pub fn post(uri: &str, key: Option<&str>, body: &str) -> Request<Body> {
+    let mut request = Request::post(uri).header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+pub fn get(uri: &str, key: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(uri);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+/// The body as JSON.
+pub async fn json(response: Response<Body>) -> serde_json::Value {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()))
+}

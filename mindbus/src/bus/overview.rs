@@ -1,0 +1,108 @@
+//! What every stream holds and how far each group is: for `mindbus status` and the
+//! gateway's `/v1/streams` and `/v1/agents`.
+
+use redis::Value;
+use serde::Serialize;
+
+use super::Bus;
+use crate::Error;
+use crate::streams::{command_streams, info_map};
+
+/// One stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamInfo {
+    /// The key.
+    pub stream: String,
+    /// The role, for a command stream.
+    pub role: Option<String>,
+    /// Entries in it now.
+    pub length: u64,
+    /// Its consumer groups.
+    pub groups: Vec<GroupInfo>,
+}
+
+/// One consumer group of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupInfo {
+    /// The group's name (a role's group is named after the role).
+    pub name: String,
+    /// Consumers it has (live or not yet cleaned up).
+    pub consumers: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered; `None` when Redis cannot tell.
+    pub lag: Option<u64>,
+    /// The last entry id delivered.
+    pub last_delivered: String,
+}
+
+fn number(value: Option<&Value>) -> Option<u64> {
+    match value {
+        Some(Value::Int(i)) => u64::try_from(*i).ok(),
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: Option<&Value>) -> String {
+    match value {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+impl Bus {
+    /// Every role's command stream, then the result, event and dead-letter streams.
+    pub async fn overview(&self) -> Result<Vec<StreamInfo>, Error> {
+        let mut conn = self.connection();
+        let mut streams = command_streams(&mut conn, self.keys()).await?;
+        streams.extend(self.keys().shared_streams());
+        let mut out = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let role = self.keys().role_of(&stream).map(str::to_owned);
+            let info: Result<Value, _> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await;
+            let Ok(info) = info else {
+                out.push(StreamInfo {
+                    stream,
+                    role,
+                    length: 0,
+                    groups: Vec::new(),
+                });
+                continue;
+            };
+            let length = number(info_map(info).get("length")).unwrap_or(0);
+            let groups: Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await?;
+            let groups = match groups {
+                Value::Array(groups) => groups.into_iter().map(group).collect(),
+                _ => Vec::new(),
+            };
+            out.push(StreamInfo {
+                stream,
+                role,
+                length,
+                groups,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn group(value: Value) -> GroupInfo {
+    let g = info_map(value);
+    GroupInfo {
+        name: text(g.get("name")),
+        consumers: number(g.get("consumers")).unwrap_or(0),
+        pending: number(g.get("pending")).unwrap_or(0),
+        lag: number(g.get("lag")),
+        last_delivered: text(g.get("last-delivered-id")),
+    }
+}
