@@ -4,7 +4,9 @@
 //! - `"sleep_ms": N`: work for N milliseconds first (stops early when cancelled);
 //! - `"fail": "retryable"` or `"fail": "fatal"`: fail that way;
 //! - `"fail_attempts": N`: fail retryably on the first N attempts, then answer;
-//! - `"panic": true`: panic.
+//! - `"panic": true`: panic;
+//! - `"chunks": ["a", "b"]`: stream each as a progress event `{"chunk": "a"}` first (as an LLM
+//!   role streams its text).
 
 use std::time::Duration;
 
@@ -22,6 +24,11 @@ impl Handler for Echo {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(HandlerError::retryable("cancelled while sleeping")),
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            }
+        }
+        if let Some(chunks) = data.get("chunks").and_then(Value::as_array) {
+            for chunk in chunks {
+                ctx.progress(serde_json::json!({ "chunk": chunk })).await;
             }
         }
         if data

@@ -1,1 +1,116 @@
-//! Through real processes: placeholder until the next step.
+//! Commands and runs over HTTP through real processes, with events over SSE.
+
+use serde_json::{Value, json};
+
+use crate::stack::{Stack, read_sse};
+
+fn ended_with(kind: &'static str) -> impl Fn(&[crate::stack::Sse]) -> bool {
+    move |events| events.last().is_some_and(|e| e.event == kind)
+}
+
+#[tokio::test]
+async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
+    let stack = Stack::up("commands").await;
+    let mut waits = Vec::new();
+    for i in 0..20 {
+        let request = stack
+            .post(i % 2, "/v1/commands/echo?wait_ms=15000")
+            .json(&json!({"type": "echo.say", "data": {"i": i}}));
+        waits.push(tokio::spawn(async move { request.send().await.unwrap() }));
+    }
+    for (i, wait) in waits.into_iter().enumerate() {
+        let response = wait.await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "gateway {} answered with the result",
+            i % 2
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "completed");
+        assert_eq!(body["result"]["data"]["i"], json!(i));
+    }
+
+    let data = json!({"chunks": ["Once", " upon", " a time"], "sleep_ms": 200});
+    let accepted = stack
+        .post(0, "/v1/commands/echo")
+        .json(&json!({"type": "echo.tell", "data": data}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let id = accepted.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = read_sse(
+        stack.get(1, &format!("/v1/commands/{id}/events")),
+        ended_with("mindbus.command.completed"),
+    )
+    .await;
+    let chunks: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "mindbus.command.progress")
+        .filter_map(|e| e.data["data"]["chunk"].as_str())
+        .collect();
+    assert_eq!(chunks, ["Once", " upon", " a time"]);
+    let shown: Value = stack
+        .get(0, &format!("/v1/commands/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_run_over_http_and_a_resumed_event_stream_loses_nothing() {
+    let stack = Stack::up("runs").await;
+    let created = stack
+        .post(0, "/v1/runs")
+        .json(&json!({"workflow": "sample", "input": {"topic": "gateways"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let run = created.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/runs/{run}/events");
+    let first = read_sse(stack.get(0, &path), |e| e.len() >= 3).await;
+    let resumed = read_sse(
+        stack.get(1, &path).header("last-event-id", &first[2].id),
+        ended_with("mindbus.run.ended"),
+    )
+    .await;
+    let whole = read_sse(stack.get(0, &path), ended_with("mindbus.run.ended")).await;
+    let ids =
+        |events: &[crate::stack::Sse]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    let mut joined = ids(&first[..3]);
+    joined.extend(ids(&resumed));
+    assert_eq!(
+        joined,
+        ids(&whole),
+        "the resumed stream continues exactly where the first stopped"
+    );
+    assert_eq!(whole.last().unwrap().data["data"]["status"], "completed");
+    let shown: Value = stack
+        .get(1, &format!("/v1/runs/{run}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"], "completed");
+    assert_eq!(shown["output"]["draft"], "A short piece on gateways");
+    let again = stack
+        .post(0, &format!("/v1/runs/{run}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "a finished run cannot be cancelled");
+}

@@ -4,4 +4,7 @@
 
 mod e2e;
 mod routes;
+mod stack;
 mod support;
+#[path = "../../../monitor/tests/it/testenv.rs"]
+mod testenv;

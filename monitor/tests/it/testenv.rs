@@ -1,6 +1,8 @@
 //! What every test against the shared servers needs: their URLs, unique names, a database
 //! of its own per test, and cleaning a key prefix. Shared by the monitor's and the
-//! orchestrator's integration tests (the orchestrator includes this file by path).
+//! orchestrator's and the gateway's integration tests (they include this file by path), each
+//! using a part of it.
+#![allow(dead_code)]
 
 use std::process::Stdio;
 

@@ -1,0 +1,159 @@
+//! Real processes: two `mindbus-gateway`s and a `mindbus-orchestrator` on a prefix and a
+//! database of their own, with in-process echo agents; and a small SSE reader.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::ADMIN;
+use crate::testenv::{TestDb, delete_prefix, redis_url, spawn_echo, unique};
+
+pub struct Stack {
+    pub gateways: Vec<String>,
+    pub http: reqwest::Client,
+    prefix: String,
+    _db: TestDb,
+    _children: Vec<Child>,
+    agents: CancellationToken,
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_mindbus-gateway")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "run the tests with `cargo nextest run --workspace`"
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Stack {
+    pub async fn up(name: &str) -> Self {
+        let prefix = unique(&format!("t-gw-e2e-{name}"));
+        let db = TestDb::new(&format!("gw_{name}")).await;
+        let agents = CancellationToken::new();
+        spawn_echo(&prefix, 256, agents.clone());
+        let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/workflows");
+        let spawn = |name: &str, args: &[&str]| {
+            tokio::process::Command::new(binary(name))
+                .args(args)
+                .args(["--prefix", &prefix, "--redis-url", &redis_url()])
+                .env("DATABASE_URL", &db.url)
+                .env("MINDBUS_GATEWAY_API_KEY", ADMIN)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        };
+        let mut children = vec![spawn("mindbus-orchestrator", &["--workflows", workflows])];
+        let mut gateways = Vec::new();
+        for _ in 0..2 {
+            let address = format!("127.0.0.1:{}", free_port());
+            children.push(spawn("mindbus-gateway", &["--listen", &address]));
+            gateways.push(format!("http://{address}"));
+        }
+        let stack = Self {
+            gateways,
+            http: reqwest::Client::new(),
+            prefix,
+            _db: db,
+            _children: children,
+            agents,
+        };
+        for base in &stack.gateways {
+            stack.wait_ready(base).await;
+        }
+        stack
+    }
+
+    async fn wait_ready(&self, base: &str) {
+        for _ in 0..200 {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{base} did not become ready");
+    }
+
+    pub fn post(&self, gateway: usize, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.gateways[gateway]))
+            .bearer_auth(ADMIN)
+    }
+
+    pub fn get(&self, gateway: usize, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.gateways[gateway]))
+            .bearer_auth(ADMIN)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.agents.cancel();
+        delete_prefix(&self.prefix);
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sse {
+    pub id: String,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// Reads events from `request` until `done` says so (then disconnects).
+pub async fn read_sse(request: reqwest::RequestBuilder, done: impl Fn(&[Sse]) -> bool) -> Vec<Sse> {
+    let response = request.send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let mut body = response.bytes_stream();
+    let (mut buffer, mut out) = (String::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&out) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events in time");
+        buffer.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream stays open").unwrap(),
+        ));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            if let Some(event) = parse(&block) {
+                out.push(event);
+                if done(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parse(block: &str) -> Option<Sse> {
+    let field = |name: &str| {
+        block
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+    };
+    Some(Sse {
+        id: field("id:")?,
+        event: field("event:")?,
+        data: serde_json::from_str(&field("data:")?).ok()?,
+    })
+}
