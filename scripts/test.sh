@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property, schema and end-to-end tests against a real Redis and a
-# real Postgres, and the Python and node examples. Uses REDIS_URL and DATABASE_URL when they
+# real Postgres, the Python and node examples, then Schemathesis against a live gateway. Uses REDIS_URL and DATABASE_URL when they
 # answer, else a private redis-server and a private PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +19,6 @@ else
   say "cargo-nextest not found; using cargo test"
   cargo test --workspace "$@"
 fi
+
+say "schemathesis against a live gateway"
+./scripts/schemathesis.sh

@@ -13,7 +13,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::idempotent;
+use super::{forget_idempotency, idempotent};
 use crate::AppState;
 use crate::auth::Authed;
 use crate::body::JsonBody;
@@ -31,6 +31,7 @@ pub const SOURCE: &str = "urn:mindbus:gateway";
 pub struct NewCommand {
     /// The command type, e.g. `echo.say`.
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 200)]
     pub ty: String,
     /// Any JSON, the command's `data`.
     #[serde(default)]
@@ -39,6 +40,7 @@ pub struct NewCommand {
     /// A deadline, in milliseconds from now.
     pub deadline_ms: Option<u64>,
     /// Deliveries before the command is dead-lettered (1 to 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     pub maxattempts: Option<u32>,
 }
 
@@ -85,7 +87,7 @@ impl CommandView {
 /// request's command.
 #[utoipa::path(
     post, path = "/v1/commands/{role}", tag = "commands",
-    params(("role" = String, Path, description = "The agent role"), Wait,
+    params(("role" = String, Path, description = "The agent role", pattern = "^[a-z0-9_-]{1,64}$"), Wait,
         ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
     request_body = NewCommand,
     responses(
@@ -111,20 +113,24 @@ pub async fn publish(
         )));
     }
     let command = build(&state, &headers, new)?;
-    let id = idempotent(&state, &caller.name, "cmd", &headers, command.envelope.id).await?;
+    let fresh = command.envelope.id;
+    let id = idempotent(&state, &caller.name, "cmd", &headers, fresh).await?;
     let waiter = state.replies().register(id);
-    if id == command.envelope.id {
-        state.bus().publish(&role, &command).await?;
+    if id == fresh {
+        if let Err(e) = state.bus().publish(&role, &command).await {
+            forget_idempotency(&state, &caller.name, "cmd", &headers).await;
+            return Err(e.into());
+        }
         metrics::counter!("mindbus_gateway_commands_total", "role" => role.clone()).increment(1);
     }
     let wait = wait.wait_ms.unwrap_or(0).min(state.config().max_wait_ms);
     if wait == 0 {
         return Ok((StatusCode::ACCEPTED, Json(CommandView::pending(id))).into_response());
     }
-    let result = match waiter.wait(Duration::from_millis(wait)).await {
+    // A repeated request may come after the result: it is stored with the command.
+    let result = match stored_result(&state, id).await? {
         Some(result) => Some(result),
-        // A repeated request may come after the result: it is stored with the command.
-        None => stored_result(&state, id).await?,
+        None => waiter.wait(Duration::from_millis(wait)).await,
     };
     Ok(match result {
         Some(result) => (StatusCode::OK, Json(CommandView::done(id, &result))).into_response(),

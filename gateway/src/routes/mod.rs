@@ -14,6 +14,28 @@ use crate::error::AppError;
 /// How long an `Idempotency-Key` is remembered.
 const IDEMPOTENCY_TTL_SECS: u64 = 86_400;
 
+/// The Redis key remembering `caller`'s `Idempotency-Key` for `kind` requests.
+fn slot(state: &AppState, caller: &str, kind: &str, key: &str) -> String {
+    format!(
+        "{}:idem:{}:{kind}:{}",
+        state.bus().keys().prefix(),
+        hash_key(caller),
+        hash_key(key)
+    )
+}
+
+/// Forgets the request's `Idempotency-Key` after it failed, so that retrying it does the work
+/// rather than return a command or run that never came to be.
+async fn forget_idempotency(state: &AppState, caller: &str, kind: &str, headers: &HeaderMap) {
+    let Some(key) = headers.get("idempotency-key").and_then(|k| k.to_str().ok()) else {
+        return;
+    };
+    let _: Result<(), _> = redis::cmd("DEL")
+        .arg(slot(state, caller, kind, key))
+        .query_async(&mut state.bus().connection())
+        .await;
+}
+
 /// The id a request stands for: `fresh` unless an earlier request of the same caller used
 /// the same `Idempotency-Key` (for the same kind of request), whose id it then is.
 async fn idempotent(
@@ -33,12 +55,7 @@ async fn idempotent(
         .ok_or_else(|| {
             AppError::Invalid("Idempotency-Key header: must be 1 to 200 visible characters".into())
         })?;
-    let slot = format!(
-        "{}:idem:{}:{kind}:{}",
-        state.bus().keys().prefix(),
-        hash_key(caller),
-        hash_key(key)
-    );
+    let slot = slot(state, caller, kind, key);
     let mut conn = state.bus().connection();
     let (set, existing): (Option<String>, Option<String>) = redis::pipe()
         .cmd("SET")

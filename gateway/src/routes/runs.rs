@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::commands::SOURCE;
-use super::idempotent;
+use super::{forget_idempotency, idempotent};
 use crate::AppState;
 use crate::auth::{Authed, Caller};
 use crate::body::JsonBody;
@@ -107,7 +107,7 @@ async fn visible_run(state: &AppState, caller: &Caller, id: Uuid) -> Result<Valu
     post, path = "/v1/runs", tag = "runs", request_body = NewRun,
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
     responses((status = 201, body = RunView), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("api_key" = []))
@@ -130,16 +130,24 @@ pub async fn start(
     );
     let id = idempotent(&state, &caller.name, "run", &headers, command.envelope.id).await?;
     if id != command.envelope.id {
-        return Ok((
-            StatusCode::CREATED,
-            Json(RunView {
-                run: visible_run(&state, &caller, id).await?,
-            }),
-        ));
+        let first = visible_run(&state, &caller, id)
+            .await
+            .map_err(|e| match e {
+                AppError::NotFound(_) => AppError::Conflict(
+                    "a request with this Idempotency-Key is still starting its run; retry".into(),
+                ),
+                other => other,
+            })?;
+        return Ok((StatusCode::CREATED, Json(RunView { run: first })));
     }
     command.envelope.id = id;
-    let run = ask(&state, command, AppError::Invalid).await?;
-    Ok((StatusCode::CREATED, Json(RunView { run })))
+    match ask(&state, command, AppError::Invalid).await {
+        Ok(run) => Ok((StatusCode::CREATED, Json(RunView { run }))),
+        Err(e) => {
+            forget_idempotency(&state, &caller.name, "run", &headers).await;
+            Err(e)
+        }
+    }
 }
 
 /// A run's status, input, output and steps.

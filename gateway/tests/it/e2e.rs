@@ -31,6 +31,26 @@ async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
         assert_eq!(body["result"]["data"]["i"], json!(i));
     }
 
+    // A repeated request after the result came answers at once with the same command.
+    let repeat = || {
+        stack
+            .post(1, "/v1/commands/echo?wait_ms=15000")
+            .header("idempotency-key", "repeat-1")
+            .json(&json!({"type": "echo.say", "data": {"n": 1}}))
+            .send()
+    };
+    let first: Value = repeat().await.unwrap().json().await.unwrap();
+    let started = std::time::Instant::now();
+    let second: Value = repeat().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (first["id"].clone(), second["status"].clone()),
+        (second["id"].clone(), json!("completed"))
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "no waiting for a result that came"
+    );
+
     let data = json!({"chunks": ["Once", " upon", " a time"], "sleep_ms": 200});
     let accepted = stack
         .post(0, "/v1/commands/echo")
@@ -68,12 +88,25 @@ async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
 #[tokio::test]
 async fn a_run_over_http_and_a_resumed_event_stream_loses_nothing() {
     let stack = Stack::up("runs").await;
-    let created = stack
-        .post(0, "/v1/runs")
-        .json(&json!({"workflow": "sample", "input": {"topic": "gateways"}}))
-        .send()
-        .await
-        .unwrap();
+    let start = |workflow: &str| {
+        stack
+            .post(0, "/v1/runs")
+            .header("idempotency-key", "run-1")
+            .json(&json!({"workflow": workflow, "input": {"topic": "gateways"}}))
+            .send()
+    };
+    let refused = start("no-such-workflow").await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let message = refused.json::<Value>().await.unwrap()["error"]["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .contains("no workflow `no-such-workflow`"),
+        "{message}"
+    );
+    // The refused request did not keep the key: retrying it with a good body starts the run.
+    let created = start("sample").await.unwrap();
     assert_eq!(created.status(), 201);
     let run = created.json::<Value>().await.unwrap()["run_id"]
         .as_str()
