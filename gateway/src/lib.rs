@@ -5,7 +5,6 @@
 //! - [`routes`]: the handlers (`commands`, `runs`, `ops`).
 //! - [`auth`]: API keys (hashed, scoped, rate-limited per key).
 //! - `body`: JSON bodies with size and depth limits, errors naming the field.
-//! - `replies`: results for the requests this gateway waits on.
 //! - `sse`: server-sent events from the event stream, resumable by `Last-Event-ID`.
 //! - [`error`]: one error type, one HTTP answer per variant.
 //! - [`openapi`]: the generated OpenAPI document.
@@ -20,7 +19,6 @@ mod body;
 pub mod error;
 mod extract;
 pub mod openapi;
-mod replies;
 pub mod routes;
 mod sse;
 mod state;

@@ -3,13 +3,12 @@
 use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use mindbus::bus::Bus;
+use mindbus::bus::{Bus, Replies};
 use mindbus::config::{Config, GatewayConfig};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyRing;
-use crate::replies::Replies;
 
 /// The gateway's shared state. Cheap to clone.
 #[derive(Debug, Clone)]

@@ -1,7 +1,9 @@
-//! The bus client: publish commands, wait for their results, follow streams, cancel.
+//! The bus client: publish commands, wait for their results (one at a time, or many at once
+//! through [`Replies`]), follow streams, cancel.
 
 mod follow;
 mod overview;
+mod replies;
 mod wait;
 
 use std::time::Duration;
@@ -11,6 +13,7 @@ use uuid::Uuid;
 
 pub use follow::Follower;
 pub use overview::{GroupInfo, StreamInfo};
+pub use replies::{Replies, Waiter};
 pub use wait::ResultWaiter;
 
 use crate::Error;

@@ -1,13 +1,13 @@
-//! Results for the requests this gateway is waiting on: one loop follows the result stream
-//! (without a group, so every gateway sees every result) and hands each result to the
-//! request that registered its command id. A gateway keeps no other state.
+//! Many concurrent waits for results on one connection: one loop follows the result stream
+//! (without a group, so every client sees every result) and hands each result to the waiter
+//! that registered its command id. The gateway waits this way for every request it serves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mindbus::bus::{Bus, Follower};
-use mindbus::wire::{CommandResult, EntryId, Origin};
+use super::{Bus, Follower};
+use crate::wire::{CommandResult, EntryId, Origin};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,7 +30,7 @@ pub struct Waiter {
 
 impl Replies {
     /// Starts following the result stream from its current end, until `stop` fires.
-    pub async fn start(bus: Bus, stop: CancellationToken) -> Result<Arc<Self>, mindbus::Error> {
+    pub async fn start(bus: Bus, stop: CancellationToken) -> Result<Arc<Self>, crate::Error> {
         let replies = Arc::new(Self::default());
         let results = bus.keys().results();
         let follower = Follower::new(&bus, vec![results], false, Duration::from_secs(2)).await?;

@@ -1,0 +1,195 @@
+//! `mindbus-gateway-bench`: an HTTP request to an echo result through a real
+//! `mindbus-gateway`, beside the same commands sent straight over the bus and awaited the
+//! way the gateway awaits them (one follower of the result stream for all waits), in one
+//! run, against the same echo agent: the difference is the gateway's own cost.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::StreamExt as _;
+use mindbus::bus::{Bus, Replies};
+use mindbus::config::RedisConfig;
+use mindbus::wire::{Command, Payload};
+use serde_json::json;
+use tokio::process::Child;
+
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// Commands in the throughput part.
+    #[arg(long, default_value_t = 10_000)]
+    commands: usize,
+    /// Requests in flight in the throughput part.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Round trips one at a time, for latency.
+    #[arg(long, default_value_t = 1_000)]
+    samples: usize,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+}
+
+const KEY: &str = "bench-key";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let prefix = format!("bench-gw-{}", std::process::id());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut children = vec![
+        spawn("mindbus-agent", &["--role", "echo"], &args, &prefix)?,
+        spawn(
+            "mindbus-gateway",
+            &["--listen", &format!("127.0.0.1:{port}")],
+            &args,
+            &prefix,
+        )?,
+    ];
+    let bus = Bus::connect(&RedisConfig {
+        url: args.redis_url.clone().into(),
+        prefix: prefix.clone(),
+    })
+    .await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    wait_ready(&http, &base).await?;
+    let replies = Replies::start(bus.clone(), tokio_util::sync::CancellationToken::new()).await?;
+    let direct = || async { over_bus(&bus, &replies).await };
+    let gateway = || async { over_http(&http, &base).await };
+    let bus_many = throughput(args.commands, args.concurrency, direct).await?;
+    let http_many = throughput(args.commands, args.concurrency, gateway).await?;
+    let bus_one = latency(args.samples, direct).await?;
+    let http_one = latency(args.samples, gateway).await?;
+    for child in &mut children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    let _: Result<(), _> = redis::cmd("DEL")
+        .arg(bus.keys().commands("echo"))
+        .query_async(&mut bus.connection())
+        .await;
+    println!(
+        "{} commands, {} in flight; {} one at a time",
+        args.commands, args.concurrency, args.samples
+    );
+    println!(
+        "{:<28} {:>12} {:>10} {:>10}",
+        "", "commands/s", "p50 ms", "p99 ms"
+    );
+    for (name, many, one) in [
+        ("bus (baseline)", bus_many, &bus_one),
+        ("http gateway", http_many, &http_one),
+    ] {
+        println!(
+            "{name:<28} {many:>12.0} {:>10.2} {:>10.2}",
+            pct(one, 0.5),
+            pct(one, 0.99)
+        );
+    }
+    println!(
+        "gateway: {:.0}% of the bus's throughput; p50 x{:.2}, p99 x{:.2}",
+        100.0 * http_many / bus_many,
+        pct(&http_one, 0.5) / pct(&bus_one, 0.5),
+        pct(&http_one, 0.99) / pct(&bus_one, 0.99)
+    );
+    Ok(())
+}
+
+fn spawn(name: &str, extra: &[&str], args: &Args, prefix: &str) -> anyhow::Result<Child> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    tokio::process::Command::new(&path)
+        .args(extra)
+        .args(["--prefix", prefix, "--redis-url", &args.redis_url])
+        .env("MINDBUS_GATEWAY_API_KEY", KEY)
+        .env("MINDBUS_AGENT__CONCURRENCY", "256")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build the workspace's binaries first)",
+                path.display()
+            )
+        })
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the gateway did not become ready")
+}
+
+async fn over_bus(bus: &Bus, replies: &std::sync::Arc<Replies>) -> anyhow::Result<()> {
+    let command = Command::new("echo.say", Payload::json(json!({"text": "hi"})));
+    let waiter = replies.register(command.envelope.id);
+    bus.publish("echo", &command).await?;
+    waiter
+        .wait(Duration::from_secs(30))
+        .await
+        .context("no result")?;
+    Ok(())
+}
+
+async fn over_http(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let response = http
+        .post(format!("{base}/v1/commands/echo?wait_ms=30000"))
+        .bearer_auth(KEY)
+        .json(&json!({"type": "echo.say", "data": {"text": "hi"}}))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 200, "status {}", response.status());
+    Ok(())
+}
+
+/// Commands per second with `concurrency` in flight.
+async fn throughput<F, Fut>(commands: usize, concurrency: usize, one: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..commands)
+        .map(|_| one())
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<()>>()?;
+    Ok(commands as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn latency<F, Fut>(samples: usize, one: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        one().await?;
+        out.push(started.elapsed());
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
