@@ -5,7 +5,7 @@ COPY . .
 RUN cargo build --release --bins --locked \
  && mkdir /out \
  && cp target/release/mindbus target/release/mindbus-agent target/release/mindbus-monitor \
-    target/release/mindbus-orchestrator /out/
+    target/release/mindbus-orchestrator target/release/mindbus-gateway /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The main job: brings up two echo agents, the monitor and the orchestrator, sends a batch of
-# commands through them, runs the sample workflow (a DAG with a fan-out, a condition and a
-# loop) end to end, shows the events and results as they happen and the recorded timelines
-# from Postgres, then shuts everything down and leaves nothing running.
+# The main job: brings up two echo agents, the monitor, the orchestrator and the HTTP
+# gateway, sends a batch of commands through them, runs the sample workflow (a DAG with a
+# fan-out, a condition and a loop) end to end from the CLI and over HTTP, shows the events
+# and results as they happen and the recorded timelines from Postgres, then shuts
+# everything down and leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_redis
 ensure_postgres
+command -v python3 >/dev/null || install_with_apt python3
 say "building"
 cargo build --release --quiet --bins
 bin=target/release
@@ -27,6 +29,10 @@ for _ in 1 2; do
 done
 RUST_LOG=warn "$bin/mindbus-monitor" & pids+=($!)
 RUST_LOG=warn "$bin/mindbus-orchestrator" --workflows config/workflows & pids+=($!)
+gateway_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+gateway="http://127.0.0.1:$gateway_port"
+api_key="demo-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+MINDBUS_GATEWAY_API_KEY="$api_key" RUST_LOG=warn "$bin/mindbus-gateway" --listen "127.0.0.1:$gateway_port" & pids+=($!)
 "$bin/mindbus" tail --for-ms 600000 & pids+=($!)
 sleep 0.5
 
@@ -46,6 +52,16 @@ say "running the sample workflow: mindbus run sample (step changes below, output
 "$bin/mindbus" run sample --input '{"topic":"redis streams"}'
 run_id=$("$bin/mindbus" runs list --limit 1 | grep -o '"run_id": "[^"]*"' | cut -d'"' -f4)
 sleep 1
+
+say "the gateway is at $gateway (key in \$api_key); a command and a run over HTTP"
+http() { python3 scripts/http.py "$api_key" "$@"; }
+http POST "$gateway/v1/commands/echo?wait_ms=5000" '{"type":"echo.say","data":{"text":"hello over http"}}'
+run_json=$(http POST "$gateway/v1/runs" '{"workflow":"sample","input":{"topic":"http"}}')
+echo "$run_json"
+http_run=$(echo "$run_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+sleep 1
+http GET "$gateway/v1/runs/$http_run" | head -c 600; echo
+http GET "$gateway/v1/agents"
 
 say "status"
 "$bin/mindbus" status
