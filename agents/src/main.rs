@@ -1,7 +1,5 @@
 //! `mindbus-agent`: serves one agent role from its command stream.
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 use clap::Parser;
 
@@ -12,15 +10,8 @@ struct Args {
     /// The role to serve (built in: echo).
     #[arg(long, env = "MINDBUS_ROLE")]
     role: String,
-    /// A YAML config file (see config/mindbus.yaml).
-    #[arg(long, env = "MINDBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Redis URL (overrides the file and REDIS_URL).
-    #[arg(long, env = "MINDBUS_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Key prefix.
-    #[arg(long, env = "MINDBUS_PREFIX")]
-    prefix: Option<String>,
+    #[command(flatten)]
+    connect: mindbus::config::ConnectArgs,
     /// Commands handled at once.
     #[arg(long, env = "MINDBUS_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -56,14 +47,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let mut config =
-        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
-    if let Some(url) = args.redis_url {
-        config.redis.url = url.into();
-    }
-    if let Some(prefix) = args.prefix {
-        config.redis.prefix = prefix;
-    }
+    let mut config = args.connect.load().context("loading configuration")?;
     let agent = &mut config.agent;
     agent.concurrency = args.concurrency.unwrap_or(agent.concurrency).max(1);
     agent.lease_ms = args.lease_ms.unwrap_or(agent.lease_ms);

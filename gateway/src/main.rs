@@ -1,7 +1,5 @@
 //! `mindbus-gateway`: the HTTP front door.
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
@@ -9,15 +7,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A YAML config file (see config/mindbus.yaml).
-    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Redis URL (overrides the file and REDIS_URL).
-    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Key prefix.
-    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
-    prefix: Option<String>,
+    #[command(flatten)]
+    connect: mindbus::config::ConnectArgs,
     /// Address and port to listen on.
     #[arg(long, global = true, env = "MINDBUS_GATEWAY_LISTEN")]
     listen: Option<String>,
@@ -49,14 +40,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run => {}
     }
-    let mut config =
-        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
-    if let Some(url) = args.redis_url {
-        config.redis.url = url.into();
-    }
-    if let Some(prefix) = args.prefix {
-        config.redis.prefix = prefix;
-    }
+    let mut config = args.connect.load().context("loading configuration")?;
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }

@@ -346,6 +346,35 @@ fn figment(file: Option<&Path>) -> Figment {
         )
 }
 
+/// The flags every MindBus binary shares: the config file, then the Redis URL and key
+/// prefix over it (each also settable from the environment).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectArgs {
+    /// A YAML config file (see config/mindbus.yaml).
+    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Redis URL (overrides the file and REDIS_URL).
+    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Key prefix.
+    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
+    pub prefix: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The configuration: file, environment, then these flags.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = load(self.config.as_deref())?;
+        if let Some(url) = &self.redis_url {
+            config.redis.url = url.clone().into();
+        }
+        if let Some(prefix) = &self.prefix {
+            config.redis.prefix = prefix.clone();
+        }
+        Ok(config)
+    }
+}
+
 /// Loads the configuration: the file (if any), then the environment. Flags are applied by
 /// the caller on the returned value.
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {

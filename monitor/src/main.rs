@@ -1,7 +1,5 @@
 //! `mindbus-monitor`: records every MindBus stream entry in Postgres.
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
@@ -9,18 +7,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A YAML config file (see config/mindbus.yaml).
-    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Redis URL (overrides the file and REDIS_URL).
-    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
-    redis_url: Option<String>,
+    #[command(flatten)]
+    connect: mindbus::config::ConnectArgs,
     /// Postgres URL (overrides the file and DATABASE_URL).
     #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
     database_url: Option<String>,
-    /// Key prefix.
-    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
-    prefix: Option<String>,
     /// Idle time in ms before a dead monitor's entries are reclaimed.
     #[arg(long, global = true, env = "MINDBUS_MONITOR_LEASE_MS")]
     lease_ms: Option<u64>,
@@ -39,16 +30,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config =
-        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
-    if let Some(url) = args.redis_url {
-        config.redis.url = url.into();
-    }
+    let mut config = args.connect.load().context("loading configuration")?;
     if let Some(url) = args.database_url {
         config.monitor.database_url = url.into();
-    }
-    if let Some(prefix) = args.prefix {
-        config.redis.prefix = prefix;
     }
     if let Some(lease) = args.lease_ms {
         config.monitor.lease_ms = lease;

@@ -1,7 +1,5 @@
 //! `mindbus-orchestrator`: runs YAML workflows over agent roles, durably.
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mindbus_orchestrator::service::Catalog;
@@ -10,18 +8,11 @@ use mindbus_orchestrator::service::Catalog;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A YAML config file (see config/mindbus.yaml).
-    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Redis URL (overrides the file and REDIS_URL).
-    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
-    redis_url: Option<String>,
+    #[command(flatten)]
+    connect: mindbus::config::ConnectArgs,
     /// Postgres URL of the run store (overrides the file and DATABASE_URL).
     #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
     database_url: Option<String>,
-    /// Key prefix.
-    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
-    prefix: Option<String>,
     /// The folder of workflow files.
     #[arg(long, global = true, env = "MINDBUS_WORKFLOWS")]
     workflows: Option<String>,
@@ -45,16 +36,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config =
-        mindbus::config::load(args.config.as_deref()).context("loading configuration")?;
-    if let Some(url) = args.redis_url {
-        config.redis.url = url.into();
-    }
+    let mut config = args.connect.load().context("loading configuration")?;
     if let Some(url) = args.database_url {
         config.orchestrator.database_url = url.into();
-    }
-    if let Some(prefix) = args.prefix {
-        config.redis.prefix = prefix;
     }
     if let Some(dir) = args.workflows {
         config.orchestrator.workflows = dir;

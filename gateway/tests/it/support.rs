@@ -10,15 +10,13 @@ use mindbus_gateway::auth::hash_key;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+pub use crate::testenv::{delete_prefix, redis_url};
+
 pub const ADMIN: &str = "admin-key-for-tests";
 /// May send to `echo` and start `sample`.
 pub const ECHO: &str = "echo-key";
 /// May do anything, twice a minute.
 pub const SLOW: &str = "slow-key";
-
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 pub fn config(prefix: &str) -> Config {
     let mut config = Config {
@@ -75,23 +73,6 @@ impl Drop for Gw {
     fn drop(&mut self) {
         self.stop.cancel();
         delete_prefix(&self.prefix);
-    }
-}
-
-/// Deletes every key under `prefix`.
-pub fn delete_prefix(prefix: &str) {
-    let Ok(client) = redis::Client::open(redis_url()) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_connection() else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    for chunk in keys.chunks(500) {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
     }
 }
 

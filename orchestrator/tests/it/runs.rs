@@ -50,6 +50,7 @@ steps:
 
 const SLOW: &str =
     "name: slow\nsteps:\n  - id: wait\n    role: echo\n    input: {sleep_ms: 60000}\n";
+const STEP_TIMEOUT: &str = "name: patient\nsteps:\n  - id: wait\n    role: echo\n    timeout_ms: 300\n    input: {sleep_ms: 60000}\n";
 const HURRY: &str = "name: hurry\ndeadline_ms: 500\nsteps:\n  - id: wait\n    role: echo\n    input: {sleep_ms: 60000}\n";
 
 fn gate(name: &str, timeout_ms: u64, on_timeout: &str) -> String {
@@ -185,6 +186,25 @@ async fn the_run_deadline_fails_the_run_and_stops_its_commands() {
         result.status,
         Status::Completed,
         "the command inherited the deadline"
+    );
+}
+
+#[tokio::test]
+async fn a_step_timeout_fails_the_step_and_its_run() {
+    let (orch, _o) = Orch::up("step_timeout", &[("patient.yaml", STEP_TIMEOUT)]).await;
+    let run = orch.start("patient", json!({})).await;
+    let command = orch.wait_command(run).await;
+    let ended = orch.wait_ended(&[run], Duration::from_secs(20)).await;
+    assert_eq!(ended[0].status, "failed");
+    let error = ended[0].error.clone().unwrap();
+    assert!(
+        error.contains("step `wait` failed: deadline_exceeded"),
+        "{error}"
+    );
+    let result = orch.wait_result(command).await;
+    assert_eq!(
+        result.failure.unwrap().errortype.as_str(),
+        "deadline_exceeded"
     );
 }
 

@@ -19,15 +19,8 @@ use mindbus::config::Config;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// A YAML config file (see config/mindbus.yaml).
-    #[arg(long, global = true, env = "MINDBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Redis URL (overrides the file and REDIS_URL).
-    #[arg(long, global = true, env = "MINDBUS_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Key prefix.
-    #[arg(long, global = true, env = "MINDBUS_PREFIX")]
-    prefix: Option<String>,
+    #[command(flatten)]
+    connect: mindbus::config::ConnectArgs,
     /// Postgres URL of the monitor's event log (overrides the file and DATABASE_URL).
     #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
     database_url: Option<String>,
@@ -114,14 +107,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config =
-        mindbus::config::load(cli.config.as_deref()).context("loading configuration")?;
-    if let Some(url) = &cli.redis_url {
-        config.redis.url = url.clone().into();
-    }
-    if let Some(prefix) = &cli.prefix {
-        config.redis.prefix = prefix.clone();
-    }
+    let mut config = cli.connect.load().context("loading configuration")?;
     if let Some(url) = &cli.database_url {
         config.monitor.database_url = url.clone().into();
     }
