@@ -4,7 +4,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use mindbus::config::MonitorConfig;
 use mindbus::keys::Keys;
 use mindbus::streams::{Redis, StreamEntry, ensure_group, parse_autoclaim, parse_read};
@@ -52,7 +51,7 @@ impl Ingest {
     /// Records entries until `stop` fires. A batch in progress is finished (or, while
     /// Postgres is down, left pending for the next monitor) before returning.
     pub async fn run(&self, stop: CancellationToken) {
-        let mut delays = delays();
+        let mut delays = mindbus::streams::retry_delays();
         while !stop.is_cancelled() {
             match self.session(&stop).await {
                 Ok(()) => return,
@@ -248,7 +247,7 @@ async fn write_batch(
         .iter()
         .flat_map(|(s, entries)| entries.iter().filter_map(|e| record(keys, s, e)))
         .collect();
-    let mut delays = delays();
+    let mut delays = mindbus::streams::retry_delays();
     loop {
         match store::insert_or_bare(pool, &rows).await {
             Ok(_) => break,
@@ -269,15 +268,6 @@ async fn write_batch(
     }
     pipe.query_async::<()>(&mut acks).await?;
     Ok(())
-}
-
-fn delays() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 fn rand_bits() -> u64 {

@@ -65,8 +65,8 @@ async fn main() -> anyhow::Result<()> {
     let gateway = || async { over_http(&http, &base).await };
     let bus_many = throughput(args.commands, args.concurrency, direct).await?;
     let http_many = throughput(args.commands, args.concurrency, gateway).await?;
-    let bus_one = latency(args.samples, direct).await?;
-    let http_one = latency(args.samples, gateway).await?;
+    let bus_one = mindbus::bench::one_at_a_time(args.samples, direct).await?;
+    let http_one = mindbus::bench::one_at_a_time(args.samples, gateway).await?;
     for child in &mut children {
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -89,15 +89,17 @@ async fn main() -> anyhow::Result<()> {
     ] {
         println!(
             "{name:<28} {many:>12.0} {:>10.2} {:>10.2}",
-            pct(one, 0.5),
-            pct(one, 0.99)
+            mindbus::bench::percentile_ms(one, 0.5),
+            mindbus::bench::percentile_ms(one, 0.99)
         );
     }
     println!(
         "gateway: {:.0}% of the bus's throughput; p50 x{:.2}, p99 x{:.2}",
         100.0 * http_many / bus_many,
-        pct(&http_one, 0.5) / pct(&bus_one, 0.5),
-        pct(&http_one, 0.99) / pct(&bus_one, 0.99)
+        mindbus::bench::percentile_ms(&http_one, 0.5)
+            / mindbus::bench::percentile_ms(&bus_one, 0.5),
+        mindbus::bench::percentile_ms(&http_one, 0.99)
+            / mindbus::bench::percentile_ms(&bus_one, 0.99)
     );
     Ok(())
 }
@@ -172,24 +174,4 @@ where
         .await;
     results.into_iter().collect::<anyhow::Result<()>>()?;
     Ok(commands as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn latency<F, Fut>(samples: usize, one: F) -> anyhow::Result<Vec<Duration>>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let mut out = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
-        one().await?;
-        out.push(started.elapsed());
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }

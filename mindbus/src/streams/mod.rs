@@ -59,6 +59,18 @@ impl Redis {
     }
 }
 
+/// Delays between reconnection (or retry) attempts: exponential from 100 ms to 5 s, with
+/// jitter, without end.
+pub fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::{BackoffBuilder, ExponentialBuilder};
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Creates `group` on `stream` (and the stream itself) unless it exists.
 pub async fn ensure_group<C>(
     conn: &mut C,

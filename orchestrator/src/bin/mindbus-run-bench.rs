@@ -57,8 +57,9 @@ async fn main() -> anyhow::Result<()> {
     wait_ready(&bus).await?;
     let plain_many = timed(|| plain_chains(&bus, args.runs, args.steps)).await?;
     let runs_many = timed(|| runs(&bus, args.runs)).await?;
-    let plain_one = one_at_a_time(args.samples, || plain_chains(&bus, 1, args.steps)).await?;
-    let runs_one = one_at_a_time(args.samples, || runs(&bus, 1)).await?;
+    let plain_one =
+        mindbus::bench::one_at_a_time(args.samples, || plain_chains(&bus, 1, args.steps)).await?;
+    let runs_one = mindbus::bench::one_at_a_time(args.samples, || runs(&bus, 1)).await?;
     for child in &mut children {
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -130,21 +131,6 @@ where
     Ok(started.elapsed())
 }
 
-async fn one_at_a_time<F, Fut>(samples: usize, mut work: F) -> anyhow::Result<Vec<Duration>>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let mut out = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
-        work().await?;
-        out.push(started.elapsed());
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// `chains` chains of `steps` commands, each command sent when the last one's result came.
 async fn plain_chains(bus: &Bus, chains: usize, steps: usize) -> anyhow::Result<()> {
     let results = futures::stream::iter(0..chains)
@@ -211,11 +197,6 @@ async fn runs(bus: &Bus, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
 fn report(
     args: &Args,
     plain_many: Duration,
@@ -236,17 +217,19 @@ fn report(
         "{:<34} {:>12.1} {:>10.2} {:>10.2}",
         "plain commands (baseline)",
         per_s(plain_many),
-        pct(plain_one, 0.5),
-        pct(plain_one, 0.99)
+        mindbus::bench::percentile_ms(plain_one, 0.5),
+        mindbus::bench::percentile_ms(plain_one, 0.99)
     );
     println!(
         "{:<34} {:>12.1} {:>10.2} {:>10.2}",
         "workflow runs (orchestrator)",
         per_s(runs_many),
-        pct(runs_one, 0.5),
-        pct(runs_one, 0.99)
+        mindbus::bench::percentile_ms(runs_one, 0.5),
+        mindbus::bench::percentile_ms(runs_one, 0.99)
     );
-    let added = (pct(runs_one, 0.5) - pct(plain_one, 0.5)) / args.steps as f64;
+    let added = (mindbus::bench::percentile_ms(runs_one, 0.5)
+        - mindbus::bench::percentile_ms(plain_one, 0.5))
+        / args.steps as f64;
     println!(
         "runs: {:.0}% of the baseline's throughput; {:.2} ms added per step at p50",
         100.0 * per_s(runs_many) / per_s(plain_many),

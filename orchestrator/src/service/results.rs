@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt as _;
 use mindbus::streams::{StreamEntry, ensure_group, parse_autoclaim, parse_read};
 use mindbus::wire::{CommandResult, EntryId, Origin, Status, without_nul};
@@ -26,7 +25,7 @@ pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) 
         std::process::id(),
         &Uuid::now_v7().simple().to_string()[20..]
     );
-    let mut delays = delays();
+    let mut delays = mindbus::streams::retry_delays();
     while !stop.is_cancelled() {
         match session(&this, &consumer, &stop).await {
             Ok(()) => return,
@@ -173,7 +172,7 @@ async fn apply_one(
     let Some((run_id, input)) = step_result(stream, &entry) else {
         return Some(entry.id);
     };
-    let mut delays = delays();
+    let mut delays = mindbus::streams::retry_delays();
     loop {
         match this.advance(run_id, input.clone()).await {
             Ok(outcome) => {
@@ -259,13 +258,4 @@ async fn abort(this: &Orchestrator, run_id: Uuid, input: &Input, error: &anyhow:
     if let Err(e) = this.advance(run_id, abort).await {
         tracing::error!(run.id = %run_id, error = %e, "failing the run failed too; the result is skipped");
     }
-}
-
-fn delays() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
