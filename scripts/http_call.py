@@ -1,4 +1,4 @@
-"""A tiny HTTP client for the demo (no curl needed): http.py KEY METHOD URL [JSON BODY].
+"""A tiny HTTP client for the demo (no curl needed): http_call.py KEY METHOD URL [JSON BODY].
 Prints the status line to stderr and the body, pretty when it is JSON, to stdout."""
 import json
 import sys
