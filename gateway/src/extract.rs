@@ -25,6 +25,22 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
+/// The `{id}` path parameter of `POST /v1/commands/{role}`, a role name.
+#[derive(Debug, Clone)]
+pub struct RolePath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RolePath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(role) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| AppError::Invalid(format!("role: {e}")))?;
+        mindbus::keys::validate_role(&role).map_err(AppError::Invalid)?;
+        Ok(RolePath(role))
+    }
+}
+
 /// The query string, parsed as `T`.
 #[derive(Debug, Clone)]
 pub struct QueryOf<T>(pub T);

@@ -26,14 +26,13 @@ mod state;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mindbus::config::Config;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use state::AppState;
@@ -44,7 +43,9 @@ use routes::{commands, ops, runs};
 /// The whole API over `state`; tests call it without a socket.
 pub fn app(state: AppState) -> Router {
     let config = state.config();
-    let timeout = Duration::from_millis(config.max_wait_ms) + Duration::from_secs(15);
+    // Longer than the longest wait a request may ask for, and than two orchestrator answers.
+    let timeout = Duration::from_millis(config.max_wait_ms).max(Duration::from_secs(20))
+        + Duration::from_secs(15);
     Router::new()
         // One pattern for both methods (the router allows one parameter name per segment):
         // POST takes the segment as the role, GET as the command id.
@@ -67,15 +68,22 @@ pub fn app(state: AppState) -> Router {
         .fallback(ops::not_found)
         .layer(middleware::from_fn(record))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
+        .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(CatchPanicLayer::custom(|_| {
             AppError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers 503 (in the usual error body) when a request takes longer than `limit`.
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            AppError::Unavailable("the request took too long; try again".into()).into_response()
+        }
+    }
 }
 
 /// Counts requests by method, route and status, and times them.

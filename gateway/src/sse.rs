@@ -25,25 +25,26 @@ use crate::error::AppError;
 pub enum Filter {
     /// One command's, of roles in scope.
     Command(Uuid, Scope),
-    /// One run's (its own transitions and its commands' events).
-    Run(Uuid),
+    /// One run's (its own transitions, and its commands' events of roles in scope).
+    Run(Uuid, Scope),
 }
 
 impl Filter {
     fn id(&self) -> Uuid {
         match self {
-            Filter::Command(id, _) | Filter::Run(id) => *id,
+            Filter::Command(id, _) | Filter::Run(id, _) => *id,
         }
     }
 
     fn wants(&self, event: &Event) -> bool {
-        match self {
-            Filter::Command(id, roles) => {
-                event.correlationid == Some(*id)
-                    && event.role.as_deref().is_none_or(|r| roles.allows(r))
-            }
-            Filter::Run(id) => event.runid.as_deref() == Some(id.to_string().as_str()),
-        }
+        let (ours, roles) = match self {
+            Filter::Command(id, roles) => (event.correlationid == Some(*id), roles),
+            Filter::Run(id, roles) => (
+                event.runid.as_deref() == Some(id.to_string().as_str()),
+                roles,
+            ),
+        };
+        ours && event.role.as_deref().is_none_or(|r| roles.allows(r))
     }
 
     /// Whether `event` is the last one this stream sends.
@@ -58,10 +59,16 @@ impl Filter {
                         | EventKind::DeadLettered
                 )
             ),
-            Filter::Run(_) => event.envelope.ty == RunEventKind::Ended.as_str(),
+            Filter::Run(..) => event.envelope.ty == RunEventKind::Ended.as_str(),
         }
     }
 }
+
+/// How far before a command's or run's creation (by the gateway's clock) reading starts, so
+/// a clock a little ahead of Redis's loses no event.
+const CLOCK_MARGIN_MS: u64 = 5_000;
+/// Longest life of one stream; the client resumes with `Last-Event-ID`.
+const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
 struct Following {
     follower: Follower,
@@ -69,21 +76,32 @@ struct Following {
     filter: Filter,
     ready: VecDeque<SseEvent>,
     done: bool,
+    /// The command or run had ended when the stream opened: end once caught up.
+    ended: bool,
+    until: tokio::time::Instant,
+    stop: tokio_util::sync::CancellationToken,
     _permit: OwnedSemaphorePermit,
 }
 
 /// Answers with the event stream, starting after `Last-Event-ID` or from the moment the
-/// command or run was created (its UUIDv7 carries the millisecond).
+/// command or run was created (its UUIDv7 carries the millisecond). `ended` says the command
+/// or run is already over: the stream then closes once it has sent what is left.
 pub async fn respond(
     state: &AppState,
     headers: &HeaderMap,
     filter: Filter,
+    ended: bool,
 ) -> Result<Response, AppError> {
+    if filter.id().get_version_num() != 7 {
+        return Err(AppError::Invalid("id: MindBus ids are UUIDv7".into()));
+    }
+    let earliest = before(filter.id());
     let start = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(id) => id
             .parse::<EntryId>()
-            .map_err(|e| AppError::Invalid(format!("Last-Event-ID header: {e}")))?,
-        None => before(filter.id()),
+            .map_err(|e| AppError::Invalid(format!("Last-Event-ID header: {e}")))?
+            .max(earliest),
+        None => earliest,
     };
     let permit = state.streams().clone().try_acquire_owned().map_err(|_| {
         AppError::Unavailable("too many event streams are open; try again later".into())
@@ -97,6 +115,9 @@ pub async fn respond(
         filter,
         ready: VecDeque::new(),
         done: false,
+        ended,
+        until: tokio::time::Instant::now() + MAX_LIFETIME,
+        stop: state.stop().clone(),
         _permit: permit,
     };
     Ok(Sse::new(events(following))
@@ -104,12 +125,12 @@ pub async fn respond(
         .into_response())
 }
 
-/// The entry id just before the millisecond a UUIDv7 was made in.
+/// The entry id a margin before the millisecond a UUIDv7 was made in.
 fn before(id: Uuid) -> EntryId {
     let bytes = id.as_bytes();
     let mut ms = [0u8; 8];
     ms[2..].copy_from_slice(&bytes[..6]);
-    match u64::from_be_bytes(ms).checked_sub(1) {
+    match u64::from_be_bytes(ms).checked_sub(CLOCK_MARGIN_MS) {
         Some(ms) => EntryId { ms, seq: u64::MAX },
         None => EntryId::ZERO,
     }
@@ -121,10 +142,15 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
             if let Some(event) = f.ready.pop_front() {
                 return Some((Ok(event), f));
             }
-            if f.done {
+            if f.done || tokio::time::Instant::now() >= f.until {
                 return None;
             }
-            match f.follower.next().await {
+            let batch = tokio::select! {
+                _ = f.stop.cancelled() => return None,
+                batch = f.follower.next() => batch,
+            };
+            match batch {
+                Ok(batch) if batch.is_empty() && f.ended => return None,
                 Ok(batch) => {
                     for (_, entry) in batch {
                         let Some(fields) = entry.fields else { continue };

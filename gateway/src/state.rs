@@ -22,6 +22,7 @@ struct Inner {
     replies: Arc<Replies>,
     streams: Arc<Semaphore>,
     metrics: PrometheusHandle,
+    stop: CancellationToken,
 }
 
 /// The process's one Prometheus recorder (installing a second one fails).
@@ -46,7 +47,7 @@ impl AppState {
         stop: CancellationToken,
     ) -> Result<Self, mindbus::Error> {
         let bus = Bus::connect(&config.redis).await?;
-        let replies = Replies::start(bus.clone(), stop).await?;
+        let replies = Replies::start(bus.clone(), stop.clone()).await?;
         let gateway = config.gateway.clone();
         Ok(Self(Arc::new(Inner {
             keys: KeyRing::new(&gateway.api_keys, admin_key),
@@ -55,6 +56,7 @@ impl AppState {
             bus,
             replies,
             metrics: metrics_handle(),
+            stop,
         })))
     }
 
@@ -81,5 +83,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &PrometheusHandle {
         &self.0.metrics
+    }
+
+    /// Fires on shutdown: open event streams end, so the server can drain.
+    pub fn stop(&self) -> &CancellationToken {
+        &self.0.stop
     }
 }

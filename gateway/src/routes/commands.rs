@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mindbus::keys::validate_role;
@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::auth::Authed;
 use crate::body::JsonBody;
 use crate::error::{AppError, ErrorBody};
-use crate::extract::{IdPath, QueryOf};
+use crate::extract::{IdPath, QueryOf, RolePath};
 use crate::sse::{self, Filter};
 
 /// The `source` of every command the gateway publishes.
@@ -93,7 +93,7 @@ impl CommandView {
     responses(
         (status = 200, description = "The result came within the wait", body = CommandView),
         (status = 202, description = "Published; no result yet", body = CommandView),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody)),
     security(("api_key" = []))
@@ -101,7 +101,7 @@ impl CommandView {
 pub async fn publish(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path(role): Path<String>,
+    RolePath(role): RolePath,
     QueryOf(wait): QueryOf<Wait>,
     headers: HeaderMap,
     JsonBody(new): JsonBody<NewCommand>,
@@ -196,7 +196,7 @@ async fn stored_result(state: &AppState, id: Uuid) -> Result<Option<CommandResul
 #[utoipa::path(
     get, path = "/v1/commands/{id}", tag = "commands",
     params(("id" = Uuid, Path, description = "The command id")),
-    responses((status = 200, body = CommandView), (status = 401, body = ErrorBody),
+    responses((status = 200, body = CommandView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 503, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -227,7 +227,7 @@ pub async fn show(
     params(("id" = Uuid, Path, description = "The command id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "text/event-stream of the command's events", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))
 )]
 pub async fn events(
@@ -236,5 +236,12 @@ pub async fn events(
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    sse::respond(&state, &headers, Filter::Command(id, caller.roles.clone())).await
+    let ended = stored_result(&state, id).await?.is_some();
+    sse::respond(
+        &state,
+        &headers,
+        Filter::Command(id, caller.roles.clone()),
+        ended,
+    )
+    .await
 }

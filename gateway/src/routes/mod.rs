@@ -56,22 +56,21 @@ async fn idempotent(
             AppError::Invalid("Idempotency-Key header: must be 1 to 200 visible characters".into())
         })?;
     let slot = slot(state, caller, kind, key);
-    let mut conn = state.bus().connection();
-    let (set, existing): (Option<String>, Option<String>) = redis::pipe()
-        .cmd("SET")
+    // One atomic SET NX GET: the earlier id, or none when this request is the first.
+    let earlier: Option<String> = redis::cmd("SET")
         .arg(&slot)
         .arg(fresh.to_string())
         .arg("NX")
+        .arg("GET")
         .arg("EX")
         .arg(IDEMPOTENCY_TTL_SECS)
-        .cmd("GET")
-        .arg(&slot)
-        .query_async(&mut conn)
+        .query_async(&mut state.bus().connection())
         .await?;
-    if set.is_some() {
+    let Some(earlier) = earlier else {
         return Ok(fresh);
-    }
-    existing
-        .and_then(|id| id.parse().ok())
+    };
+    earlier
+        .parse()
+        .ok()
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("idempotency slot {slot} holds no id")))
 }

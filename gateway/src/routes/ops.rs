@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::Authed;
+use crate::auth::{Authed, Scope};
 use crate::error::{AppError, ErrorBody};
 
 /// Answers while the process runs.
@@ -99,13 +99,16 @@ impl From<StreamInfo> for StreamView {
     }
 }
 
-/// The roles with a command stream, and their consumers, pending work and lag.
+/// The roles this key may use that have a command stream, with consumers, pending work and
+/// lag.
 #[utoipa::path(get, path = "/v1/agents", tag = "mesh",
-    responses((status = 200, body = Vec<AgentView>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<AgentView>), (status = 401, body = ErrorBody),
+        (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn agents(
     State(state): State<AppState>,
-    Authed(_caller): Authed,
+    Authed(caller): Authed,
 ) -> Result<Json<Vec<AgentView>>, AppError> {
     let agents = state
         .bus()
@@ -113,7 +116,7 @@ pub async fn agents(
         .await?
         .into_iter()
         .filter_map(|s| {
-            let role = s.role?;
+            let role = s.role.filter(|r| caller.roles.allows(r))?;
             let group = s.groups.into_iter().find(|g| g.name == role);
             Some(AgentView {
                 consumers: group.as_ref().map_or(0, |g| g.consumers),
@@ -126,16 +129,27 @@ pub async fn agents(
     Ok(Json(agents))
 }
 
-/// Every MindBus stream with its length and groups.
+/// The MindBus streams this key may see (its roles' command streams; all of them, shared
+/// streams included, for a key allowed every role), with their lengths and groups.
 #[utoipa::path(get, path = "/v1/streams", tag = "mesh",
-    responses((status = 200, body = Vec<StreamView>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<StreamView>), (status = 401, body = ErrorBody),
+        (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn streams(
     State(state): State<AppState>,
-    Authed(_caller): Authed,
+    Authed(caller): Authed,
 ) -> Result<Json<Vec<StreamView>>, AppError> {
+    // A key sees its roles' command streams; the shared streams only with every role.
+    let all = caller.roles == Scope::All;
     let streams = state.bus().overview().await?;
-    Ok(Json(streams.into_iter().map(StreamView::from).collect()))
+    Ok(Json(
+        streams
+            .into_iter()
+            .filter(|s| s.role.as_deref().map_or(all, |r| caller.roles.allows(r)))
+            .map(StreamView::from)
+            .collect(),
+    ))
 }
 
 /// Any path that is not a route.

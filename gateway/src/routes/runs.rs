@@ -66,10 +66,12 @@ async fn ask(
     command: Command,
     refused: impl FnOnce(String) -> AppError,
 ) -> Result<Value, AppError> {
-    let result = state
-        .bus()
-        .call(ORCHESTRATOR_ROLE, command, ANSWER_WITHIN)
-        .await?
+    // Answers come on the result stream, through the gateway's one follower of it.
+    let waiter = state.replies().register(command.envelope.id);
+    state.bus().publish(ORCHESTRATOR_ROLE, &command).await?;
+    let result = waiter
+        .wait(ANSWER_WITHIN)
+        .await
         .ok_or_else(|| AppError::Unavailable("the orchestrator did not answer in time".into()))?;
     match (result.status, result.failure) {
         (Status::Completed, _) => Ok(result.envelope.data.value),
@@ -143,10 +145,13 @@ pub async fn start(
     command.envelope.id = id;
     match ask(&state, command, AppError::Invalid).await {
         Ok(run) => Ok((StatusCode::CREATED, Json(RunView { run }))),
-        Err(e) => {
+        // Refused for good: a retry with the same key may try again. (After a timeout the
+        // start may still happen, so the key keeps pointing at it.)
+        Err(e @ AppError::Invalid(_)) => {
             forget_idempotency(&state, &caller.name, "run", &headers).await;
             Err(e)
         }
+        Err(e) => Err(e),
     }
 }
 
@@ -154,7 +159,7 @@ pub async fn start(
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "runs",
     params(("id" = Uuid, Path, description = "The run id")),
-    responses((status = 200, body = RunView), (status = 401, body = ErrorBody),
+    responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -175,7 +180,7 @@ pub async fn show(
     params(("id" = Uuid, Path, description = "The run id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "text/event-stream of the run's events", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))
 )]
@@ -185,15 +190,22 @@ pub async fn events(
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    visible_run(&state, &caller, id).await?;
-    sse::respond(&state, &headers, Filter::Run(id)).await
+    let run = visible_run(&state, &caller, id).await?;
+    let ended = run["status"].as_str() != Some("running");
+    sse::respond(
+        &state,
+        &headers,
+        Filter::Run(id, caller.roles.clone()),
+        ended,
+    )
+    .await
 }
 
 /// Cancels a run and its running commands (409 when it is already over).
 #[utoipa::path(
     post, path = "/v1/runs/{id}/cancel", tag = "runs",
     params(("id" = Uuid, Path, description = "The run id")),
-    responses((status = 200, body = RunView), (status = 401, body = ErrorBody),
+    responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))
@@ -217,7 +229,7 @@ pub async fn cancel(
 #[utoipa::path(
     post, path = "/v1/runs/{id}/approve", tag = "runs", request_body = Decision,
     params(("id" = Uuid, Path, description = "The run id")),
-    responses((status = 200, body = RunView), (status = 401, body = ErrorBody),
+    responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []))

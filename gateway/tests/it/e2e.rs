@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::stack::{Stack, read_sse};
+use crate::stack::{Stack, read_sse, read_sse_to_end};
 
 fn ended_with(kind: &'static str) -> impl Fn(&[crate::stack::Sse]) -> bool {
     move |events| events.last().is_some_and(|e| e.event == kind)
@@ -74,6 +74,14 @@ async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
         .filter_map(|e| e.data["data"]["chunk"].as_str())
         .collect();
     assert_eq!(chunks, ["Once", " upon", " a time"]);
+    // The command is over: a new stream sends what there is and closes, and one resumed
+    // after the last event (as a browser reconnects) closes at once.
+    let path = format!("/v1/commands/{id}/events");
+    let replay = read_sse_to_end(stack.get(0, &path)).await;
+    assert_eq!(replay.last().unwrap().event, "mindbus.command.completed");
+    let last = replay.last().unwrap().id.clone();
+    let resumed = read_sse_to_end(stack.get(1, &path).header("last-event-id", last)).await;
+    assert!(resumed.is_empty(), "{resumed:?}");
     let shown: Value = stack
         .get(0, &format!("/v1/commands/{id}"))
         .send()

@@ -145,6 +145,17 @@ pub async fn read_sse(request: reqwest::RequestBuilder, done: impl Fn(&[Sse]) ->
     out
 }
 
+/// Reads events from `request` until the server closes the stream.
+pub async fn read_sse_to_end(request: reqwest::RequestBuilder) -> Vec<Sse> {
+    let response = request.send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .expect("the stream of something that ended closes")
+        .unwrap();
+    text.split("\n\n").filter_map(parse).collect()
+}
+
 fn parse(block: &str) -> Option<Sse> {
     let field = |name: &str| {
         block

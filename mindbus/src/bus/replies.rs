@@ -12,19 +12,24 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-type Waiting = Mutex<HashMap<Uuid, oneshot::Sender<CommandResult>>>;
+/// Every registration waiting for one command id (several requests may wait for the same
+/// command), by token.
+type Waiting = Mutex<HashMap<Uuid, Vec<(u64, oneshot::Sender<CommandResult>)>>>;
 
 /// Requests waiting for results, by command id.
 #[derive(Debug, Default)]
 pub struct Replies {
     waiting: Waiting,
+    tokens: std::sync::atomic::AtomicU64,
 }
 
 /// One registered wait; dropping it forgets the registration.
 #[derive(Debug)]
+#[must_use = "a waiter registered and dropped waits for nothing"]
 pub struct Waiter {
     replies: Arc<Replies>,
     id: Uuid,
+    token: u64,
     rx: Option<oneshot::Receiver<CommandResult>>,
 }
 
@@ -42,24 +47,29 @@ impl Replies {
     /// cannot come first.
     pub fn register(self: &Arc<Self>, id: Uuid) -> Waiter {
         let (tx, rx) = oneshot::channel();
+        let token = self
+            .tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.insert(id, tx);
+            waiting.entry(id).or_default().push((token, tx));
         }
         Waiter {
             replies: Arc::clone(self),
             id,
+            token,
             rx: Some(rx),
         }
     }
 
     fn deliver(&self, result: CommandResult) {
-        let waiter = self
+        let waiters = self
             .waiting
             .lock()
             .ok()
-            .and_then(|mut w| w.remove(&result.correlationid));
-        if let Some(tx) = waiter {
-            let _ = tx.send(result);
+            .and_then(|mut w| w.remove(&result.correlationid))
+            .unwrap_or_default();
+        for (_, tx) in waiters {
+            let _ = tx.send(result.clone());
         }
     }
 }
@@ -74,8 +84,13 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if let Ok(mut waiting) = self.replies.waiting.lock() {
-            waiting.remove(&self.id);
+        if let Ok(mut waiting) = self.replies.waiting.lock()
+            && let Some(list) = waiting.get_mut(&self.id)
+        {
+            list.retain(|(token, _)| *token != self.token);
+            if list.is_empty() {
+                waiting.remove(&self.id);
+            }
         }
     }
 }
@@ -111,5 +126,29 @@ async fn follow(replies: Arc<Replies>, bus: Bus, mut follower: Follower, stop: C
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Payload, Status};
+
+    #[tokio::test]
+    async fn every_waiter_of_an_id_gets_the_result_and_a_dropped_one_takes_none_away() {
+        let replies = Arc::new(Replies::default());
+        let id = Uuid::now_v7();
+        let (first, second) = (replies.register(id), replies.register(id));
+        drop(replies.register(id));
+        replies.deliver(CommandResult::new(
+            id,
+            Status::Completed,
+            "t",
+            Payload::json(serde_json::Value::Null),
+        ));
+        let wait = Duration::from_millis(100);
+        assert!(first.wait(wait).await.is_some());
+        assert!(second.wait(wait).await.is_some());
+        assert!(replies.waiting.lock().unwrap().is_empty());
     }
 }
