@@ -25,6 +25,35 @@ pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// A MindBus binary built beside the running one, on `redis_url` and `prefix`, quiet, with
+/// `env` set; killed when dropped.
+pub fn spawn_sibling(
+    name: &str,
+    args: &[&str],
+    redis_url: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> std::io::Result<tokio::process::Child> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    tokio::process::Command::new(&path)
+        .args(args)
+        .args(["--prefix", prefix, "--redis-url", redis_url])
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "starting {} (build the workspace's binaries first): {e}",
+                    path.display()
+                ),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

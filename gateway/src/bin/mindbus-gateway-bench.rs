@@ -3,7 +3,6 @@
 //! way the gateway awaits them (one follower of the result stream for all waits), in one
 //! run, against the same echo agent: the difference is the gateway's own cost.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -105,22 +104,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn spawn(name: &str, extra: &[&str], args: &Args, prefix: &str) -> anyhow::Result<Child> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    tokio::process::Command::new(&path)
-        .args(extra)
-        .args(["--prefix", prefix, "--redis-url", &args.redis_url])
-        .env("MINDBUS_GATEWAY_API_KEY", KEY)
-        .env("MINDBUS_AGENT__CONCURRENCY", "256")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build the workspace's binaries first)",
-                path.display()
-            )
-        })
+    let env = &[
+        ("MINDBUS_GATEWAY_API_KEY", KEY),
+        ("MINDBUS_AGENT__CONCURRENCY", "256"),
+    ];
+    Ok(mindbus::bench::spawn_sibling(
+        name,
+        extra,
+        &args.redis_url,
+        prefix,
+        env,
+    )?)
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {

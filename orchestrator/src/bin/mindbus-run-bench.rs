@@ -3,7 +3,6 @@
 //! commands straight to the same agent (each waiting for the last one's result), in one run.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -85,22 +84,17 @@ fn tempdir_with_chain(steps: usize) -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn spawn(name: &str, extra: &[&str], args: &Args, prefix: &str) -> anyhow::Result<Child> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    tokio::process::Command::new(&path)
-        .args(extra)
-        .args(["--prefix", prefix, "--redis-url", &args.redis_url])
-        .env("DATABASE_URL", &args.database_url)
-        .env("MINDBUS_AGENT__CONCURRENCY", "512")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build the workspace's binaries first)",
-                path.display()
-            )
-        })
+    let env = &[
+        ("DATABASE_URL", args.database_url.as_str()),
+        ("MINDBUS_AGENT__CONCURRENCY", "512"),
+    ];
+    Ok(mindbus::bench::spawn_sibling(
+        name,
+        extra,
+        &args.redis_url,
+        prefix,
+        env,
+    )?)
 }
 
 /// Waits until the orchestrator answers (its migrations applied).
