@@ -10,7 +10,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::ADMIN;
-use crate::testenv::{TestDb, delete_prefix, redis_url, spawn_echo, unique};
+use crate::testenv::{TestDb, delete_prefix, eventually, redis_url, spawn_echo, unique};
 
 pub struct Stack {
     pub gateways: Vec<String>,
@@ -79,15 +79,12 @@ impl Stack {
     }
 
     async fn wait_ready(&self, base: &str) {
-        for _ in 0..200 {
-            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{base} did not become ready");
+        let what = format!("{base} did not become ready");
+        eventually(Duration::from_secs(10), &what, || async {
+            let response = self.http.get(format!("{base}/readyz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
     }
 
     pub fn post(&self, gateway: usize, path: &str) -> reqwest::RequestBuilder {

@@ -74,6 +74,24 @@ impl Drop for TestDb {
     }
 }
 
+/// Polls `check` (every 50 ms) until it yields a value, and returns it; fails the test
+/// with `what` when `timeout` passes first. For state that has no notification to wait on
+/// (a row in Postgres, a port that starts answering).
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Deletes every key under `prefix` (a test's own) from the shared Redis.
 pub fn delete_prefix(prefix: &str) {
     let Ok(client) = redis::Client::open(redis_url()) else {

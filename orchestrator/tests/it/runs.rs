@@ -250,23 +250,20 @@ async fn the_cli_runs_a_workflow_and_shows_it() {
         .output()
         .expect("redis-cli is installed");
     assert!(xadd.status.success(), "{xadd:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = orch
-            .cli()
-            .args(["runs", "list", "--status", "completed"])
-            .output()
-            .unwrap();
-        let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-        if listed["runs"].as_array().unwrap().len() == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the redis-cli run did not complete"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::testenv::eventually(
+        Duration::from_secs(20),
+        "the redis-cli run did not complete",
+        || async {
+            let list = orch
+                .cli()
+                .args(["runs", "list", "--status", "completed"])
+                .output()
+                .unwrap();
+            let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+            (listed["runs"].as_array().unwrap().len() == 2).then_some(())
+        },
+    )
+    .await;
     let unknown = orch.cli().args(["run", "nope"]).output().unwrap();
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no workflow `nope`; known: sample"));

@@ -11,11 +11,10 @@ use mindbus::wire::{Command, CommandResult, ORCHESTRATOR_ROLE, Payload, RunComma
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::process::Child;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::testenv::{TestDb, delete_prefix, redis_url, unique};
+use crate::testenv::{TestDb, delete_prefix, eventually, redis_url, unique};
 
 /// How a run ended, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,26 +150,15 @@ impl Orch {
 
     /// Waits until every run in `runs` ended, and returns how.
     pub async fn wait_ended(&self, runs: &[Uuid], timeout: Duration) -> Vec<Ended> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut ended = Vec::new();
+        let what = format!("not all of {} runs ended", runs.len());
+        eventually(timeout, &what, || async {
+            let mut ended = Vec::with_capacity(runs.len());
             for run in runs {
-                match self.ended(*run).await {
-                    Some(end) => ended.push(end),
-                    None => break,
-                }
+                ended.push(self.ended(*run).await?);
             }
-            if ended.len() == runs.len() {
-                return ended;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {} runs ended",
-                ended.len(),
-                runs.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Some(ended)
+        })
+        .await
     }
 
     /// Waits until the orchestrator has stored a run.
@@ -187,20 +175,16 @@ impl Orch {
 
     /// Waits until `sql` (with `run` as `$1`) returns an id.
     async fn wait_row(&self, sql: &str, run: Uuid, failure: &str) -> Uuid {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found: Option<Uuid> = sqlx::query_scalar(sql)
+        let what = format!("run {run} {failure}");
+        eventually(Duration::from_secs(20), &what, || async {
+            sqlx::query_scalar(sql)
                 .bind(run)
                 .fetch_optional(&self.pool)
                 .await
                 .ok()
-                .flatten();
-            if let Some(id) = found {
-                return id;
-            }
-            assert!(Instant::now() < deadline, "run {run} {failure}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .flatten()
+        })
+        .await
     }
 
     /// Waits for the result of a command on the result stream.
