@@ -173,14 +173,7 @@ async fn stored_result(state: &AppState, id: Uuid) -> Result<Option<CommandResul
         .arg(1)
         .query_async(&mut state.bus().connection())
         .await?;
-    let wrapped = redis::Value::Array(vec![redis::Value::Array(vec![
-        redis::Value::BulkString(reply.clone().into_bytes()),
-        value,
-    ])]);
-    let entry = mindbus::streams::parse_read(wrapped)?
-        .into_iter()
-        .flat_map(|(_, e)| e)
-        .next();
+    let entry = mindbus::streams::parse_range(value)?.into_iter().next();
     let Some(entry) = entry else { return Ok(None) };
     let Some(fields) = entry.fields else {
         return Ok(None);

@@ -6,7 +6,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::Bus;
 use crate::Error;
-use crate::streams::{StreamEntry, parse_read};
+use crate::streams::{StreamEntry, parse_range, parse_read};
 use crate::wire::EntryId;
 
 /// Reads new entries from a set of streams, remembering where it stands in each.
@@ -118,13 +118,5 @@ async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<Entry
         .arg(1)
         .query_async(conn)
         .await?;
-    let wrapped = redis::Value::Array(vec![redis::Value::Array(vec![
-        redis::Value::BulkString(stream.as_bytes().to_vec()),
-        newest,
-    ])]);
-    Ok(parse_read(wrapped)?
-        .into_iter()
-        .flat_map(|(_, e)| e)
-        .next()
-        .map_or(EntryId::ZERO, |e| e.id))
+    Ok(parse_range(newest)?.first().map_or(EntryId::ZERO, |e| e.id))
 }

@@ -12,7 +12,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, RedisError};
 use secrecy::{ExposeSecret, SecretString};
 
-pub use reply::{StreamEntry, parse_autoclaim, parse_pending, parse_read};
+pub use reply::{StreamEntry, parse_autoclaim, parse_pending, parse_range, parse_read};
 
 use crate::Error;
 

@@ -82,6 +82,11 @@ fn entries(value: Value) -> Result<Vec<StreamEntry>, Error> {
         .collect()
 }
 
+/// Parses an `XRANGE`/`XREVRANGE` reply: the entries of one stream.
+pub fn parse_range(value: Value) -> Result<Vec<StreamEntry>, Error> {
+    entries(value)
+}
+
 /// Parses an `XREAD`/`XREADGROUP` reply into `(stream, entries)` pairs; a timeout is empty.
 pub fn parse_read(value: Value) -> Result<Vec<(String, Vec<StreamEntry>)>, Error> {
     let streams: Vec<(Value, Value)> = match value {

@@ -81,7 +81,8 @@ fn all_steps(workflow: &Workflow, state: &RunState) -> Vec<Step> {
 /// What the orchestrator must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Send one command for `step` (its fan-out `item`, its loop `round`).
+    /// Send one command for `step` (its fan-out `item`, its loop `round`), with the step's
+    /// per-command timeout and deliveries.
     Dispatch {
         step: String,
         item: usize,
@@ -89,6 +90,8 @@ pub enum Action {
         role: String,
         command_type: String,
         input: Value,
+        timeout_ms: Option<u64>,
+        maxattempts: Option<u32>,
     },
     /// Wait for an approve or reject of `step`, at most `timeout_ms`.
     AwaitApproval { step: String, timeout_ms: u64 },

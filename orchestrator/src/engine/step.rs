@@ -190,6 +190,8 @@ fn dispatch(step: &Step, state: &mut RunState, round: u32) -> Vec<Action> {
                 role: step.role.clone().unwrap_or_default(),
                 command_type: step.command_type(),
                 input,
+                timeout_ms: step.timeout_ms,
+                maxattempts: step.maxattempts,
             }),
             Err(e) => return fail(state, step, format!("input: {e}")),
         }

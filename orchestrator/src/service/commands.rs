@@ -111,11 +111,8 @@ impl Orchestrator {
         };
         let (state, actions) =
             engine::start(&workflow, start.input).map_err(HandlerError::fatal)?;
-        let now = jiff::Timestamp::now().as_millisecond();
         let deadline_ms = [
-            workflow
-                .deadline_ms
-                .map(|d| now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX))),
+            workflow.deadline_ms.map(super::millis_from_now),
             command.deadline.map(|d| d.as_millisecond()),
         ]
         .into_iter()

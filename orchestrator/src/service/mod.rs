@@ -36,6 +36,13 @@ use crate::store;
 /// The `source` of every entry the orchestrator writes.
 const SOURCE: &str = "urn:mindbus:orchestrator";
 
+/// Unix milliseconds `ms` from now, saturating (a timeout may come from a result's data).
+pub(crate) fn millis_from_now(ms: u64) -> i64 {
+    jiff::Timestamp::now()
+        .as_millisecond()
+        .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 /// What every part of one orchestrator process shares.
 #[derive(Debug)]
 pub(crate) struct Orchestrator {

@@ -7,9 +7,9 @@ use mindbus::wire::{RunEventKind, RunStatus, Status};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Orchestrator;
 use super::publish::{cancel_entry, command_entry, event_entry};
 use super::timers::Timer;
+use super::{Orchestrator, millis_from_now};
 use crate::engine::{self, Action, Event, RunState, StepState};
 use crate::store::{self, CommandRow, OutboxEntry, RunRow, Tx};
 use crate::workflow::Workflow;
@@ -152,8 +152,6 @@ impl Orchestrator {
         before: &RunState,
         actions: Vec<Action>,
     ) -> anyhow::Result<()> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let after = |ms: u64| now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
         for action in actions {
             match action {
                 Action::Dispatch {
@@ -163,16 +161,10 @@ impl Orchestrator {
                     role,
                     command_type,
                     input,
+                    timeout_ms,
+                    maxattempts,
                 } => {
-                    let workflow = self.catalog.definition(&run.workflow, &run.definition)?;
-                    let timeout = workflow
-                        .steps
-                        .iter()
-                        .chain(run.state.added.iter().map(|a| &a.step))
-                        .find(|s| s.id == step)
-                        .map(|s| (s.timeout_ms, s.maxattempts));
-                    let (timeout_ms, maxattempts) = timeout.unwrap_or((None, None));
-                    let deadline = [timeout_ms.map(after), run.deadline_ms]
+                    let deadline = [timeout_ms.map(millis_from_now), run.deadline_ms]
                         .into_iter()
                         .flatten()
                         .min();
@@ -197,7 +189,7 @@ impl Orchestrator {
                     fx.out.push(store::push(fx.tx, entry).await?);
                 }
                 Action::AwaitApproval { step, timeout_ms } => {
-                    let due = after(timeout_ms);
+                    let due = millis_from_now(timeout_ms);
                     store::set_timer(fx.tx, run.id, Timer::Approval.as_str(), &step, due).await?;
                 }
                 Action::Complete { output } => {
