@@ -4,28 +4,38 @@
 //! # Layout
 //! - [`echo`]: the built-in `echo` role, which answers with what it was sent and can be told
 //!   to sleep, fail or panic, so tests and benchmarks drive every path of the runtime.
+//! - [`llm`]: every other role: an LLM role configured in `config/agents.yaml` (writer,
+//!   critic, editor, and any a user adds there).
 //!
 //! # Invariant
-//! An agent talks to nothing but its Redis streams.
+//! An agent talks to nothing but its Redis streams and, for an LLM role, its model
+//! providers.
 
 pub mod echo;
+pub mod llm;
+
+use std::path::Path;
 
 use mindbus::config::Config;
 use mindbus::runtime::Agent;
 use tokio_util::sync::CancellationToken;
 
-/// The roles this binary has built in.
-pub const BUILT_IN_ROLES: &[&str] = &["echo"];
-
-/// Serves `role` until `shutdown` fires.
-pub async fn run(config: &Config, role: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let agent = Agent::new(&config.redis, role, config.agent.clone())?;
-    match role {
-        "echo" => agent.run(echo::Echo, shutdown).await?,
-        other => anyhow::bail!(
-            "no built-in role `{other}` (built in: {})",
-            BUILT_IN_ROLES.join(", ")
-        ),
+/// Serves `role` until `shutdown` fires: `echo` is built in; any other role is looked up in
+/// the LLM config `llm_config`. `concurrency` overrides the configured one.
+pub async fn run(
+    config: &Config,
+    role: &str,
+    llm_config: &Path,
+    concurrency: Option<usize>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if role == "echo" {
+        let mut agent_config = config.agent.clone();
+        agent_config.concurrency = concurrency.unwrap_or(agent_config.concurrency).max(1);
+        Agent::new(&config.redis, role, agent_config)?
+            .run(echo::Echo, shutdown)
+            .await?;
+        return Ok(());
     }
-    Ok(())
+    llm::serve(config, llm_config, role, concurrency, shutdown).await
 }

@@ -12,12 +12,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The role to serve (built in: echo).
+    /// The role to serve: `echo`, or an LLM role of the LLM config (writer, critic, editor).
     #[arg(long, env = "MINDBUS_ROLE")]
     role: String,
+    /// The LLM roles' configuration.
+    #[arg(long, env = "MINDBUS_LLM_CONFIG", default_value = "config/agents.yaml")]
+    llm_config: std::path::PathBuf,
     #[command(flatten)]
     connect: mindbus::config::ConnectArgs,
-    /// Commands handled at once.
+    /// Commands handled at once (default: the role's `concurrency`, or agent.concurrency).
     #[arg(long, env = "MINDBUS_CONCURRENCY")]
     concurrency: Option<usize>,
     /// Idle time in ms before another consumer reclaims a command.
@@ -54,13 +57,18 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = args.connect.load().context("loading configuration")?;
     let agent = &mut config.agent;
-    agent.concurrency = args.concurrency.unwrap_or(agent.concurrency).max(1);
     agent.lease_ms = args.lease_ms.unwrap_or(agent.lease_ms);
     agent.maxattempts = args.maxattempts.unwrap_or(agent.maxattempts).max(1);
     agent.shutdown_grace_ms = args.shutdown_grace_ms.unwrap_or(agent.shutdown_grace_ms);
     mindbus::telemetry::init(&config.log);
     let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
-    mindbus_agents::run(&config, &args.role, shutdown)
-        .await
-        .context("running the agent")
+    mindbus_agents::run(
+        &config,
+        &args.role,
+        &args.llm_config,
+        args.concurrency,
+        shutdown,
+    )
+    .await
+    .context("running the agent")
 }

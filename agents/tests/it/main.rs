@@ -4,8 +4,10 @@
 mod support;
 
 mod crash;
+mod fakes;
 mod languages;
 mod lifecycle;
+mod llm;
 mod poison;
 mod restart;
 mod round_trip;

@@ -42,7 +42,15 @@ impl Context {
 
     /// Publishes a `mindbus.command.progress` event (for example a chunk of streamed text).
     pub async fn progress(&self, data: Value) {
-        self.progress.send(&self.command, self.attempt, data).await;
+        self.emit(EventKind::Progress, data).await;
+    }
+
+    /// Publishes an event of `kind` about this command (progress, LLM usage), in order
+    /// with its other events.
+    pub async fn emit(&self, kind: EventKind, data: Value) {
+        self.progress
+            .send(kind, &self.command, self.attempt, data)
+            .await;
     }
 }
 
@@ -55,15 +63,8 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    async fn send(&self, command: &Command, attempt: u32, data: Value) {
-        let event = super::outcome::event(
-            EventKind::Progress,
-            &self.source,
-            &self.role,
-            command,
-            attempt,
-            data,
-        );
+    async fn send(&self, kind: EventKind, command: &Command, attempt: u32, data: Value) {
+        let event = super::outcome::event(kind, &self.source, &self.role, command, attempt, data);
         if let Ok(fields) = event.encode() {
             let _ = self.writes.send(Write::Event(fields)).await;
         }

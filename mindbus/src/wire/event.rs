@@ -30,9 +30,11 @@ pub enum EventKind {
     DeadLettered,
     /// A second run of an already answered command finished; its result was dropped.
     Duplicate,
+    /// A model call's tokens, cost, latency and whether the cache answered it.
+    LlmUsage,
 }
 
-const KINDS: [(EventKind, &str); 9] = [
+const KINDS: [(EventKind, &str); 10] = [
     (EventKind::Received, "mindbus.command.received"),
     (EventKind::Started, "mindbus.command.started"),
     (EventKind::Progress, "mindbus.command.progress"),
@@ -42,6 +44,7 @@ const KINDS: [(EventKind, &str); 9] = [
     (EventKind::Canceled, "mindbus.command.canceled"),
     (EventKind::DeadLettered, "mindbus.command.deadlettered"),
     (EventKind::Duplicate, "mindbus.command.duplicate"),
+    (EventKind::LlmUsage, "mindbus.llm.usage"),
 ];
 
 impl EventKind {

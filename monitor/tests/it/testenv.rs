@@ -112,13 +112,17 @@ pub fn delete_prefix(prefix: &str) {
 /// Starts an echo agent in this process (the real runtime, only not a separate binary),
 /// stopped when `stop` fires.
 pub fn spawn_echo(prefix: &str, concurrency: usize, stop: tokio_util::sync::CancellationToken) {
-    let mut config = mindbus::config::Config {
+    let config = mindbus::config::Config {
         redis: mindbus::config::RedisConfig {
             url: redis_url().into(),
             prefix: prefix.to_owned(),
         },
         ..Default::default()
     };
-    config.agent.concurrency = concurrency;
-    tokio::spawn(async move { mindbus_agents::run(&config, "echo", stop).await.unwrap() });
+    tokio::spawn(async move {
+        let unused = std::path::Path::new("");
+        mindbus_agents::run(&config, "echo", unused, Some(concurrency), stop)
+            .await
+            .unwrap()
+    });
 }

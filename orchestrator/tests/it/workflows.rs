@@ -8,14 +8,17 @@ use serde_json::json;
 
 const ROLES: &[&str] = &["echo"];
 
+/// The roles the shipped config serves.
+const SHIPPED_ROLES: &[&str] = &["echo", "writer", "critic", "editor"];
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 #[test]
 fn the_shipped_workflows_load() {
-    let workflows =
-        workflow::load_dir(&root().join("config/workflows"), ROLES).unwrap_or_else(|errors| {
+    let workflows = workflow::load_dir(&root().join("config/workflows"), SHIPPED_ROLES)
+        .unwrap_or_else(|errors| {
             panic!(
                 "{}",
                 errors
@@ -26,6 +29,7 @@ fn the_shipped_workflows_load() {
             )
         });
     assert!(workflows.iter().any(|w| w.workflow.name == "sample"));
+    assert!(workflows.iter().any(|w| w.workflow.name == "article"));
 }
 
 #[test]

@@ -1,0 +1,291 @@
+//! One model call, written once for every provider: budget check, shared rate limit,
+//! a streamed answer, retries that honour `Retry-After`, and fallback to the next model.
+
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder as _;
+use futures::StreamExt as _;
+use genai::chat::{
+    ChatMessage, ChatOptions, ChatRequest, ChatResponseFormat, ChatStreamEvent, JsonSpec,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::config::LlmConfig;
+use super::failure::{Failure, classify};
+use super::limits::Limiter;
+use super::models::{ModelRef, Provider, Target};
+use super::spend::{BudgetError, Ledger, Payer, Usage};
+
+/// What to ask.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    /// The system prompt.
+    pub system: String,
+    /// The user message.
+    pub user: String,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Most answer tokens.
+    pub max_tokens: u32,
+    /// A JSON Schema the answer must follow, passed to providers that can constrain it.
+    pub schema: Option<Value>,
+}
+
+/// A model's answer and what it cost.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The whole text.
+    pub text: String,
+    /// The model that answered.
+    pub model: ModelRef,
+    /// Tokens and cost.
+    pub usage: Usage,
+    /// Whether the provider did not report tokens and they were estimated (4 chars each).
+    pub estimated: bool,
+    /// From the request to the last token.
+    pub latency: Duration,
+}
+
+/// Why no model answered.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// A budget is spent; nothing was called.
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// The command was cancelled (the call was aborted).
+    #[error("cancelled")]
+    Canceled,
+    /// Every model failed, or one failed in a way no other model would fix.
+    #[error("{0}")]
+    Failed(String),
+    /// Redis could not be reached for limits or budgets.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Receives the answer's text as it streams.
+pub trait Chunks: Send + Sync {
+    /// One piece of text from `model`.
+    fn chunk(&self, model: &ModelRef, text: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// The provider-agnostic caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    client: genai::Client,
+    limiter: Limiter,
+    ledger: Ledger,
+}
+
+impl Caller {
+    /// A caller that limits through `limiter` and spends through `ledger`.
+    pub fn new(limiter: Limiter, ledger: Ledger) -> Result<Self, genai::Error> {
+        Ok(Self {
+            client: genai::Client::new()?,
+            limiter,
+            ledger,
+        })
+    }
+
+    /// The ledger calls are recorded in.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Asks `models` in order until one answers; each is retried while its failure may pass.
+    pub async fn call(
+        &self,
+        config: &LlmConfig,
+        models: &[ModelRef],
+        prompt: &Prompt,
+        payer: &Payer,
+        chunks: &impl Chunks,
+        cancel: &CancellationToken,
+    ) -> Result<Answer, CallError> {
+        let mut tried = Vec::new();
+        for model in models {
+            let target = match Target::resolve(model, config.providers.get(&model.provider)) {
+                Ok(target) => target,
+                Err(why) => {
+                    tried.push(why);
+                    continue;
+                }
+            };
+            match self
+                .call_model(config, model, &target, prompt, payer, chunks, cancel)
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(Attempted::Stop(e)) => return Err(e),
+                Err(Attempted::Next(failure)) => {
+                    warn!(%model, failure = %failure.describe(), "falling back to the next model");
+                    tried.push(format!("{model}: {}", failure.describe()));
+                }
+            }
+        }
+        Err(CallError::Failed(format!(
+            "no model answered: {}",
+            tried.join("; ")
+        )))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_model(
+        &self,
+        config: &LlmConfig,
+        model: &ModelRef,
+        target: &Target,
+        prompt: &Prompt,
+        payer: &Payer,
+        chunks: &impl Chunks,
+        cancel: &CancellationToken,
+    ) -> Result<Answer, Attempted> {
+        let retry = config.retry;
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(retry.base_ms))
+            .with_max_delay(Duration::from_millis(retry.max_ms))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let estimate =
+            (prompt.system.len() + prompt.user.len()) as u64 / 4 + u64::from(prompt.max_tokens);
+        for attempt in 1..=retry.attempts.max(1) {
+            self.ledger
+                .check(&config.budgets, payer)
+                .await
+                .map_err(|e| match e {
+                    BudgetError::Exceeded(why) => Attempted::Stop(CallError::BudgetExceeded(why)),
+                    BudgetError::Redis(e) => Attempted::Stop(e.into()),
+                })?;
+            let admitted = self
+                .limiter
+                .acquire(config, model, estimate, cancel)
+                .await
+                .map_err(|e| Attempted::Stop(e.into()))?;
+            if !admitted {
+                return Err(Attempted::Stop(CallError::Canceled));
+            }
+            let failure = match self
+                .stream(config, model, target, prompt, chunks, cancel)
+                .await
+            {
+                Ok(answer) => {
+                    self.ledger
+                        .record(payer, answer.usage)
+                        .await
+                        .map_err(|e| Attempted::Stop(e.into()))?;
+                    return Ok(answer);
+                }
+                Err(Streamed::Canceled) => return Err(Attempted::Stop(CallError::Canceled)),
+                Err(Streamed::Failed(failure)) => failure,
+            };
+            match &failure {
+                Failure::Fatal(why) => {
+                    return Err(Attempted::Stop(CallError::Failed(format!(
+                        "{model}: {why}"
+                    ))));
+                }
+                f if !f.retry_same_model() || attempt == retry.attempts => {
+                    return Err(Attempted::Next(failure));
+                }
+                _ => {}
+            }
+            let delay = match &failure {
+                Failure::RateLimited(Some(after)) => *after,
+                _ => delays.next().unwrap_or_default(),
+            };
+            if delay > Duration::from_millis(retry.max_ms) {
+                return Err(Attempted::Next(failure));
+            }
+            info!(%model, attempt, delay_ms = delay.as_millis() as u64, failure = %failure.describe(), "retrying the model");
+            tokio::select! {
+                () = cancel.cancelled() => return Err(Attempted::Stop(CallError::Canceled)),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        Err(Attempted::Next(Failure::Unavailable("no attempts".into())))
+    }
+
+    async fn stream(
+        &self,
+        config: &LlmConfig,
+        model: &ModelRef,
+        target: &Target,
+        prompt: &Prompt,
+        chunks: &impl Chunks,
+        cancel: &CancellationToken,
+    ) -> Result<Answer, Streamed> {
+        let started = Instant::now();
+        let request = ChatRequest::new(vec![ChatMessage::user(prompt.user.clone())])
+            .with_system(prompt.system.clone());
+        let mut options = ChatOptions::default()
+            .with_temperature(prompt.temperature)
+            .with_max_tokens(prompt.max_tokens)
+            .with_capture_usage(true);
+        options = match (&prompt.schema, model.provider) {
+            (None, _) => options,
+            // llama.cpp's server (and Ollama's) constrain output with `json_object` and a
+            // `schema`; they refuse OpenAI's `json_schema` form.
+            (Some(schema), Provider::Local) => options.with_extra_body(serde_json::json!({
+                "response_format": { "type": "json_object", "schema": schema }
+            })),
+            (Some(schema), _) => options.with_response_format(ChatResponseFormat::JsonSpec(
+                JsonSpec::new("answer", schema.clone()),
+            )),
+        };
+        let service = target.service_target(model);
+        let response = tokio::select! {
+            () = cancel.cancelled() => return Err(Streamed::Canceled),
+            response = self.client.exec_chat_stream(service, request, Some(&options)) => response,
+        };
+        let mut stream = response.map_err(|e| Streamed::Failed(classify(&e)))?.stream;
+        let mut text = String::new();
+        let mut reported = None;
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return Err(Streamed::Canceled),
+                event = stream.next() => event,
+            };
+            match event {
+                None => break,
+                Some(Err(e)) => return Err(Streamed::Failed(classify(&e))),
+                Some(Ok(ChatStreamEvent::Chunk(chunk))) => {
+                    text.push_str(&chunk.content);
+                    chunks.chunk(model, &chunk.content).await;
+                }
+                Some(Ok(ChatStreamEvent::End(end))) => reported = end.captured_usage,
+                Some(Ok(_)) => {}
+            }
+        }
+        let tokens = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok());
+        let reported_in = reported.as_ref().and_then(|u| tokens(u.prompt_tokens));
+        let reported_out = reported.as_ref().and_then(|u| tokens(u.completion_tokens));
+        let tokens_in = reported_in.unwrap_or((prompt.system.len() + prompt.user.len()) as u64 / 4);
+        let tokens_out = reported_out.unwrap_or(text.len() as u64 / 4);
+        Ok(Answer {
+            usage: Usage {
+                tokens_in,
+                tokens_out,
+                cost_micros: config.price(model).cost_micros(tokens_in, tokens_out),
+            },
+            estimated: reported_in.is_none() || reported_out.is_none(),
+            text,
+            model: model.clone(),
+            latency: started.elapsed(),
+        })
+    }
+}
+
+enum Attempted {
+    /// Try the next model.
+    Next(Failure),
+    /// Give up on every model.
+    Stop(CallError),
+}
+
+enum Streamed {
+    Canceled,
+    Failed(Failure),
+}

@@ -1,0 +1,306 @@
+//! An LLM role as an agent [`Handler`]: renders its prompts from the command's data, asks
+//! its models through the [`Caller`], checks JSON answers against the role's schema, and
+//! reports every call's usage as a `mindbus.llm.usage` event.
+
+use std::sync::Arc;
+
+use mindbus::runtime::{Context, Handler, HandlerError};
+use mindbus::wire::{ErrorType, EventKind};
+use serde_json::{Value, json};
+
+use super::cache::{Cache, Cached};
+use super::call::{Answer, CallError, Caller, Chunks, Prompt};
+use super::config::{LlmConfig, Output, RoleConfig};
+use super::models::ModelRef;
+use super::spend::{Payer, Usage};
+
+/// One configured role.
+#[derive(Debug)]
+pub struct LlmRole {
+    config: Arc<LlmConfig>,
+    role: RoleConfig,
+    models: Vec<ModelRef>,
+    caller: Caller,
+    cache: Option<Cache>,
+    templates: minijinja::Environment<'static>,
+    validator: Option<jsonschema::Validator>,
+}
+
+impl LlmRole {
+    /// The role `name` of `config`.
+    pub fn new(
+        config: Arc<LlmConfig>,
+        name: &str,
+        caller: Caller,
+        cache: Option<Cache>,
+    ) -> anyhow::Result<Self> {
+        let role = config
+            .roles
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no role `{name}` in the LLM config"))?;
+        let models = std::iter::once(&role.model)
+            .chain(&role.fallbacks)
+            .map(|m| m.parse().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<ModelRef>>>()?;
+        let mut templates = minijinja::Environment::new();
+        templates.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        templates.add_template_owned("system", role.system.clone())?;
+        templates.add_template_owned("prompt", role.prompt.clone())?;
+        let validator = match &role.output {
+            Output::Text => None,
+            Output::Json { schema, .. } => Some(jsonschema::validator_for(schema)?),
+        };
+        let cache = cache.filter(|_| role.temperature == 0.0);
+        Ok(Self {
+            config,
+            role,
+            models,
+            caller,
+            cache,
+            templates,
+            validator,
+        })
+    }
+
+    /// Commands one process handles at once.
+    pub fn concurrency(&self) -> usize {
+        self.role.concurrency
+    }
+
+    fn render(&self, name: &str, data: &Value) -> Result<String, HandlerError> {
+        self.templates
+            .get_template(name)
+            .and_then(|t| t.render(data))
+            .map_err(|e| {
+                HandlerError::fatal(format!("rendering the {name} prompt: {e}"))
+                    .with_type(ErrorType::Other("bad_input".into()))
+            })
+    }
+
+    fn prompt(&self, data: &Value) -> Result<Prompt, HandlerError> {
+        Ok(Prompt {
+            system: self.render("system", data)?,
+            user: self.render("prompt", data)?,
+            temperature: self.role.temperature,
+            max_tokens: self.role.max_tokens,
+            schema: match &self.role.output {
+                Output::Json { schema, .. } => Some(schema.clone()),
+                Output::Text => None,
+            },
+        })
+    }
+
+    /// The answer's JSON, or what is wrong with it.
+    fn check(&self, text: &str) -> Result<Option<Value>, String> {
+        let Some(validator) = &self.validator else {
+            return Ok(None);
+        };
+        let value = parse_json(text)?;
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at `{}`", e, e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(Some(value))
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    async fn ask(
+        &self,
+        ctx: &Context,
+        prompt: &Prompt,
+        payer: &Payer,
+    ) -> Result<(Answer, Option<Value>), HandlerError> {
+        let attempts = match &self.role.output {
+            Output::Json { attempts, .. } => *attempts,
+            Output::Text => 1,
+        };
+        let mut prompt = prompt.clone();
+        let original = prompt.user.clone();
+        let chunks = EventChunks(ctx);
+        let mut last = String::new();
+        for _ in 0..attempts.max(1) {
+            let answer = self
+                .caller
+                .call(
+                    &self.config,
+                    &self.models,
+                    &prompt,
+                    payer,
+                    &chunks,
+                    &ctx.cancel,
+                )
+                .await
+                .map_err(to_handler_error)?;
+            usage_event(
+                ctx,
+                &answer.model.to_string(),
+                answer.usage,
+                answer.latency.as_millis() as u64,
+                false,
+                answer.estimated,
+            )
+            .await;
+            match self.check(&answer.text) {
+                Ok(json) => return Ok((answer, json)),
+                Err(why) => {
+                    last = why;
+                    prompt.user = format!(
+                        "{original}\n\nYour last answer was not valid ({last}). Answer again with only the JSON object."
+                    );
+                }
+            }
+        }
+        Err(HandlerError::fatal(format!(
+            "the answer did not match the output schema after {attempts} calls: {last}"
+        ))
+        .with_type(ErrorType::Other("invalid_output".into())))
+    }
+}
+
+impl Handler for LlmRole {
+    async fn handle(&self, ctx: Context) -> Result<Value, HandlerError> {
+        let prompt = self.prompt(ctx.data())?;
+        let command = &ctx.command;
+        let payer = Payer {
+            run: command.runid.clone(),
+            tenant: command
+                .extensions
+                .get("tenant")
+                .cloned()
+                .unwrap_or_else(|| "default".into()),
+        };
+        let names: Vec<String> = self.models.iter().map(ToString::to_string).collect();
+        let key = self.cache.as_ref().map(|c| {
+            c.key(
+                &names,
+                &prompt.system,
+                &prompt.user,
+                prompt.max_tokens,
+                prompt.schema.as_ref(),
+            )
+        });
+        if let (Some(cache), Some(key)) = (&self.cache, &key)
+            && let Ok(Some(hit)) = cache.get(key).await
+            && let Ok(json) = self.check(&hit.text)
+        {
+            ctx.progress(json!({ "chunk": hit.text, "model": hit.model, "cached": true }))
+                .await;
+            usage_event(&ctx, &hit.model, Usage::default(), 0, true, false).await;
+            return Ok(output(&hit.text, &hit.model, Usage::default(), true, json));
+        }
+        let (answer, json) = self.ask(&ctx, &prompt, &payer).await?;
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            let cached = Cached {
+                text: answer.text.clone(),
+                model: answer.model.to_string(),
+            };
+            if let Err(e) = cache.put(key, &cached).await {
+                tracing::warn!(error = %e, "could not cache an answer");
+            }
+        }
+        Ok(output(
+            &answer.text,
+            &answer.model.to_string(),
+            answer.usage,
+            false,
+            json,
+        ))
+    }
+}
+
+/// The result's data: `text`, `model`, `usage`, `cached`, and a JSON answer's fields.
+fn output(text: &str, model: &str, usage: Usage, cached: bool, json: Option<Value>) -> Value {
+    let mut out = match json {
+        Some(Value::Object(fields)) => Value::Object(fields),
+        Some(other) => json!({ "value": other }),
+        None => json!({}),
+    };
+    out["text"] = json!(text);
+    out["model"] = json!(model);
+    out["cached"] = json!(cached);
+    out["usage"] = usage_json(usage);
+    out
+}
+
+fn usage_json(usage: Usage) -> Value {
+    json!({
+        "tokens_in": usage.tokens_in,
+        "tokens_out": usage.tokens_out,
+        "cost_micros": usage.cost_micros,
+        "cost_usd": usage.cost_micros as f64 / 1e6,
+    })
+}
+
+async fn usage_event(
+    ctx: &Context,
+    model: &str,
+    usage: Usage,
+    latency_ms: u64,
+    cachehit: bool,
+    estimated: bool,
+) {
+    let mut data = usage_json(usage);
+    data["model"] = json!(model);
+    data["latency_ms"] = json!(latency_ms);
+    data["cachehit"] = json!(cachehit);
+    data["estimated"] = json!(estimated);
+    ctx.emit(EventKind::LlmUsage, data).await;
+}
+
+/// Streams text out as `mindbus.command.progress` events `{"chunk": ..., "model": ...}`.
+struct EventChunks<'a>(&'a Context);
+
+impl Chunks for EventChunks<'_> {
+    async fn chunk(&self, model: &ModelRef, text: &str) {
+        if !text.is_empty() {
+            self.0
+                .progress(json!({ "chunk": text, "model": model.to_string() }))
+                .await;
+        }
+    }
+}
+
+fn to_handler_error(e: CallError) -> HandlerError {
+    match e {
+        CallError::BudgetExceeded(why) => {
+            HandlerError::fatal(why).with_type(ErrorType::Other("budget_exceeded".into()))
+        }
+        CallError::Canceled => HandlerError::retryable("cancelled").with_type(ErrorType::Canceled),
+        CallError::Failed(why) => {
+            HandlerError::fatal(why).with_type(ErrorType::Other("llm_error".into()))
+        }
+        CallError::Redis(e) => HandlerError::retryable(format!("redis: {e}")),
+    }
+}
+
+/// The JSON object in an answer: the whole text, or the part between the first `{` and
+/// the last `}` (small models wrap JSON in prose or code fences).
+fn parse_json(text: &str) -> Result<Value, String> {
+    if let Ok(value) = serde_json::from_str(text.trim()) {
+        return Ok(value);
+    }
+    let (Some(start), Some(end)) = (text.find('{'), text.rfind('}')) else {
+        return Err("the answer holds no JSON object".into());
+    };
+    if end < start {
+        return Err("the answer holds no JSON object".into());
+    }
+    serde_json::from_str(&text[start..=end]).map_err(|e| format!("not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_found_inside_prose_and_fences() {
+        let text = "Sure!\n```json\n{\"approved\": true, \"issues\": []}\n```";
+        assert_eq!(parse_json(text).unwrap()["approved"], json!(true));
+        assert!(parse_json("no json here").is_err());
+        assert!(parse_json("} backwards {").is_err());
+    }
+}

@@ -1,0 +1,425 @@
+//! The LLM layer through real `mindbus-agent` processes, against local fakes that speak each
+//! provider's real streaming wire format (see `fakes`).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mindbus::wire::{Command, CommandResult, EventKind, Payload, Status};
+use serde_json::{Value, json};
+use tokio::process::Child;
+
+use crate::fakes::{ANSWER, Fake};
+use crate::support::Mesh;
+
+const KEYS: [(&str, &str); 3] = [
+    ("FAKE_OPENAI_KEY", "sk-test-openai"),
+    ("FAKE_ANTHROPIC_KEY", "sk-test-anthropic"),
+    ("FAKE_GEMINI_KEY", "test-gemini"),
+];
+
+/// An LLM config pointing every provider at the fake, with `rest` (YAML) appended.
+fn config(dir: &tempfile::TempDir, fake_url: &str, rest: &str) -> PathBuf {
+    let text = format!(
+        "providers:
+  openai: {{ base_url: '{fake_url}/openai/v1/', api_key_env: FAKE_OPENAI_KEY }}
+  anthropic: {{ base_url: '{fake_url}/anthropic/v1/', api_key_env: FAKE_ANTHROPIC_KEY }}
+  gemini: {{ base_url: '{fake_url}/gemini/v1beta/', api_key_env: FAKE_GEMINI_KEY }}
+retry: {{ attempts: 3, base_ms: 20, max_ms: 5000 }}
+{rest}"
+    );
+    let path = dir.path().join("agents.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Mesh {
+    /// Starts `mindbus-agent --role ROLE` with the LLM config `file` and the fake keys.
+    pub fn llm_agent(&self, role: &str, file: &std::path::Path) -> Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-agent"))
+            .args([
+                "--role",
+                role,
+                "--prefix",
+                &self.prefix,
+                "--redis-url",
+                &self.url,
+            ])
+            .arg("--llm-config")
+            .arg(file)
+            .envs(KEYS)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("agent starts")
+    }
+
+    /// Sends `data` to `role` (with extra command fields) and waits for its result.
+    pub async fn ask(&self, role: &str, data: Value, fields: &[(&str, &str)]) -> CommandResult {
+        let mut command = Command::new(format!("{role}.ask"), Payload::json(data));
+        for (name, value) in fields {
+            match *name {
+                "runid" => command.runid = Some(value.to_string()),
+                _ => {
+                    command
+                        .extensions
+                        .insert(name.to_string(), value.to_string());
+                }
+            }
+        }
+        self.bus
+            .call(role, command, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("a result within 60 s")
+    }
+
+    /// The data of `kind` events about `command`.
+    pub async fn event_data(&self, command: uuid::Uuid, kind: EventKind) -> Vec<Value> {
+        self.events()
+            .await
+            .into_iter()
+            .filter(|e| e.correlationid == Some(command) && e.kind() == Some(kind))
+            .map(|e| e.envelope.data.value)
+            .collect()
+    }
+}
+
+/// Per provider, one command walks a fallback chain through every failure a provider
+/// sends: a context-length error (never retried), an outage (retried, then left), a
+/// malformed stream (retried, then left), and a 429 whose `Retry-After` is honoured before
+/// the model answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_provider_streams_retries_and_falls_back() {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-providers").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut roles = String::from("prices:\n");
+    for provider in ["openai", "anthropic", "gemini"] {
+        roles.push_str(&format!(
+            "  {provider}/ratelimit: {{ input: 1.0, output: 2.0 }}\n"
+        ));
+    }
+    roles.push_str("roles:\n");
+    for provider in ["openai", "anthropic", "gemini"] {
+        roles.push_str(&format!(
+            "  {provider}:
+    model: {provider}/toolong
+    fallbacks: [{provider}/down, {provider}/malformed, {provider}/ratelimit]
+    system: Answer briefly.
+    prompt: 'Say hello to {{{{ name }}}}.'
+    temperature: 0.5\n"
+        ));
+    }
+    let file = config(&dir, &url, &roles);
+    let _agents: Vec<Child> = ["openai", "anthropic", "gemini"]
+        .iter()
+        .map(|p| mesh.llm_agent(p, &file))
+        .collect();
+
+    for (provider, (_, key)) in ["openai", "anthropic", "gemini"].into_iter().zip(KEYS) {
+        let result = mesh.ask(provider, json!({"name": "Ada"}), &[]).await;
+        assert_eq!(result.status, Status::Completed, "{provider}: {result:?}");
+        let data = &result.envelope.data.value;
+        assert_eq!(data["text"], json!(ANSWER.concat()), "{provider}");
+        assert_eq!(data["model"], json!(format!("{provider}/ratelimit")));
+        // 10 tokens in at $1/M and 5 out at $2/M: 20 micro-dollars.
+        assert_eq!(data["usage"]["tokens_in"], json!(10), "{provider}: {data}");
+        assert_eq!(data["usage"]["tokens_out"], json!(5), "{provider}: {data}");
+        assert_eq!(data["usage"]["cost_micros"], json!(20), "{provider}");
+
+        assert_eq!(
+            fake.calls(provider, "toolong").len(),
+            1,
+            "{provider}: context length is never retried"
+        );
+        assert_eq!(
+            fake.calls(provider, "down").len(),
+            3,
+            "{provider}: an outage is retried"
+        );
+        assert_eq!(
+            fake.calls(provider, "malformed").len(),
+            3,
+            "{provider}: a malformed stream is retried"
+        );
+        let limited = fake.calls(provider, "ratelimit");
+        assert_eq!(limited.len(), 2, "{provider}: one 429, then the answer");
+        let waited = limited[1].at - limited[0].at;
+        assert!(
+            waited >= Duration::from_millis(950),
+            "{provider}: Retry-After 1 s honoured, waited {waited:?}"
+        );
+        assert!(
+            fake.seen()
+                .iter()
+                .filter(|s| s.provider == provider)
+                .all(|s| s.key == key)
+        );
+
+        let chunks: String = mesh
+            .event_data(result.correlationid, EventKind::Progress)
+            .await
+            .iter()
+            .filter_map(|d| d["chunk"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            chunks,
+            ANSWER.concat(),
+            "{provider}: the text streamed as chunk events"
+        );
+        let usage = mesh
+            .event_data(result.correlationid, EventKind::LlmUsage)
+            .await;
+        assert_eq!(usage.len(), 1, "{provider}");
+        assert_eq!(usage[0]["model"], json!(format!("{provider}/ratelimit")));
+        assert_eq!(usage[0]["cost_micros"], json!(20));
+        assert_eq!(usage[0]["cachehit"], json!(false));
+    }
+}
+
+/// A JSON role's answer is checked against its schema; its fields become the result's.
+/// A second identical call at temperature 0 is answered by the cache, not the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_answers_are_checked_and_deterministic_calls_cached() {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-cache").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(
+        &dir,
+        &url,
+        "roles:
+  critic:
+    model: openai/verdict
+    system: Review.
+    prompt: '{{ draft }}'
+    output:
+      json:
+        schema: { type: object, properties: { approved: { type: boolean } }, required: [approved, issues] }
+  strict:
+    model: openai/ok
+    system: Review.
+    prompt: '{{ draft }}'
+    output:
+      json:
+        schema: { type: object, required: [approved] }
+        attempts: 2
+",
+    );
+    let _critic = mesh.llm_agent("critic", &file);
+    let _strict = mesh.llm_agent("strict", &file);
+
+    let first = mesh.ask("critic", json!({"draft": "Short."}), &[]).await;
+    let data = &first.envelope.data.value;
+    assert_eq!(first.status, Status::Completed, "{first:?}");
+    assert_eq!(data["approved"], json!(false));
+    assert_eq!(data["issues"], json!(["too short"]));
+    assert_eq!(data["cached"], json!(false));
+
+    let second = mesh.ask("critic", json!({"draft": "Short."}), &[]).await;
+    assert_eq!(second.envelope.data.value["cached"], json!(true));
+    assert_eq!(second.envelope.data.value["issues"], json!(["too short"]));
+    assert_eq!(
+        fake.calls("openai", "verdict").len(),
+        1,
+        "the cache answered the second call"
+    );
+    let usage = mesh
+        .event_data(second.correlationid, EventKind::LlmUsage)
+        .await;
+    assert_eq!(usage[0]["cachehit"], json!(true));
+    assert_eq!(usage[0]["cost_micros"], json!(0));
+
+    // Plain text where JSON is required: asked again, then a clear failure.
+    let bad = mesh.ask("strict", json!({"draft": "x"}), &[]).await;
+    assert_eq!(bad.status, Status::Failed);
+    let failure = bad.failure.unwrap();
+    assert_eq!(failure.errortype.as_str(), "invalid_output");
+    assert!(failure.error.contains("after 2 calls"), "{}", failure.error);
+    assert_eq!(fake.calls("openai", "ok").len(), 2);
+}
+
+/// Two agent processes share one limit of 120 requests a minute (one each 500 ms): the
+/// provider sees their calls spaced by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_rate_limit() {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-limit").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(
+        &dir,
+        &url,
+        "limits:
+  openai/ok: { requests_per_minute: 120 }
+roles:
+  limited:
+    model: openai/ok
+    system: Hi.
+    prompt: 'Item {{ n }}'
+    temperature: 0.5
+",
+    );
+    let _a = mesh.llm_agent("limited", &file);
+    let _b = mesh.llm_agent("limited", &file);
+    let asks = (0..10).map(|n| mesh.ask("limited", json!({"n": n}), &[]));
+    let results = futures::future::join_all(asks).await;
+    assert!(results.iter().all(|r| r.status == Status::Completed));
+    let sources: BTreeSet<_> = results.iter().map(|r| r.envelope.source.clone()).collect();
+    assert_eq!(sources.len(), 2, "both processes served calls: {sources:?}");
+
+    let mut times: Vec<_> = fake.calls("openai", "ok").iter().map(|s| s.at).collect();
+    times.sort();
+    assert_eq!(times.len(), 10);
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("gaps between calls: {gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(450)),
+        "calls closer than the limit allows: {gaps:?}"
+    );
+}
+
+/// A run's budget: once spent, the run's next call is refused with `budget_exceeded`
+/// without reaching the provider; another run still gets answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_run_budget_stops_calls() {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-budget").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(
+        &dir,
+        &url,
+        "prices:
+  openai/ok: { input: 1.0, output: 2.0 }
+budgets: { run_usd: 0.00001 }
+roles:
+  writer:
+    model: openai/ok
+    system: Write.
+    prompt: 'About {{ topic }}'
+    temperature: 0.7
+",
+    );
+    let _agent = mesh.llm_agent("writer", &file);
+    let first = mesh
+        .ask("writer", json!({"topic": "a"}), &[("runid", "run-1")])
+        .await;
+    assert_eq!(first.status, Status::Completed, "{first:?}");
+    let second = mesh
+        .ask("writer", json!({"topic": "b"}), &[("runid", "run-1")])
+        .await;
+    assert_eq!(second.status, Status::Failed);
+    let failure = second.failure.unwrap();
+    assert_eq!(failure.errortype.as_str(), "budget_exceeded");
+    assert!(failure.error.contains("run budget"), "{}", failure.error);
+    assert!(!failure.retryable);
+    assert_eq!(
+        fake.calls("openai", "ok").len(),
+        1,
+        "nothing more was spent"
+    );
+
+    let other = mesh
+        .ask("writer", json!({"topic": "c"}), &[("runid", "run-2")])
+        .await;
+    assert_eq!(other.status, Status::Completed);
+    let totals: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(format!("{}:llm:usage:run:run-1", mesh.prefix))
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    assert_eq!(totals["calls"], 1);
+    assert_eq!(totals["cost_micros"], 20);
+}
+
+/// A role whose every model is out of reach fails clearly, naming each model and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_usable_model_fails_clearly() {
+    let (_fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-nomodel").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.yaml");
+    let text = format!(
+        "providers:
+  anthropic: {{ api_key_env: MINDBUS_TEST_UNSET_KEY }}
+  openai: {{ base_url: '{url}/openai/v1/', api_key_env: FAKE_OPENAI_KEY }}
+retry: {{ attempts: 2, base_ms: 10, max_ms: 100 }}
+roles:
+  lost:
+    model: anthropic/ok
+    fallbacks: [openai/down]
+    system: Hi.
+    prompt: Hi.
+"
+    );
+    std::fs::write(&file, text).unwrap();
+    let _agent = mesh.llm_agent("lost", &file);
+    let result = mesh.ask("lost", json!({}), &[]).await;
+    let failure = result.failure.expect("a failure");
+    assert_eq!(failure.errortype.as_str(), "llm_error");
+    assert!(
+        failure.error.contains("MINDBUS_TEST_UNSET_KEY"),
+        "{}",
+        failure.error
+    );
+    assert!(
+        failure.error.contains("openai/down: unavailable"),
+        "{}",
+        failure.error
+    );
+}
+
+/// A broken LLM config stops the agent at start with every problem named by its path.
+#[tokio::test]
+async fn a_bad_config_is_refused_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.yaml");
+    std::fs::write(
+        &file,
+        "roles:
+  writer:
+    model: acme/big
+    fallbacks: [gpt-4o]
+    system: '{{ unclosed'
+    prompt: Hi.
+    temperature: 3
+",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-agent"))
+        .args(["--role", "writer", "--prefix", "t-badconfig"])
+        .arg("--llm-config")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "/roles/writer/model: unknown provider `acme`",
+        "/roles/writer/fallbacks/0: `gpt-4o` is not `provider/model`",
+        "/roles/writer/system: not a template",
+        "/roles/writer/temperature: must be between 0 and 2",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+/// The shipped `config/agents.yaml` loads, and its three roles use the local model when no
+/// provider key is set.
+#[test]
+fn the_shipped_config_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agents.yaml");
+    let config = mindbus_agents::llm::LlmConfig::load(std::path::Path::new(file)).unwrap();
+    for role in ["writer", "critic", "editor"] {
+        let role = &config.roles[role];
+        assert_eq!(
+            role.fallbacks.last().map(String::as_str),
+            Some("local/smollm2")
+        );
+    }
+}
