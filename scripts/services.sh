@@ -101,3 +101,26 @@ stop_private_postgres() {
   "${MINDBUS_PRIVATE_POSTGRES[@]}" >/dev/null 2>&1 || true
   rm -rf "$MINDBUS_PRIVATE_POSTGRES_DIR"
 }
+
+# ensure_local_model: an OpenAI-compatible server for SmolLM2-135M-Instruct. Uses
+# MINDBUS_LOCAL_MODEL_URL when it answers, else one already on MINDBUS_LOCAL_MODEL_PORT
+# (8089), else starts scripts/local-model.sh (the first start builds llama.cpp, about 5
+# minutes) and stops it when the calling script exits. Exports MINDBUS_LOCAL_MODEL_URL and
+# points the LLM roles' `local` provider at it.
+ensure_local_model() {
+  command -v curl >/dev/null || install_with_apt curl
+  local port=${MINDBUS_LOCAL_MODEL_PORT:-8089}
+  if [ -z "${MINDBUS_LOCAL_MODEL_URL:-}" ] || ! curl -sf "${MINDBUS_LOCAL_MODEL_URL%/}/models" >/dev/null; then
+    if curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null 2>&1; then
+      MINDBUS_LOCAL_MODEL_URL="http://127.0.0.1:$port/v1/"
+    else
+      say "starting the local model (the first start builds llama.cpp: about 5 minutes)"
+      MINDBUS_LOCAL_MODEL_URL="$(scripts/local-model.sh start "$port")/"
+      add_cleanup stop_local_model
+    fi
+  fi
+  export MINDBUS_LOCAL_MODEL_URL
+  export MINDBUS_LLM__PROVIDERS__LOCAL__BASE_URL="$MINDBUS_LOCAL_MODEL_URL"
+}
+
+stop_local_model() { scripts/local-model.sh stop; }

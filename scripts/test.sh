@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, schema and end-to-end tests against a real Redis and a
-# real Postgres, the Python and node examples, then Schemathesis against a live gateway. Uses REDIS_URL and DATABASE_URL when they
-# answer, else a private redis-server and a private PostgreSQL.
+# Runs every test: unit, property, schema and end-to-end tests against a real Redis, a real
+# Postgres and a real local model (SmolLM2 through llama.cpp's server), the Python and node
+# examples, then Schemathesis against a live gateway. Uses REDIS_URL, DATABASE_URL and
+# MINDBUS_LOCAL_MODEL_URL when they answer, else private servers it starts and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_redis
 ensure_postgres
+ensure_local_model
 command -v python3 >/dev/null || install_with_apt python3
 python3 -c 'import redis' 2>/dev/null || { say "installing redis-py"; python3 -m pip install -q -r examples/python/requirements.txt 2>/dev/null || install_with_apt python3-redis; }
 command -v npm >/dev/null || install_with_apt npm

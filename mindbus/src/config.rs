@@ -330,7 +330,11 @@ fn figment(file: Option<&Path>) -> Figment {
     figment
         .merge(
             Env::prefixed("MINDBUS_")
-                .filter(|key| key.as_str().contains("__"))
+                // MINDBUS_LLM__... configures the LLM roles' own file (config/agents.yaml).
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    key.contains("__") && !key.starts_with("llm__")
+                })
                 .split("__"),
         )
         .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))

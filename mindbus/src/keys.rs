@@ -67,6 +67,12 @@ impl Keys {
         format!("{}:done:{command_id}", self.prefix)
     }
 
+    /// `<prefix>:llm:usage:run:<run id>`: a run's LLM totals (`calls`, `tokens_in`,
+    /// `tokens_out`, `cost_micros`), kept by the LLM roles.
+    pub fn run_usage(&self, run_id: &str) -> String {
+        format!("{}:llm:usage:run:{run_id}", self.prefix)
+    }
+
     /// The shared streams every deployment has, in display order.
     pub fn shared_streams(&self) -> [String; 3] {
         [self.results(), self.events(), self.dead_letters()]

@@ -3,6 +3,7 @@
 //! Per run, per tenant and UTC day, and per UTC day, a hash holds `calls`, `tokens_in`,
 //! `tokens_out` and `cost_micros` (millionths of a USD, so sums are exact).
 
+use mindbus::keys::Keys;
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 
@@ -48,11 +49,6 @@ impl Ledger {
         }
     }
 
-    /// The key of a run's totals.
-    pub fn run_key(prefix: &str, run: &str) -> String {
-        format!("{prefix}:llm:usage:run:{run}")
-    }
-
     fn keys(&self, payer: &Payer) -> [(Option<String>, i64); 3] {
         let day = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
         [
@@ -60,7 +56,7 @@ impl Ledger {
                 payer
                     .run
                     .as_ref()
-                    .map(|run| Self::run_key(&self.prefix, run)),
+                    .map(|run| Keys::new(self.prefix.clone()).run_usage(run)),
                 RUN_TTL_SECS,
             ),
             (

@@ -2,6 +2,7 @@
 //! Redis, Postgres, echo agents and `mindbus-orchestrator` processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod article;
 mod durability;
 mod dynamic;
 mod engine;

@@ -1,14 +1,15 @@
 //! `mindbus run WORKFLOW` and `mindbus runs list|show|cancel|approve`: workflow runs, steered
 //! through the orchestrator's command stream (no database access needed here).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use mindbus::bus::{Bus, Follower};
 use mindbus::wire::{
-    Command, CommandResult, Event, ORCHESTRATOR_ROLE, Origin, Payload, RunCommand, RunEventKind,
-    Status,
+    Command, CommandResult, Event, EventKind, ORCHESTRATOR_ROLE, Origin, Payload, RunCommand,
+    RunEventKind, Status,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -90,7 +91,9 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
             if event.runid.as_deref() != Some(run_id.to_string().as_str()) {
                 continue;
             }
+            show_chunk(&event);
             if let Some(code) = show_event(&event)? {
+                show_usage(bus, &run_id).await;
                 std::process::exit(code);
             }
         }
@@ -102,10 +105,53 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
     std::process::exit(2)
 }
 
+/// Streams an LLM role's text to stderr as it is generated.
+fn show_chunk(event: &Event) {
+    if event.kind() != Some(EventKind::Progress) {
+        return;
+    }
+    if let Some(chunk) = event.envelope.data.value["chunk"].as_str() {
+        eprint!("{chunk}");
+        MID_LINE.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether streamed text left the cursor mid-line.
+static MID_LINE: AtomicBool = AtomicBool::new(false);
+
+/// Ends a line of streamed text before other output.
+fn end_line() {
+    if MID_LINE.swap(false, Ordering::Relaxed) {
+        eprintln!();
+    }
+}
+
+/// Prints the run's LLM usage, when its roles recorded any.
+async fn show_usage(bus: &Bus, run_id: &Uuid) {
+    let totals: Result<std::collections::HashMap<String, u64>, _> = redis::cmd("HGETALL")
+        .arg(bus.keys().run_usage(&run_id.to_string()))
+        .query_async(&mut bus.connection())
+        .await;
+    let Ok(totals) = totals else { return };
+    if let Some(calls) = totals.get("calls") {
+        let get = |name: &str| totals.get(name).copied().unwrap_or(0);
+        eprintln!(
+            "llm usage: {calls} calls, {} tokens in, {} tokens out, ${:.6}",
+            get("tokens_in"),
+            get("tokens_out"),
+            get("cost_micros") as f64 / 1e6
+        );
+    }
+}
+
 /// Prints one run event; `Some(exit code)` when the run ended.
 fn show_event(event: &Event) -> anyhow::Result<Option<i32>> {
     let data = &event.envelope.data.value;
-    match event.envelope.ty.parse::<RunEventKind>() {
+    let kind = event.envelope.ty.parse::<RunEventKind>();
+    if kind.is_ok() {
+        end_line();
+    }
+    match kind {
         Ok(RunEventKind::Step) => {
             let round = data
                 .get("round")
