@@ -7,7 +7,9 @@
 //! - `down`: 500 every time;
 //! - `toolong`: the provider's context-length error;
 //! - `malformed`: a 200 stream whose data is not JSON;
-//! - `verdict`: streams the JSON verdict `{"approved": false, "issues": ["too short"]}`.
+//! - `verdict`: streams the JSON verdict `{"approved": false, "issues": ["too short"]}`;
+//! - `slow` (OpenAI only): streams a chunk every 100 ms for a minute, and records when the
+//!   client hangs up.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -35,6 +37,16 @@ pub struct Seen {
 #[derive(Clone, Default)]
 pub struct Fake {
     seen: Arc<Mutex<Vec<Seen>>>,
+    hung_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets its flag when dropped: the server drops a streamed body when the client goes away.
+struct HangUp(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Fake {
@@ -50,6 +62,11 @@ impl Fake {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (fake, url)
+    }
+
+    /// Whether a client hung up on a `slow` stream.
+    pub fn hung_up(&self) -> bool {
+        self.hung_up.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -156,6 +173,9 @@ async fn openai(State(fake): State<Fake>, headers: HeaderMap, body: axum::Json<V
         "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
         "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}});
     let error = |_, message: &str| json!({"error": {"message": message, "type": "server_error", "code": null}});
+    if model == "slow" {
+        return slow_stream(HangUp(fake.hung_up.clone()));
+    }
     match act(&model, first, too_long, error) {
         Act::Status(status, body, after) => failure(status, body, after),
         Act::Malformed => stream_response("data: {\"choices\": [ not json\n\n".into()),
@@ -275,4 +295,22 @@ async fn gemini(
             sse(events.collect::<Vec<_>>(), false)
         }
     }
+}
+
+/// An OpenAI stream that goes on for a minute, a chunk each 100 ms; `guard` drops with it.
+fn slow_stream(guard: HangUp) -> Response {
+    let chunks = futures::stream::unfold((0, guard), |(n, guard)| async move {
+        if n == 600 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "slow", "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}]});
+        let frame = format!("data: {chunk}\n\n");
+        Some((Ok::<_, std::convert::Infallible>(frame), (n + 1, guard)))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(chunks))
+        .unwrap()
 }

@@ -423,3 +423,48 @@ fn the_shipped_config_is_valid() {
         );
     }
 }
+
+/// Cancelling a command while its model streams stops the handler, reports `canceled`, and
+/// hangs up on the provider (the call is aborted, not left to run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_command_aborts_its_call() {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-cancel").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(
+        &dir,
+        &url,
+        "roles:
+  talker:
+    model: openai/slow
+    system: Talk.
+    prompt: Talk for a long time.
+    temperature: 0.5
+",
+    );
+    let _agent = mesh.llm_agent("talker", &file);
+    let command = Command::new("talker.talk", Payload::json(json!({})));
+    let id = command.envelope.id;
+    mesh.bus.publish("talker", &command).await.unwrap();
+    crate::support::eventually(
+        Duration::from_secs(20),
+        "the first streamed chunk",
+        || async { (!mesh.event_data(id, EventKind::Progress).await.is_empty()).then_some(()) },
+    )
+    .await;
+    assert!(!fake.hung_up());
+    mesh.bus.cancel(id).await.unwrap();
+    let results = mesh.wait_results(1, Duration::from_secs(20)).await;
+    assert_eq!(results[0].status, Status::Canceled, "{:?}", results[0]);
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "the provider call hung up",
+        || async { fake.hung_up().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        fake.calls("openai", "slow").len(),
+        1,
+        "not retried after the cancel"
+    );
+}
