@@ -30,6 +30,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  redis-cli -u "$REDIS_URL" --scan --pattern "$MINDBUS_PREFIX:*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
 }
 add_cleanup cleanup
 
@@ -44,10 +45,12 @@ sleep 1
 say "mindbus run article --input '{\"topic\": \"$topic\"}'"
 input=$(python3 -c 'import json, sys; print(json.dumps({"topic": sys.argv[1]}))' "$topic")
 "$bin/mindbus" run article --input "$input" --wait-ms 1800000 || status=$?
-run_id=$("$bin/mindbus" runs list --limit 1 | grep -o '"run_id": "[^"]*"' | head -n 1 | cut -d'"' -f4)
-sleep 1
-say "the whole run, as the monitor recorded it: mindbus trace $run_id (prefix $MINDBUS_PREFIX)"
-"$bin/mindbus" trace "$run_id" | tail -n 20
-say "its usage in Postgres (view mindbus_llm_run_usage)"
-psql -q "$DATABASE_URL" -c "SELECT calls, tokens_in, tokens_out, cost_usd FROM mindbus_llm_run_usage WHERE run_id = '$run_id'" || true
+run_id=$("$bin/mindbus" runs list --limit 1 | grep -o '"run_id": "[^"]*"' | head -n 1 | cut -d'"' -f4 || true)
+if [ -n "$run_id" ]; then
+  sleep 1
+  say "the whole run, as the monitor recorded it: mindbus trace $run_id"
+  "$bin/mindbus" trace "$run_id" | tail -n 20 || true
+  say "its usage in Postgres (view mindbus_llm_run_usage)"
+  psql -q "$DATABASE_URL" -c "SELECT calls, cache_hits, tokens_in, tokens_out, cost_usd FROM mindbus_llm_run_usage WHERE run_id = '$run_id'" || true
+fi
 exit "${status:-0}"

@@ -115,8 +115,8 @@ ensure_local_model() {
       MINDBUS_LOCAL_MODEL_URL="http://127.0.0.1:$port/v1/"
     else
       say "starting the local model (the first start builds llama.cpp: about 5 minutes)"
-      MINDBUS_LOCAL_MODEL_URL="$(scripts/local-model.sh start "$port")/"
       add_cleanup stop_local_model
+      MINDBUS_LOCAL_MODEL_URL="$(scripts/local-model.sh start "$port")/"
     fi
   fi
   export MINDBUS_LOCAL_MODEL_URL

@@ -9,8 +9,8 @@ source scripts/services.sh
 
 ensure_redis
 ensure_postgres
-ensure_local_model
 command -v python3 >/dev/null || install_with_apt python3
+ensure_local_model
 python3 -c 'import redis' 2>/dev/null || { say "installing redis-py"; python3 -m pip install -q -r examples/python/requirements.txt 2>/dev/null || install_with_apt python3-redis; }
 command -v npm >/dev/null || install_with_apt npm
 [ -d examples/node/node_modules/redis ] || { say "installing node-redis"; npm ci --prefix examples/node --no-audit --no-fund --silent; }

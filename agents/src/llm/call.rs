@@ -187,7 +187,7 @@ impl Caller {
                         "{model}: {why}"
                     ))));
                 }
-                f if !f.retry_same_model() || attempt == retry.attempts => {
+                f if !f.retry_same_model() || attempt >= retry.attempts => {
                     return Err(Attempted::Next(failure));
                 }
                 _ => {}

@@ -295,6 +295,9 @@ impl LlmConfig {
                 problems.push(format!("{}: {e}", at("output/json/schema")));
             }
         }
+        if self.retry.attempts == 0 {
+            problems.push("/retry/attempts: must be at least 1".into());
+        }
         for key in self.prices.keys() {
             if let Err(e) = key.parse::<ModelRef>() {
                 problems.push(format!("/prices/{key}: {e}"));

@@ -16,7 +16,10 @@ pub enum Failure {
     ContextLength(String),
     /// The answer could not be read: retry, then fall back.
     Malformed(String),
-    /// Anything else (a bad key, a bad request): retrying or falling back will not help.
+    /// The provider refused this model or key (401, 403, 404): try the next model, never
+    /// this one again.
+    Refused(String),
+    /// Anything else (a bad request): retrying or falling back will not help.
     Fatal(String),
 }
 
@@ -39,6 +42,7 @@ impl Failure {
             Failure::RateLimited(None) => "rate limited".into(),
             Failure::Unavailable(why) => format!("unavailable: {why}"),
             Failure::ContextLength(why) => format!("context length exceeded: {why}"),
+            Failure::Refused(why) => format!("refused: {why}"),
             Failure::Malformed(why) => format!("malformed answer: {why}"),
             Failure::Fatal(why) => why.clone(),
         }
@@ -105,6 +109,15 @@ fn from_status(status: StatusCode, headers: &HeaderMap, body: &str) -> Failure {
     if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return Failure::Unavailable(summary);
     }
+    if [
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+        StatusCode::NOT_FOUND,
+    ]
+    .contains(&status)
+    {
+        return Failure::Refused(summary);
+    }
     Failure::Fatal(summary)
 }
 
@@ -125,11 +138,11 @@ fn is_context_length(body: &str) -> bool {
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        return Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).ok();
     }
     let value = text("retry-after")?.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return Some(Duration::from_secs_f64(secs.max(0.0)));
+        return Duration::try_from_secs_f64(secs.max(0.0)).ok();
     }
     let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
     let wait = when.duration_since(jiff::Timestamp::now());
@@ -181,6 +194,10 @@ mod tests {
         ));
         assert!(matches!(
             from_status(StatusCode::UNAUTHORIZED, &none, "bad key"),
+            Failure::Refused(_)
+        ));
+        assert!(matches!(
+            from_status(StatusCode::UNPROCESSABLE_ENTITY, &none, "bad field"),
             Failure::Fatal(_)
         ));
     }
