@@ -22,23 +22,13 @@ command -v python3 >/dev/null || install_with_apt python3
 if [ -z "${OPENAI_API_KEY:-}${ANTHROPIC_API_KEY:-}${GEMINI_API_KEY:-}" ]; then
   ensure_local_model
 fi
-say "building"
-cargo build --release --quiet --bins
-bin=target/release
-export MINDBUS_PREFIX="article-$$"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  redis-cli -u "$REDIS_URL" --scan --pattern "$MINDBUS_PREFIX:*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
-}
-add_cleanup cleanup
+start_session article
 
 say "starting the monitor, the orchestrator, and the writer, critic and editor (prefix $MINDBUS_PREFIX)"
-RUST_LOG=warn "$bin/mindbus-monitor" & pids+=($!)
-RUST_LOG=warn "$bin/mindbus-orchestrator" --workflows config/workflows & pids+=($!)
+RUST_LOG=warn "$bin/mindbus-monitor" & PIDS+=($!)
+RUST_LOG=warn "$bin/mindbus-orchestrator" --workflows config/workflows & PIDS+=($!)
 for role in writer critic editor; do
-  RUST_LOG=warn,genai=error "$bin/mindbus-agent" --role "$role" --llm-config config/agents.yaml & pids+=($!)
+  RUST_LOG=warn,genai=error "$bin/mindbus-agent" --role "$role" --llm-config config/agents.yaml & PIDS+=($!)
 done
 sleep 1
 

@@ -11,29 +11,19 @@ source scripts/services.sh
 ensure_redis
 ensure_postgres
 command -v python3 >/dev/null || install_with_apt python3
-say "building"
-cargo build --release --quiet --bins
-bin=target/release
-export MINDBUS_PREFIX="demo-$$"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  redis-cli -u "$REDIS_URL" --scan --pattern "$MINDBUS_PREFIX:*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
-}
-add_cleanup cleanup
+start_session demo
 
 say "starting two echo agents (prefix $MINDBUS_PREFIX)"
 for _ in 1 2; do
-  RUST_LOG=warn "$bin/mindbus-agent" --role echo --maxattempts 3 & pids+=($!)
+  RUST_LOG=warn "$bin/mindbus-agent" --role echo --maxattempts 3 & PIDS+=($!)
 done
-RUST_LOG=warn "$bin/mindbus-monitor" & pids+=($!)
-RUST_LOG=warn "$bin/mindbus-orchestrator" --workflows config/workflows & pids+=($!)
+RUST_LOG=warn "$bin/mindbus-monitor" & PIDS+=($!)
+RUST_LOG=warn "$bin/mindbus-orchestrator" --workflows config/workflows & PIDS+=($!)
 gateway_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 gateway="http://127.0.0.1:$gateway_port"
 api_key="demo-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-MINDBUS_GATEWAY_API_KEY="$api_key" RUST_LOG=warn "$bin/mindbus-gateway" --listen "127.0.0.1:$gateway_port" & pids+=($!)
-"$bin/mindbus" tail --for-ms 600000 & pids+=($!)
+MINDBUS_GATEWAY_API_KEY="$api_key" RUST_LOG=warn "$bin/mindbus-gateway" --listen "127.0.0.1:$gateway_port" & PIDS+=($!)
+"$bin/mindbus" tail --for-ms 600000 & PIDS+=($!)
 sleep 0.5
 
 say "sending commands (watch the events above)"

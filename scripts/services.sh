@@ -5,6 +5,7 @@
 # REDIS_URL, and stops that server when the calling script exits.
 # ensure_postgres: the same for DATABASE_URL and a private PostgreSQL cluster.
 # add_cleanup FN: runs FN when the script exits (last added, first run).
+# ensure_local_model, start_session: see below.
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -124,3 +125,22 @@ ensure_local_model() {
 }
 
 stop_local_model() { scripts/local-model.sh stop; }
+
+# start_session NAME: builds the release binaries (into $bin) and exports a key prefix of
+# its own (NAME-<pid>). Processes started with `... & PIDS+=($!)` get SIGTERM on exit and
+# are waited for; then the prefix's keys are deleted.
+PIDS=()
+start_session() {
+  say "building"
+  cargo build --release --quiet --bins
+  bin=target/release
+  export MINDBUS_PREFIX="$1-$$"
+  add_cleanup stop_session
+}
+
+stop_session() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  redis-cli -u "$REDIS_URL" --scan --pattern "$MINDBUS_PREFIX:*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
+}

@@ -89,11 +89,6 @@ impl Caller {
         })
     }
 
-    /// The ledger calls are recorded in.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
     /// Asks `models` in order until one answers; each is retried while its failure may pass.
     pub async fn call(
         &self,

@@ -446,7 +446,7 @@ async fn a_cancelled_command_aborts_its_call() {
     let command = Command::new("talker.talk", Payload::json(json!({})));
     let id = command.envelope.id;
     mesh.bus.publish("talker", &command).await.unwrap();
-    crate::support::eventually(
+    crate::testenv::eventually(
         Duration::from_secs(20),
         "the first streamed chunk",
         || async { (!mesh.event_data(id, EventKind::Progress).await.is_empty()).then_some(()) },
@@ -456,7 +456,7 @@ async fn a_cancelled_command_aborts_its_call() {
     mesh.bus.cancel(id).await.unwrap();
     let results = mesh.wait_results(1, Duration::from_secs(20)).await;
     assert_eq!(results[0].status, Status::Canceled, "{:?}", results[0]);
-    crate::support::eventually(
+    crate::testenv::eventually(
         Duration::from_secs(10),
         "the provider call hung up",
         || async { fake.hung_up().then_some(()) },

@@ -11,3 +11,5 @@ mod llm;
 mod poison;
 mod restart;
 mod round_trip;
+#[path = "../../../monitor/tests/it/testenv.rs"]
+mod testenv;

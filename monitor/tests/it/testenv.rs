@@ -1,7 +1,7 @@
 //! What every test against the shared servers needs: their URLs, unique names, a database
-//! of its own per test, and cleaning a key prefix. Shared by the monitor's and the
-//! orchestrator's and the gateway's integration tests (they include this file by path), each
-//! using a part of it.
+//! of its own per test, and cleaning a key prefix. Shared by the integration tests of the
+//! monitor, the agents, the orchestrator and the gateway (they include this file by path),
+//! each using a part of it.
 #![allow(dead_code)]
 
 use std::process::Stdio;
