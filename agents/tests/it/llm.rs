@@ -468,3 +468,92 @@ async fn a_cancelled_command_aborts_its_call() {
         "not retried after the cancel"
     );
 }
+
+/// A tenant's daily budget and the deployment's daily budget stop calls the same way,
+/// each named in the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_and_daily_budgets_stop_calls() {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-daily").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Each call costs 20 µ$: a tenant may spend 10 µ$ a day, everyone together 30 µ$.
+    let file = config(
+        &dir,
+        &url,
+        "prices:
+  openai/ok: { input: 1.0, output: 2.0 }
+budgets: { tenant_daily_usd: 0.00001, daily_usd: 0.00003 }
+roles:
+  writer:
+    model: openai/ok
+    system: Write.
+    prompt: 'About {{ topic }}'
+    temperature: 0.7
+",
+    );
+    let _agent = mesh.llm_agent("writer", &file);
+    let mesh = &mesh;
+    let ask = |tenant: &'static str| async move {
+        mesh.ask("writer", json!({"topic": tenant}), &[("tenant", tenant)])
+            .await
+    };
+    assert_eq!(ask("acme").await.status, Status::Completed);
+    let refused = ask("acme").await.failure.expect("acme's budget is spent");
+    assert_eq!(refused.errortype.as_str(), "budget_exceeded");
+    assert!(
+        refused.error.contains("tenant daily budget"),
+        "{}",
+        refused.error
+    );
+    assert_eq!(ask("globex").await.status, Status::Completed);
+    let refused = ask("initech")
+        .await
+        .failure
+        .expect("the day's budget is spent");
+    assert!(
+        refused.error.contains("the daily budget"),
+        "{}",
+        refused.error
+    );
+    assert_eq!(
+        fake.calls("openai", "ok").len(),
+        2,
+        "refused calls reach no provider"
+    );
+}
+
+/// A tokens-per-minute limit spaces calls by their estimated tokens (prompt / 4 plus
+/// `max_tokens`): about 102 tokens against 12,000 a minute is one call each 510 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_limit_spaces_calls_by_their_size() {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new("llm-tpm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(
+        &dir,
+        &url,
+        "limits:
+  openai: { tokens_per_minute: 12000 }
+roles:
+  counted:
+    model: openai/ok
+    system: Hi.
+    prompt: 'Item {{ n }}'
+    temperature: 0.5
+    max_tokens: 100
+",
+    );
+    let _agent = mesh.llm_agent("counted", &file);
+    let asks = (0..4).map(|n| mesh.ask("counted", json!({"n": n}), &[]));
+    let results = futures::future::join_all(asks).await;
+    assert!(results.iter().all(|r| r.status == Status::Completed));
+    let mut times: Vec<_> = fake.calls("openai", "ok").iter().map(|s| s.at).collect();
+    times.sort();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("gaps between calls: {gaps:?}");
+    assert_eq!(gaps.len(), 3);
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(450)),
+        "calls closer than the token limit allows: {gaps:?}"
+    );
+}
