@@ -126,6 +126,9 @@ pub(crate) fn command_entry(
     command
         .extensions
         .insert("stepround".into(), row.round.to_string());
+    if let Some(tenant) = &run.tenant {
+        command.extensions.insert("tenant".into(), tenant.clone());
+    }
     Ok(OutboxEntry {
         id: 0,
         run_id: run.id,

@@ -21,6 +21,8 @@ pub struct RunRow {
     pub output: Option<Value>,
     pub error: Option<String>,
     pub traceparent: Option<String>,
+    /// Whom the run spends for: its `run.start`'s `tenant` field, copied to its commands.
+    pub tenant: Option<String>,
     /// The run's deadline, in Unix milliseconds.
     pub deadline_ms: Option<i64>,
 }
@@ -36,7 +38,7 @@ pub struct RunSummary {
     pub error: Option<String>,
 }
 
-const COLUMNS: &str = "id, workflow, definition, status, input, state, output, error, traceparent, \
+const COLUMNS: &str = "id, workflow, definition, status, input, state, output, error, traceparent, tenant, \
      (extract(epoch FROM deadline_at) * 1000)::int8 AS deadline_ms";
 
 fn from_row(row: &PgRow) -> Result<RunRow, sqlx::Error> {
@@ -53,6 +55,7 @@ fn from_row(row: &PgRow) -> Result<RunRow, sqlx::Error> {
         output: row.try_get("output")?,
         error: row.try_get("error")?,
         traceparent: row.try_get("traceparent")?,
+        tenant: row.try_get("tenant")?,
         deadline_ms: row.try_get("deadline_ms")?,
     })
 }
@@ -60,8 +63,8 @@ fn from_row(row: &PgRow) -> Result<RunRow, sqlx::Error> {
 /// Inserts a new run; `false` when a run with this id exists (a redelivered start).
 pub async fn insert_run(tx: &mut Tx, run: &RunRow) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO mindbus_runs (id, workflow, definition, status, input, state, traceparent, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8 / 1000)) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO mindbus_runs (id, workflow, definition, status, input, state, traceparent, tenant, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9::float8 / 1000)) ON CONFLICT (id) DO NOTHING",
     )
     .bind(run.id)
     .bind(&run.workflow)
@@ -70,6 +73,7 @@ pub async fn insert_run(tx: &mut Tx, run: &RunRow) -> Result<bool, sqlx::Error> 
     .bind(&run.input)
     .bind(state_json(&run.state)?)
     .bind(&run.traceparent)
+    .bind(&run.tenant)
     .bind(run.deadline_ms)
     .execute(&mut **tx)
     .await?;

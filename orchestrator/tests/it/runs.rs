@@ -241,12 +241,13 @@ async fn the_cli_runs_a_workflow_and_shows_it() {
         .unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
-    // A run started with redis-cli, as any language would, shows up beside it.
+    // A run started with redis-cli, as any language would, shows up beside it; its
+    // `tenant` goes with every command it sends (LLM budgets are per tenant).
     let stream = format!("{}:cmd:{{orchestrator}}", orch.prefix);
     let data = r#"{"workflow": "sample", "input": {"topic": "redis-cli"}}"#;
     let xadd = std::process::Command::new("redis-cli")
         .args(["-u", &crate::testenv::redis_url(), "XADD", &stream, "*"])
-        .args(["type", "run.start", "data", data])
+        .args(["type", "run.start", "data", data, "tenant", "acme"])
         .output()
         .expect("redis-cli is installed");
     assert!(xadd.status.success(), "{xadd:?}");
@@ -264,6 +265,12 @@ async fn the_cli_runs_a_workflow_and_shows_it() {
         },
     )
     .await;
+    let commands = orch.entries("cmd:{echo}").await;
+    let acme = commands
+        .iter()
+        .filter(|f| f.contains(&("tenant".to_string(), "acme".to_string())))
+        .count();
+    assert_eq!((acme, commands.len()), (7, 14), "each run sends 7 commands");
     let unknown = orch.cli().args(["run", "nope"]).output().unwrap();
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no workflow `nope`; known: sample"));
