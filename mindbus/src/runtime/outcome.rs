@@ -46,7 +46,7 @@ impl Shared {
     ) -> Option<Fields> {
         let event = event(kind, &self.source, &self.role, command, attempt, data);
         event
-            .encode()
+            .encode_compact()
             .map_err(|e| tracing::error!(error = %e, "cannot encode an event"))
             .ok()
     }

@@ -162,7 +162,7 @@ fn xadd(stream: &str, maxlen: u64, fields: &Fields) -> Cmd {
 fn encode(t: &Targets, batch: Vec<Write>) -> (Pipeline, Vec<oneshot::Sender<bool>>) {
     let mut pipe = redis::pipe();
     let mut waiters = Vec::new();
-    let mut script = script_header(t);
+    let mut script = script_header(t, &batch);
     for write in batch {
         match write {
             Write::Event(fields) => {
@@ -181,8 +181,19 @@ fn encode(t: &Targets, batch: Vec<Write>) -> (Pipeline, Vec<oneshot::Sender<bool
     (pipe, waiters)
 }
 
-fn script_header(t: &Targets) -> Cmd {
-    let mut cmd = Cmd::with_capacity(512, 16 * 1024);
+/// The script call's start, with room for every finish in `batch` so that building it
+/// never moves what is already written.
+fn script_header(t: &Targets, batch: &[Write]) -> Cmd {
+    let (args, bytes) = batch
+        .iter()
+        .filter_map(|write| match write {
+            Write::Finish(finish, _) => Some(finish_size(finish)),
+            Write::Event(_) => None,
+        })
+        .fold((16, FINISH_SCRIPT.len() + 256), |(a, b), (fa, fb)| {
+            (a + fa, b + fb)
+        });
+    let mut cmd = Cmd::with_capacity(args, bytes);
     cmd.arg("EVAL").arg(FINISH_SCRIPT).arg(0);
     cmd.arg(&t.commands)
         .arg(&t.group)
@@ -193,6 +204,19 @@ fn script_header(t: &Targets) -> Cmd {
         .arg(t.dedup_ttl_secs)
         .arg(t.reply_ttl_secs);
     cmd
+}
+
+/// The arguments and bytes a finish adds to the script call (counts and ids included).
+fn finish_size(finish: &Finish) -> (usize, usize) {
+    let groups = std::iter::once(&finish.result)
+        .chain(&finish.events)
+        .chain(std::iter::once(&finish.dead_letter));
+    let (args, bytes) = groups.fold((0, 0), |(a, b), fields| {
+        let bytes: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+        (a + 1 + fields.len() * 2, b + 8 + bytes)
+    });
+    let replyto = finish.replyto.as_ref().map_or(0, String::len);
+    (args + 5, bytes + 64 + finish.done_key.len() + replyto)
 }
 
 fn push_finish(cmd: &mut Cmd, finish: Finish) {

@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 
 use super::WireError;
-use super::envelope::{Envelope, Extensions, Origin, Payload};
+use super::envelope::{Envelope, Extensions, Identity, Origin, Payload};
 use super::fields::{FieldReader, FieldWriter, Fields};
 
 /// A command on `<prefix>:cmd:{<role>}`.
@@ -69,7 +69,7 @@ impl Command {
     /// Encodes the command as stream fields.
     pub fn encode(&self) -> Result<Fields, WireError> {
         let mut w = FieldWriter::default();
-        self.envelope.write(&mut w)?;
+        self.envelope.write(&mut w, Identity::Carried)?;
         w.opt("replyto", self.replyto.as_deref())
             .opt("deadline", self.deadline)
             .opt("maxattempts", self.maxattempts)

@@ -109,19 +109,34 @@ impl Envelope {
         })
     }
 
-    /// Writes the shared attributes.
-    pub(crate) fn write(&self, w: &mut FieldWriter) -> Result<(), WireError> {
+    /// Writes the shared attributes. `datacontenttype` is written only when it is not the
+    /// default (JSON), and `id` only when `identity` says the entry carries it.
+    pub(crate) fn write(&self, w: &mut FieldWriter, identity: Identity) -> Result<(), WireError> {
         let data = self.data.content_type.encode(&self.data.value)?;
-        w.show("id", self.id)
+        w.opt("id", (identity == Identity::Carried).then_some(self.id))
             .put("type", self.ty.as_str())
             .put("source", self.source.as_str())
             .show("time", self.time)
-            .put("datacontenttype", self.data.content_type.as_str())
+            .opt(
+                "datacontenttype",
+                (self.data.content_type != ContentType::Json)
+                    .then_some(self.data.content_type.as_str()),
+            )
             .put("data", data)
             .show("traceparent", self.traceparent)
             .opt("tracestate", self.tracestate.as_deref());
         Ok(())
     }
+}
+
+/// Whether an entry carries its own `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Identity {
+    /// The `id` is written.
+    Carried,
+    /// The `id` is left out: every reader derives the same one from the stream key and entry
+    /// id (its documented default).
+    FromEntry,
 }
 
 /// The id given to an entry that carries none: a UUIDv7 whose timestamp is the entry's and

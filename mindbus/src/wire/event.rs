@@ -6,7 +6,7 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 use super::WireError;
-use super::envelope::{Envelope, Extensions, Origin, Payload};
+use super::envelope::{Envelope, Extensions, Identity, Origin, Payload};
 use super::fields::{FieldReader, FieldWriter, Fields};
 
 /// The lifecycle of a command, as `type` `mindbus.command.<kind>`.
@@ -129,8 +129,20 @@ impl Event {
 
     /// Encodes the event as stream fields.
     pub fn encode(&self) -> Result<Fields, WireError> {
+        self.encode_as(Identity::Carried)
+    }
+
+    /// Encodes the event without its `id`: every reader derives the same one from the
+    /// stream key and entry id, its documented default. Agents write their lifecycle events
+    /// this way, which saves Redis a UUID per event. An event whose id must be known before
+    /// it is written, or that is written to more than one stream, needs [`Event::encode`].
+    pub fn encode_compact(&self) -> Result<Fields, WireError> {
+        self.encode_as(Identity::FromEntry)
+    }
+
+    fn encode_as(&self, identity: Identity) -> Result<Fields, WireError> {
         let mut w = FieldWriter::default();
-        self.envelope.write(&mut w)?;
+        self.envelope.write(&mut w, identity)?;
         w.opt("correlationid", self.correlationid)
             .opt("role", self.role.as_deref())
             .opt("attempt", self.attempt)

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
-use super::envelope::{Envelope, Extensions, Origin, Payload};
+use super::envelope::{Envelope, Extensions, Identity, Origin, Payload};
 use super::fields::{FieldReader, FieldWriter, Fields};
 use super::{ErrorType, WireError};
 
@@ -144,7 +144,7 @@ impl CommandResult {
     /// Encodes the result as stream fields.
     pub fn encode(&self) -> Result<Fields, WireError> {
         let mut w = FieldWriter::default();
-        self.envelope.write(&mut w)?;
+        self.envelope.write(&mut w, Identity::Carried)?;
         w.show("correlationid", self.correlationid)
             .show("status", self.status)
             .show("attempt", self.attempt)

@@ -1,7 +1,9 @@
 //! `mindbus-bench`: command round trips through K echo agent processes, printed beside a
 //! raw-Redis baseline measured in the same run (the same XADD, XREADGROUP, XADD result,
-//! XACK cycle written with plain redis commands and no MindBus code).
+//! XACK cycle written with plain redis commands and no MindBus code), with the CPU each
+//! party spent per round trip.
 
+mod cpu;
 mod load;
 mod raw;
 
@@ -12,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::process::{Child, Command};
 
+use cpu::{PerRoundTrip, Usage};
 use load::{Figures, Target};
 
 #[derive(Debug, Parser)]
@@ -51,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         return raw::serve(&redis_url, &prefix).await;
     }
     let client = redis::Client::open(args.redis_url.as_str())?;
+    let mut info = client.get_multiplexed_async_connection().await?;
     let mut rows = Vec::new();
     for (name, raw) in [("raw redis", true), ("mindbus", false)] {
         let mut target = Target::new(
@@ -63,12 +67,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         let children = spawn(&args, &target.prefix, raw)?;
+        let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
         target.wait_consumers(args.agents).await?;
+        let before = Usage::now(&mut info, &pids).await;
         let many = target.throughput(args.commands).await?;
+        let cpu = before.per_round_trip(&Usage::now(&mut info, &pids).await, args.commands);
         let one = target.one_in_flight(args.samples).await?;
         stop(children).await;
         target.cleanup().await?;
-        rows.push((name, many, one));
+        rows.push(Row {
+            name,
+            many,
+            one,
+            cpu,
+        });
     }
     print_table(&args, &rows);
     Ok(())
@@ -124,7 +136,15 @@ async fn stop(children: Vec<Child>) {
     }
 }
 
-fn print_table(args: &Args, rows: &[(&str, Figures, Figures)]) {
+/// One target's figures.
+struct Row {
+    name: &'static str,
+    many: Figures,
+    one: Figures,
+    cpu: PerRoundTrip,
+}
+
+fn print_table(args: &Args, rows: &[Row]) {
     println!(
         "\n{} commands through {} echo process(es); one-in-flight: {} round trips",
         args.commands, args.agents, args.samples
@@ -133,17 +153,31 @@ fn print_table(args: &Args, rows: &[(&str, Figures, Figures)]) {
         "{:<12} {:>14} {:>10} {:>10}   {:>12} {:>10}",
         "", "many: cmd/s", "p50 ms", "p99 ms", "one: p50 ms", "p99 ms"
     );
-    for (name, many, one) in rows {
+    for Row {
+        name, many, one, ..
+    } in rows
+    {
         println!(
             "{name:<12} {:>14.0} {:>10.3} {:>10.3}   {:>12.3} {:>10.3}",
             many.per_second, many.p50_ms, many.p99_ms, one.p50_ms, one.p99_ms
         );
     }
-    if let [(_, raw_many, raw_one), (_, mb_many, mb_one)] = rows {
+    if let [raw, mb] = rows {
         println!(
             "mindbus/raw: throughput {:.0}%, one-in-flight p50 latency x{:.2}",
-            100.0 * mb_many.per_second / raw_many.per_second,
-            mb_one.p50_ms / raw_one.p50_ms
+            100.0 * mb.many.per_second / raw.many.per_second,
+            mb.one.p50_ms / raw.one.p50_ms
+        );
+    }
+    println!("\nCPU per round trip in the throughput run, microseconds");
+    println!(
+        "{:<12} {:>10} {:>12} {:>8}",
+        "", "redis", "consumers", "load"
+    );
+    for Row { name, cpu, .. } in rows {
+        println!(
+            "{name:<12} {:>10.1} {:>12.1} {:>8.1}",
+            cpu.redis_us, cpu.consumers_us, cpu.load_us
         );
     }
 }
