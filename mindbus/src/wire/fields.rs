@@ -10,27 +10,30 @@ use super::WireError;
 pub type Fields = Vec<(String, Vec<u8>)>;
 
 /// Takes fields out of an entry one by one; what is left over are the unknown fields.
+/// An entry has a dozen fields or so, so a scan beats building a map for every entry.
 #[derive(Debug)]
 pub(crate) struct FieldReader {
-    fields: BTreeMap<String, Vec<u8>>,
+    fields: Fields,
 }
 
 impl FieldReader {
     /// Later duplicates of a field name win, as `HSET`-style producers expect.
     pub fn new(fields: Fields) -> Self {
-        Self {
-            fields: fields.into_iter().collect(),
-        }
+        Self { fields }
     }
 
     /// The raw bytes of a field, which may be binary (only `data` is allowed to be).
     pub fn bytes(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.fields.remove(name)
+        let last = self.fields.iter().rposition(|(n, _)| n == name)?;
+        let (_, value) = self.fields.remove(last);
+        // Earlier duplicates lose to the last one and are dropped with it.
+        self.fields.retain(|(n, _)| n != name);
+        Some(value)
     }
 
     /// A text field; absent or empty reads as `None`.
     pub fn text(&mut self, name: &str) -> Result<Option<String>, WireError> {
-        match self.fields.remove(name) {
+        match self.bytes(name) {
             None => Ok(None),
             Some(raw) if raw.is_empty() => Ok(None),
             Some(raw) => String::from_utf8(raw)
@@ -72,6 +75,7 @@ impl FieldReader {
 
     /// Everything not taken yet: the unknown fields, kept so nothing a producer wrote is dropped.
     pub fn rest(self) -> Result<BTreeMap<String, String>, WireError> {
+        // Names taken were removed with all their duplicates, so these names are unique.
         self.fields
             .into_iter()
             .map(|(name, raw)| match String::from_utf8(raw) {
@@ -150,6 +154,25 @@ mod tests {
         assert_eq!(
             r.required("type").unwrap_err(),
             WireError::MissingField { field: "type" }
+        );
+    }
+
+    #[test]
+    fn the_last_duplicate_wins_and_none_is_left_over() {
+        let mut r = reader(&[
+            ("x", b"1"),
+            ("type", b"a"),
+            ("type", b"b"),
+            ("y", b"9"),
+            ("x", b"2"),
+        ]);
+        assert_eq!(r.required("type").unwrap(), "b");
+        assert_eq!(
+            r.rest().unwrap(),
+            BTreeMap::from([
+                ("x".to_string(), "2".to_string()),
+                ("y".to_string(), "9".to_string())
+            ])
         );
     }
 
