@@ -33,20 +33,8 @@ impl TraceParent {
 
     /// The trace id in lower-case hex, as logs and trace backends show it.
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        hex::encode(self.trace_id)
     }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Lower-case hex; this is on every entry's hot path, so it allocates once and formats nothing.
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
-    }
-    out
 }
 
 fn unhex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
@@ -54,9 +42,7 @@ fn unhex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
         return Err(format!("{what} must be {} hex digits", N * 2));
     }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).map_err(|e| e.to_string())?;
-    }
+    hex::decode_to_slice(s, &mut out).map_err(|e| format!("{what}: {e}"))?;
     if out.iter().all(|b| *b == 0) {
         return Err(format!("{what} must not be all zero"));
     }
@@ -64,14 +50,13 @@ fn unhex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
 }
 
 impl fmt::Display for TraceParent {
+    /// Every entry an agent writes carries one, so it is put together on the stack.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
-            self.flags
-        )
+        let mut out = *b"00-________________________________-________________-__";
+        hex::encode_to_slice(self.trace_id, &mut out[3..35]).map_err(|_| fmt::Error)?;
+        hex::encode_to_slice(self.parent_id, &mut out[36..52]).map_err(|_| fmt::Error)?;
+        hex::encode_to_slice([self.flags], &mut out[53..55]).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
