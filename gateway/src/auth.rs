@@ -52,6 +52,8 @@ pub struct Caller {
     pub name: String,
     pub roles: Scope,
     pub workflows: Scope,
+    /// The tenant everything this key sends spends for, if the key has one.
+    pub tenant: Option<String>,
     limiter: DefaultDirectRateLimiter,
 }
 
@@ -76,6 +78,7 @@ impl KeyRing {
                 roles: vec!["*".into()],
                 workflows: vec!["*".into()],
                 requests_per_minute: 60_000,
+                tenant: None,
             };
             by_hash.insert(admin.sha256.clone(), Arc::new(caller(&admin)));
         }
@@ -93,6 +96,7 @@ fn caller(key: &ApiKeyConfig) -> Caller {
         name: key.name.clone(),
         roles: Scope::from_list(&key.roles),
         workflows: Scope::from_list(&key.workflows),
+        tenant: key.tenant.clone(),
         limiter: RateLimiter::direct(Quota::per_minute(rate)),
     }
 }
@@ -139,6 +143,7 @@ mod tests {
             roles: vec!["writer".into()],
             workflows: vec![],
             requests_per_minute: 2,
+            tenant: None,
         };
         let ring = KeyRing::new(&[config], None);
         let caller = ring.find("s3cret").unwrap();

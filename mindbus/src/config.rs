@@ -251,6 +251,12 @@ pub struct ApiKeyConfig {
     #[serde(default = "default_rate")]
     #[schemars(range(min = 1))]
     pub requests_per_minute: u32,
+    /// The tenant this key's commands and runs spend for (per-tenant LLM budgets); it
+    /// replaces any tenant a request could name. Default: none, which agents count as
+    /// `default`.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,64}$"))]
+    pub tenant: Option<String>,
 }
 
 fn default_rate() -> u32 {

@@ -167,11 +167,7 @@ impl Handler for LlmRole {
         let command = &ctx.command;
         let payer = Payer {
             run: command.runid.clone(),
-            tenant: command
-                .extensions
-                .get("tenant")
-                .cloned()
-                .unwrap_or_else(|| "default".into()),
+            tenant: command.tenant().unwrap_or("default").to_owned(),
         };
         let names: Vec<String> = self.models.iter().map(ToString::to_string).collect();
         let key = self.cache.as_ref().map(|c| {

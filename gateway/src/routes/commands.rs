@@ -110,7 +110,10 @@ pub async fn publish(
             "this key may not send commands to `{role}`"
         )));
     }
-    let command = build(&state, &headers, new)?;
+    let mut command = build(&state, &headers, new)?;
+    if let Some(tenant) = &caller.tenant {
+        command.set_tenant(tenant);
+    }
     let fresh = command.envelope.id;
     let id = idempotent(&state, &caller.name, "cmd", &headers, fresh).await?;
     let waiter = state.replies().register(id);

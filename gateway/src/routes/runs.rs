@@ -130,6 +130,9 @@ pub async fn start(
         RunCommand::Start,
         json!({"workflow": new.workflow, "input": new.input}),
     );
+    if let Some(tenant) = &caller.tenant {
+        command.set_tenant(tenant);
+    }
     let id = idempotent(&state, &caller.name, "run", &headers, command.envelope.id).await?;
     if id != command.envelope.id {
         let first = visible_run(&state, &caller, id)

@@ -2,6 +2,7 @@
 //! socket.
 
 use axum::http::StatusCode;
+use mindbus::wire::ORCHESTRATOR_ROLE;
 
 use crate::support::{ADMIN, ECHO, Gw, SLOW, get, json, post};
 
@@ -187,6 +188,73 @@ async fn an_idempotency_key_returns_the_first_command() {
         .await
         .unwrap();
     assert_eq!(queued, 1, "one command published");
+}
+
+#[tokio::test]
+async fn a_keys_tenant_goes_with_its_commands_and_runs() {
+    let gw = Gw::new("tenant").await;
+    let mut redis = redis::Client::open(crate::support::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let body = r#"{"type": "echo.say", "data": {}}"#;
+    for key in [ECHO, ADMIN] {
+        let sent = gw.send(post("/v1/commands/echo", Some(key), body)).await;
+        assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    }
+    let tenants: Vec<Option<String>> = entries(&mut redis, &format!("{}:cmd:{{echo}}", gw.prefix))
+        .await
+        .iter()
+        .map(|fields| fields.get("tenant").cloned())
+        .collect();
+    assert_eq!(tenants, [Some("acme".to_owned()), None]);
+
+    // No orchestrator answers here: the run.start it was sent is what matters.
+    let start = gw.send(post(
+        "/v1/runs",
+        Some(ECHO),
+        r#"{"workflow": "sample", "input": {}}"#,
+    ));
+    let stream = format!("{}:cmd:{{{ORCHESTRATOR_ROLE}}}", gw.prefix);
+    let sent = tokio::select! {
+        _ = start => panic!("answered with no orchestrator"),
+        sent = async {
+            loop {
+                if let Some(fields) = entries(&mut redis, &stream).await.pop() {
+                    break fields;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        } => sent,
+    };
+    assert_eq!(sent.get("type").map(String::as_str), Some("run.start"));
+    assert_eq!(sent.get("tenant").map(String::as_str), Some("acme"));
+}
+
+/// Every entry of `stream`, as field maps.
+async fn entries(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(redis)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            entry
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value(v).unwrap()))
+                .collect()
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use tower::ServiceExt as _;
 pub use crate::testenv::{delete_prefix, redis_url};
 
 pub const ADMIN: &str = "admin-key-for-tests";
-/// May send to `echo` and start `sample`.
+/// May send to `echo` and start `sample`, for the tenant `acme`.
 pub const ECHO: &str = "echo-key";
 /// May do anything, twice a minute.
 pub const SLOW: &str = "slow-key";
@@ -32,6 +32,7 @@ pub fn config(prefix: &str) -> Config {
         roles: roles.iter().map(|s| s.to_string()).collect(),
         workflows: workflows.iter().map(|s| s.to_string()).collect(),
         requests_per_minute: rpm,
+        tenant: (name == "echo").then(|| "acme".into()),
     };
     config.gateway.api_keys = vec![
         key("echo", ECHO, &["echo"], &["sample"], 10_000),

@@ -29,7 +29,22 @@ pub struct Command {
     pub extensions: Extensions,
 }
 
+/// The field naming whom a command's LLM calls are charged to (per-tenant budgets). It is
+/// an extension field: roles without budgets ignore it.
+pub const TENANT_FIELD: &str = "tenant";
+
 impl Command {
+    /// The tenant the command spends for, if it names one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.extensions.get(TENANT_FIELD).map(String::as_str)
+    }
+
+    /// Charges the command to `tenant`, replacing any tenant it named.
+    pub fn set_tenant(&mut self, tenant: &str) {
+        self.extensions
+            .insert(TENANT_FIELD.to_owned(), tenant.to_owned());
+    }
+
     /// A new command of type `ty` carrying `data`.
     pub fn new(ty: impl Into<String>, data: Payload) -> Self {
         Self {

@@ -20,7 +20,7 @@ pub mod schema;
 mod trace;
 
 pub use codec::{Codec, ContentType, Json, MsgPack, without_nul};
-pub use command::Command;
+pub use command::{Command, TENANT_FIELD};
 pub use dead_letter::{DLQ_FIELD_PREFIX, DeadLetter};
 pub use entry_id::EntryId;
 pub use envelope::{ANONYMOUS_SOURCE, Envelope, Extensions, Origin, Payload, derived_id};

@@ -128,7 +128,7 @@ impl Orchestrator {
             output: None,
             error: None,
             traceparent: Some(command.envelope.traceparent.to_string()),
-            tenant: command.extensions.get("tenant").cloned(),
+            tenant: command.tenant().map(str::to_owned),
             deadline_ms,
         };
         let mut tx = self.pool.begin().await.map_err(retry)?;

@@ -127,7 +127,7 @@ pub(crate) fn command_entry(
         .extensions
         .insert("stepround".into(), row.round.to_string());
     if let Some(tenant) = &run.tenant {
-        command.extensions.insert("tenant".into(), tenant.clone());
+        command.set_tenant(tenant);
     }
     Ok(OutboxEntry {
         id: 0,
