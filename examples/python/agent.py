@@ -22,6 +22,17 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
+def derived_id(stream: str, entry_id: str) -> str:
+    """The id of an entry that carries none, as every MindBus reader derives it: a UUIDv7 whose
+    timestamp is the entry's and whose other bits are those of UUIDv5(URL, "<stream>/<entry>")."""
+    millis = int(entry_id.split("-")[0])
+    hashed = uuid.uuid5(uuid.NAMESPACE_URL, f"{stream}/{entry_id}").bytes
+    raw = bytearray(millis.to_bytes(6, "big") + hashed[6:])
+    raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
 def serve(r: redis.Redis, prefix: str, role: str, count: int) -> None:
     stream = f"{prefix}:cmd:{{{role}}}"
     consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -42,8 +53,8 @@ def serve(r: redis.Redis, prefix: str, role: str, count: int) -> None:
 
 def handle(r, prefix, stream, role, consumer, entry_id, fields) -> None:
     f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-    # A producer may leave `id` out; a real agent derives it from the entry id (see schemas/).
-    command_id = f.get("id") or str(uuid.uuid4())
+    # A producer may leave `id` out: then every reader derives the same one from the entry.
+    command_id = f.get("id") or derived_id(stream, entry_id.decode())
     data = json.loads(f.get("data") or "null") or {}
     result = {
         "id": str(uuid.uuid4()),

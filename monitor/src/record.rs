@@ -3,7 +3,9 @@
 
 use mindbus::keys::Keys;
 use mindbus::streams::StreamEntry;
-use mindbus::wire::{Command, CommandResult, DeadLetter, Envelope, Event, Fields, Origin};
+use mindbus::wire::{
+    Command, CommandResult, DeadLetter, Envelope, Event, Fields, Origin, derived_id,
+};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -174,7 +176,12 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> 
                 .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
         };
         row.ty = text("type");
-        row.id = text("id").and_then(|id| id.parse().ok());
+        // An entry without a usable id is known by the one every reader derives for it.
+        row.id = Some(
+            text("id")
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| derived_id(origin)),
+        );
     }
     Some(row.without_nul())
 }

@@ -4,12 +4,26 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use mindbus::wire::{Origin, derived_id};
 use serde_json::{Value, json};
 
 use crate::support::Mesh;
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// `examples/python/agent.py` serving one `shout` command.
+fn python_agent(mesh: &Mesh) -> tokio::process::Child {
+    tokio::process::Command::new("python3")
+        .arg(examples().join("python/agent.py"))
+        .args(["--role", "shout", "--count", "1"])
+        .env("REDIS_URL", &mesh.url)
+        .env("MINDBUS_PREFIX", &mesh.prefix)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs")
 }
 
 fn run_example(mesh: &Mesh, program: &str, script: &str) -> Value {
@@ -54,15 +68,7 @@ async fn node_publishes_and_reads_its_result() {
 #[tokio::test]
 async fn a_python_agent_serves_commands_sent_by_the_rust_cli() {
     let mesh = Mesh::new("pyagent").await;
-    let mut agent = tokio::process::Command::new("python3")
-        .arg(examples().join("python/agent.py"))
-        .args(["--role", "shout", "--count", "1"])
-        .env("REDIS_URL", &mesh.url)
-        .env("MINDBUS_PREFIX", &mesh.prefix)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs");
+    let mut agent = python_agent(&mesh);
     let out = mesh
         .cli()
         .args([
@@ -90,4 +96,38 @@ async fn a_python_agent_serves_commands_sent_by_the_rust_cli() {
         status.success(),
         "the python agent served its one command and exited"
     );
+}
+
+#[tokio::test]
+async fn a_python_agent_derives_the_id_of_a_command_sent_without_one() {
+    let mesh = Mesh::new("pyderive").await;
+    let mut agent = python_agent(&mesh);
+    let stream = mesh.stream("cmd:{shout}");
+    let entry = crate::support::redis_cli(
+        &mesh.url,
+        &[
+            "XADD",
+            &stream,
+            "*",
+            "type",
+            "shout.say",
+            "data",
+            r#"{"text":"hi"}"#,
+        ],
+    );
+    let results = mesh.wait_results(1, Duration::from_secs(10)).await;
+    let origin = Origin {
+        stream: &stream,
+        entry: entry.trim().parse().unwrap(),
+    };
+    assert_eq!(
+        results[0].correlationid,
+        derived_id(origin),
+        "Python and Rust derive the same id for the command"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), agent.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
 }

@@ -140,8 +140,9 @@ pub(crate) enum Identity {
 }
 
 /// The id given to an entry that carries none: a UUIDv7 whose timestamp is the entry's and
-/// whose other bits are a hash of the stream key and entry id, so every reader of that entry
-/// (and every redelivery of it) derives the same id.
+/// whose other 80 bits are bytes 6 to 15 of UUIDv5(URL namespace, `"<stream key>/<entry id>"`)
+/// (under the version and variant bits), so every reader of that entry, in any language,
+/// derives the same id.
 pub fn derived_id(origin: Origin<'_>) -> Uuid {
     let name = format!("{}/{}", origin.stream, origin.entry);
     let hashed = Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes());
@@ -157,3 +158,26 @@ fn entry_time(entry: EntryId) -> Timestamp {
 
 /// Unknown fields, kept so that nothing a producer wrote is dropped.
 pub type Extensions = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same vector is in `examples/python/agent.py`'s `derived_id`: other languages can
+    /// check their own against it.
+    #[test]
+    fn derived_ids_follow_the_documented_recipe() {
+        let origin = Origin {
+            stream: "mindbus:cmd:{echo}",
+            entry: "1700000000000-5".parse().unwrap(),
+        };
+        let id = derived_id(origin);
+        assert_eq!(id.to_string(), "018bcfe5-6800-7f26-8052-2ca74f908c68");
+        assert_eq!(id.get_version_num(), 7);
+        let other = Origin {
+            entry: "1700000000000-6".parse().unwrap(),
+            ..origin
+        };
+        assert_ne!(derived_id(other), id);
+    }
+}

@@ -15,7 +15,9 @@ use serde_json::Value;
 #[derive(JsonSchema)]
 struct EnvelopeFields {
     /// Unique id, a UUIDv7. Default: derived from the stream key and entry id, so every
-    /// redelivery of the entry has the same id.
+    /// reader and every redelivery of the entry has the same id: the entry's milliseconds,
+    /// then bytes 6 to 15 of UUIDv5(URL namespace, "<stream key>/<entry id>"), under the
+    /// version 7 and RFC 4122 variant bits.
     #[schemars(extend("format" = "uuid"))]
     id: Option<String>,
     /// What the entry means, e.g. `echo.say` for a command or `mindbus.result`.
