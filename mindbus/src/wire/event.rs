@@ -136,6 +136,8 @@ impl Event {
     /// stream key and entry id, its documented default. Agents write their lifecycle events
     /// this way, which saves Redis a UUID per event. An event whose id must be known before
     /// it is written, or that is written to more than one stream, needs [`Event::encode`].
+    /// A write retried after a lost reply may append an event twice; the two copies then
+    /// have different ids.
     pub fn encode_compact(&self) -> Result<Fields, WireError> {
         self.encode_as(Identity::FromEntry)
     }
@@ -158,7 +160,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::wire::EntryId;
+    use crate::wire::{ContentType, EntryId, derived_id};
 
     #[test]
     fn kinds_round_trip() {
@@ -185,5 +187,52 @@ mod tests {
         let back = Event::decode(event.encode().unwrap(), origin).unwrap();
         assert_eq!(back.kind(), Some(EventKind::Retried));
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_compact_event_leaves_defaults_out_and_reads_back_the_same() {
+        let event = Event::new(
+            EventKind::Started,
+            "agent",
+            Uuid::now_v7(),
+            Payload::json(json!({})),
+        );
+        let fields = event.encode_compact().unwrap();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            !names.contains(&"id") && !names.contains(&"datacontenttype"),
+            "{names:?}"
+        );
+        let origin = Origin {
+            stream: "mindbus:event",
+            entry: "1700000000000-1".parse().unwrap(),
+        };
+        let back = Event::decode(fields, origin).unwrap();
+        assert_eq!(back.envelope.id, derived_id(origin));
+        let mut expected = event;
+        expected.envelope.id = back.envelope.id;
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn only_a_content_type_other_than_json_is_written() {
+        let mut event = Event::new(
+            EventKind::Progress,
+            "agent",
+            Uuid::now_v7(),
+            Payload::json(json!({"n": 1})),
+        );
+        event.envelope.data.content_type = ContentType::MsgPack;
+        let fields = event.encode().unwrap();
+        let written = fields.iter().find(|(n, _)| n == "datacontenttype");
+        assert_eq!(
+            written.map(|(_, v)| v.as_slice()),
+            Some(&b"application/msgpack"[..])
+        );
+        let origin = Origin {
+            stream: "mindbus:event",
+            entry: EntryId::ZERO,
+        };
+        assert_eq!(Event::decode(fields, origin).unwrap(), event);
     }
 }

@@ -74,15 +74,19 @@ impl FieldReader {
     }
 
     /// Everything not taken yet: the unknown fields, kept so nothing a producer wrote is dropped.
+    /// An unknown name written twice keeps its last value, as a taken one does.
     pub fn rest(self) -> Result<BTreeMap<String, String>, WireError> {
-        // Names taken were removed with all their duplicates, so these names are unique.
-        self.fields
-            .into_iter()
-            .map(|(name, raw)| match String::from_utf8(raw) {
-                Ok(text) => Ok((name, text)),
-                Err(_) => Err(WireError::NotUtf8 { field: name }),
-            })
-            .collect()
+        let mut rest = BTreeMap::new();
+        for (name, raw) in self.fields.into_iter().rev() {
+            if rest.contains_key(&name) {
+                continue;
+            }
+            match String::from_utf8(raw) {
+                Ok(text) => rest.insert(name, text),
+                Err(_) => return Err(WireError::NotUtf8 { field: name }),
+            };
+        }
+        Ok(rest)
     }
 }
 
@@ -174,6 +178,35 @@ mod tests {
                 ("y".to_string(), "9".to_string())
             ])
         );
+    }
+
+    #[test]
+    fn an_earlier_duplicate_is_not_read_at_all() {
+        let r = reader(&[("x", b"\xff"), ("x", b"ok")]);
+        assert_eq!(
+            r.rest().unwrap(),
+            BTreeMap::from([("x".to_string(), "ok".to_string())])
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the names and order, the reader agrees with collecting into a map
+        /// (where a later duplicate overwrites an earlier one).
+        #[test]
+        fn reads_like_a_map_where_the_last_duplicate_wins(
+            pairs in proptest::collection::vec(("[a-d]", "[a-z]{0,3}"), 0..12),
+            taken in "[a-d]",
+        ) {
+            let fields: Fields = pairs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect();
+            let mut model: BTreeMap<String, String> = pairs.into_iter().collect();
+            let mut r = FieldReader::new(fields);
+            let got = r.bytes(&taken).map(|v| String::from_utf8(v).unwrap());
+            proptest::prop_assert_eq!(got, model.remove(&taken));
+            proptest::prop_assert_eq!(r.rest().unwrap(), model);
+        }
     }
 
     #[test]
