@@ -218,18 +218,37 @@ async fn a_keys_tenant_goes_with_its_commands_and_runs() {
     ));
     let stream = format!("{}:cmd:{{{ORCHESTRATOR_ROLE}}}", gw.prefix);
     let sent = tokio::select! {
-        _ = start => panic!("answered with no orchestrator"),
-        sent = async {
-            loop {
-                if let Some(fields) = entries(&mut redis, &stream).await.pop() {
-                    break fields;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        } => sent,
+        answer = start => panic!("answered with no orchestrator: {}", answer.status()),
+        sent = first_entry(&stream) => sent,
     };
     assert_eq!(sent.get("type").map(String::as_str), Some("run.start"));
     assert_eq!(sent.get("tenant").map(String::as_str), Some("acme"));
+}
+
+/// The first entry of `stream`, waiting for it on a connection of its own.
+async fn first_entry(stream: &str) -> std::collections::HashMap<String, String> {
+    let mut redis = redis::Client::open(crate::support::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(5000)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg("0-0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    entries(&mut redis, stream)
+        .await
+        .into_iter()
+        .next()
+        .expect("an entry within 5 s")
 }
 
 /// Every entry of `stream`, as field maps.

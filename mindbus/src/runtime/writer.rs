@@ -181,18 +181,21 @@ fn encode(t: &Targets, batch: Vec<Write>) -> (Pipeline, Vec<oneshot::Sender<bool
     (pipe, waiters)
 }
 
-/// The script call's start, with room for every finish in `batch` so that building it
-/// never moves what is already written.
+/// The script call's start, with room for every finish in `batch`, so that building it
+/// rarely moves what is already written.
 fn script_header(t: &Targets, batch: &[Write]) -> Cmd {
+    let names =
+        t.commands.len() + t.group.len() + t.results.len() + t.events.len() + t.dead_letters.len();
     let (args, bytes) = batch
         .iter()
         .filter_map(|write| match write {
             Write::Finish(finish, _) => Some(finish_size(finish)),
             Write::Event(_) => None,
         })
-        .fold((16, FINISH_SCRIPT.len() + 256), |(a, b), (fa, fb)| {
-            (a + fa, b + fb)
-        });
+        .fold(
+            (16, FINISH_SCRIPT.len() + names + 128),
+            |(a, b), (fa, fb)| (a + fa, b + fb),
+        );
     let mut cmd = Cmd::with_capacity(args, bytes);
     cmd.arg("EVAL").arg(FINISH_SCRIPT).arg(0);
     cmd.arg(&t.commands)
