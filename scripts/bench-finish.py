@@ -1,0 +1,92 @@
+"""What Redis spends per finished command, by how it is written.
+
+    REDIS_URL=redis://127.0.0.1:6379 python3 scripts/bench-finish.py [--batches 200] [--batch 100]
+
+Writes batches of finished echo commands (result, completed event, dedup key, ack) to a key
+prefix of its own, four ways, and prints the server's CPU (from INFO cpu) per command:
+  script    the agent's finish script (mindbus/src/runtime/finish.lua), atomic per batch
+  pipeline  the same commands as a plain pipeline, without the atomicity
+  noop      the script's call with the same arguments and a script that does nothing
+  event     one lifecycle event as a plain XADD, as agents write `received` and `started`
+Use a Redis nobody else is busy with: the figures are the server's whole CPU.
+"""
+
+import argparse
+import os
+import pathlib
+import time
+import uuid
+
+import redis
+
+SCRIPT = (pathlib.Path(__file__).parent.parent / "mindbus/src/runtime/finish.lua").read_text()
+SOURCE = "mindbus-agent/echo/host-1234-0a1b2c3d4e5f"
+TRACE = "00-01a20c5aa7127936a6b125a133e0f3d2-a7b125a133e0f3d2-01"
+
+
+def event(kind: str, command_id: str) -> list:
+    return ["type", f"mindbus.command.{kind}", "source", SOURCE, "time", "2026-11-24T06:59:57.331245497Z",
+            "data", "{}", "traceparent", TRACE, "correlationid", command_id, "role", "echo", "attempt", "1"]
+
+
+def result(command_id: str) -> list:
+    return ["id", str(uuid.uuid4()), "type", "mindbus.result", "source", SOURCE,
+            "time", "2026-11-24T06:59:57.331245497Z", "data", '{"i": 1, "text": "benchmark"}',
+            "traceparent", TRACE, "correlationid", command_id, "status", "completed", "attempt", "1", "role", "echo"]
+
+
+def server_cpu(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def run(r: redis.Redis, mode: str, batches: int, size: int) -> float:
+    prefix = f"bench-finish-{os.getpid()}-{mode}"
+    commands = f"{prefix}:cmd:{{echo}}"
+    r.xgroup_create(commands, "echo", id="0", mkstream=True)
+    work = []
+    for b in range(batches):
+        ids = [str(uuid.uuid4()) for _ in range(size)]
+        args = [commands, "echo", f"{prefix}:result", f"{prefix}:event", f"{prefix}:dlq", 0, 86400, 60]
+        for j, command_id in enumerate(ids):
+            res, ev = result(command_id), event("completed", command_id)
+            args += [f"{b + 1}-{j}", f"{prefix}:done:{command_id}", "", len(res), *res, 1, len(ev), *ev, 0]
+        work.append((ids, args))
+    before = server_cpu(r)
+    for ids, args in work:
+        if mode == "script":
+            r.eval(SCRIPT, 0, *args)
+        elif mode == "noop":
+            r.eval("return 0", 0, *args)
+        else:
+            pipe = r.pipeline(transaction=False)
+            for command_id in ids:
+                if mode == "event":
+                    pipe.execute_command("XADD", f"{prefix}:event", "*", *event("started", command_id))
+                    continue
+                pipe.execute_command("SET", f"{prefix}:done:{command_id}", "1", "NX", "EX", 86400)
+                pipe.execute_command("XADD", f"{prefix}:result", "*", *result(command_id))
+                pipe.execute_command("XADD", f"{prefix}:event", "*", *event("completed", command_id))
+            if mode == "pipeline":
+                pipe.execute_command("XACK", commands, "echo", *[f"1-{j}" for j in range(size)])
+            pipe.execute()
+    spent = server_cpu(r) - before
+    for key in r.scan_iter(f"{prefix}:*", count=1000):
+        r.delete(key)
+    return spent / (batches * size) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args()
+    r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    print(f"{args.batches} batches of {args.batch} finished commands; Redis CPU per command")
+    for mode in ["script", "pipeline", "noop", "event"]:
+        print(f"{mode:<10} {run(r, mode, args.batches, args.batch):6.2f} µs")
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()
