@@ -234,13 +234,7 @@ async fn the_cli_runs_a_workflow_and_shows_it() {
         stderr.contains("step review: running (round 3)"),
         "{stderr}"
     );
-    let list = orch
-        .cli()
-        .args(["runs", "list", "--status", "completed"])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(completed_runs(&orch), 1);
     // A run started with redis-cli, as any language would, shows up beside it; its
     // `tenant` goes with every command it sends (LLM budgets are per tenant).
     let stream = format!("{}:cmd:{{orchestrator}}", orch.prefix);
@@ -254,15 +248,7 @@ async fn the_cli_runs_a_workflow_and_shows_it() {
     crate::testenv::eventually(
         Duration::from_secs(20),
         "the redis-cli run did not complete",
-        || async {
-            let list = orch
-                .cli()
-                .args(["runs", "list", "--status", "completed"])
-                .output()
-                .unwrap();
-            let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-            (listed["runs"].as_array().unwrap().len() == 2).then_some(())
-        },
+        || async { (completed_runs(&orch) == 2).then_some(()) },
     )
     .await;
     let commands = orch.entries("cmd:{echo}").await;
@@ -274,6 +260,17 @@ async fn the_cli_runs_a_workflow_and_shows_it() {
     let unknown = orch.cli().args(["run", "nope"]).output().unwrap();
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no workflow `nope`; known: sample"));
+}
+
+/// How many runs `mindbus runs list` shows as completed.
+fn completed_runs(orch: &Orch) -> usize {
+    let list = orch
+        .cli()
+        .args(["runs", "list", "--status", "completed"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    listed["runs"].as_array().unwrap().len()
 }
 
 #[tokio::test]
