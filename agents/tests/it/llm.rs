@@ -34,6 +34,16 @@ retry: {{ attempts: 3, base_ms: 20, max_ms: 5000 }}
     path
 }
 
+/// A fake provider, a mesh of its own and an LLM config (`rest` after the fake's
+/// providers) in a temporary directory, which lives as long as the returned `TempDir`.
+async fn setup(name: &str, rest: &str) -> (Fake, Mesh, PathBuf, tempfile::TempDir) {
+    let (fake, url) = Fake::start().await;
+    let mesh = Mesh::new(name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(&dir, &url, rest);
+    (fake, mesh, file, dir)
+}
+
 impl Mesh {
     /// Starts `mindbus-agent --role ROLE` with the LLM config `file` and the fake keys.
     pub fn llm_agent(&self, role: &str, file: &std::path::Path) -> Child {
@@ -93,9 +103,6 @@ impl Mesh {
 /// the model answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_provider_streams_retries_and_falls_back() {
-    let (fake, url) = Fake::start().await;
-    let mesh = Mesh::new("llm-providers").await;
-    let dir = tempfile::tempdir().unwrap();
     let mut roles = String::from("prices:\n");
     for provider in ["openai", "anthropic", "gemini"] {
         roles.push_str(&format!(
@@ -113,7 +120,7 @@ async fn each_provider_streams_retries_and_falls_back() {
     temperature: 0.5\n"
         ));
     }
-    let file = config(&dir, &url, &roles);
+    let (fake, mesh, file, _dir) = setup("llm-providers", &roles).await;
     let _agents: Vec<Child> = ["openai", "anthropic", "gemini"]
         .iter()
         .map(|p| mesh.llm_agent(p, &file))
@@ -184,12 +191,8 @@ async fn each_provider_streams_retries_and_falls_back() {
 /// A second identical call at temperature 0 is answered by the cache, not the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_answers_are_checked_and_deterministic_calls_cached() {
-    let (fake, url) = Fake::start().await;
-    let mesh = Mesh::new("llm-cache").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = config(
-        &dir,
-        &url,
+    let (fake, mesh, file, _dir) = setup(
+        "llm-cache",
         "roles:
   critic:
     model: openai/verdict
@@ -207,7 +210,8 @@ async fn json_answers_are_checked_and_deterministic_calls_cached() {
         schema: { type: object, required: [approved] }
         attempts: 2
 ",
-    );
+    )
+    .await;
     let _critic = mesh.llm_agent("critic", &file);
     let _strict = mesh.llm_agent("strict", &file);
 
@@ -245,12 +249,8 @@ async fn json_answers_are_checked_and_deterministic_calls_cached() {
 /// provider sees their calls spaced by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_rate_limit() {
-    let (fake, url) = Fake::start().await;
-    let mesh = Mesh::new("llm-limit").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = config(
-        &dir,
-        &url,
+    let (fake, mesh, file, _dir) = setup(
+        "llm-limit",
         "limits:
   openai/ok: { requests_per_minute: 120 }
 roles:
@@ -260,7 +260,8 @@ roles:
     prompt: 'Item {{ n }}'
     temperature: 0.5
 ",
-    );
+    )
+    .await;
     let _a = mesh.llm_agent("limited", &file);
     let _b = mesh.llm_agent("limited", &file);
     let asks = (0..10).map(|n| mesh.ask("limited", json!({"n": n}), &[]));
@@ -284,12 +285,8 @@ roles:
 /// without reaching the provider; another run still gets answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_run_budget_stops_calls() {
-    let (fake, url) = Fake::start().await;
-    let mesh = Mesh::new("llm-budget").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = config(
-        &dir,
-        &url,
+    let (fake, mesh, file, _dir) = setup(
+        "llm-budget",
         "prices:
   openai/ok: { input: 1.0, output: 2.0 }
 budgets: { run_usd: 0.00001 }
@@ -300,7 +297,8 @@ roles:
     prompt: 'About {{ topic }}'
     temperature: 0.7
 ",
-    );
+    )
+    .await;
     let _agent = mesh.llm_agent("writer", &file);
     let first = mesh
         .ask("writer", json!({"topic": "a"}), &[("runid", "run-1")])
@@ -428,12 +426,8 @@ fn the_shipped_config_is_valid() {
 /// hangs up on the provider (the call is aborted, not left to run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_command_aborts_its_call() {
-    let (fake, url) = Fake::start().await;
-    let mesh = Mesh::new("llm-cancel").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = config(
-        &dir,
-        &url,
+    let (fake, mesh, file, _dir) = setup(
+        "llm-cancel",
         "roles:
   talker:
     model: openai/slow
@@ -441,7 +435,8 @@ async fn a_cancelled_command_aborts_its_call() {
     prompt: Talk for a long time.
     temperature: 0.5
 ",
-    );
+    )
+    .await;
     let _agent = mesh.llm_agent("talker", &file);
     let command = Command::new("talker.talk", Payload::json(json!({})));
     let id = command.envelope.id;
@@ -473,13 +468,9 @@ async fn a_cancelled_command_aborts_its_call() {
 /// each named in the failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_and_daily_budgets_stop_calls() {
-    let (fake, url) = Fake::start().await;
-    let mesh = Mesh::new("llm-daily").await;
-    let dir = tempfile::tempdir().unwrap();
     // Each call costs 20 µ$: a tenant may spend 10 µ$ a day, everyone together 30 µ$.
-    let file = config(
-        &dir,
-        &url,
+    let (fake, mesh, file, _dir) = setup(
+        "llm-daily",
         "prices:
   openai/ok: { input: 1.0, output: 2.0 }
 budgets: { tenant_daily_usd: 0.00001, daily_usd: 0.00003 }
@@ -490,7 +481,8 @@ roles:
     prompt: 'About {{ topic }}'
     temperature: 0.7
 ",
-    );
+    )
+    .await;
     let _agent = mesh.llm_agent("writer", &file);
     let mesh = &mesh;
     let ask = |tenant: &'static str| async move {
@@ -526,12 +518,8 @@ roles:
 /// `max_tokens`): about 102 tokens against 12,000 a minute is one call each 510 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_limit_spaces_calls_by_their_size() {
-    let (fake, url) = Fake::start().await;
-    let mesh = Mesh::new("llm-tpm").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = config(
-        &dir,
-        &url,
+    let (fake, mesh, file, _dir) = setup(
+        "llm-tpm",
         "limits:
   openai: { tokens_per_minute: 12000 }
 roles:
@@ -542,7 +530,8 @@ roles:
     temperature: 0.5
     max_tokens: 100
 ",
-    );
+    )
+    .await;
     let _agent = mesh.llm_agent("counted", &file);
     let asks = (0..4).map(|n| mesh.ask("counted", json!({"n": n}), &[]));
     let results = futures::future::join_all(asks).await;
