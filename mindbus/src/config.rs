@@ -447,3 +447,32 @@ fn parse(value: Value) -> Result<Config, ConfigError> {
         }])
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_every_bad_field_of_an_api_key_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mindbus.yaml");
+        std::fs::write(
+            &file,
+            "gateway:
+  api_keys:
+    - name: a
+      sha256: not-a-hash
+      tenant: 'bad tenant!'
+    - name: b
+      sha256: '0000000000000000000000000000000000000000000000000000000000000000'
+      tenant: acme
+",
+        )
+        .unwrap();
+        let paths: Vec<String> = check_file(&file).into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            ["/gateway/api_keys/0/sha256", "/gateway/api_keys/0/tenant"]
+        );
+    }
+}
