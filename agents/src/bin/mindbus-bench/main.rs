@@ -31,6 +31,9 @@ struct Args {
     /// Round trips in the one-in-flight latency run.
     #[arg(long, default_value_t = 2_000)]
     samples: usize,
+    /// Rounds of raw and MindBus, in alternating order; the table shows their medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -55,35 +58,44 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = redis::Client::open(args.redis_url.as_str())?;
     let mut info = client.get_multiplexed_async_connection().await?;
-    let mut rows = Vec::new();
-    for (name, raw) in [("raw redis", true), ("mindbus", false)] {
-        let mut target = Target::new(
-            &client,
-            &format!(
-                "bench-{}-{}",
-                if raw { "raw" } else { "mb" },
-                std::process::id()
-            ),
-        )
-        .await?;
-        let children = spawn(&args, &target.prefix, raw)?;
-        let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
-        target.wait_consumers(args.agents).await?;
-        let before = Usage::now(&mut info, &pids).await;
-        let many = target.throughput(args.commands).await?;
-        let cpu = before.per_round_trip(&Usage::now(&mut info, &pids).await, args.commands);
-        let one = target.one_in_flight(args.samples).await?;
-        stop(children).await;
-        target.cleanup().await?;
-        rows.push(Row {
-            name,
-            many,
-            one,
-            cpu,
-        });
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        // Alternate which goes first, so a machine that speeds up or slows down during the
+        // run does not favour one side.
+        let raw_first = round % 2 == 0;
+        let first = measure(&args, &client, &mut info, raw_first).await?;
+        let second = measure(&args, &client, &mut info, !raw_first).await?;
+        let (raw, mb) = if raw_first {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        print_round(round + 1, &raw, &mb);
+        rounds.push((raw, mb));
     }
-    print_table(&args, &rows);
+    print_table(&args, &rounds);
     Ok(())
+}
+
+/// One run of the throughput and one-in-flight measurements against fresh consumers.
+async fn measure(
+    args: &Args,
+    client: &redis::Client,
+    info: &mut redis::aio::MultiplexedConnection,
+    raw: bool,
+) -> anyhow::Result<Row> {
+    let name = if raw { "raw" } else { "mb" };
+    let mut target = Target::new(client, &format!("bench-{name}-{}", std::process::id())).await?;
+    let children = spawn(args, &target.prefix, raw)?;
+    let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
+    target.wait_consumers(args.agents).await?;
+    let before = Usage::now(info, &pids).await;
+    let many = target.throughput(args.commands).await?;
+    let cpu = before.per_round_trip(&Usage::now(info, &pids).await, args.commands);
+    let one = target.one_in_flight(args.samples).await?;
+    stop(children).await;
+    target.cleanup().await?;
+    Ok(Row { many, one, cpu })
 }
 
 fn spawn(args: &Args, prefix: &str, raw: bool) -> anyhow::Result<Vec<Child>> {
@@ -136,45 +148,96 @@ async fn stop(children: Vec<Child>) {
     }
 }
 
-/// One target's figures.
+/// One target's figures in one round.
 struct Row {
-    name: &'static str,
     many: Figures,
     one: Figures,
     cpu: PerRoundTrip,
 }
 
-fn print_table(args: &Args, rows: &[Row]) {
+/// MindBus's throughput as a share of raw, and its one-in-flight p50 as a multiple of raw's.
+fn ratios(raw: &Row, mb: &Row) -> (f64, f64) {
+    (
+        100.0 * mb.many.per_second / raw.many.per_second,
+        mb.one.p50_ms / raw.one.p50_ms,
+    )
+}
+
+fn print_round(n: usize, raw: &Row, mb: &Row) {
+    let (throughput, latency) = ratios(raw, mb);
     println!(
-        "\n{} commands through {} echo process(es); one-in-flight: {} round trips",
-        args.commands, args.agents, args.samples
+        "round {n}: raw {:.0} cmd/s, mindbus {:.0} cmd/s ({throughput:.0}%); one in flight p50 \
+         {:.3} vs {:.3} ms (x{latency:.2})",
+        raw.many.per_second, mb.many.per_second, raw.one.p50_ms, mb.one.p50_ms
+    );
+}
+
+/// The median of each figure over the rounds.
+fn median_row<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Row {
+    let of = |f: fn(&Row) -> f64| median(rows.clone().map(f).collect());
+    Row {
+        many: Figures {
+            per_second: of(|r| r.many.per_second),
+            p50_ms: of(|r| r.many.p50_ms),
+            p99_ms: of(|r| r.many.p99_ms),
+        },
+        one: Figures {
+            per_second: of(|r| r.one.per_second),
+            p50_ms: of(|r| r.one.p50_ms),
+            p99_ms: of(|r| r.one.p99_ms),
+        },
+        cpu: PerRoundTrip {
+            redis_us: of(|r| r.cpu.redis_us),
+            consumers_us: of(|r| r.cpu.consumers_us),
+            load_us: of(|r| r.cpu.load_us),
+        },
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn print_table(args: &Args, rounds: &[(Row, Row)]) {
+    let rows = [
+        ("raw redis", median_row(rounds.iter().map(|(raw, _)| raw))),
+        ("mindbus", median_row(rounds.iter().map(|(_, mb)| mb))),
+    ];
+    println!(
+        "\n{} commands through {} echo process(es); one-in-flight: {} round trips; median of {} \
+         round(s)",
+        args.commands,
+        args.agents,
+        args.samples,
+        rounds.len()
     );
     println!(
         "{:<12} {:>14} {:>10} {:>10}   {:>12} {:>10}",
         "", "many: cmd/s", "p50 ms", "p99 ms", "one: p50 ms", "p99 ms"
     );
-    for Row {
-        name, many, one, ..
-    } in rows
-    {
+    for (name, Row { many, one, .. }) in &rows {
         println!(
             "{name:<12} {:>14.0} {:>10.3} {:>10.3}   {:>12.3} {:>10.3}",
             many.per_second, many.p50_ms, many.p99_ms, one.p50_ms, one.p99_ms
         );
     }
-    if let [raw, mb] = rows {
-        println!(
-            "mindbus/raw: throughput {:.0}%, one-in-flight p50 latency x{:.2}",
-            100.0 * mb.many.per_second / raw.many.per_second,
-            mb.one.p50_ms / raw.one.p50_ms
-        );
-    }
+    let throughput = median(rounds.iter().map(|(r, m)| ratios(r, m).0).collect());
+    let latency = median(rounds.iter().map(|(r, m)| ratios(r, m).1).collect());
+    println!(
+        "mindbus/raw (median of the rounds' ratios): throughput {throughput:.0}%, one-in-flight \
+         p50 latency x{latency:.2}"
+    );
     println!("\nCPU per round trip in the throughput run, microseconds");
     println!(
         "{:<12} {:>10} {:>12} {:>8}",
         "", "redis", "consumers", "load"
     );
-    for Row { name, cpu, .. } in rows {
+    for (name, Row { cpu, .. }) in &rows {
         println!(
             "{name:<12} {:>10.1} {:>12.1} {:>8.1}",
             cpu.redis_us, cpu.consumers_us, cpu.load_us
