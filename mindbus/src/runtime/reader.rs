@@ -53,9 +53,11 @@ async fn read_once(
     let Some(conn) = conn.as_mut() else {
         return Ok(());
     };
-    let mut permits = tokio::select! {
+    let Some(mut permits) = (tokio::select! {
         _ = stop.cancelled() => return Ok(()),
         permits = take_slots(&shared.slots, shared.config.concurrency) => permits,
+    }) else {
+        return Ok(());
     };
     let from = own_pending.map_or(">".to_owned(), |after| after.to_string());
     let mut cmd = redis::cmd("XREADGROUP");
@@ -63,7 +65,7 @@ async fn read_once(
         .arg(&shared.role)
         .arg(&shared.consumer)
         .arg("COUNT")
-        .arg(permits.len());
+        .arg(permits.num_permits());
     if own_pending.is_none() {
         cmd.arg("BLOCK").arg(shared.config.block_ms);
     }
@@ -81,7 +83,7 @@ async fn read_once(
         // re-reading the same ones while they run.
         *own_pending = entries
             .last()
-            .filter(|_| entries.len() >= permits.len())
+            .filter(|_| entries.len() >= permits.num_permits())
             .map(|last| last.id);
         delivery_counts(conn, shared, &entries).await?
     } else {
@@ -89,25 +91,24 @@ async fn read_once(
     };
     for entry in entries {
         let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
-        let Some(permit) = permits.pop() else { break };
+        let Some(permit) = permits.split(1) else {
+            break;
+        };
         shared.dispatch(Delivery { entry, deliveries }, permit);
     }
     Ok(())
 }
 
-/// Waits for one free slot, then takes up to `max` without waiting.
-pub(crate) async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
-    let Ok(first) = Arc::clone(slots).acquire_owned().await else {
-        return Vec::new();
-    };
-    let mut permits = vec![first];
-    while permits.len() < max {
-        match Arc::clone(slots).try_acquire_owned() {
-            Ok(permit) => permits.push(permit),
-            Err(_) => break,
-        }
+/// Waits for one free slot, then takes up to `max` in all without waiting. The slots come as
+/// one permit: `split(1)` hands one to each entry, and the rest go back in one release.
+pub(crate) async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePermit> {
+    let mut permits = Arc::clone(slots).acquire_owned().await.ok()?;
+    let more = slots.available_permits().min(max.saturating_sub(1));
+    let more = u32::try_from(more).unwrap_or(u32::MAX);
+    if let Ok(rest) = Arc::clone(slots).try_acquire_many_owned(more) {
+        permits.merge(rest);
     }
-    permits
+    Some(permits)
 }
 
 /// How many times each of our pending `entries` has been delivered.

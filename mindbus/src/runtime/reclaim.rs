@@ -28,9 +28,11 @@ pub(crate) async fn reclaim_loop(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }
         // The reader holds its slots while it blocks; the semaphore is fair, so waiting here
         // gets slots as soon as that read returns.
-        let permits = tokio::select! {
+        let Some(permits) = (tokio::select! {
             _ = stop.cancelled() => return,
             permits = take_slots(&shared.slots, MAX_CLAIM) => permits,
+        }) else {
+            return;
         };
         match reclaim_once(&shared, &mut cursor, permits).await {
             Ok(0) => {}
@@ -45,11 +47,8 @@ pub(crate) async fn reclaim_loop(shared: Arc<Shared>, stop: CancellationToken) {
 async fn reclaim_once(
     shared: &Arc<Shared>,
     cursor: &mut EntryId,
-    mut permits: Vec<OwnedSemaphorePermit>,
+    mut permits: OwnedSemaphorePermit,
 ) -> Result<usize, Error> {
-    if permits.is_empty() {
-        return Ok(0);
-    }
     let mut conn = shared.conn.clone();
     let reply = redis::cmd("XAUTOCLAIM")
         .arg(&shared.stream)
@@ -58,7 +57,7 @@ async fn reclaim_once(
         .arg(shared.config.lease_ms)
         .arg(cursor.to_string())
         .arg("COUNT")
-        .arg(permits.len())
+        .arg(permits.num_permits())
         .query_async(&mut conn)
         .await?;
     let (next, entries) = parse_autoclaim(reply)?;
@@ -67,7 +66,9 @@ async fn reclaim_once(
     let claimed = entries.len();
     for entry in entries {
         let deliveries = counts.get(&entry.id).copied().unwrap_or(2);
-        let Some(permit) = permits.pop() else { break };
+        let Some(permit) = permits.split(1) else {
+            break;
+        };
         shared.dispatch(Delivery { entry, deliveries }, permit);
     }
     Ok(claimed)
