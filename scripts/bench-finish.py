@@ -26,13 +26,13 @@ TRACE = "00-01a20c5aa7127936a6b125a133e0f3d2-a7b125a133e0f3d2-01"
 
 def event(kind: str, command_id: str) -> list:
     return ["type", f"mindbus.command.{kind}", "source", SOURCE, "time", "2026-11-24T06:59:57.331245497Z",
-            "data", "{}", "traceparent", TRACE, "correlationid", command_id, "role", "echo", "attempt", "1"]
+            "traceparent", TRACE, "correlationid", command_id, "role", "echo", "attempt", "1"]
 
 
 def result(command_id: str) -> list:
     return ["id", str(uuid.uuid4()), "type", "mindbus.result", "source", SOURCE,
             "time", "2026-11-24T06:59:57.331245497Z", "data", '{"i": 1, "text": "benchmark"}',
-            "traceparent", TRACE, "correlationid", command_id, "status", "completed", "attempt", "1", "role", "echo"]
+            "traceparent", TRACE, "correlationid", command_id, "status", "completed", "role", "echo"]
 
 
 def server_cpu(r: redis.Redis) -> float:
@@ -50,7 +50,7 @@ def run(r: redis.Redis, mode: str, batches: int, size: int) -> float:
         args = [commands, "echo", f"{prefix}:result", f"{prefix}:event", f"{prefix}:dlq", 0, 86400, 60]
         for j, command_id in enumerate(ids):
             res, ev = result(command_id), event("completed", command_id)
-            args += [f"{b + 1}-{j}", f"{prefix}:done:{command_id}", "", len(res), *res, 1, len(ev), *ev, 0]
+            args += [f"{b + 1}-{j}", f"{prefix}:done:{command_id}", "", len(res), *res, len(ev), *ev, 0]
         work.append((ids, args))
     before = server_cpu(r)
     for ids, args in work:

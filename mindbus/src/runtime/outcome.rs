@@ -70,7 +70,7 @@ impl Shared {
             Status::Canceled => EventKind::Canceled,
         };
         let detail = failure.as_ref().map_or(
-            json!({}),
+            Value::Null,
             |f| json!({"errortype": f.errortype.as_str(), "error": f.error}),
         );
         let result = self.result(command, attempt, status, data, failure);
@@ -79,10 +79,9 @@ impl Shared {
             done_key: self.keys.done(&command.envelope.id.to_string()),
             replyto: command.replyto.clone(),
             result,
-            events: self
+            event: self
                 .event_fields(kind, command, attempt, detail)
-                .into_iter()
-                .collect(),
+                .unwrap_or_default(),
             dead_letter: Vec::new(),
         }
     }
@@ -158,10 +157,9 @@ impl Shared {
         finish.dead_letter = letter.encode();
         let detail =
             json!({"errortype": errortype.as_str(), "reason": reason, "deliveries": deliveries});
-        finish.events = self
+        finish.event = self
             .event_fields(EventKind::DeadLettered, command, deliveries, detail)
-            .into_iter()
-            .collect();
+            .unwrap_or_default();
         finish
     }
 }

@@ -43,8 +43,9 @@ pub(crate) struct Finish {
     pub replyto: Option<String>,
     /// The result entry (empty for none).
     pub result: Fields,
-    /// Events written when the result is accepted.
-    pub events: Vec<Fields>,
+    /// The event written when the result is accepted (empty for none); retyped
+    /// `mindbus.command.duplicate` when it is not.
+    pub event: Fields,
     /// A dead letter written when the result is accepted.
     pub dead_letter: Fields,
 }
@@ -211,15 +212,13 @@ fn script_header(t: &Targets, batch: &[Write]) -> Cmd {
 
 /// The arguments and bytes a finish adds to the script call (counts and ids included).
 fn finish_size(finish: &Finish) -> (usize, usize) {
-    let groups = std::iter::once(&finish.result)
-        .chain(&finish.events)
-        .chain(std::iter::once(&finish.dead_letter));
-    let (args, bytes) = groups.fold((0, 0), |(a, b), fields| {
+    let groups = [&finish.result, &finish.event, &finish.dead_letter];
+    let (args, bytes) = groups.iter().fold((0, 0), |(a, b), fields| {
         let bytes: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
         (a + 1 + fields.len() * 2, b + 8 + bytes)
     });
     let replyto = finish.replyto.as_ref().map_or(0, String::len);
-    (args + 5, bytes + 64 + finish.done_key.len() + replyto)
+    (args + 3, bytes + 64 + finish.done_key.len() + replyto)
 }
 
 fn push_finish(cmd: &mut Cmd, finish: Finish) {
@@ -227,9 +226,6 @@ fn push_finish(cmd: &mut Cmd, finish: Finish) {
     cmd.arg(finish.done_key)
         .arg(finish.replyto.unwrap_or_default());
     push_fields(cmd, &finish.result);
-    cmd.arg(finish.events.len());
-    for event in &finish.events {
-        push_fields(cmd, event);
-    }
+    push_fields(cmd, &finish.event);
     push_fields(cmd, &finish.dead_letter);
 }
