@@ -130,13 +130,9 @@ impl Shared {
             let failure = deadline_failure("the deadline passed before the command started");
             return Some(self.finish(id, &command, deliveries, Ending::Failed(failure)));
         }
-        self.emit(
-            EventKind::Received,
-            &command,
-            deliveries,
-            json!({"deliveries": deliveries}),
-        )
-        .await;
+        // The delivery count is the event's `attempt`.
+        self.emit(EventKind::Received, &command, deliveries, Value::Null)
+            .await;
         self.attempts(id, command, deliveries, max, fields, token)
             .await
     }
@@ -158,7 +154,7 @@ impl Shared {
             .build();
         let mut attempt = first;
         loop {
-            self.emit(EventKind::Started, &command, attempt, json!({}))
+            self.emit(EventKind::Started, &command, attempt, Value::Null)
                 .await;
             let failure = match self.invoke(&command, attempt, &token).await {
                 Invocation::Done(Ok(value)) => {

@@ -109,20 +109,25 @@ impl Envelope {
         })
     }
 
-    /// Writes the shared attributes. `datacontenttype` is written only when it is not the
-    /// default (JSON), and `id` only when `identity` says the entry carries it.
+    /// Writes the shared attributes. Documented defaults are left off: `datacontenttype` when
+    /// it is JSON, `data` when it is JSON `null`, and `id` unless `identity` says the entry
+    /// carries it.
     pub(crate) fn write(&self, w: &mut FieldWriter, identity: Identity) -> Result<(), WireError> {
-        let data = self.data.content_type.encode(&self.data.value)?;
+        let json = self.data.content_type == ContentType::Json;
+        let data = if json && self.data.value.is_null() {
+            None
+        } else {
+            Some(self.data.content_type.encode(&self.data.value)?)
+        };
         w.opt("id", (identity == Identity::Carried).then_some(self.id))
             .put("type", self.ty.as_str())
             .put("source", self.source.as_str())
             .show("time", self.time)
             .opt(
                 "datacontenttype",
-                (self.data.content_type != ContentType::Json)
-                    .then_some(self.data.content_type.as_str()),
+                (!json).then_some(self.data.content_type.as_str()),
             )
-            .put("data", data)
+            .put_opt("data", data)
             .show("traceparent", self.traceparent)
             .opt("tracestate", self.tracestate.as_deref());
         Ok(())

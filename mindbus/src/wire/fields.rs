@@ -103,6 +103,14 @@ impl FieldWriter {
         self
     }
 
+    /// Appends a field only when it has a value (raw bytes).
+    pub fn put_opt(&mut self, name: &str, value: Option<Vec<u8>>) -> &mut Self {
+        if let Some(value) = value {
+            self.put(name, value);
+        }
+        self
+    }
+
     /// Appends a field written with [`Display`].
     pub fn show(&mut self, name: &str, value: impl Display) -> &mut Self {
         self.put(name, value.to_string())

@@ -75,7 +75,7 @@ pub struct CommandResult {
     pub correlationid: Uuid,
     /// How the command ended.
     pub status: Status,
-    /// Which delivery produced this result (1 for the first).
+    /// Which delivery produced this result. Default (and left off the wire): 1.
     pub attempt: u32,
     /// The agent role that answered.
     pub role: Option<String>,
@@ -147,7 +147,7 @@ impl CommandResult {
         self.envelope.write(&mut w, Identity::Carried)?;
         w.show("correlationid", self.correlationid)
             .show("status", self.status)
-            .show("attempt", self.attempt)
+            .opt("attempt", (self.attempt != 1).then_some(self.attempt))
             .opt("role", self.role.as_deref());
         if let Some(failure) = &self.failure {
             w.show("errortype", &failure.errortype)

@@ -90,7 +90,7 @@ struct ResultFields {
     correlationid: String,
     /// `completed`, `failed` or `canceled`.
     status: StatusField,
-    /// Which delivery produced the result, from 1.
+    /// Which delivery produced the result, from 1. Default: 1.
     #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]
     attempt: Option<String>,
     /// The agent role that answered.
