@@ -93,7 +93,7 @@ impl Shared {
             stream: &self.stream,
             entry: id,
         };
-        let command = match Command::decode(fields.clone(), origin) {
+        let command = match Command::decode(&fields, origin) {
             Ok(command) => Arc::new(command),
             Err(e) => {
                 tracing::warn!(entry = %id, stream = %self.stream, error = %e, "dead-lettering a malformed command");

@@ -61,8 +61,11 @@ impl Command {
     }
 
     /// Decodes a command from stream fields, applying the documented defaults.
-    pub fn decode(fields: Fields, origin: Origin<'_>) -> Result<Self, WireError> {
-        let mut r = FieldReader::new(fields);
+    pub fn decode(
+        fields: impl AsRef<[(String, Vec<u8>)]>,
+        origin: Origin<'_>,
+    ) -> Result<Self, WireError> {
+        let mut r = FieldReader::new(fields.as_ref());
         let envelope = Envelope::read(&mut r, origin)?;
         let maxattempts = r.parse::<u32>("maxattempts")?;
         if maxattempts == Some(0) {

@@ -64,7 +64,7 @@ impl DeadLetter {
         let (ours, original): (Fields, Fields) = fields
             .into_iter()
             .partition(|(name, _)| name.starts_with(DLQ_FIELD_PREFIX));
-        let mut r = FieldReader::new(ours);
+        let mut r = FieldReader::new(&ours);
         Ok(Self {
             stream: r.required(STREAM)?,
             entry: r.parse_required(ENTRY)?,

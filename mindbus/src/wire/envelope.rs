@@ -89,7 +89,7 @@ impl Envelope {
             .parse::<ContentType>("datacontenttype")?
             .unwrap_or_default();
         let data = match r.bytes("data") {
-            Some(bytes) if !bytes.is_empty() => content_type.decode(&bytes)?,
+            Some(bytes) if !bytes.is_empty() => content_type.decode(bytes)?,
             _ => Value::Null,
         };
         let traceparent = r

@@ -114,8 +114,11 @@ impl Event {
     }
 
     /// Decodes an event from stream fields.
-    pub fn decode(fields: Fields, origin: Origin<'_>) -> Result<Self, WireError> {
-        let mut r = FieldReader::new(fields);
+    pub fn decode(
+        fields: impl AsRef<[(String, Vec<u8>)]>,
+        origin: Origin<'_>,
+    ) -> Result<Self, WireError> {
+        let mut r = FieldReader::new(fields.as_ref());
         Ok(Self {
             envelope: Envelope::read(&mut r, origin)?,
             correlationid: r.parse("correlationid")?,

@@ -9,37 +9,52 @@ use super::WireError;
 /// One stream entry's fields as Redis holds them: names and raw values, in order.
 pub type Fields = Vec<(String, Vec<u8>)>;
 
-/// Takes fields out of an entry one by one; what is left over are the unknown fields.
-/// An entry has a dozen fields or so, so a scan beats building a map for every entry.
+/// Takes fields out of an entry one by one, borrowing them; what is left over are the
+/// unknown fields. An entry has a dozen fields or so, so a scan beats building a map for
+/// every entry, and borrowing means a value is copied only when it is kept (and `data` is
+/// decoded straight from the entry).
 #[derive(Debug)]
-pub(crate) struct FieldReader {
-    fields: Fields,
+pub(crate) struct FieldReader<'a> {
+    fields: &'a [(String, Vec<u8>)],
+    /// Which fields are read already: a taken name and every earlier duplicate of it.
+    taken: Vec<bool>,
 }
 
-impl FieldReader {
+impl<'a> FieldReader<'a> {
     /// Later duplicates of a field name win, as `HSET`-style producers expect.
-    pub fn new(fields: Fields) -> Self {
-        Self { fields }
+    pub fn new(fields: &'a [(String, Vec<u8>)]) -> Self {
+        Self {
+            fields,
+            taken: vec![false; fields.len()],
+        }
     }
 
     /// The raw bytes of a field, which may be binary (only `data` is allowed to be).
-    pub fn bytes(&mut self, name: &str) -> Option<Vec<u8>> {
-        let last = self.fields.iter().rposition(|(n, _)| n == name)?;
-        let (_, value) = self.fields.remove(last);
-        // Earlier duplicates lose to the last one and are dropped with it.
-        self.fields.retain(|(n, _)| n != name);
-        Some(value)
+    pub fn bytes(&mut self, name: &str) -> Option<&'a [u8]> {
+        let mut last = None;
+        for ((n, value), taken) in self.fields.iter().zip(&mut self.taken) {
+            // Earlier duplicates lose to the last one and are taken with it.
+            if !*taken && n == name {
+                *taken = true;
+                last = Some(value.as_slice());
+            }
+        }
+        last
+    }
+
+    /// A text field, borrowed; absent or empty reads as `None`.
+    fn str(&mut self, name: &str) -> Result<Option<&'a str>, WireError> {
+        match self.bytes(name) {
+            None | Some([]) => Ok(None),
+            Some(raw) => std::str::from_utf8(raw)
+                .map(Some)
+                .map_err(|_| WireError::NotUtf8 { field: name.into() }),
+        }
     }
 
     /// A text field; absent or empty reads as `None`.
     pub fn text(&mut self, name: &str) -> Result<Option<String>, WireError> {
-        match self.bytes(name) {
-            None => Ok(None),
-            Some(raw) if raw.is_empty() => Ok(None),
-            Some(raw) => String::from_utf8(raw)
-                .map(Some)
-                .map_err(|_| WireError::NotUtf8 { field: name.into() }),
-        }
+        Ok(self.str(name)?.map(str::to_owned))
     }
 
     /// A text field the entry kind cannot do without.
@@ -54,7 +69,7 @@ impl FieldReader {
         T: FromStr,
         T::Err: Display,
     {
-        self.text(name)?
+        self.str(name)?
             .map(|raw| {
                 raw.trim()
                     .parse()
@@ -77,13 +92,18 @@ impl FieldReader {
     /// An unknown name written twice keeps its last value, as a taken one does.
     pub fn rest(self) -> Result<BTreeMap<String, String>, WireError> {
         let mut rest = BTreeMap::new();
-        for (name, raw) in self.fields.into_iter().rev() {
-            if rest.contains_key(&name) {
+        let untaken = self.fields.iter().zip(&self.taken).filter(|(_, t)| !**t);
+        for ((name, raw), _) in untaken.rev() {
+            if rest.contains_key(name) {
                 continue;
             }
-            match String::from_utf8(raw) {
-                Ok(text) => rest.insert(name, text),
-                Err(_) => return Err(WireError::NotUtf8 { field: name }),
+            match std::str::from_utf8(raw) {
+                Ok(text) => rest.insert(name.clone(), text.to_owned()),
+                Err(_) => {
+                    return Err(WireError::NotUtf8 {
+                        field: name.clone(),
+                    });
+                }
             };
         }
         Ok(rest)
@@ -142,18 +162,17 @@ impl FieldWriter {
 mod tests {
     use super::*;
 
-    fn reader(pairs: &[(&str, &[u8])]) -> FieldReader {
-        FieldReader::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect(),
-        )
+    fn fields(pairs: &[(&str, &[u8])]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
     }
 
     #[test]
     fn errors_name_the_field() {
-        let mut r = reader(&[("maxattempts", b"lots"), ("source", b"\xff\xfe")]);
+        let f = fields(&[("maxattempts", b"lots"), ("source", b"\xff\xfe")]);
+        let mut r = FieldReader::new(&f);
         let err = r.parse::<u32>("maxattempts").unwrap_err();
         assert_eq!(err.field(), Some("maxattempts"));
         assert!(err.to_string().contains("`lots`"), "{err}");
@@ -171,13 +190,14 @@ mod tests {
 
     #[test]
     fn the_last_duplicate_wins_and_none_is_left_over() {
-        let mut r = reader(&[
+        let f = fields(&[
             ("x", b"1"),
             ("type", b"a"),
             ("type", b"b"),
             ("y", b"9"),
             ("x", b"2"),
         ]);
+        let mut r = FieldReader::new(&f);
         assert_eq!(r.required("type").unwrap(), "b");
         assert_eq!(
             r.rest().unwrap(),
@@ -190,7 +210,8 @@ mod tests {
 
     #[test]
     fn an_earlier_duplicate_is_not_read_at_all() {
-        let r = reader(&[("x", b"\xff"), ("x", b"ok")]);
+        let f = fields(&[("x", b"\xff"), ("x", b"ok")]);
+        let r = FieldReader::new(&f);
         assert_eq!(
             r.rest().unwrap(),
             BTreeMap::from([("x".to_string(), "ok".to_string())])
@@ -210,8 +231,8 @@ mod tests {
                 .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
                 .collect();
             let mut model: BTreeMap<String, String> = pairs.into_iter().collect();
-            let mut r = FieldReader::new(fields);
-            let got = r.bytes(&taken).map(|v| String::from_utf8(v).unwrap());
+            let mut r = FieldReader::new(&fields);
+            let got = r.bytes(&taken).map(|v| String::from_utf8(v.to_vec()).unwrap());
             proptest::prop_assert_eq!(got, model.remove(&taken));
             proptest::prop_assert_eq!(r.rest().unwrap(), model);
         }
@@ -219,7 +240,8 @@ mod tests {
 
     #[test]
     fn rest_keeps_unknown_fields() {
-        let mut r = reader(&[("type", b"a.b"), ("tenant", b"acme")]);
+        let f = fields(&[("type", b"a.b"), ("tenant", b"acme")]);
+        let mut r = FieldReader::new(&f);
         r.required("type").unwrap();
         assert_eq!(
             r.rest().unwrap(),

@@ -123,8 +123,11 @@ impl CommandResult {
     }
 
     /// Decodes a result from stream fields.
-    pub fn decode(fields: Fields, origin: Origin<'_>) -> Result<Self, WireError> {
-        let mut r = FieldReader::new(fields);
+    pub fn decode(
+        fields: impl AsRef<[(String, Vec<u8>)]>,
+        origin: Origin<'_>,
+    ) -> Result<Self, WireError> {
+        let mut r = FieldReader::new(fields.as_ref());
         let envelope = Envelope::read(&mut r, origin)?;
         let status: Status = r.parse_required("status")?;
         let failure = read_failure(&mut r, status)?;
