@@ -55,10 +55,9 @@ fn fields(value: Value) -> Result<Option<Fields>, Error> {
     while let (Some(name), Some(value)) = (items.next(), items.next()) {
         // A name that is not UTF-8 must not make the whole reply unreadable (the entry
         // would then be stuck in a pending list); the decoders report it as malformed.
-        out.push((
-            String::from_utf8_lossy(&bytes(name)?).into_owned(),
-            bytes(value)?,
-        ));
+        let name = String::from_utf8(bytes(name)?)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        out.push((name, bytes(value)?));
     }
     Ok(Some(out))
 }

@@ -111,9 +111,18 @@ impl<'a> FieldReader<'a> {
 }
 
 /// Builds an entry's fields in a stable order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FieldWriter {
     fields: Fields,
+}
+
+impl Default for FieldWriter {
+    /// Room for the usual entry, so building one does not grow the list field by field.
+    fn default() -> Self {
+        Self {
+            fields: Vec::with_capacity(12),
+        }
+    }
 }
 
 impl FieldWriter {
