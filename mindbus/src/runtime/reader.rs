@@ -57,6 +57,8 @@ async fn read_once(
         _ = stop.cancelled() => return Ok(()),
         permits = take_slots(&shared.slots, shared.config.concurrency) => permits,
     }) else {
+        // The slots are closed only when the agent stops.
+        stop.cancelled().await;
         return Ok(());
     };
     let from = own_pending.map_or(">".to_owned(), |after| after.to_string());
@@ -103,10 +105,14 @@ async fn read_once(
 /// one permit: `split(1)` hands one to each entry, and the rest go back in one release.
 pub(crate) async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePermit> {
     let mut permits = Arc::clone(slots).acquire_owned().await.ok()?;
-    let more = slots.available_permits().min(max.saturating_sub(1));
-    let more = u32::try_from(more).unwrap_or(u32::MAX);
-    if let Ok(rest) = Arc::clone(slots).try_acquire_many_owned(more) {
-        permits.merge(rest);
+    // Another loop may take slots between the count and the take: then count again.
+    while permits.num_permits() < max && slots.available_permits() > 0 {
+        let more = slots.available_permits().min(max - permits.num_permits());
+        if let Ok(rest) =
+            Arc::clone(slots).try_acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX))
+        {
+            permits.merge(rest);
+        }
     }
     Some(permits)
 }

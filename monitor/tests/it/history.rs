@@ -85,4 +85,28 @@ async fn trace_shows_a_commands_whole_timeline_in_order() {
     assert_eq!(results.len(), 1);
     assert_eq!(results[0]["correlationid"], id.as_str());
     assert_eq!(results[0]["status"], "completed");
+    assert_eq!(results[0]["attempt"], "2", "the retry answered");
+
+    // A first attempt's result leaves `attempt` off the wire; the log still says 1.
+    let first = Command::new("echo.say", Payload::json(json!({"n": 1})));
+    let first_id = first.envelope.id.to_string();
+    mesh.bus
+        .call("echo", first, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("a result");
+    wait_recorded(&mesh, &db.pool().await, Duration::from_secs(30)).await;
+    let lines = cli(
+        &mesh,
+        &db,
+        &["events", "--type", "mindbus.result", "--json"],
+    );
+    let first_result = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["correlationid"] == first_id.as_str())
+        .unwrap_or_else(|| panic!("no result for {first_id} in:\n{lines}"));
+    assert_eq!(first_result["attempt"], "1");
+    let trace = cli(&mesh, &db, &["trace", &first_id]);
+    assert!(!trace.contains("null"), "a detail of null shown:\n{trace}");
 }

@@ -8,8 +8,11 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+/// The monitor keeps each entry's fields as written, so the documented defaults that writers
+/// leave out are filled in here: a result's `attempt` is 1, and absent `data` is no detail.
 const COLUMNS: &str = "stream, entry_ms, entry_seq, kind, type, id::text, correlation_id::text, run_id, status, role, \
-                       time::text, fields->>'attempt', data::text, malformed";
+                       time::text, coalesce(fields->>'attempt', CASE WHEN kind = 'result' THEN '1' END), \
+                       nullif(data, 'null'::jsonb)::text, malformed";
 
 type Row = (
     String,
