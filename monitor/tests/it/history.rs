@@ -30,6 +30,19 @@ fn cli(mesh: &Mesh, db: &TestDb, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Sends `command` to the echo agent, waits for its result and for the monitor to record
+/// everything; returns the command's id.
+async fn answered_and_recorded(mesh: &Mesh, db: &TestDb, command: Command) -> String {
+    let id = command.envelope.id.to_string();
+    mesh.bus
+        .call("echo", command, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("a result");
+    wait_recorded(mesh, &db.pool().await, Duration::from_secs(30)).await;
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_shows_a_commands_whole_timeline_in_order() {
     let db = TestDb::new("trace").await;
@@ -38,13 +51,7 @@ async fn trace_shows_a_commands_whole_timeline_in_order() {
     let _monitor = mesh.monitor(&db, &[]);
     let mut command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 1})));
     command.runid = Some("run-42".into());
-    let id = command.envelope.id.to_string();
-    mesh.bus
-        .call("echo", command, Duration::from_secs(20))
-        .await
-        .unwrap()
-        .expect("a result");
-    wait_recorded(&mesh, &db.pool().await, Duration::from_secs(30)).await;
+    let id = answered_and_recorded(&mesh, &db, command).await;
 
     let trace = cli(&mesh, &db, &["trace", &id]);
     let order = [
@@ -89,13 +96,7 @@ async fn trace_shows_a_commands_whole_timeline_in_order() {
 
     // A first attempt's result leaves `attempt` off the wire; the log still says 1.
     let first = Command::new("echo.say", Payload::json(json!({"n": 1})));
-    let first_id = first.envelope.id.to_string();
-    mesh.bus
-        .call("echo", first, Duration::from_secs(20))
-        .await
-        .unwrap()
-        .expect("a result");
-    wait_recorded(&mesh, &db.pool().await, Duration::from_secs(30)).await;
+    let first_id = answered_and_recorded(&mesh, &db, first).await;
     let lines = cli(
         &mesh,
         &db,
