@@ -132,12 +132,12 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> 
         entry: entry.id,
     };
     let decoded = match kind {
-        Kind::Command => Command::decode(fields.clone(), origin).map(|c| {
+        Kind::Command => Command::decode(fields, origin).map(|c| {
             row.run_id = c.runid;
             row.step_id = c.stepid;
             envelope(&mut row, c.envelope);
         }),
-        Kind::Result => CommandResult::decode(fields.clone(), origin).map(|r| {
+        Kind::Result => CommandResult::decode(fields, origin).map(|r| {
             row.correlation_id = Some(r.correlationid);
             row.status = Some(r.status.as_str().to_owned());
             row.role = r.role;
@@ -145,7 +145,7 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> 
             row.step_id = r.stepid;
             envelope(&mut row, r.envelope);
         }),
-        Kind::Event => Event::decode(fields.clone(), origin).map(|e| {
+        Kind::Event => Event::decode(fields, origin).map(|e| {
             row.correlation_id = e.correlationid;
             row.role = e.role;
             row.run_id = e.runid;

@@ -39,7 +39,7 @@ pub struct Line {
 }
 
 pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
-    let Some(fields) = entry.fields.clone() else {
+    let Some(fields) = entry.fields.as_ref() else {
         return Line {
             detail: "(deleted)".into(),
             ..Line::default()
@@ -51,14 +51,14 @@ pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
     };
     let role = keys.role_of(stream).unwrap_or_default().to_owned();
     let decoded = match kind_of(keys, stream) {
-        StreamKind::Commands => Command::decode(fields.clone(), origin).map(|c| Line {
+        StreamKind::Commands => Command::decode(fields, origin).map(|c| Line {
             ty: c.envelope.ty,
             id: c.envelope.id.to_string(),
             role,
             detail: format!("data={}", c.envelope.data.value),
             ..Line::default()
         }),
-        StreamKind::Results => CommandResult::decode(fields.clone(), origin).map(|r| Line {
+        StreamKind::Results => CommandResult::decode(fields, origin).map(|r| Line {
             ty: r.envelope.ty.clone(),
             id: r.envelope.id.to_string(),
             correlation: r.correlationid.to_string(),
@@ -70,7 +70,7 @@ pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
                 failure_or_data(&r)
             ),
         }),
-        StreamKind::Events => Event::decode(fields.clone(), origin).map(|e| Line {
+        StreamKind::Events => Event::decode(fields, origin).map(|e| Line {
             ty: e.envelope.ty,
             id: e.envelope.id.to_string(),
             correlation: e.correlationid.map(|c| c.to_string()).unwrap_or_default(),
@@ -96,7 +96,7 @@ pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
         )),
     };
     decoded.unwrap_or_else(|e| Line {
-        detail: format!("undecodable ({e}): {}", raw(&fields)),
+        detail: format!("undecodable ({e}): {}", raw(fields)),
         ..Line::default()
     })
 }
