@@ -215,6 +215,28 @@ mod tests {
     }
 
     #[test]
+    fn a_first_attempt_without_data_leaves_both_off_and_reads_back_the_same() {
+        let mut result = CommandResult::new(
+            Uuid::now_v7(),
+            Status::Canceled,
+            "agent",
+            Payload::json(json!(null)),
+        );
+        result.failure = Some(Failure {
+            errortype: ErrorType::Canceled,
+            error: "the command was cancelled".into(),
+            retryable: false,
+        });
+        let fields = result.encode().unwrap();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            !names.contains(&"attempt") && !names.contains(&"data"),
+            "{names:?}"
+        );
+        assert_eq!(CommandResult::decode(fields, ORIGIN).unwrap(), result);
+    }
+
+    #[test]
     fn failure_without_errortype_is_malformed() {
         let mut result = CommandResult::new(
             Uuid::now_v7(),
