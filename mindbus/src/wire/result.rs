@@ -193,19 +193,25 @@ mod tests {
         entry: EntryId { ms: 1, seq: 0 },
     };
 
-    #[test]
-    fn failed_result_round_trips() {
-        let mut result = CommandResult::new(
-            Uuid::now_v7(),
-            Status::Failed,
-            "agent",
-            Payload::json(json!(null)),
-        );
+    /// A result without data that did not complete, for `why`.
+    fn unsuccessful(status: Status, errortype: ErrorType, why: &str) -> CommandResult {
+        let mut result =
+            CommandResult::new(Uuid::now_v7(), status, "agent", Payload::json(json!(null)));
         result.failure = Some(Failure {
-            errortype: ErrorType::DeadlineExceeded,
-            error: "deadline passed before start".into(),
+            errortype,
+            error: why.into(),
             retryable: false,
         });
+        result
+    }
+
+    #[test]
+    fn failed_result_round_trips() {
+        let mut result = unsuccessful(
+            Status::Failed,
+            ErrorType::DeadlineExceeded,
+            "deadline passed before start",
+        );
         result.attempt = 2;
         result.role = Some("echo".into());
         assert_eq!(
@@ -216,17 +222,11 @@ mod tests {
 
     #[test]
     fn a_first_attempt_without_data_leaves_both_off_and_reads_back_the_same() {
-        let mut result = CommandResult::new(
-            Uuid::now_v7(),
+        let result = unsuccessful(
             Status::Canceled,
-            "agent",
-            Payload::json(json!(null)),
+            ErrorType::Canceled,
+            "the command was cancelled",
         );
-        result.failure = Some(Failure {
-            errortype: ErrorType::Canceled,
-            error: "the command was cancelled".into(),
-            retryable: false,
-        });
         let fields = result.encode().unwrap();
         let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
         assert!(
