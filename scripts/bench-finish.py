@@ -2,8 +2,9 @@
 
     REDIS_URL=redis://127.0.0.1:6379 python3 scripts/bench-finish.py [--batches 200] [--batch 100]
 
-Writes batches of finished echo commands (result, completed event, dedup key, ack) to a key
-prefix of its own, four ways, and prints the server's CPU (from INFO cpu) per command:
+Writes batches of finished echo commands (result, completed event, ack of a pending entry)
+to a key prefix of its own, four ways, and prints the server's CPU (from INFO cpu) per
+command:
   script    the agent's finish script (mindbus/src/runtime/finish.lua), atomic per batch
   pipeline  the same commands as a plain pipeline, without the atomicity
   noop      the script's call with the same arguments and a script that does nothing
@@ -35,6 +36,16 @@ def result(command_id: str) -> list:
             "traceparent", TRACE, "correlationid", command_id, "status", "completed", "role", "echo"]
 
 
+def pending(r: redis.Redis, commands: str, n: int) -> list:
+    """Adds n command entries and delivers them, so that their finishes have something to ack."""
+    pipe = r.pipeline(transaction=False)
+    for _ in range(n):
+        pipe.xadd(commands, {"type": "echo.say"})
+    entries = [e.decode() for e in pipe.execute()]
+    r.xreadgroup("echo", "bench", {commands: ">"}, count=n)
+    return entries
+
+
 def server_cpu(r: redis.Redis) -> float:
     info = r.info("cpu")
     return info["used_cpu_user"] + info["used_cpu_sys"]
@@ -45,17 +56,20 @@ def run(r: redis.Redis, mode: str, batches: int, size: int) -> float:
     commands = f"{prefix}:cmd:{{echo}}"
     r.xgroup_create(commands, "echo", id="0", mkstream=True)
     work = []
-    for b in range(batches):
+    for _ in range(batches):
+        entries = pending(r, commands, size)
         ids = [str(uuid.uuid4()) for _ in range(size)]
         args = [commands, "echo", f"{prefix}:result", f"{prefix}:event", f"{prefix}:dlq", 0, 86400, 60]
-        for j, command_id in enumerate(ids):
+        for entry, command_id in zip(entries, ids):
             res, ev = result(command_id), event("completed", command_id)
-            args += [f"{b + 1}-{j}", f"{prefix}:done:{command_id}", "", len(res), *res, len(ev), *ev, 0]
-        work.append((ids, args))
+            # No done key: like the benchmark's commands, these have no idempotencykey.
+            args += [entry, "", "", len(res), *res, len(ev), *ev, 0]
+        work.append((entries, ids, args))
     before = server_cpu(r)
-    for ids, args in work:
+    for entries, ids, args in work:
         if mode == "script":
-            r.eval(SCRIPT, 0, *args)
+            accepted = r.eval(SCRIPT, 0, *args)
+            assert all(a == 1 for a in accepted), "every finish acknowledges a pending entry"
         elif mode == "noop":
             r.eval("return 0", 0, *args)
         else:
@@ -64,11 +78,10 @@ def run(r: redis.Redis, mode: str, batches: int, size: int) -> float:
                 if mode == "event":
                     pipe.execute_command("XADD", f"{prefix}:event", "*", *event("started", command_id))
                     continue
-                pipe.execute_command("SET", f"{prefix}:done:{command_id}", "1", "NX", "EX", 86400)
                 pipe.execute_command("XADD", f"{prefix}:result", "*", *result(command_id))
                 pipe.execute_command("XADD", f"{prefix}:event", "*", *event("completed", command_id))
             if mode == "pipeline":
-                pipe.execute_command("XACK", commands, "echo", *[f"1-{j}" for j in range(size)])
+                pipe.execute_command("XACK", commands, "echo", *entries)
             pipe.execute()
     spent = server_cpu(r) - before
     for key in r.scan_iter(f"{prefix}:*", count=1000):

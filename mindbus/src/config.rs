@@ -80,7 +80,8 @@ pub struct AgentConfig {
     /// On SIGTERM, how long in-flight commands may take to finish (ms) before they are
     /// handed back for another consumer.
     pub shutdown_grace_ms: u64,
-    /// How long an accepted result's id is remembered (s), so a late duplicate is dropped.
+    /// How long the idempotency key of a command whose result was accepted is remembered
+    /// (s), so a later command with the same key is dropped as a duplicate.
     #[schemars(range(min = 1))]
     pub dedup_ttl_secs: u64,
     /// How long a `replyto` stream lives after its last result (s).

@@ -62,9 +62,11 @@ impl Keys {
         format!("{}:reply:{token}", self.prefix)
     }
 
-    /// `<prefix>:done:<command id>`: set once a command's result is accepted.
-    pub fn done(&self, command_id: &str) -> String {
-        format!("{}:done:{command_id}", self.prefix)
+    /// `<prefix>:done:{<role>}:<idempotency key>`: set once the result of a command of `role`
+    /// with that `idempotencykey` is accepted. The braces keep it in its command stream's
+    /// Redis Cluster slot.
+    pub fn done(&self, role: &str, idempotency_key: &str) -> String {
+        format!("{}:done:{{{role}}}:{idempotency_key}", self.prefix)
     }
 
     /// `<prefix>:llm:usage:run:<run id>`: a run's LLM totals (`calls`, `tokens_in`,

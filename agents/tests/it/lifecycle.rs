@@ -176,27 +176,71 @@ async fn sigterm_past_the_grace_period_hands_work_back() {
 }
 
 #[tokio::test]
-async fn a_command_published_twice_yields_one_accepted_result() {
+async fn commands_with_one_idempotency_key_yield_one_accepted_result() {
     let mesh = Mesh::new("dedup").await;
     let _agent = mesh.agent(&[]);
-    let command = Command::new("echo.say", Payload::json(json!({"text": "once"})));
-    mesh.bus.publish("echo", &command).await.unwrap();
+    let keyed = |text: &str| {
+        let mut command = Command::new("echo.say", Payload::json(json!({"text": text})));
+        command.idempotencykey = Some("order-7".into());
+        command
+    };
+    mesh.bus.publish("echo", &keyed("first")).await.unwrap();
     mesh.wait_results(1, Duration::from_secs(20)).await;
-    mesh.bus.publish("echo", &command).await.unwrap(); // a late duplicate, same id
+    // Another command (another id) with the same key: a late duplicate of the first.
+    mesh.bus.publish("echo", &keyed("again")).await.unwrap();
     mesh.wait_len(&mesh.stream("event"), 6, Duration::from_secs(20))
         .await;
-    let events = mesh.events().await;
-    assert_eq!(
-        events.last().unwrap().kind(),
-        Some(EventKind::Duplicate),
-        "{:?}",
-        events.iter().map(|e| &e.envelope.ty).collect::<Vec<_>>()
+    assert_eq!(last_event(&mesh).await, Some(EventKind::Duplicate));
+    let results = mesh.results().await;
+    assert_eq!(results.len(), 1, "the duplicate's result was dropped");
+    assert_eq!(results[0].envelope.data.value, json!({"text": "first"}));
+    assert!(
+        mesh.pending().await.is_empty(),
+        "the duplicate was acknowledged"
     );
-    assert_eq!(
-        mesh.results().await.len(),
-        1,
-        "the duplicate's result was dropped"
+}
+
+#[tokio::test]
+async fn without_an_idempotency_key_a_second_entry_runs_again() {
+    let mesh = Mesh::new("nokey").await;
+    let _agent = mesh.agent(&[]);
+    let command = Command::new("echo.say", Payload::json(json!({"text": "twice"})));
+    mesh.bus.publish("echo", &command).await.unwrap();
+    mesh.wait_results(1, Duration::from_secs(20)).await;
+    mesh.bus.publish("echo", &command).await.unwrap(); // the same id, a new entry
+    let results = mesh.wait_results(2, Duration::from_secs(20)).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.correlationid == command.envelope.id),
+        "both entries were answered"
     );
-    let pending = mesh.pending().await;
-    assert!(pending.is_empty(), "the duplicate was acknowledged");
+}
+
+/// A consumer that stalls (SIGSTOP) mid-command loses it to another, which runs it again and
+/// answers; when the first wakes up and finishes too, its result is dropped.
+#[tokio::test]
+async fn a_command_run_twice_after_a_reclaim_yields_one_accepted_result() {
+    let mesh = Mesh::new("stall").await;
+    let first = mesh.agent(&["--lease-ms", "1000"]);
+    let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 1_500})));
+    mesh.bus.publish("echo", &command).await.unwrap();
+    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+        .await;
+    let stalled = Pid::from_raw(first.id().unwrap() as i32);
+    kill(stalled, Signal::SIGSTOP).unwrap();
+    let _second = mesh.agent(&["--lease-ms", "1000"]);
+    let results = mesh.wait_results(1, Duration::from_secs(30)).await;
+    assert_eq!(results[0].attempt, 2, "the second agent ran it again");
+    kill(stalled, Signal::SIGCONT).unwrap();
+    // received and started twice, completed, then the first agent's late finish.
+    mesh.wait_len(&mesh.stream("event"), 6, Duration::from_secs(20))
+        .await;
+    assert_eq!(last_event(&mesh).await, Some(EventKind::Duplicate));
+    assert_eq!(mesh.results().await.len(), 1, "one accepted result");
+    assert!(mesh.pending().await.is_empty());
+}
+
+async fn last_event(mesh: &Mesh) -> Option<EventKind> {
+    mesh.events().await.last().and_then(|e| e.kind())
 }

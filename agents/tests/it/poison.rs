@@ -121,6 +121,8 @@ async fn dlq_retry_sends_a_dead_letter_back_and_it_can_succeed() {
     let _agent = mesh.agent(&[]);
     let mut command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 1})));
     command.maxattempts = Some(1);
+    // With a key, the retry's result is accepted only because retry clears the done key.
+    command.idempotencykey = Some("retry-me".into());
     mesh.bus.publish("echo", &command).await.unwrap();
     mesh.wait_len(&mesh.stream("dlq"), 1, Duration::from_secs(20))
         .await;

@@ -2,6 +2,10 @@
 -- ARGV: commands, group, results, events, deadletters, maxlen, dedup_ttl, reply_ttl, then per
 -- finished command: <entry> <donekey> <replyto> <result> <event> <deadletter>, where each
 -- <...> group of fields is <n> followed by n values (n may be 0).
+-- A result is accepted when its finish is the first to acknowledge the command's entry (a
+-- command run twice after a reclaim is finished twice; the second finish finds its entry
+-- acknowledged) and, when it has a done key (a command with an idempotency key), the key
+-- was not taken yet. Either way the entry ends acknowledged.
 -- Returns one 1 (accepted) or 0 (duplicate) per finished command; a duplicate's event is
 -- written with type mindbus.command.duplicate instead.
 -- Redis spends most of this script's time taking in ARGV, so the loop reads ARGV in place:
@@ -34,8 +38,7 @@ local function duplicate(start, n)
   xadd(events, copy, 1, n)
 end
 
-local accepted, acks = {}, {}
-local done_count, ack_count = 0, 0
+local accepted, done_count = {}, 0
 local i, last = 9, #ARGV
 while i <= last do
   local entry, done, replyto = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -47,7 +50,8 @@ while i <= last do
   local ln = tonumber(ARGV[lstart - 1])
   i = lstart + ln
   done_count = done_count + 1
-  if done == '' or call('SET', done, '1', 'NX', 'EX', dedup_ttl) then
+  local first = entry == '' or call('XACK', commands, group, entry) == 1
+  if first and (done == '' or call('SET', done, '1', 'NX', 'EX', dedup_ttl)) then
     xadd(results, ARGV, rstart, rstart + rn - 1)
     if replyto ~= '' and rn > 0 then
       -- A bad replyto (e.g. a key of another type) must not fail the whole batch.
@@ -63,13 +67,5 @@ while i <= last do
     end
     accepted[done_count] = 0
   end
-  if entry ~= '' then
-    ack_count = ack_count + 1
-    acks[ack_count] = entry
-  end
-end
--- One XACK for the whole run, still inside this atomic script.
-for j = 1, ack_count, 1000 do
-  call('XACK', commands, group, unpack(acks, j, math.min(j + 999, ack_count)))
 end
 return accepted

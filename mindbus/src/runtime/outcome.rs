@@ -76,7 +76,11 @@ impl Shared {
         let result = self.result(command, attempt, status, data, failure);
         Finish {
             entry: Some(entry),
-            done_key: self.keys.done(&command.envelope.id.to_string()),
+            done_key: command
+                .idempotencykey
+                .as_deref()
+                .map(|key| self.keys.done(&self.role, key))
+                .unwrap_or_default(),
             replyto: command.replyto.clone(),
             result,
             event: self

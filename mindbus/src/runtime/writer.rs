@@ -3,8 +3,10 @@
 //! call), with a few batches in flight on the pipelined connection.
 //!
 //! A finished command is written atomically with its acknowledgement: the result is
-//! accepted only if no result for that command id was accepted before (`SET NX` on its
-//! done key), so a command run twice yields one result and late duplicates are dropped.
+//! accepted only by the finish that acknowledges the entry first (`XACK` answers 1), so a
+//! command run twice after a reclaim yields one result; a command with an idempotency key
+//! is also accepted only once per key and role (`SET NX` on its done key), so a command
+//! published twice with that key yields one result.
 
 use std::time::Duration;
 
@@ -37,7 +39,8 @@ pub(crate) enum Write {
 pub(crate) struct Finish {
     /// The command entry to acknowledge (`None` for nothing).
     pub entry: Option<EntryId>,
-    /// `<prefix>:done:<command id>`; empty means always accept.
+    /// The command's done key (`<prefix>:done:{<role>}:<idempotency key>`), or empty when it
+    /// has no idempotency key: then only the first finish of its entry is accepted.
     pub done_key: String,
     /// The command's `replyto` stream, if any.
     pub replyto: Option<String>,

@@ -17,7 +17,9 @@ pub struct Command {
     pub deadline: Option<Timestamp>,
     /// How many deliveries before the command is dead-lettered. Default: the agent's setting.
     pub maxattempts: Option<u32>,
-    /// A key the producer uses to make repeated requests return the first one's command.
+    /// Commands of one role with the same key yield one accepted result (for the agents'
+    /// `dedup_ttl_secs`); a later one is acknowledged as a duplicate. Without a key, only a
+    /// second run of the same entry (after a reclaim) is recognised as a duplicate.
     pub idempotencykey: Option<String>,
     /// The workflow run this command belongs to.
     pub runid: Option<String>,

@@ -58,7 +58,9 @@ struct CommandFields {
     /// Deliveries before dead-lettering, at least 1. Default: the agent's setting (5).
     #[schemars(regex(pattern = r"^\s*[1-9][0-9]*\s*$"))]
     maxattempts: Option<String>,
-    /// Makes repeated requests return the first one's command.
+    /// Commands of one role with the same key yield one accepted result (for the agents'
+    /// dedup_ttl_secs, a day by default); a later one is acknowledged as a duplicate. Without
+    /// a key, only a second run of the same entry (after a reclaim) is a duplicate.
     idempotencykey: Option<String>,
     /// The workflow run this command belongs to.
     runid: Option<String>,

@@ -117,6 +117,9 @@ pub(crate) fn command_entry(
     }
     command.deadline = deadline_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
     command.maxattempts = maxattempts;
+    // A step sent again (by the outbox sweep, after a crash) carries the same id: the key
+    // makes agents accept one result for it.
+    command.idempotencykey = Some(row.command_id.to_string());
     command.runid = Some(run.id.to_string());
     command.stepid = Some(row.step.clone());
     command.causationid = Some(run.id.to_string());

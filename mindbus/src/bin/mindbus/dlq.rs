@@ -4,6 +4,7 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use comfy_table::Table;
 use mindbus::bus::Bus;
+use mindbus::keys::Keys;
 use mindbus::streams::{StreamEntry, parse_read};
 use mindbus::wire::{DeadLetter, EntryId, Fields, Origin, derived_id};
 use redis::Value;
@@ -147,8 +148,9 @@ async fn list(bus: &Bus, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-publishes each dead letter's original fields to its stream. The command's done key is
-/// cleared first, so its new result is not mistaken for a duplicate of the failed one.
+/// Re-publishes each dead letter's original fields to its stream. A command with an
+/// idempotency key has its done key cleared first, so its new result is not mistaken for a
+/// duplicate of the failed one.
 async fn retry(bus: &Bus, entries: Vec<StreamEntry>) -> anyhow::Result<()> {
     let mut conn = bus.connection();
     for entry in &entries {
@@ -156,7 +158,9 @@ async fn retry(bus: &Bus, entries: Vec<StreamEntry>) -> anyhow::Result<()> {
             .with_context(|| format!("dead letter {}", entry.id))?;
         let (command_id, original) = with_id(&letter);
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(bus.keys().done(&command_id)).ignore();
+        if let Some(done) = done_key(bus.keys(), &letter) {
+            pipe.cmd("DEL").arg(done).ignore();
+        }
         let add = pipe.cmd("XADD").arg(&letter.stream).arg("*");
         for (name, value) in &original {
             add.arg(name).arg(value.as_slice());
@@ -172,6 +176,17 @@ async fn retry(bus: &Bus, entries: Vec<StreamEntry>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The done key of a dead-lettered command that has an idempotency key.
+fn done_key(keys: &Keys, letter: &DeadLetter) -> Option<String> {
+    let role = keys.role_of(&letter.stream)?;
+    let (_, key) = letter
+        .original
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "idempotencykey")?;
+    Some(keys.done(role, std::str::from_utf8(key).ok()?))
 }
 
 /// The original fields with the command's `id` made explicit: a command sent without one had
