@@ -9,6 +9,9 @@ use mindbus::wire::{Command, Payload};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 
+/// Commands per pipeline in the throughput run.
+const CHUNK: usize = 256;
+
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
 pub struct Figures {
@@ -75,37 +78,56 @@ impl Target {
         )
     }
 
-    /// Sends `n` commands as fast as pipelining allows while reading results back.
+    /// Sends `n` commands as fast as pipelining allows while reading results back. The
+    /// commands are built before the clock starts and the results decoded after it stops,
+    /// so the load generator takes as little as it can of the CPU the measured parties share.
     pub async fn throughput(&mut self, n: usize) -> anyhow::Result<Figures> {
-        let mut sent_at = HashMap::with_capacity(n);
+        let (index, pipes) = self.pipelines(n);
         let mut reader = self.reader.clone();
         let results = self.results();
         let collect = tokio::spawn(async move { read_results(&mut reader, &results, n).await });
+        let mut sent_at = Vec::with_capacity(pipes.len());
         let start = Instant::now();
-        for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
-            let mut pipe = redis::pipe();
-            for &i in chunk {
-                let (id, fields) = Self::command(i);
-                let add = pipe.cmd("XADD").arg(self.commands()).arg("*");
-                for (k, v) in &fields {
-                    add.arg(k).arg(v.as_slice());
-                }
-                add.ignore();
-                sent_at.insert(id, Instant::now());
-            }
+        for pipe in &pipes {
+            sent_at.push(Instant::now());
             pipe.query_async::<()>(&mut self.writer).await?;
         }
-        let arrivals = collect.await??;
+        let replies = collect.await??;
         let elapsed = start.elapsed();
-        let mut latencies: Vec<f64> = arrivals
-            .iter()
-            .filter_map(|(id, at)| {
-                sent_at
-                    .get(id)
-                    .map(|s| at.duration_since(*s).as_secs_f64() * 1e3)
-            })
-            .collect();
+        let mut latencies = Vec::with_capacity(n);
+        for (reply, at) in replies {
+            for (_, entries) in parse_read(reply)? {
+                for entry in entries {
+                    let sent = correlation(&entry.fields.unwrap_or_default())
+                        .and_then(|id| index.get(&id))
+                        .map(|i| sent_at[i / CHUNK]);
+                    if let Some(sent) = sent {
+                        latencies.push(at.duration_since(sent).as_secs_f64() * 1e3);
+                    }
+                }
+            }
+        }
         Ok(figures(n as f64 / elapsed.as_secs_f64(), &mut latencies))
+    }
+
+    /// `n` commands in pipelines of `CHUNK`, and each command id's position.
+    fn pipelines(&self, n: usize) -> (HashMap<String, usize>, Vec<redis::Pipeline>) {
+        let mut index = HashMap::with_capacity(n);
+        let mut pipes = Vec::with_capacity(n.div_ceil(CHUNK));
+        for i in 0..n {
+            if i % CHUNK == 0 {
+                pipes.push(redis::pipe());
+            }
+            let (id, fields) = Self::command(i);
+            let add = pipes.last_mut().expect("pushed above").cmd("XADD");
+            add.arg(self.commands()).arg("*");
+            for (k, v) in &fields {
+                add.arg(k).arg(v.as_slice());
+            }
+            add.ignore();
+            index.insert(id, i);
+        }
+        (index, pipes)
     }
 
     /// One command at a time: send, wait for its result, repeat.
@@ -190,15 +212,18 @@ fn correlation(fields: &[(String, Vec<u8>)]) -> Option<String> {
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Reads the result stream until `n` entries have arrived; each reply is kept undecoded with
+/// the time it arrived.
 async fn read_results(
     conn: &mut MultiplexedConnection,
     stream: &str,
     n: usize,
-) -> anyhow::Result<Vec<(String, Instant)>> {
-    let mut out = Vec::with_capacity(n);
+) -> anyhow::Result<Vec<(redis::Value, Instant)>> {
+    let mut replies = Vec::new();
     let mut after = "0-0".to_string();
-    while out.len() < n {
-        let reply = redis::cmd("XREAD")
+    let mut arrived = 0;
+    while arrived < n {
+        let reply: redis::Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(2000)
             .arg("BLOCK")
@@ -208,24 +233,36 @@ async fn read_results(
             .arg(&after)
             .query_async(conn)
             .await?;
-        let entries: Vec<_> = parse_read(reply)?
-            .into_iter()
-            .flat_map(|(_, e)| e)
-            .collect();
-        anyhow::ensure!(
-            !entries.is_empty(),
-            "results stopped after {} of {n}",
-            out.len()
-        );
         let now = Instant::now();
-        for entry in entries {
-            after = entry.id.to_string();
-            if let Some(id) = correlation(&entry.fields.unwrap_or_default()) {
-                out.push((id, now));
-            }
-        }
+        let (count, last) = tally(&reply);
+        anyhow::ensure!(count > 0, "results stopped after {arrived} of {n}");
+        arrived += count;
+        after = last.unwrap_or(after);
+        replies.push((reply, now));
     }
-    Ok(out)
+    Ok(replies)
+}
+
+/// How many entries an `XREAD` reply of one stream holds, and the last one's id.
+fn tally(reply: &redis::Value) -> (usize, Option<String>) {
+    use redis::Value::{Array, BulkString};
+    let Array(streams) = reply else {
+        return (0, None);
+    };
+    let Some(Array(pair)) = streams.first() else {
+        return (0, None);
+    };
+    let Some(Array(entries)) = pair.get(1) else {
+        return (0, None);
+    };
+    let last = match entries.last() {
+        Some(Array(entry)) => match entry.first() {
+            Some(BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+            _ => None,
+        },
+        _ => None,
+    };
+    (entries.len(), last)
 }
 
 fn figures(per_second: f64, latencies: &mut [f64]) -> Figures {
