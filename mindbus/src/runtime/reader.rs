@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::worker::Delivery;
 use super::{Shared, retry_delays};
 use crate::Error;
-use crate::streams::{Redis, StreamEntry, ensure_group, parse_pending, parse_read};
+use crate::streams::{ReadConnection, Redis, StreamEntry, ensure_group, parse_pending};
 use crate::wire::EntryId;
 
 /// Reads commands until `stop` fires, reconnecting (and recreating the group) after errors.
@@ -40,14 +40,14 @@ pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: Cancellat
 async fn read_once(
     shared: &Arc<Shared>,
     redis: &Redis,
-    conn: &mut Option<MultiplexedConnection>,
+    conn: &mut Option<ReadConnection>,
     own_pending: &mut Option<EntryId>,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
     let block = Duration::from_millis(shared.config.block_ms);
     if conn.is_none() {
-        let mut fresh = redis.dedicated(block).await?;
-        ensure_group(&mut fresh, &shared.stream, &shared.role, "0").await?;
+        let fresh = redis.read_connection(block).await?;
+        ensure_group(&mut shared.conn.clone(), &shared.stream, &shared.role, "0").await?;
         *conn = Some(fresh);
     }
     let Some(conn) = conn.as_mut() else {
@@ -72,14 +72,10 @@ async fn read_once(
         cmd.arg("BLOCK").arg(shared.config.block_ms);
     }
     cmd.arg("STREAMS").arg(&shared.stream).arg(from);
-    let reply = tokio::select! {
+    let entries = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
-        reply = cmd.query_async(conn) => reply?,
+        entries = conn.read_entries(&cmd) => entries?,
     };
-    let entries: Vec<StreamEntry> = parse_read(reply)?
-        .into_iter()
-        .flat_map(|(_, e)| e)
-        .collect();
     let counts = if own_pending.is_some() {
         // Entries already running here come back too; moving past them keeps this from
         // re-reading the same ones while they run.
@@ -87,7 +83,7 @@ async fn read_once(
             .last()
             .filter(|_| entries.len() >= permits.num_permits())
             .map(|last| last.id);
-        delivery_counts(conn, shared, &entries).await?
+        delivery_counts(&mut shared.conn.clone(), shared, &entries).await?
     } else {
         HashMap::new()
     };

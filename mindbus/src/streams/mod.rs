@@ -4,6 +4,7 @@
 //! connection for writes, and a dedicated connection for each blocking read loop (a blocking
 //! read on a multiplexed connection stalls every clone of it).
 
+mod read_conn;
 mod reply;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, RedisError};
 use secrecy::{ExposeSecret, SecretString};
 
+pub use read_conn::ReadConnection;
 pub use reply::{StreamEntry, parse_autoclaim, parse_pending, parse_range, parse_read};
 
 use crate::Error;
@@ -56,6 +58,17 @@ impl Redis {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?)
+    }
+
+    /// Like [`Redis::dedicated`], for an agent's read loop: the connection only reads
+    /// streams, and decodes their entries faster than a general-purpose one.
+    pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, Error> {
+        ReadConnection::connect(
+            self.client.get_connection_info(),
+            CONNECT_TIMEOUT,
+            block + RESPONSE_TIMEOUT,
+        )
+        .await
     }
 }
 

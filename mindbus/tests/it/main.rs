@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod bus;
+mod read_conn;
 mod schemas;

@@ -1,0 +1,120 @@
+//! The agent's read connection against a private `redis-server` with a password: it
+//! authenticates, selects the URL's database, reads entries, and keeps `NOGROUP`.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mindbus::streams::{Redis, is_nogroup};
+use secrecy::SecretString;
+
+struct PrivateRedis(Child);
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(port: u16) -> PrivateRedis {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "s3cret",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    PrivateRedis(child)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn connected(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    for _ in 0..200 {
+        if let Ok(conn) = client.get_multiplexed_async_connection().await {
+            return conn;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("private redis-server did not start");
+}
+
+fn read(count: usize, block_ms: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg("g").arg("c").arg("COUNT").arg(count);
+    if let Some(ms) = block_ms {
+        cmd.arg("BLOCK").arg(ms);
+    }
+    cmd.arg("STREAMS").arg("s").arg(">");
+    cmd
+}
+
+#[tokio::test]
+async fn reads_entries_from_the_urls_database_after_authenticating() {
+    let port = free_port();
+    let _server = start(port);
+    let url = format!("redis://:s3cret@127.0.0.1:{port}/2");
+    let mut conn = connected(&url).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "g", "0", "MKSTREAM"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg(&["s", "*", "type", "echo.say", "data", "{}"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let redis = Redis::open(&SecretString::from(url)).unwrap();
+    let mut reader = redis
+        .read_connection(Duration::from_millis(100))
+        .await
+        .unwrap();
+    let entries = reader.read_entries(&read(10, None)).await.unwrap();
+    assert_eq!(entries.len(), 1, "the entry is in database 2 only");
+    assert_eq!(entries[0].id.to_string(), id);
+    let fields = entries[0].fields.clone().unwrap();
+    assert_eq!(fields[0], ("type".to_owned(), b"echo.say".to_vec()));
+
+    let none = reader.read_entries(&read(10, Some(100))).await.unwrap();
+    assert!(none.is_empty(), "a blocked read that times out is empty");
+
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["DESTROY", "s", "g"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = reader.read_entries(&read(10, None)).await.unwrap_err();
+    assert!(is_nogroup(&err), "{err}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused() {
+    let port = free_port();
+    let _server = start(port);
+    let _ = connected(&format!("redis://:s3cret@127.0.0.1:{port}")).await;
+    let redis = Redis::open(&SecretString::from(format!(
+        "redis://:wrong@127.0.0.1:{port}"
+    )))
+    .unwrap();
+    let err = redis
+        .read_connection(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("WRONGPASS"), "{err}");
+}
