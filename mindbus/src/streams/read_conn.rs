@@ -15,6 +15,9 @@ use super::StreamEntry;
 use crate::Error;
 use crate::wire::Fields;
 
+/// Room made in the buffer before each read: a 512-entry reply is about 160 KB.
+const READ_CHUNK: usize = 64 * 1024;
+
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
@@ -50,7 +53,7 @@ impl ReadConnection {
             .map_err(|_| timed_out("connecting"))??;
         let mut conn = Self {
             io,
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::with_capacity(READ_CHUNK),
             timeout,
             broken: false,
         };
@@ -101,6 +104,11 @@ impl ReadConnection {
                 decode_bytes_mut(&mut self.buf).map_err(|e| Error::Protocol(e.to_string()))?;
             if let Some((frame, _, _)) = decoded {
                 return Ok(frame);
+            }
+            // A full BytesMut would grow 64 bytes at a time, and every short read means
+            // another decoding attempt from the reply's start.
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
             }
             let read = self
                 .io
