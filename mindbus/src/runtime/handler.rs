@@ -65,7 +65,7 @@ pub(crate) struct Progress {
 impl Progress {
     async fn send(&self, kind: EventKind, command: &Command, attempt: u32, data: Value) {
         let event = super::outcome::event(kind, &self.source, &self.role, command, attempt, data);
-        if let Ok(fields) = event.encode_compact() {
+        if let Ok(fields) = event.encode_compact_packed() {
             let _ = self.writes.send(Write::Event(fields)).await;
         }
     }

@@ -6,7 +6,7 @@ use super::Shared;
 use super::writer::Finish;
 use crate::wire::{
     Command, CommandResult, DeadLetter, EntryId, ErrorType, Event, EventKind, Failure, Fields,
-    Payload, Status,
+    PackedFields, Payload, Status,
 };
 
 /// A lifecycle event about `command`, carrying its trace context and run ids.
@@ -43,10 +43,10 @@ impl Shared {
         command: &Command,
         attempt: u32,
         data: Value,
-    ) -> Option<Fields> {
+    ) -> Option<PackedFields> {
         let event = event(kind, &self.source, &self.role, command, attempt, data);
         event
-            .encode_compact()
+            .encode_compact_packed()
             .map_err(|e| tracing::error!(error = %e, "cannot encode an event"))
             .ok()
     }
@@ -86,7 +86,7 @@ impl Shared {
             event: self
                 .event_fields(kind, command, attempt, detail)
                 .unwrap_or_default(),
-            dead_letter: Vec::new(),
+            dead_letter: PackedFields::default(),
         }
     }
 
@@ -97,7 +97,7 @@ impl Shared {
         status: Status,
         data: Value,
         failure: Option<Failure>,
-    ) -> Fields {
+    ) -> PackedFields {
         let content_type = command.envelope.data.content_type;
         let mut result = CommandResult::new(
             command.envelope.id,
@@ -115,7 +115,7 @@ impl Shared {
         result.failure = failure;
         result.runid = command.runid.clone();
         result.stepid = command.stepid.clone();
-        match result.encode() {
+        match result.encode_packed() {
             Ok(fields) => fields,
             Err(e) => {
                 // The handler's output cannot be encoded as the command's content type.
@@ -126,7 +126,7 @@ impl Shared {
                     error: e.to_string(),
                     retryable: false,
                 });
-                result.encode().unwrap_or_default()
+                result.encode_packed().unwrap_or_default()
             }
         }
     }
@@ -158,7 +158,7 @@ impl Shared {
             time: jiff::Timestamp::now(),
             original,
         };
-        finish.dead_letter = letter.encode();
+        finish.dead_letter = PackedFields::from(&letter.encode());
         let detail =
             json!({"errortype": errortype.as_str(), "reason": reason, "deliveries": deliveries});
         finish.event = self

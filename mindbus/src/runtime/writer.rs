@@ -18,7 +18,7 @@ use redis::{Cmd, Pipeline};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::wire::{EntryId, Fields};
+use crate::wire::{EntryId, PackedFields};
 
 const MAX_BATCH: usize = 512;
 /// Batches sent before the first one is answered: the connection is pipelined, and Redis
@@ -29,7 +29,7 @@ const IN_FLIGHT: usize = 4;
 #[derive(Debug)]
 pub(crate) enum Write {
     /// A lifecycle or progress event.
-    Event(Fields),
+    Event(PackedFields),
     /// A finished command; the sender learns whether its result was the accepted one.
     Finish(Finish, oneshot::Sender<bool>),
 }
@@ -45,12 +45,12 @@ pub(crate) struct Finish {
     /// The command's `replyto` stream, if any.
     pub replyto: Option<String>,
     /// The result entry (empty for none).
-    pub result: Fields,
+    pub result: PackedFields,
     /// The event written when the result is accepted (empty for none); retyped
     /// `mindbus.command.duplicate` when it is not.
-    pub event: Fields,
+    pub event: PackedFields,
     /// A dead letter written when the result is accepted.
-    pub dead_letter: Fields,
+    pub dead_letter: PackedFields,
 }
 
 /// Streams and limits the writer needs.
@@ -140,22 +140,22 @@ async fn write(
 
 const FINISH_SCRIPT: &str = include_str!("finish.lua");
 
-fn push_fields(cmd: &mut Cmd, fields: &Fields) {
+fn push_fields(cmd: &mut Cmd, fields: &PackedFields) {
     cmd.arg(fields.len() * 2);
-    for (name, value) in fields {
-        cmd.arg(name.as_bytes()).arg(value.as_slice());
+    for (name, value) in fields.iter() {
+        cmd.arg(name).arg(value);
     }
 }
 
-fn xadd(stream: &str, maxlen: u64, fields: &Fields) -> Cmd {
-    let mut cmd = Cmd::with_capacity(6 + fields.len() * 2, 64 + fields.len() * 48);
+fn xadd(stream: &str, maxlen: u64, fields: &PackedFields) -> Cmd {
+    let mut cmd = Cmd::with_capacity(6 + fields.len() * 2, 64 + fields.byte_len());
     cmd.arg("XADD").arg(stream);
     if maxlen > 0 {
         cmd.arg("MAXLEN").arg("~").arg(maxlen);
     }
     cmd.arg("*");
-    for (name, value) in fields {
-        cmd.arg(name.as_bytes()).arg(value.as_slice());
+    for (name, value) in fields.iter() {
+        cmd.arg(name).arg(value);
     }
     cmd
 }
@@ -217,8 +217,7 @@ fn script_header(t: &Targets, batch: &[Write]) -> Cmd {
 fn finish_size(finish: &Finish) -> (usize, usize) {
     let groups = [&finish.result, &finish.event, &finish.dead_letter];
     let (args, bytes) = groups.iter().fold((0, 0), |(a, b), fields| {
-        let bytes: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
-        (a + 1 + fields.len() * 2, b + 8 + bytes)
+        (a + 1 + fields.len() * 2, b + 8 + fields.byte_len())
     });
     let replyto = finish.replyto.as_ref().map_or(0, String::len);
     (args + 3, bytes + 64 + finish.done_key.len() + replyto)

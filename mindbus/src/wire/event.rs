@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::WireError;
 use super::envelope::{Envelope, Extensions, Identity, Origin, Payload};
-use super::fields::{FieldReader, FieldWriter, Fields};
+use super::fields::{FieldReader, FieldWriter, Fields, PackedFields};
 
 /// The lifecycle of a command, as `type` `mindbus.command.<kind>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,7 +145,16 @@ impl Event {
         self.encode_as(Identity::FromEntry)
     }
 
+    /// [`Event::encode_compact`] into one buffer, as the agents' writer sends it.
+    pub fn encode_compact_packed(&self) -> Result<PackedFields, WireError> {
+        Ok(self.writer(Identity::FromEntry)?.finish_packed())
+    }
+
     fn encode_as(&self, identity: Identity) -> Result<Fields, WireError> {
+        Ok(self.writer(identity)?.finish())
+    }
+
+    fn writer(&self, identity: Identity) -> Result<FieldWriter, WireError> {
         let mut w = FieldWriter::default();
         self.envelope.write(&mut w, identity)?;
         w.opt("correlationid", self.correlationid)
@@ -154,7 +163,7 @@ impl Event {
             .opt("runid", self.runid.as_deref())
             .opt("stepid", self.stepid.as_deref())
             .extensions(&self.extensions);
-        Ok(w.finish())
+        Ok(w)
     }
 }
 

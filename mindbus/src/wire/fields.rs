@@ -110,25 +110,100 @@ impl<'a> FieldReader<'a> {
     }
 }
 
-/// Builds an entry's fields in a stable order.
+/// An entry's fields in one buffer: how the agents' writer holds what it sends, without an
+/// allocation per field name and value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackedFields {
+    bytes: Vec<u8>,
+    /// Where each field's name ends and its value ends, in `bytes`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl PackedFields {
+    /// How many fields.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of every name and value together.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Names and values, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let field = (
+                &self.bytes[start..name_end],
+                &self.bytes[name_end..value_end],
+            );
+            start = value_end;
+            field
+        })
+    }
+
+    /// The same fields, one allocation each.
+    pub fn to_fields(&self) -> Fields {
+        self.iter()
+            .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+            .collect()
+    }
+
+    fn push_name(&mut self, name: &str) {
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.ends.push((self.bytes.len(), self.bytes.len()));
+    }
+
+    /// Ends the value of the field whose name was pushed last.
+    fn end_value(&mut self) {
+        if let Some(last) = self.ends.last_mut() {
+            last.1 = self.bytes.len();
+        }
+    }
+}
+
+impl From<&Fields> for PackedFields {
+    fn from(fields: &Fields) -> Self {
+        let mut packed = Self::default();
+        for (name, value) in fields {
+            packed.push_name(name);
+            packed.bytes.extend_from_slice(value);
+            packed.end_value();
+        }
+        packed
+    }
+}
+
+/// Builds an entry's fields in a stable order, into one buffer.
 #[derive(Debug)]
 pub(crate) struct FieldWriter {
-    fields: Fields,
+    fields: PackedFields,
 }
 
 impl Default for FieldWriter {
-    /// Room for the usual entry, so building one does not grow the list field by field.
+    /// Room for the usual entry, so building one does not grow the buffer field by field.
     fn default() -> Self {
         Self {
-            fields: Vec::with_capacity(12),
+            fields: PackedFields {
+                bytes: Vec::with_capacity(512),
+                ends: Vec::with_capacity(12),
+            },
         }
     }
 }
 
 impl FieldWriter {
     /// Appends a field.
-    pub fn put(&mut self, name: &str, value: impl Into<Vec<u8>>) -> &mut Self {
-        self.fields.push((name.to_owned(), value.into()));
+    pub fn put(&mut self, name: &str, value: impl AsRef<[u8]>) -> &mut Self {
+        self.fields.push_name(name);
+        self.fields.bytes.extend_from_slice(value.as_ref());
+        self.fields.end_value();
         self
     }
 
@@ -140,9 +215,14 @@ impl FieldWriter {
         self
     }
 
-    /// Appends a field written with [`Display`].
+    /// Appends a field written with [`Display`], formatted in place.
     pub fn show(&mut self, name: &str, value: impl Display) -> &mut Self {
-        self.put(name, value.to_string())
+        use std::io::Write as _;
+        self.fields.push_name(name);
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.fields.bytes, "{value}");
+        self.fields.end_value();
+        self
     }
 
     /// Appends a field only when it has a value.
@@ -156,13 +236,18 @@ impl FieldWriter {
     /// Appends unknown fields that were kept on decoding.
     pub fn extensions(&mut self, extensions: &BTreeMap<String, String>) -> &mut Self {
         for (name, value) in extensions {
-            self.put(name, value.as_bytes());
+            self.put(name, value);
         }
         self
     }
 
     /// The finished fields.
     pub fn finish(self) -> Fields {
+        self.fields.to_fields()
+    }
+
+    /// The finished fields, in one buffer.
+    pub fn finish_packed(self) -> PackedFields {
         self.fields
     }
 }
@@ -245,6 +330,37 @@ mod tests {
             proptest::prop_assert_eq!(got, model.remove(&taken));
             proptest::prop_assert_eq!(r.rest().unwrap(), model);
         }
+
+        /// Packing keeps every field, empty names and values and binary values included,
+        /// in order.
+        #[test]
+        fn packed_fields_keep_every_field_in_order(
+            pairs in proptest::collection::vec(("[a-z]{0,4}", proptest::collection::vec(proptest::num::u8::ANY, 0..6)), 0..10),
+        ) {
+            let fields: Fields = pairs.into_iter().collect();
+            let packed = PackedFields::from(&fields);
+            proptest::prop_assert_eq!(packed.len(), fields.len());
+            proptest::prop_assert_eq!(packed.to_fields(), fields.clone());
+            let mut w = FieldWriter::default();
+            for (name, value) in &fields {
+                w.put(name, value);
+            }
+            proptest::prop_assert_eq!(w.finish_packed(), packed);
+        }
+    }
+
+    #[test]
+    fn shown_values_are_formatted_in_place() {
+        let mut w = FieldWriter::default();
+        w.show("attempt", 12)
+            .opt("none", None::<u32>)
+            .put("data", b"{}");
+        let packed = w.finish_packed();
+        let got: Vec<(&[u8], &[u8])> = packed.iter().collect();
+        assert_eq!(
+            got,
+            vec![(&b"attempt"[..], &b"12"[..]), (&b"data"[..], &b"{}"[..])]
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use envelope::{ANONYMOUS_SOURCE, Envelope, Extensions, Origin, Payload, deri
 pub use error::WireError;
 pub use error_type::ErrorType;
 pub use event::{Event, EventKind};
-pub use fields::Fields;
+pub use fields::{Fields, PackedFields};
 pub use result::{CommandResult, Failure, RESULT_TYPE, Status};
 pub use run::{ORCHESTRATOR_ROLE, RunCommand, RunEventKind, RunStatus};
 pub use trace::TraceParent;

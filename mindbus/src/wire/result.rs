@@ -6,7 +6,7 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 use super::envelope::{Envelope, Extensions, Identity, Origin, Payload};
-use super::fields::{FieldReader, FieldWriter, Fields};
+use super::fields::{FieldReader, FieldWriter, Fields, PackedFields};
 use super::{ErrorType, WireError};
 
 /// The `type` of every result entry.
@@ -146,6 +146,15 @@ impl CommandResult {
 
     /// Encodes the result as stream fields.
     pub fn encode(&self) -> Result<Fields, WireError> {
+        Ok(self.writer()?.finish())
+    }
+
+    /// [`CommandResult::encode`] into one buffer, as the agents' writer sends it.
+    pub fn encode_packed(&self) -> Result<PackedFields, WireError> {
+        Ok(self.writer()?.finish_packed())
+    }
+
+    fn writer(&self) -> Result<FieldWriter, WireError> {
         let mut w = FieldWriter::default();
         self.envelope.write(&mut w, Identity::Carried)?;
         w.show("correlationid", self.correlationid)
@@ -160,7 +169,7 @@ impl CommandResult {
         w.opt("runid", self.runid.as_deref())
             .opt("stepid", self.stepid.as_deref())
             .extensions(&self.extensions);
-        Ok(w.finish())
+        Ok(w)
     }
 }
 
