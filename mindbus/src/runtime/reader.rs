@@ -94,6 +94,10 @@ async fn read_once(
         };
         shared.dispatch(Delivery { entry, deliveries }, permit);
     }
+    // Let the commands just dispatched start (and their events leave) before this loop
+    // sends its next blocking read: on a busy runtime that read's write would otherwise
+    // come first, on every command's way through.
+    tokio::task::yield_now().await;
     Ok(())
 }
 
