@@ -81,7 +81,8 @@ def run(r: redis.Redis, mode: str, batches: int, size: int) -> float:
                 pipe.execute_command("XADD", f"{prefix}:result", "*", *result(command_id))
                 pipe.execute_command("XADD", f"{prefix}:event", "*", *event("completed", command_id))
             if mode == "pipeline":
-                pipe.execute_command("XACK", commands, "echo", *entries)
+                for entry in entries:  # one XACK each, as the script acknowledges them
+                    pipe.execute_command("XACK", commands, "echo", entry)
             pipe.execute()
     spent = server_cpu(r) - before
     for key in r.scan_iter(f"{prefix}:*", count=1000):

@@ -3,8 +3,10 @@
     python3 agent.py --role shout [--count N]
 
 It answers each command's `data.text` in upper case, writing the result to the result stream
-(and to `replyto` when the command names one) and acknowledging the command, as the Rust
-runtime does. Environment: REDIS_URL, MINDBUS_PREFIX.
+(and to `replyto` when the command names one) and acknowledging the command in one script: as
+in the Rust runtime, only the finish that acknowledges the entry first writes a result, so a
+command run twice after a reclaim is answered once. (It does not keep the done keys of
+commands with an `idempotencykey`.) Environment: REDIS_URL, MINDBUS_PREFIX.
 """
 
 import argparse
@@ -16,6 +18,19 @@ import sys
 import uuid
 
 import redis
+
+
+# KEYS: the command stream, the result stream. ARGV: group, entry id, replyto, result fields.
+FINISH = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+if ARGV[3] ~= '' then
+  redis.call('XADD', ARGV[3], 'MAXLEN', '~', 1000, '*', unpack(ARGV, 4))
+end
+return 1
+"""
 
 
 def now() -> str:
@@ -68,12 +83,8 @@ def handle(r, prefix, stream, role, consumer, entry_id, fields) -> None:
         "attempt": "1",
         "role": role,
     }
-    pipe = r.pipeline(transaction=True)
-    pipe.xadd(f"{prefix}:result", result)
-    if f.get("replyto"):
-        pipe.xadd(f["replyto"], result)
-    pipe.xack(stream, role, entry_id)
-    pipe.execute()
+    fields = [item for pair in result.items() for item in pair]
+    r.eval(FINISH, 2, stream, f"{prefix}:result", role, entry_id, f.get("replyto", ""), *fields)
 
 
 def main() -> int:

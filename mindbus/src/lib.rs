@@ -13,7 +13,8 @@
 //!
 //! # Invariant
 //! Processes talk only through streams: everything one process tells another is an entry
-//! that [`wire`] can decode, and a command's result is accepted at most once.
+//! that [`wire`] can decode, and a command entry's result is accepted at most once (and a
+//! command with an `idempotencykey`, once per key and role).
 
 pub mod bench;
 pub mod bus;

@@ -221,7 +221,18 @@ async fn without_an_idempotency_key_a_second_entry_runs_again() {
 /// answers; when the first wakes up and finishes too, its result is dropped.
 #[tokio::test]
 async fn a_command_run_twice_after_a_reclaim_yields_one_accepted_result() {
-    let mesh = Mesh::new("stall").await;
+    run_twice_after_a_reclaim("stall", false).await;
+}
+
+/// The same, with the acknowledged entry trimmed away before the late finish, as the monitor
+/// trims: its finish still counts as a duplicate.
+#[tokio::test]
+async fn a_late_finish_of_a_trimmed_entry_is_still_a_duplicate() {
+    run_twice_after_a_reclaim("stalltrim", true).await;
+}
+
+async fn run_twice_after_a_reclaim(name: &str, trim: bool) {
+    let mesh = Mesh::new(name).await;
     let first = mesh.agent(&["--lease-ms", "1000"]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 1_500})));
     mesh.bus.publish("echo", &command).await.unwrap();
@@ -232,6 +243,15 @@ async fn a_command_run_twice_after_a_reclaim_yields_one_accepted_result() {
     let _second = mesh.agent(&["--lease-ms", "1000"]);
     let results = mesh.wait_results(1, Duration::from_secs(30)).await;
     assert_eq!(results[0].attempt, 2, "the second agent ran it again");
+    if trim {
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(mesh.stream("cmd:{echo}"))
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut mesh.bus.connection())
+            .await
+            .unwrap();
+    }
     kill(stalled, Signal::SIGCONT).unwrap();
     // received and started twice, completed, then the first agent's late finish.
     mesh.wait_len(&mesh.stream("event"), 6, Duration::from_secs(20))
@@ -239,6 +259,26 @@ async fn a_command_run_twice_after_a_reclaim_yields_one_accepted_result() {
     assert_eq!(last_event(&mesh).await, Some(EventKind::Duplicate));
     assert_eq!(mesh.results().await.len(), 1, "one accepted result");
     assert!(mesh.pending().await.is_empty());
+}
+
+/// A command whose entry Redis lost while it ran (as in a restart without persistence) is
+/// still answered: nothing acknowledged it, though XACK finds nothing to acknowledge.
+#[tokio::test]
+async fn a_command_whose_entry_redis_lost_while_it_ran_is_answered() {
+    let mesh = Mesh::new("lostentry").await;
+    let _agent = mesh.agent(&[]);
+    let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 1_000})));
+    mesh.bus.publish("echo", &command).await.unwrap();
+    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+        .await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(mesh.stream("cmd:{echo}"))
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    let results = mesh.wait_results(1, Duration::from_secs(20)).await;
+    assert_eq!(results[0].correlationid, command.envelope.id);
+    assert_eq!(results[0].status, Status::Completed);
 }
 
 async fn last_event(mesh: &Mesh) -> Option<EventKind> {

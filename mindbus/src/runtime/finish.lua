@@ -5,7 +5,9 @@
 -- A result is accepted when its finish is the first to acknowledge the command's entry (a
 -- command run twice after a reclaim is finished twice; the second finish finds its entry
 -- acknowledged) and, when it has a done key (a command with an idempotency key), the key
--- was not taken yet. Either way the entry ends acknowledged.
+-- was not taken yet. Either way the entry ends acknowledged. XACK also finds nothing when
+-- Redis lost the entry with its data (a restart without persistence): if the stream has no
+-- record of reaching that entry, nobody answered it, and its result is accepted.
 -- Returns one 1 (accepted) or 0 (duplicate) per finished command; a duplicate's event is
 -- written with type mindbus.command.duplicate instead.
 -- Redis spends most of this script's time taking in ARGV, so the loop reads ARGV in place:
@@ -25,6 +27,61 @@ local function xadd(stream, values, first, last)
   else
     call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(values, first, last))
   end
+end
+
+-- Whether stream id a <= b.
+local function not_after(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not am or not bm then
+    return true
+  end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as <= bs)
+end
+
+-- Whether the group exists and has read past `entry`.
+local function delivered(entry)
+  local groups = redis.pcall('XINFO', 'GROUPS', commands)
+  if type(groups) ~= 'table' or groups.err then
+    return false
+  end
+  for _, info in ipairs(groups) do
+    local name, last
+    for j = 1, #info, 2 do
+      if info[j] == 'name' then
+        name = info[j + 1]
+      elseif info[j] == 'last-delivered-id' then
+        last = info[j + 1]
+      end
+    end
+    if name == group then
+      return last ~= nil and not_after(entry, last)
+    end
+  end
+  return false
+end
+
+-- Called only when XACK found nothing to acknowledge: whether another finish acknowledged
+-- the entry (this one is a duplicate), rather than this Redis losing it with its data.
+local function acknowledged_before(entry)
+  local range = redis.pcall('XRANGE', commands, entry, entry)
+  if type(range) == 'table' and not range.err and #range > 0 then
+    return delivered(entry)
+  end
+  -- Gone. A stream that has since added entries past it held it and trimmed it, as the
+  -- monitor trims acknowledged entries: a duplicate. A stream that never got that far (or
+  -- none at all) lost it with its data.
+  local info = redis.pcall('XINFO', 'STREAM', commands)
+  if type(info) ~= 'table' or info.err then
+    return false
+  end
+  for j = 1, #info, 2 do
+    if info[j] == 'last-generated-id' then
+      return not_after(entry, info[j + 1])
+    end
+  end
+  return false
 end
 
 -- The event at `start`, retyped as a duplicate (rare, so a copy is fine).
@@ -51,6 +108,7 @@ while i <= last do
   i = lstart + ln
   done_count = done_count + 1
   local first = entry == '' or call('XACK', commands, group, entry) == 1
+    or not acknowledged_before(entry)
   if first and (done == '' or call('SET', done, '1', 'NX', 'EX', dedup_ttl)) then
     xadd(results, ARGV, rstart, rstart + rn - 1)
     if replyto ~= '' and rn > 0 then

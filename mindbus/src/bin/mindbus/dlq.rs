@@ -186,7 +186,9 @@ fn done_key(keys: &Keys, letter: &DeadLetter) -> Option<String> {
         .iter()
         .rev()
         .find(|(name, _)| name == "idempotencykey")?;
-    Some(keys.done(role, std::str::from_utf8(key).ok()?))
+    // An empty key reads as none.
+    let key = std::str::from_utf8(key).ok().filter(|k| !k.is_empty())?;
+    Some(keys.done(role, key))
 }
 
 /// The original fields with the command's `id` made explicit: a command sent without one had
