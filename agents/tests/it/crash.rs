@@ -65,6 +65,50 @@ async fn kill_9_of_one_agent_loses_nothing() {
     );
 }
 
+/// At the shipped defaults (lease 30 s, 64 slots), a busy role takes back everything a
+/// killed agent held within about one lease and one reclaim period: reclaiming comes before
+/// new entries, so it never waits behind the backlog or a blocked read.
+#[tokio::test]
+async fn kill_9_at_the_defaults_recovers_within_a_lease_and_a_period() {
+    let defaults = mindbus::config::AgentConfig::default();
+    let lease = Duration::from_millis(defaults.lease_ms);
+    let period = (lease / 4).min(Duration::from_secs(5));
+    let mesh = Mesh::new("crash-defaults").await;
+    let mut agents: Vec<_> = (0..3).map(|_| mesh.agent(&[])).collect();
+    mesh.wait_consumers(3).await;
+
+    const MANY: usize = 2_000;
+    for i in 0..MANY {
+        let command = Command::new("echo.say", Payload::json(json!({"i": i, "sleep_ms": 300})));
+        mesh.bus.publish("echo", &command).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = agents.remove(0);
+    let pid = victim.id().unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let killed_at = Instant::now();
+    let stranded = pending_of(&mesh, pid).await;
+    assert!(stranded > 0, "the victim was killed mid-command");
+
+    let bound = lease + period + Duration::from_secs(10);
+    let what = format!("the dead consumer still holds entries {bound:?} after the kill");
+    crate::testenv::eventually(bound, &what, || async {
+        (pending_of(&mesh, pid).await == 0).then_some(())
+    })
+    .await;
+    let taken_back_in = killed_at.elapsed();
+    let results = mesh.wait_results(MANY, Duration::from_secs(30)).await;
+    let counts = by_command(&results);
+    assert_eq!(counts.len(), MANY, "every command has a result");
+    assert!(counts.values().all(|n| *n == 1), "exactly one result each");
+    println!(
+        "crash at the defaults: {stranded} entries stranded by kill -9, all taken back \
+         {taken_back_in:?} after the kill, all {MANY} results {:?} after it \
+         (lease {lease:?}, reclaim period {period:?})",
+        killed_at.elapsed()
+    );
+}
+
 /// Entries pending for the consumer of process `pid` (consumer names carry the pid).
 async fn pending_of(mesh: &Mesh, pid: u32) -> usize {
     let marker = format!("-{pid}-");

@@ -108,3 +108,61 @@ async fn agent_survives_a_redis_restart() {
     assert!(results.iter().all(|r| r.status == Status::Completed));
     drop(server);
 }
+
+/// Reconnecting does not count as a delivery: a command running through several dropped
+/// connections is still on its first delivery, and ends with one result on attempt 1.
+#[tokio::test]
+async fn reconnects_do_not_count_as_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = PrivateRedis::start(dir.path(), free_port());
+    let mesh = Mesh::on(&server.url(), "reconnect").await;
+    let _agent = mesh.agent(&[]);
+    mesh.wait_consumers(1).await;
+    let mut command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 4_000})));
+    command.maxattempts = Some(2);
+    mesh.bus.publish("echo", &command).await.unwrap();
+    crate::testenv::eventually(Duration::from_secs(10), "the command started", || async {
+        mesh.any_started().await.then_some(())
+    })
+    .await;
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        // Every connection but this one: the agent's reads and writes, and the test's bus.
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // The test's own connection was cut too: the first request after that fails.
+    let mut conn = mesh.bus.connection();
+    for _ in 0..10 {
+        if redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = mesh.pending().await;
+    assert_eq!(pending.len(), 1, "the command still runs");
+    assert_eq!(
+        pending[0].2, 1,
+        "still its first delivery after three reconnects"
+    );
+    let results = mesh.wait_results(1, Duration::from_secs(20)).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].status, Status::Completed);
+    assert_eq!(results[0].attempt, 1);
+}

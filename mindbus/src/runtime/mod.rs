@@ -6,7 +6,8 @@
 //! and malformed entries, honours deadlines and cancellations, and writes every finished
 //! command atomically with its acknowledgement (see `writer`).
 //!
-//! Layout: `reader` (read loop), `reclaim` (XAUTOCLAIM and lease renewal), `worker` (one
+//! Layout: `reader` (read loop: own pending after a reconnect, reclaimed, then new entries),
+//! `reclaim` (XAUTOCLAIM sweeps and lease renewal), `worker` (one
 //! entry), `outcome` (the entries a finished command leaves), `writer` (ordered, batched
 //! writes), `lease` (ownership-checked XCLAIM), `control` (cancellations).
 
@@ -102,7 +103,6 @@ impl Agent {
             redis.clone(),
             shutdown.clone(),
         ));
-        loops.spawn(reclaim::reclaim_loop(Arc::clone(&shared), shutdown.clone()));
         loops.spawn(control::listen(
             redis.clone(),
             shared.keys.control(),

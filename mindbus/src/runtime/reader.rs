@@ -1,35 +1,45 @@
-//! The read loop: own pending entries first, then new ones, never more than free slots.
+//! The read loop, the one place an agent takes entries, never more than it has free slots:
+//! first its own pending entries after a reconnect, then entries other consumers left idle
+//! past the lease (see `reclaim`), then new ones. Taking work back comes first, so a dead
+//! consumer's entries run elsewhere as soon as slots free up, however busy the role is.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::reclaim::Reclaimer;
 use super::worker::Delivery;
 use super::{Shared, retry_delays};
 use crate::Error;
-use crate::streams::{ReadConnection, Redis, StreamEntry, ensure_group, parse_pending};
-use crate::wire::EntryId;
+use crate::streams::{ReadConnection, Redis, ensure_group, parse_pending, parse_range};
 
 /// Reads commands until `stop` fires, reconnecting (and recreating the group) after errors.
 pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: CancellationToken) {
     let mut conn = None;
-    // `Some(id)`: still reading our own pending entries, after `id`; `None`: reading new ones.
-    let mut own_pending = Some(EntryId::ZERO);
+    let mut reclaimer = Reclaimer::new(shared.config.lease_ms);
+    // A fresh consumer name has no pending entries; after a failed read it may have some
+    // that were delivered to it but never reached it.
+    let mut recovering = false;
     let mut delays = retry_delays();
     shared.cancellations.wait_caught_up(&stop).await;
     while !stop.is_cancelled() {
-        match read_once(&shared, &redis, &mut conn, &mut own_pending, &stop).await {
+        let round = read_once(
+            &shared,
+            &redis,
+            &mut conn,
+            &mut recovering,
+            &mut reclaimer,
+            &stop,
+        );
+        match round.await {
             Ok(()) => delays = retry_delays(),
             Err(e) => {
                 tracing::warn!(stream = %shared.stream, error = %e, "reading commands failed; reconnecting");
-                // A read cut short may still have delivered entries to us: read our own
-                // pending entries again once reconnected.
                 conn = None;
-                own_pending = Some(EntryId::ZERO);
+                recovering = true;
                 let delay = delays.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
             }
@@ -41,13 +51,24 @@ async fn read_once(
     shared: &Arc<Shared>,
     redis: &Redis,
     conn: &mut Option<ReadConnection>,
-    own_pending: &mut Option<EntryId>,
+    recovering: &mut bool,
+    reclaimer: &mut Reclaimer,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
     let block = Duration::from_millis(shared.config.block_ms);
     if conn.is_none() {
         let fresh = redis.read_connection(block).await?;
-        ensure_group(&mut shared.conn.clone(), &shared.stream, &shared.role, "0").await?;
+        let mut writes = shared.conn.clone();
+        ensure_group(&mut writes, &shared.stream, &shared.role, "0").await?;
+        // Listed in the group from the start, not only once it has read an entry, so
+        // `mindbus status` and the gateway see an idle agent too.
+        redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(&shared.stream)
+            .arg(&shared.role)
+            .arg(&shared.consumer)
+            .query_async::<()>(&mut writes)
+            .await?;
         *conn = Some(fresh);
     }
     let Some(conn) = conn.as_mut() else {
@@ -61,38 +82,43 @@ async fn read_once(
         stop.cancelled().await;
         return Ok(());
     };
-    let from = own_pending.map_or(">".to_owned(), |after| after.to_string());
+    if *recovering {
+        *recovering = !recover_own(shared, &mut permits).await?;
+    }
+    if permits.num_permits() > 0 && reclaimer.due() {
+        reclaimer.reclaim(shared, &mut permits).await?;
+    }
+    if permits.num_permits() == 0 || stop.is_cancelled() {
+        return Ok(());
+    }
+    // Block no longer than until the next reclaim, so idle entries never wait on a quiet
+    // stream; `BLOCK 0` would block forever, so a read due now does not block at all.
+    let block_ms = reclaimer.until_due().min(block).as_millis() as u64;
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
         .arg(&shared.role)
         .arg(&shared.consumer)
         .arg("COUNT")
         .arg(permits.num_permits());
-    if own_pending.is_none() {
-        cmd.arg("BLOCK").arg(shared.config.block_ms);
+    if block_ms > 0 {
+        cmd.arg("BLOCK").arg(block_ms);
     }
-    cmd.arg("STREAMS").arg(&shared.stream).arg(from);
+    cmd.arg("STREAMS").arg(&shared.stream).arg(">");
     let entries = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
         entries = conn.read_entries(&cmd) => entries?,
     };
-    let counts = if own_pending.is_some() {
-        // Entries already running here come back too; moving past them keeps this from
-        // re-reading the same ones while they run.
-        *own_pending = entries
-            .last()
-            .filter(|_| entries.len() >= permits.num_permits())
-            .map(|last| last.id);
-        delivery_counts(&mut shared.conn.clone(), shared, &entries).await?
-    } else {
-        HashMap::new()
-    };
     for entry in entries {
-        let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
         let Some(permit) = permits.split(1) else {
             break;
         };
-        shared.dispatch(Delivery { entry, deliveries }, permit);
+        shared.dispatch(
+            Delivery {
+                entry,
+                deliveries: 1,
+            },
+            permit,
+        );
     }
     // Let the commands just dispatched start (and their events leave) before this loop
     // sends its next blocking read: on a busy runtime that read's write would otherwise
@@ -101,11 +127,63 @@ async fn read_once(
     Ok(())
 }
 
+/// After a reconnect: dispatches the entries pending for this consumer that do not run
+/// here (a read cut short delivered them, but they never arrived). They are listed with
+/// `XPENDING` and fetched with `XRANGE`, which leave their delivery counts alone: reading
+/// them again with `XREADGROUP` would count a delivery for each command still running here,
+/// and a few Redis blips would dead-letter a command that ran once. Returns whether none
+/// is left to take.
+async fn recover_own(
+    shared: &Arc<Shared>,
+    permits: &mut OwnedSemaphorePermit,
+) -> Result<bool, Error> {
+    // Taken before the listing: an entry that finishes in between is still skipped, since
+    // an entry leaves `running` only after its finish is written.
+    let running: HashSet<_> = shared.cancellations.running().into_iter().collect();
+    let mut conn = shared.conn.clone();
+    let reply = redis::cmd("XPENDING")
+        .arg(&shared.stream)
+        .arg(&shared.role)
+        .arg("-")
+        .arg("+")
+        // Never more than the slots plus one read's worth are ours.
+        .arg(shared.config.concurrency * 2 + running.len())
+        .arg(&shared.consumer)
+        .query_async(&mut conn)
+        .await?;
+    let lost: Vec<_> = parse_pending(reply)?
+        .into_iter()
+        .filter(|(id, _, _)| !running.contains(id))
+        .collect();
+    let mut left = lost.len();
+    for (id, _, deliveries) in lost {
+        let Some(permit) = permits.split(1) else {
+            break;
+        };
+        let reply = redis::cmd("XRANGE")
+            .arg(&shared.stream)
+            .arg(id.to_string())
+            .arg(id.to_string())
+            .query_async(&mut conn)
+            .await?;
+        // Deleted while pending: dispatched without fields, it is only acknowledged.
+        let entry = parse_range(reply)?
+            .pop()
+            .unwrap_or(crate::streams::StreamEntry { id, fields: None });
+        shared.dispatch(Delivery { entry, deliveries }, permit);
+        left -= 1;
+    }
+    if left == 0 {
+        tracing::info!(stream = %shared.stream, "own pending entries recovered after a reconnect");
+    }
+    Ok(left == 0)
+}
+
 /// Waits for one free slot, then takes up to `max` in all without waiting. The slots come as
 /// one permit: `split(1)` hands one to each entry, and the rest go back in one release.
-pub(crate) async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePermit> {
+async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePermit> {
     let mut permits = Arc::clone(slots).acquire_owned().await.ok()?;
-    // Another loop may take slots between the count and the take: then count again.
+    // Another task may take slots between the count and the take: then count again.
     while permits.num_permits() < max && slots.available_permits() > 0 {
         let more = slots.available_permits().min(max - permits.num_permits());
         if let Ok(rest) =
@@ -115,29 +193,4 @@ pub(crate) async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Option<Own
         }
     }
     Some(permits)
-}
-
-/// How many times each of our pending `entries` has been delivered.
-pub(crate) async fn delivery_counts<C: ConnectionLike + Send>(
-    conn: &mut C,
-    shared: &Shared,
-    entries: &[StreamEntry],
-) -> Result<HashMap<EntryId, u32>, Error> {
-    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-        return Ok(HashMap::new());
-    };
-    let reply = redis::cmd("XPENDING")
-        .arg(&shared.stream)
-        .arg(&shared.role)
-        .arg(first.id.to_string())
-        .arg(last.id.to_string())
-        // Our running entries may lie in the same range: count them in.
-        .arg(entries.len() + shared.config.concurrency)
-        .arg(&shared.consumer)
-        .query_async(conn)
-        .await?;
-    Ok(parse_pending(reply)?
-        .into_iter()
-        .map(|(id, _, count)| (id, count))
-        .collect())
 }
