@@ -62,6 +62,22 @@ impl Keys {
         format!("{}:reply:{token}", self.prefix)
     }
 
+    /// Checks a command's `replyto`: it must name a reply stream, `<prefix>:reply:<token>`
+    /// with a non-empty token, so a command can never make an agent write to (let alone cap
+    /// or expire) a stream of the mesh.
+    pub fn check_reply(&self, key: &str) -> Result<(), String> {
+        let token = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(":reply:"));
+        match token {
+            Some(token) if !token.is_empty() => Ok(()),
+            _ => Err(format!(
+                "`{key}` is not a reply stream: it must start with `{}:reply:`",
+                self.prefix
+            )),
+        }
+    }
+
     /// `<prefix>:done:{<role>}:<idempotency key>`: set once the result of a command of `role`
     /// with that `idempotencykey` is accepted. The braces keep it in its command stream's
     /// Redis Cluster slot.
@@ -103,6 +119,22 @@ mod tests {
         assert_eq!(keys.role_of("mb:cmd:{echo}"), Some("echo"));
         assert_eq!(keys.role_of("other:cmd:{echo}"), None);
         assert_eq!(keys.role_of("mb:result"), None);
+    }
+
+    #[test]
+    fn only_reply_streams_are_replies() {
+        let keys = Keys::new("mb");
+        assert!(keys.check_reply("mb:reply:abc").is_ok());
+        for bad in [
+            "mb:event",
+            "mb:result",
+            "mb:cmd:{echo}",
+            "mb:reply:",
+            "other:reply:x",
+            "mb:replyx",
+        ] {
+            assert!(keys.check_reply(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

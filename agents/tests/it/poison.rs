@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mindbus::wire::{Command, DeadLetter, ErrorType, EventKind, Payload, Status};
+use mindbus::wire::{Command, ErrorType, EventKind, Payload, Status};
 use serde_json::json;
 
 use crate::support::{Mesh, by_command};
@@ -43,9 +43,9 @@ async fn a_command_that_always_panics_is_dead_lettered_after_maxattempts() {
         "the others are served"
     );
 
-    let letters = mesh.entries(&mesh.stream("dlq")).await;
+    let letters = mesh.dead_letters().await;
     assert_eq!(letters.len(), 1);
-    let letter = DeadLetter::decode(letters[0].1.clone()).unwrap();
+    let letter = &letters[0];
     assert_eq!(letter.deliveries, 3);
     assert!(letter.reason.contains("panicked"), "{}", letter.reason);
     let started = mesh
@@ -71,12 +71,7 @@ async fn malformed_entries_are_dead_lettered_at_once_naming_the_field() {
     mesh.xadd_cli(&["type", "echo.say", "data", r#"{"ok":true}"#]);
 
     let results = mesh.wait_results(4, Duration::from_secs(20)).await;
-    let letters: Vec<DeadLetter> = mesh
-        .entries(&mesh.stream("dlq"))
-        .await
-        .into_iter()
-        .map(|(_, f)| DeadLetter::decode(f).unwrap())
-        .collect();
+    let letters = mesh.dead_letters().await;
     assert_eq!(letters.len(), 3);
     let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
     assert!(reasons.iter().any(|r| r.contains("`type`")), "{reasons:?}");
@@ -185,4 +180,130 @@ async fn dlq_retry_keeps_a_derived_command_id() {
         results.iter().all(|r| r.correlationid == id),
         "a waiter on the original id sees the retry's result too"
     );
+}
+
+/// A `replyto` outside `<prefix>:reply:` is malformed: the event stream (which has no group
+/// here, so nothing else guards it) is neither capped nor given a TTL, and nothing is
+/// written to it but the mesh's own events.
+#[tokio::test]
+async fn a_replyto_naming_a_stream_of_the_mesh_is_malformed_and_touches_nothing() {
+    let mesh = Mesh::new("replyto").await;
+    let events = mesh.stream("event");
+    let mut conn = mesh.bus.connection();
+    mesh.fill(&events, 3_000).await;
+    let _agent = mesh.agent(&[]);
+    let targets = [
+        events.clone(),
+        mesh.stream("result"),
+        mesh.stream("control"),
+        mesh.stream("cmd:{other}"),
+        mesh.stream("reply:"),
+    ];
+    for target in &targets {
+        mesh.xadd_cli(&["type", "echo.say", "replyto", target]);
+    }
+    let results = mesh
+        .wait_results(targets.len(), Duration::from_secs(20))
+        .await;
+    assert!(results.iter().all(|r| r.status == Status::Failed));
+    let letters = mesh.dead_letters().await;
+    assert_eq!(letters.len(), targets.len());
+    for letter in &letters {
+        assert_eq!(letter.errortype, ErrorType::Malformed);
+        assert!(letter.reason.contains("replyto"), "{}", letter.reason);
+    }
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&events)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "the event stream has no TTL");
+    let kept = mesh.entries(&events).await;
+    assert!(
+        kept.len() >= 3_000,
+        "nothing trimmed: {} entries",
+        kept.len()
+    );
+    for other in &targets[1..] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(other)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl < 0, "{other} has no TTL");
+    }
+    let other_len: usize = redis::cmd("XLEN")
+        .arg(&targets[3])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        other_len, 0,
+        "nothing was written to another role's commands"
+    );
+}
+
+/// A reply stream that somebody gave a consumer group is written to, but never capped or
+/// expired.
+#[tokio::test]
+async fn a_reply_stream_with_a_group_is_neither_capped_nor_expired() {
+    let mesh = Mesh::new("replygroup").await;
+    let reply = mesh.stream("reply:grouped");
+    let mut conn = mesh.bus.connection();
+    mindbus::streams::ensure_group(&mut conn, &reply, "mine", "0")
+        .await
+        .unwrap();
+    mesh.fill(&reply, 2_000).await;
+    let _agent = mesh.agent(&[]);
+    mesh.xadd_cli(&["type", "echo.say", "replyto", &reply]);
+    mesh.wait_results(1, Duration::from_secs(20)).await;
+    let len: usize = redis::cmd("XLEN")
+        .arg(&reply)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 2_001, "the result is added and nothing trimmed");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&reply)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1);
+}
+
+/// An entry with more fields than a command may have is dead-lettered whole, with a reason
+/// naming the limit, and the agent goes on serving.
+#[tokio::test]
+async fn an_entry_with_thousands_of_fields_is_dead_lettered_whole() {
+    let mesh = Mesh::new("manyfields").await;
+    let stream = mesh.stream("cmd:{echo}");
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&stream).arg("*").arg("type").arg("echo.say");
+    for i in 0..4_100 {
+        cmd.arg(format!("x{i}")).arg(format!("value {i}"));
+    }
+    let mut conn = mesh.bus.connection();
+    let id: String = cmd.query_async(&mut conn).await.unwrap();
+    let _agent = mesh.agent(&[]);
+    mesh.bus
+        .publish(
+            "echo",
+            &Command::new("echo.say", Payload::json(json!({"ok": true}))),
+        )
+        .await
+        .unwrap();
+    let results = mesh.wait_results(2, Duration::from_secs(20)).await;
+    assert_eq!(by_command(&results).len(), 2);
+    let letters = mesh.dead_letters().await;
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let letter = &letters[0];
+    assert_eq!(letter.entry.to_string(), id);
+    assert_eq!(letter.errortype, ErrorType::Malformed);
+    assert!(letter.reason.contains("4101 fields"), "{}", letter.reason);
+    assert_eq!(letter.original.len(), 4_101, "the entry whole");
+    assert_eq!(
+        letter.original[4_100],
+        ("x4099".into(), b"value 4099".to_vec())
+    );
+    assert!(mesh.pending().await.is_empty());
 }

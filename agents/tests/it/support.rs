@@ -8,7 +8,7 @@ use std::time::Duration;
 use mindbus::bus::Bus;
 use mindbus::config::RedisConfig;
 use mindbus::streams::parse_read;
-use mindbus::wire::{CommandResult, EntryId, Event, Fields, Origin};
+use mindbus::wire::{CommandResult, DeadLetter, EntryId, Event, Fields, Origin};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -125,6 +125,29 @@ impl Mesh {
             after = last.id.to_string();
             out.extend(batch.into_iter().filter_map(|e| Some((e.id, e.fields?))));
         }
+    }
+
+    /// Adds `n` small entries to `stream`, in one pipeline.
+    pub async fn fill(&self, stream: &str, n: usize) {
+        let mut pipe = redis::pipe();
+        for i in 0..n {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("n")
+                .arg(i)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut self.bus.connection()).await.unwrap();
+    }
+
+    /// Every dead letter, decoded.
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.entries(&self.stream("dlq"))
+            .await
+            .into_iter()
+            .map(|(_, fields)| DeadLetter::decode(fields).unwrap())
+            .collect()
     }
 
     pub async fn results(&self) -> Vec<CommandResult> {

@@ -2,12 +2,17 @@
 -- ARGV: commands, group, results, events, deadletters, maxlen, dedup_ttl, reply_ttl, then per
 -- finished command: <entry> <donekey> <replyto> <result> <event> <deadletter>, where each
 -- <...> group of fields is <n> followed by n values (n may be 0).
--- A result is accepted when its finish is the first to acknowledge the command's entry (a
--- command run twice after a reclaim is finished twice; the second finish finds its entry
--- acknowledged) and, when it has a done key (a command with an idempotency key), the key
--- was not taken yet. Either way the entry ends acknowledged. XACK also finds nothing when
--- Redis lost the entry with its data (a restart without persistence): if the stream has no
--- record of reaching that entry, nobody answered it, and its result is accepted.
+-- A result is accepted when its entry is still pending (a command run twice after a
+-- reclaim is finished twice; the second finish finds its entry acknowledged) and, when it
+-- has a done key (a command with an idempotency key), the key is not taken yet. Either way
+-- the entry ends acknowledged. An entry that is not pending may also be one Redis lost with
+-- its data (a restart without persistence): if the stream has no record of reaching that
+-- entry, nobody answered it, and its result is accepted.
+-- Every write that can fail comes before the acknowledgement, the dead letter first: a
+-- script that fails keeps the writes it made, so a failure leaves the entry pending (to be
+-- finished again), never acknowledged without its result or dead letter. The senders bound
+-- each group of fields (commands have at most 1,000 fields; a larger dead letter carries
+-- its entry packed in one field), so no call passes Lua's limit on arguments.
 -- Returns one 1 (accepted) or 0 (duplicate) per finished command; a duplicate's event is
 -- written with type mindbus.command.duplicate instead.
 -- Redis spends most of this script's time taking in ARGV, so the loop reads ARGV in place:
@@ -62,8 +67,8 @@ local function delivered(entry)
   return false
 end
 
--- Called only when XACK found nothing to acknowledge: whether another finish acknowledged
--- the entry (this one is a duplicate), rather than this Redis losing it with its data.
+-- Called only for an entry that is not pending: whether another finish acknowledged it
+-- (this one is a duplicate), rather than this Redis losing it with its data.
 local function acknowledged_before(entry)
   local range = redis.pcall('XRANGE', commands, entry, entry)
   if type(range) == 'table' and not range.err and #range > 0 then
@@ -95,6 +100,12 @@ local function duplicate(start, n)
   xadd(events, copy, 1, n)
 end
 
+-- Whether the reply stream may be capped and given a TTL: never one that has groups.
+local function plain_reply(key)
+  local groups = redis.pcall('XINFO', 'GROUPS', key)
+  return type(groups) ~= 'table' or groups.err ~= nil or #groups == 0
+end
+
 local accepted, done_count = {}, 0
 local i, last = 9, #ARGV
 while i <= last do
@@ -107,23 +118,36 @@ while i <= last do
   local ln = tonumber(ARGV[lstart - 1])
   i = lstart + ln
   done_count = done_count + 1
-  local first = entry == '' or call('XACK', commands, group, entry) == 1
+  local first = entry == '' or #call('XPENDING', commands, group, entry, entry, 1) > 0
     or not acknowledged_before(entry)
-  if first and (done == '' or call('SET', done, '1', 'NX', 'EX', dedup_ttl)) then
+  if first and done ~= '' and call('EXISTS', done) == 1 then
+    first = false
+  end
+  if first then
+    xadd(dlq, ARGV, lstart, lstart + ln - 1)
     xadd(results, ARGV, rstart, rstart + rn - 1)
+    xadd(events, ARGV, estart, estart + en - 1)
     if replyto ~= '' and rn > 0 then
       -- A bad replyto (e.g. a key of another type) must not fail the whole batch.
-      redis.pcall('XADD', replyto, 'MAXLEN', '~', 1000, '*', unpack(ARGV, rstart, rstart + rn - 1))
-      redis.pcall('EXPIRE', replyto, reply_ttl)
+      if plain_reply(replyto) then
+        redis.pcall('XADD', replyto, 'MAXLEN', '~', 1000, '*', unpack(ARGV, rstart, rstart + rn - 1))
+        redis.pcall('EXPIRE', replyto, reply_ttl)
+      else
+        redis.pcall('XADD', replyto, '*', unpack(ARGV, rstart, rstart + rn - 1))
+      end
     end
-    xadd(events, ARGV, estart, estart + en - 1)
-    xadd(dlq, ARGV, lstart, lstart + ln - 1)
+    if done ~= '' then
+      call('SET', done, '1', 'EX', dedup_ttl)
+    end
     accepted[done_count] = 1
   else
     if en > 0 then
       duplicate(estart, en)
     end
     accepted[done_count] = 0
+  end
+  if entry ~= '' then
+    call('XACK', commands, group, entry)
   end
 end
 return accepted

@@ -17,6 +17,7 @@ use super::writer::{Finish, Write};
 use crate::streams::StreamEntry;
 use crate::wire::{
     Command, EntryId, ErrorType, EventKind, Failure, Fields, Origin, Payload, derived_id,
+    field_text,
 };
 
 /// An entry handed to this consumer and how many times it has been delivered.
@@ -93,18 +94,21 @@ impl Shared {
             stream: &self.stream,
             entry: id,
         };
-        let command = match Command::decode(&fields, origin) {
+        let decoded = Command::decode(&fields, origin)
+            .map_err(|e| e.to_string())
+            .and_then(|command| self.check_replyto(command));
+        let command = match decoded {
             Ok(command) => Arc::new(command),
-            Err(e) => {
-                tracing::warn!(entry = %id, stream = %self.stream, error = %e, "dead-lettering a malformed command");
-                let stub = salvage(&fields, origin);
+            Err(reason) => {
+                tracing::warn!(entry = %id, stream = %self.stream, error = %reason, "dead-lettering a malformed command");
+                let stub = salvage(&fields, origin, &self.keys);
                 return Some(self.dead_letter(
                     id,
                     fields,
                     &stub,
                     deliveries,
                     ErrorType::Malformed,
-                    e.to_string(),
+                    reason,
                 ));
             }
         };
@@ -135,6 +139,18 @@ impl Shared {
             .await;
         self.attempts(id, command, deliveries, max, fields, token)
             .await
+    }
+
+    /// A command whose `replyto` is not a reply stream is malformed.
+    fn check_replyto(&self, command: Command) -> Result<Command, String> {
+        match command
+            .replyto
+            .as_deref()
+            .map(|key| self.keys.check_reply(key))
+        {
+            Some(Err(e)) => Err(format!("field `replyto` is invalid: {e}")),
+            _ => Ok(command),
+        }
     }
 
     async fn attempts(
@@ -270,14 +286,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// What can be read from a malformed entry, so its failed result reaches whoever waits:
 /// its `id` and `replyto` when they are usable.
-fn salvage(fields: &Fields, origin: Origin<'_>) -> Command {
-    let text = |name: &str| {
-        fields
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    };
+fn salvage(fields: &Fields, origin: Origin<'_>, keys: &crate::keys::Keys) -> Command {
+    let text = |name: &str| field_text(fields, name);
     let mut stub = Command::new(
         text("type").unwrap_or("malformed"),
         Payload::json(Value::Null),
@@ -286,6 +296,8 @@ fn salvage(fields: &Fields, origin: Origin<'_>) -> Command {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| derived_id(origin));
     stub.envelope.traceparent = crate::wire::TraceParent::rooted_at(stub.envelope.id);
-    stub.replyto = text("replyto").map(str::to_owned);
+    stub.replyto = text("replyto")
+        .filter(|key| keys.check_reply(key).is_ok())
+        .map(str::to_owned);
     stub
 }

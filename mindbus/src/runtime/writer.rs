@@ -3,10 +3,10 @@
 //! call), with a few batches in flight on the pipelined connection.
 //!
 //! A finished command is written atomically with its acknowledgement: the result is
-//! accepted only by the finish that acknowledges the entry first (`XACK` answers 1), so a
-//! command run twice after a reclaim yields one result; a command with an idempotency key
-//! is also accepted only once per key and role (`SET NX` on its done key), so a command
-//! published twice with that key yields one result.
+//! accepted only by the finish that finds its entry still pending, so a command run twice
+//! after a reclaim yields one result; a command with an idempotency key is also accepted
+//! only once per key and role (its done key), so a command published twice with that key
+//! yields one result. The acknowledgement is the script's last write for each command.
 
 use std::time::Duration;
 

@@ -35,6 +35,29 @@ pub struct Command {
 /// an extension field: roles without budgets ignore it.
 pub const TENANT_FIELD: &str = "tenant";
 
+/// Most fields a command entry may have. Commands carry a dozen; the bound keeps every
+/// entry small enough to be dead-lettered whole by one script call.
+pub const MAX_COMMAND_FIELDS: usize = 1_000;
+/// Most bytes (names and values) a command entry may hold.
+pub const MAX_COMMAND_BYTES: usize = 8 << 20;
+
+/// Refuses an entry over [`MAX_COMMAND_FIELDS`] or [`MAX_COMMAND_BYTES`].
+fn check_size(fields: &[(String, Vec<u8>)]) -> Result<(), WireError> {
+    if fields.len() > MAX_COMMAND_FIELDS {
+        return Err(WireError::TooLarge(format!(
+            "the entry has {} fields; a command may have at most {MAX_COMMAND_FIELDS}",
+            fields.len()
+        )));
+    }
+    let bytes: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if bytes > MAX_COMMAND_BYTES {
+        return Err(WireError::TooLarge(format!(
+            "the entry holds {bytes} bytes; a command may hold at most {MAX_COMMAND_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 impl Command {
     /// The tenant the command spends for, if it names one.
     pub fn tenant(&self) -> Option<&str> {
@@ -67,6 +90,7 @@ impl Command {
         fields: impl AsRef<[(String, Vec<u8>)]>,
         origin: Origin<'_>,
     ) -> Result<Self, WireError> {
+        check_size(fields.as_ref())?;
         let mut r = FieldReader::new(fields.as_ref());
         let envelope = Envelope::read(&mut r, origin)?;
         let maxattempts = r.parse::<u32>("maxattempts")?;

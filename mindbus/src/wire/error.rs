@@ -23,6 +23,9 @@ pub enum WireError {
         /// The offending field's name.
         field: String,
     },
+    /// The entry as a whole is over a documented limit (fields or bytes).
+    #[error("{0}")]
+    TooLarge(String),
     /// A value could not be encoded with the requested content type.
     #[error("cannot encode `data` as {content_type}: {reason}")]
     Encode {
@@ -48,6 +51,7 @@ impl WireError {
             Self::MissingField { field } => Some(field),
             Self::InvalidField { field, .. } | Self::NotUtf8 { field } => Some(field),
             Self::Encode { .. } => Some("data"),
+            Self::TooLarge(_) => None,
         }
     }
 }

@@ -9,6 +9,13 @@ use super::WireError;
 /// One stream entry's fields as Redis holds them: names and raw values, in order.
 pub type Fields = Vec<(String, Vec<u8>)>;
 
+/// One text field of a raw entry (the last of duplicates, as decoding reads it), or `None`
+/// when it is absent, empty or not UTF-8: for salvaging what can be read of an entry that
+/// does not decode.
+pub fn field_text<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    FieldReader::new(fields).str(name).ok().flatten()
+}
+
 /// Takes fields out of an entry one by one, borrowing them; what is left over are the
 /// unknown fields. An entry has a dozen fields or so, so a scan beats building a map for
 /// every entry, and borrowing means a value is copied only when it is kept (and `data` is

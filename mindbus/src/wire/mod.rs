@@ -20,14 +20,14 @@ pub mod schema;
 mod trace;
 
 pub use codec::{Codec, ContentType, Json, MsgPack, without_nul};
-pub use command::{Command, TENANT_FIELD};
+pub use command::{Command, MAX_COMMAND_BYTES, MAX_COMMAND_FIELDS, TENANT_FIELD};
 pub use dead_letter::{DLQ_FIELD_PREFIX, DeadLetter};
 pub use entry_id::EntryId;
 pub use envelope::{ANONYMOUS_SOURCE, Envelope, Extensions, Origin, Payload, derived_id};
 pub use error::WireError;
 pub use error_type::ErrorType;
 pub use event::{Event, EventKind};
-pub use fields::{Fields, PackedFields};
+pub use fields::{Fields, PackedFields, field_text};
 pub use result::{CommandResult, Failure, RESULT_TYPE, Status};
 pub use run::{ORCHESTRATOR_ROLE, RunCommand, RunEventKind, RunStatus};
 pub use trace::TraceParent;
