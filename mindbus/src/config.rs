@@ -134,6 +134,11 @@ pub struct MonitorConfig {
     /// How often streams are trimmed, in milliseconds.
     #[schemars(range(min = 100))]
     pub trim_every_ms: u64,
+    /// An entry larger than this (names and values, in bytes) is recorded as a flagged
+    /// preview: its field names and the start of each value. Batches are also cut to a few
+    /// times this size, so Postgres never refuses one for its size.
+    #[schemars(range(min = 1024))]
+    pub max_row_bytes: usize,
 }
 
 impl Default for MonitorConfig {
@@ -146,6 +151,7 @@ impl Default for MonitorConfig {
             retain_entries: 100_000,
             retain_secs: 0,
             trim_every_ms: 10_000,
+            max_row_bytes: 16 << 20,
         }
     }
 }

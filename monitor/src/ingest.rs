@@ -106,8 +106,9 @@ impl Ingest {
                 acks.clone(),
                 stop.clone(),
             );
+            let max_row = self.config.max_row_bytes;
             writing.push_back(tokio::spawn(async move {
-                write_batch(&pool, &keys, acks, batch, &stop).await
+                write_batch(&pool, &keys, max_row, acks, batch, &stop).await
             }));
         }
         finish_all(&mut writing).await
@@ -215,7 +216,8 @@ impl Ingest {
                         "reclaimed entries of a dead monitor"
                     );
                     let batch = vec![(stream.clone(), entries)];
-                    write_batch(&self.pool, &self.keys, acks.clone(), batch, stop).await?;
+                    let max_row = self.config.max_row_bytes;
+                    write_batch(&self.pool, &self.keys, max_row, acks.clone(), batch, stop).await?;
                 }
                 if next == EntryId::ZERO {
                     break;
@@ -239,17 +241,23 @@ async fn finish_all(writing: &mut VecDeque<JoinHandle<anyhow::Result<()>>>) -> a
 async fn write_batch(
     pool: &PgPool,
     keys: &Keys,
+    max_row_bytes: usize,
     mut acks: ConnectionManager,
     batch: Vec<(String, Vec<StreamEntry>)>,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let rows: Vec<_> = batch
         .iter()
-        .flat_map(|(s, entries)| entries.iter().filter_map(|e| record(keys, s, e)))
+        .flat_map(|(s, entries)| {
+            entries
+                .iter()
+                .filter_map(|e| record(keys, s, e, max_row_bytes))
+        })
         .collect();
     let mut delays = mindbus::streams::retry_delays();
     loop {
-        match store::insert_or_bare(pool, &rows).await {
+        // A statement holds a few rows of the largest size at most.
+        match store::insert_or_bare(pool, &rows, max_row_bytes.saturating_mul(4)).await {
             Ok(_) => break,
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "postgres write failed; retrying (entries stay unacknowledged)");

@@ -77,7 +77,9 @@ async fn trim_loop(
                 tracing::warn!(stream, error = %e, "cannot ensure the monitor group; not trimming");
                 continue;
             }
-            match trim::trim(&mut conn, &stream, &config).await {
+            // A command stream also waits for its role's group, even before it exists.
+            let role = keys.role_of(&stream);
+            match trim::trim(&mut conn, &stream, role, &config).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::debug!(stream, removed, "trimmed"),
                 Err(e) => tracing::warn!(stream, error = %e, "trimming failed"),

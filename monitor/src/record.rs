@@ -69,8 +69,10 @@ pub struct Record {
     pub trace_id: Option<String>,
     pub data: Option<Value>,
     pub fields: Value,
-    /// Why the entry could not be decoded, when it could not.
+    /// Why the entry could not be decoded (or recorded whole), when it could not.
     pub malformed: Option<String>,
+    /// The entry's size in the stream (names and values), for cutting batches.
+    pub bytes: usize,
 }
 
 impl Record {
@@ -98,14 +100,23 @@ impl Record {
         self
     }
 
-    /// The same entry reduced to what Postgres cannot refuse: its fields and why.
-    pub fn bare(&self, why: &str) -> Self {
+    /// The same entry reduced to what Postgres cannot refuse: its fields (cut to a
+    /// preview when Postgres refused the row for its size) and why.
+    pub fn bare(&self, why: &str, too_large: bool) -> Self {
+        let fields = match (&self.fields, too_large) {
+            (Value::Object(map), true) => preview(
+                map.iter()
+                    .map(|(name, value)| (name.as_str(), value.to_string().into_bytes())),
+                map.len(),
+            ),
+            _ => mindbus::wire::without_nul(self.fields.clone()),
+        };
         Record {
             stream: self.stream.clone(),
             entry_ms: self.entry_ms,
             entry_seq: self.entry_seq,
             kind: self.kind,
-            fields: mindbus::wire::without_nul(self.fields.clone()),
+            fields,
             malformed: Some(
                 format!("stored bare, postgres refused the row: {why}").replace('\0', ""),
             ),
@@ -114,23 +125,48 @@ impl Record {
     }
 }
 
-/// The row for one entry (`None` for an entry deleted before it was read).
-pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> {
+/// Fields of an entry too large to record whole that go into its preview.
+const PREVIEW_FIELDS: usize = 100;
+/// Bytes of each value kept in a preview.
+const PREVIEW_BYTES: usize = 256;
+
+/// The row for one entry (`None` for an entry deleted before it was read). An entry over
+/// `max_bytes` becomes a flagged preview: its first field names and the start of each value.
+pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) -> Option<Record> {
     let fields = entry.fields.as_ref()?;
     let kind = Kind::of(keys, stream).unwrap_or(Kind::Event);
+    let bytes = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let origin = Origin {
+        stream,
+        entry: entry.id,
+    };
     let mut row = Record {
         stream: stream.to_owned(),
         entry_ms: i64::try_from(entry.id.ms).unwrap_or(i64::MAX),
         entry_seq: i64::try_from(entry.id.seq).unwrap_or(i64::MAX),
         kind: kind.as_str(),
-        fields: fields_json(fields),
         role: keys.role_of(stream).map(str::to_owned),
+        bytes,
         ..Record::default()
     };
-    let origin = Origin {
-        stream,
-        entry: entry.id,
-    };
+    if bytes > max_bytes {
+        let pairs = fields.iter().map(|(n, v)| (n.as_str(), v.clone()));
+        row.fields = preview(pairs, fields.len());
+        row.bytes = PREVIEW_FIELDS * (PREVIEW_BYTES + 64);
+        row.malformed = Some(format!(
+            "too large to record whole: {bytes} bytes in {} fields (monitor.max_row_bytes is \
+             {max_bytes}); recorded as a preview of its fields",
+            fields.len()
+        ));
+        row.ty = text_field(fields, "type");
+        row.id = Some(
+            text_field(fields, "id")
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| derived_id(origin)),
+        );
+        return Some(row.without_nul());
+    }
+    row.fields = fields_json(fields);
     let decoded = match kind {
         Kind::Command => Command::decode(fields, origin).map(|c| {
             row.run_id = c.runid;
@@ -169,21 +205,37 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry) -> Option<Record> 
     };
     if let Err(e) = decoded {
         row.malformed = Some(e.to_string());
-        let text = |name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-        };
-        row.ty = text("type");
+        row.ty = text_field(fields, "type");
         // An entry without a usable id is known by the one every reader derives for it.
         row.id = Some(
-            text("id")
+            text_field(fields, "id")
                 .and_then(|id| id.parse().ok())
                 .unwrap_or_else(|| derived_id(origin)),
         );
     }
     Some(row.without_nul())
+}
+
+fn text_field(fields: &Fields, name: &str) -> Option<String> {
+    mindbus::wire::field_text(fields, name).map(str::to_owned)
+}
+
+/// The first [`PREVIEW_FIELDS`] of `count` fields, each value cut to [`PREVIEW_BYTES`]
+/// (as text, invalid UTF-8 replaced), and how many fields were left out.
+fn preview<'a>(fields: impl Iterator<Item = (&'a str, Vec<u8>)>, count: usize) -> Value {
+    let mut map = Map::new();
+    for (name, value) in fields.take(PREVIEW_FIELDS) {
+        let cut = &value[..value.len().min(PREVIEW_BYTES)];
+        let text = String::from_utf8_lossy(cut).replace('\0', "\u{fffd}");
+        map.insert(name.replace('\0', "\u{fffd}"), Value::String(text));
+    }
+    if count > PREVIEW_FIELDS {
+        map.insert(
+            "(left out)".into(),
+            Value::String(format!("{} more fields", count - PREVIEW_FIELDS)),
+        );
+    }
+    Value::Object(map)
 }
 
 fn envelope(row: &mut Record, envelope: Envelope) {
@@ -217,6 +269,8 @@ mod tests {
 
     use super::*;
 
+    const MAX: usize = 1 << 20;
+
     fn entry(fields: Fields) -> StreamEntry {
         StreamEntry {
             id: EntryId { ms: 5, seq: 2 },
@@ -235,7 +289,13 @@ mod tests {
             },
         );
         command.runid = Some("r1".into());
-        let row = record(&keys, "mb:cmd:{echo}", &entry(command.encode().unwrap())).unwrap();
+        let row = record(
+            &keys,
+            "mb:cmd:{echo}",
+            &entry(command.encode().unwrap()),
+            MAX,
+        )
+        .unwrap();
         assert_eq!(row.kind, "command");
         assert_eq!(row.id, Some(command.envelope.id));
         assert_eq!(row.role.as_deref(), Some("echo"));
@@ -259,7 +319,7 @@ mod tests {
             ("type".into(), b"a\0b".to_vec()),
             ("runid".into(), b"r\0".to_vec()),
         ];
-        let row = record(&keys, "mb:cmd:{echo}", &entry(fields)).unwrap();
+        let row = record(&keys, "mb:cmd:{echo}", &entry(fields), MAX).unwrap();
         assert_eq!(row.ty.as_deref(), Some("a\u{fffd}b"));
         assert_eq!(row.run_id.as_deref(), Some("r\u{fffd}"));
     }
@@ -271,6 +331,7 @@ mod tests {
             &keys,
             "mb:result",
             &entry(vec![("type".into(), b"mindbus.result".to_vec())]),
+            MAX,
         )
         .unwrap();
         assert!(
@@ -279,5 +340,23 @@ mod tests {
         );
         assert_eq!(row.ty.as_deref(), Some("mindbus.result"));
         assert_eq!(row.fields, json!({"type": "mindbus.result"}));
+    }
+
+    #[test]
+    fn an_entry_over_the_row_limit_is_a_flagged_preview() {
+        let keys = Keys::new("mb");
+        let mut fields: Fields = vec![("type".into(), b"echo.say".to_vec())];
+        fields.extend((0..300).map(|i| (format!("f{i}"), vec![b'x'; 10_000])));
+        let row = record(&keys, "mb:cmd:{echo}", &entry(fields), MAX).unwrap();
+        let why = row.malformed.as_deref().unwrap();
+        assert!(
+            why.contains("too large") && why.contains("301 fields"),
+            "{why}"
+        );
+        assert_eq!(row.ty.as_deref(), Some("echo.say"));
+        let kept = row.fields.as_object().unwrap();
+        assert_eq!(kept.len(), PREVIEW_FIELDS + 1);
+        assert_eq!(kept["f0"].as_str().unwrap().len(), PREVIEW_BYTES);
+        assert!(row.bytes < MAX);
     }
 }

@@ -63,31 +63,66 @@ pub async fn insert(pool: &PgPool, rows: &[Record]) -> Result<u64, sqlx::Error> 
     Ok(result.rows_affected())
 }
 
-/// Inserts rows like [`insert`], but a row Postgres refuses for its data (an encoding or
-/// constraint error, which no retry fixes) is stored bare, with its fields and the reason,
-/// instead of blocking every batch behind it. Other errors (Postgres away) are returned.
-pub async fn insert_or_bare(pool: &PgPool, rows: &[Record]) -> Result<u64, sqlx::Error> {
-    match insert(pool, rows).await {
-        Err(e) if is_data_error(&e) => {
-            tracing::warn!(error = %e, rows = rows.len(), "postgres refused a batch; inserting its rows one by one");
-            let mut inserted = 0;
-            for row in rows {
-                inserted += match insert(pool, std::slice::from_ref(row)).await {
-                    Err(e) if is_data_error(&e) => {
-                        insert(pool, &[row.bare(&e.to_string())]).await?
-                    }
-                    other => other?,
-                };
-            }
-            Ok(inserted)
+/// Inserts rows like [`insert`], in statements of at most `max_bytes` of entries each, so
+/// no batch is refused for its size. A statement Postgres refuses for its data or size
+/// (which no retry fixes) is split in halves, down to the one row refused, which is stored
+/// bare, with the reason, instead of blocking every batch behind it. Other errors
+/// (Postgres away) are returned, to be retried.
+pub async fn insert_or_bare(
+    pool: &PgPool,
+    rows: &[Record],
+    max_bytes: usize,
+) -> Result<u64, sqlx::Error> {
+    let mut inserted = 0;
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start + 1;
+        let mut bytes = rows[start].bytes;
+        while end < rows.len() && bytes + rows[end].bytes <= max_bytes {
+            bytes += rows[end].bytes;
+            end += 1;
         }
-        other => other,
+        inserted += insert_halving(pool, &rows[start..end]).await?;
+        start = end;
     }
+    Ok(inserted)
 }
 
-fn is_data_error(err: &sqlx::Error) -> bool {
-    let code = err
-        .as_database_error()
-        .and_then(|e| e.code().map(|c| c.into_owned()));
-    code.is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+fn insert_halving<'a>(
+    pool: &'a PgPool,
+    rows: &'a [Record],
+) -> futures::future::BoxFuture<'a, Result<u64, sqlx::Error>> {
+    Box::pin(async move {
+        match insert(pool, rows).await {
+            Err(e) if refused(&e).is_some() => {
+                if let [row] = rows {
+                    tracing::warn!(error = %e, stream = row.stream, "postgres refused a row; storing it bare");
+                    let too_large = refused(&e) == Some(Refusal::Size);
+                    return insert(pool, &[row.bare(&e.to_string(), too_large)]).await;
+                }
+                tracing::warn!(error = %e, rows = rows.len(), "postgres refused a batch; splitting it");
+                let (first, second) = rows.split_at(rows.len() / 2);
+                Ok(insert_halving(pool, first).await? + insert_halving(pool, second).await?)
+            }
+            other => other,
+        }
+    })
+}
+
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// Class 22 or 23: a value Postgres cannot take (encoding, constraint).
+    Data,
+    /// Class 53 or 54: insufficient resources or a program limit (a value too large).
+    Size,
+}
+
+/// Why Postgres refused a statement for good, if it did.
+fn refused(err: &sqlx::Error) -> Option<Refusal> {
+    let code = err.as_database_error()?.code()?;
+    match code.get(..2)? {
+        "22" | "23" => Some(Refusal::Data),
+        "53" | "54" => Some(Refusal::Size),
+        _ => None,
+    }
 }

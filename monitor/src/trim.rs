@@ -10,10 +10,12 @@ use redis::Value;
 use redis::aio::ConnectionLike;
 
 /// The oldest entry some group still needs: its oldest pending entry, or the first entry
-/// after its last delivered one. `None` when the stream has no groups.
+/// after its last delivered one. `None` when the stream has no groups. A group in `expected`
+/// that does not exist yet (a role whose first agent has not started) needs every entry.
 pub async fn oldest_needed<C: ConnectionLike + Send>(
     conn: &mut C,
     stream: &str,
+    expected: Option<&str>,
 ) -> anyhow::Result<Option<EntryId>> {
     let groups: Vec<Value> = redis::cmd("XINFO")
         .arg("GROUPS")
@@ -21,9 +23,13 @@ pub async fn oldest_needed<C: ConnectionLike + Send>(
         .query_async(conn)
         .await?;
     let mut oldest: Option<EntryId> = None;
+    let mut missing = expected;
     for group in groups {
         let info = mindbus::streams::info_map(group);
         let name = text(info.get("name")).unwrap_or_default();
+        if missing == Some(name.as_str()) {
+            missing = None;
+        }
         let delivered: EntryId = text(info.get("last-delivered-id"))
             .and_then(|s| s.parse().ok())
             .unwrap_or(EntryId::ZERO);
@@ -52,17 +58,22 @@ pub async fn oldest_needed<C: ConnectionLike + Send>(
         }
         oldest = Some(oldest.map_or(need, |o| o.min(need)));
     }
+    if missing.is_some() {
+        return Ok(Some(EntryId::ZERO));
+    }
     Ok(oldest)
 }
 
-/// Trims `stream` as `config` asks, never past what its groups still need. Returns the
-/// number of entries removed.
+/// Trims `stream` as `config` asks, never past what its groups still need, including the
+/// `expected` group when it does not exist yet (a command stream's role group: nothing is
+/// trimmed before its first agent has read it). Returns the number of entries removed.
 pub async fn trim<C: ConnectionLike + Send>(
     conn: &mut C,
     stream: &str,
+    expected: Option<&str>,
     config: &MonitorConfig,
 ) -> anyhow::Result<u64> {
-    let Some(needed) = oldest_needed(conn, stream).await? else {
+    let Some(needed) = oldest_needed(conn, stream, expected).await? else {
         return Ok(0);
     };
     let mut target: Option<EntryId> = None;

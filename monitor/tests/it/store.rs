@@ -26,7 +26,10 @@ async fn a_refused_row_is_stored_bare_and_the_batch_goes_on() {
     // U+0000 in a text column is refused by Postgres (record() never builds such a row;
     // this stands for any row Postgres refuses whatever the retries).
     let rows = [row(1, "ok.before"), row(2, "bad\0type"), row(3, "ok.after")];
-    assert_eq!(store::insert_or_bare(&pool, &rows).await.unwrap(), 3);
+    assert_eq!(
+        store::insert_or_bare(&pool, &rows, 1 << 20).await.unwrap(),
+        3
+    );
     let stored: Vec<(i64, Option<String>, Option<String>)> =
         sqlx::query_as("SELECT entry_seq, type, malformed FROM mindbus_entries ORDER BY entry_seq")
             .fetch_all(&pool)
@@ -40,7 +43,7 @@ async fn a_refused_row_is_stored_bare_and_the_batch_goes_on() {
     );
     assert_eq!(stored[2].1.as_deref(), Some("ok.after"));
     assert_eq!(
-        store::insert_or_bare(&pool, &rows).await.unwrap(),
+        store::insert_or_bare(&pool, &rows, 1 << 20).await.unwrap(),
         0,
         "a redelivery inserts nothing"
     );

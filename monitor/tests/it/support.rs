@@ -42,8 +42,13 @@ impl Mesh {
         crate::testenv::spawn_echo(&self.prefix, 256, self.agents.clone());
     }
 
-    /// Starts a `mindbus-monitor` process writing to `db`.
+    /// Starts a `mindbus-monitor` process writing to `db`, keeping every entry.
     pub fn monitor(&self, db: &TestDb, extra: &[&str]) -> Child {
+        self.monitor_retaining(db, extra, 0)
+    }
+
+    /// Starts a `mindbus-monitor` process that trims streams to `retain` entries, often.
+    pub fn monitor_retaining(&self, db: &TestDb, extra: &[&str], retain: u64) -> Child {
         Command::new(env!("CARGO_BIN_EXE_mindbus-monitor"))
             .args([
                 "--prefix",
@@ -55,8 +60,9 @@ impl Mesh {
             ])
             .args(extra)
             .env("RUST_LOG", "warn")
-            // Keep every entry, so the streams can be compared with the table.
-            .env("MINDBUS_MONITOR__RETAIN_ENTRIES", "0")
+            .env("MINDBUS_MONITOR__RETAIN_ENTRIES", retain.to_string())
+            .env("MINDBUS_MONITOR__TRIM_EVERY_MS", "100")
+            .env("MINDBUS_MONITOR__MAX_ROW_BYTES", "65536")
             .kill_on_drop(true)
             .spawn()
             .unwrap()

@@ -1,7 +1,10 @@
 //! Trimming never deletes an entry a consumer group has not acknowledged.
 
+use std::time::Duration;
+
 use mindbus::config::MonitorConfig;
-use mindbus::wire::EntryId;
+use mindbus::wire::{Command, EntryId, Payload};
+use serde_json::json;
 
 use crate::support::Mesh;
 
@@ -55,7 +58,7 @@ async fn trimming_under_a_backlog_keeps_every_unacknowledged_entry() {
         retain_entries: 10,
         ..MonitorConfig::default()
     };
-    let removed = mindbus_monitor::trim::trim(&mut conn, &stream, &config)
+    let removed = mindbus_monitor::trim::trim(&mut conn, &stream, None, &config)
         .await
         .unwrap();
     assert_eq!(removed, 20, "only the acknowledged entries go");
@@ -95,7 +98,7 @@ async fn trimming_under_a_backlog_keeps_every_unacknowledged_entry() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    mindbus_monitor::trim::trim(&mut conn, &stream, &config)
+    mindbus_monitor::trim::trim(&mut conn, &stream, None, &config)
         .await
         .unwrap();
     assert_eq!(mesh.len(&stream).await, 10);
@@ -129,10 +132,83 @@ async fn a_group_that_has_not_read_yet_blocks_all_trimming() {
         ..MonitorConfig::default()
     };
     assert_eq!(
-        mindbus_monitor::trim::trim(&mut conn, &stream, &config)
+        mindbus_monitor::trim::trim(&mut conn, &stream, None, &config)
             .await
             .unwrap(),
         0
     );
     assert_eq!(mesh.len(&stream).await, 30);
+}
+
+/// Commands published before any agent of their role started: the monitor's group is the
+/// only one on the stream, yet the monitor trims none of them, and the agent that starts
+/// later runs them all.
+#[tokio::test]
+async fn commands_queued_before_the_first_agent_are_never_trimmed() {
+    let mesh = Mesh::new("trim-queued").await;
+    let db = crate::support::TestDb::new("trimqueued").await;
+    for i in 0..50 {
+        let command = Command::new("echo.say", Payload::json(json!({"i": i})));
+        mesh.bus.publish("echo", &command).await.unwrap();
+    }
+    let _monitor = mesh.monitor_retaining(&db, &[], 10);
+    let commands = mesh.stream("cmd:{echo}");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    crate::testenv::eventually(
+        Duration::from_secs(30),
+        "the monitor recorded the commands",
+        || async {
+            let (have, _) = crate::support::recorded(&pool).await;
+            (have.iter().filter(|(s, _)| *s == commands).count() == 50).then_some(())
+        },
+    )
+    .await;
+    // Several trimming rounds (every 100 ms) after everything was recorded.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        mesh.len(&commands).await,
+        50,
+        "nothing the role has not read is trimmed"
+    );
+    mesh.agent();
+    mesh.wait_results(50, Duration::from_secs(30)).await;
+}
+
+/// An entry over `monitor.max_row_bytes` is recorded as a flagged preview and acknowledged
+/// with its batch: nothing waits behind it.
+#[tokio::test]
+async fn an_entry_too_large_for_a_row_is_recorded_as_a_flagged_preview() {
+    let mesh = Mesh::new("bigrow").await;
+    let db = crate::support::TestDb::new("bigrow").await;
+    let events = mesh.stream("event");
+    let big: String = redis::cmd("XADD")
+        .arg(&events)
+        .arg("*")
+        .arg("type")
+        .arg("x.big")
+        .arg("blob")
+        .arg(vec![b'x'; 100_000])
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let command = Command::new("echo.say", Payload::json(json!({"i": i})));
+        mesh.bus.publish("echo", &command).await.unwrap();
+    }
+    let mut monitor = mesh.monitor_retaining(&db, &[], 0);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    crate::support::wait_recorded(&mesh, &pool, Duration::from_secs(30)).await;
+    let (ms, seq) = big.split_once('-').unwrap();
+    let (why, fields): (String, serde_json::Value) = sqlx::query_as(
+        "SELECT malformed, fields FROM mindbus_entries WHERE entry_ms = $1 AND entry_seq = $2",
+    )
+    .bind(ms.parse::<i64>().unwrap())
+    .bind(seq.parse::<i64>().unwrap())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(why.contains("too large to record whole"), "{why}");
+    assert_eq!(fields["type"], "x.big");
+    assert!(fields["blob"].as_str().unwrap().len() < 1_000);
+    let _ = monitor.kill().await;
 }
