@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use mindbus::streams::{StreamEntry, ensure_group, parse_autoclaim, parse_read};
-use mindbus::wire::{CommandResult, EntryId, Origin, Status, without_nul};
+use mindbus::wire::{CommandResult, EntryId, Origin, Status, field_text, without_nul};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -200,12 +200,9 @@ fn step_result(stream: &str, entry: &StreamEntry) -> Option<(Uuid, Input)> {
         stream,
         entry: entry.id,
     };
-    let result = match CommandResult::decode(fields, origin) {
+    let result = match CommandResult::decode(fields.as_slice(), origin) {
         Ok(result) => result,
-        Err(e) => {
-            tracing::warn!(entry = %entry.id, error = %e, "skipping a malformed result");
-            return None;
-        }
+        Err(e) => return unreadable(entry.id, &fields, &e),
     };
     let run_id = result.runid.as_deref()?.parse().ok()?;
     // Postgres cannot store U+0000: an agent's output or message must not make a result
@@ -223,6 +220,27 @@ fn step_result(stream: &str, entry: &StreamEntry) -> Option<(Uuid, Input)> {
         output,
     };
     Some((run_id, input))
+}
+
+/// A result entry that does not decode: when it names a run (and the command it answers),
+/// that run fails with the reason, so it never waits for a result that came but cannot be
+/// read. Anything else is skipped (the monitor records it, flagged).
+fn unreadable(
+    entry: EntryId,
+    fields: &[(String, Vec<u8>)],
+    error: &mindbus::wire::WireError,
+) -> Option<(Uuid, Input)> {
+    let field = |name: &str| field_text(fields, name);
+    let Some(run_id) = field("runid").and_then(|id| id.parse::<Uuid>().ok()) else {
+        tracing::warn!(entry = %entry, error = %error, "skipping a malformed result");
+        return None;
+    };
+    tracing::warn!(entry = %entry, run.id = %run_id, error = %error, "a step result cannot be read; failing its run");
+    let command_id = field("correlationid")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_default();
+    let reason = format!("malformed: a step result could not be read: {error}");
+    Some((run_id, Input::Abort { command_id, reason }))
 }
 
 /// An error that retrying cannot cure: the store refuses the data (class 22 or 23), or a

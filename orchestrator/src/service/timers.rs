@@ -1,5 +1,5 @@
-//! Timers: approval timeouts and run deadlines, kept in Postgres so they survive restarts,
-//! fired by whichever orchestrator sees them due first.
+//! Timers: approval timeouts, step command timeouts and run deadlines, kept in Postgres so
+//! they survive restarts, fired by whichever orchestrator sees them due first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,9 @@ pub(crate) enum Timer {
     Deadline,
     /// An approval step's timeout.
     Approval,
+    /// A step command's `timeout_ms` (keyed by its command id): it fails the step when no
+    /// result came in time, whether or not an agent ever read the command.
+    Command,
 }
 
 impl Timer {
@@ -27,6 +30,7 @@ impl Timer {
         match self {
             Timer::Deadline => "deadline",
             Timer::Approval => "approval",
+            Timer::Command => "command",
         }
     }
 
@@ -34,6 +38,7 @@ impl Timer {
         match kind {
             "deadline" => Some(Timer::Deadline),
             "approval" => Some(Timer::Approval),
+            "command" => Some(Timer::Command),
             _ => None,
         }
     }

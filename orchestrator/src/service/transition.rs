@@ -14,6 +14,10 @@ use crate::engine::{self, Action, Event, RunState, StepState};
 use crate::store::{self, CommandRow, OutboxEntry, RunRow, Tx};
 use crate::workflow::Workflow;
 
+/// How long after a step command's deadline its timer fails the step, so an agent's own
+/// failed result (which says what happened) usually arrives first.
+const COMMAND_TIMER_GRACE_MS: i64 = 500;
+
 /// What happened to a run.
 #[derive(Debug, Clone)]
 pub(crate) enum Input {
@@ -29,7 +33,8 @@ pub(crate) enum Input {
     Timer { timer: Timer, step: String },
     /// Someone cancelled the run.
     Cancel,
-    /// A result could not be applied for good (the store refuses it): the run fails.
+    /// A result could not be applied for good (the store refuses it, or it cannot be read):
+    /// the run fails, if the command was still waiting for its answer.
     Abort { command_id: Uuid, reason: String },
 }
 
@@ -102,12 +107,16 @@ impl Orchestrator {
             } => match store::apply_command(tx, run.id, command_id, status.as_str()).await? {
                 Some(CommandRow {
                     step, item, round, ..
-                }) => Event::Result {
-                    step,
-                    item,
-                    round,
-                    output,
-                },
+                }) => {
+                    let timer = command_id.to_string();
+                    store::drop_timer(tx, run.id, Timer::Command.as_str(), &timer).await?;
+                    Event::Result {
+                        step,
+                        item,
+                        round,
+                        output,
+                    }
+                }
                 None => return Ok(Err("the result was applied before".into())),
             },
             Input::Decided { step, approved } => {
@@ -123,6 +132,24 @@ impl Orchestrator {
                 }
                 match timer {
                     Timer::Approval => Event::ApprovalTimedOut { step },
+                    Timer::Command => {
+                        let Ok(command_id) = step.parse::<Uuid>() else {
+                            return Ok(Err(format!("`{step}` is not a command id")));
+                        };
+                        match store::apply_command(tx, run.id, command_id, "failed").await? {
+                            Some(CommandRow {
+                                step, item, round, ..
+                            }) => Event::Result {
+                                output: Err(format!(
+                                    "timeout: no result for command {command_id} by its deadline"
+                                )),
+                                step,
+                                item,
+                                round,
+                            },
+                            None => return Ok(Err("the command was answered".into())),
+                        }
+                    }
                     Timer::Deadline => {
                         return Ok(Ok(vec![Action::Fail {
                             step: None,
@@ -137,7 +164,14 @@ impl Orchestrator {
                 return Ok(Ok(Vec::new()));
             }
             Input::Abort { command_id, reason } => {
-                store::apply_command(tx, run.id, command_id, "failed").await?;
+                // Only a command of this run still waiting for its answer: a stray entry
+                // naming an answered (or unknown) command changes nothing.
+                if store::apply_command(tx, run.id, command_id, "failed")
+                    .await?
+                    .is_none()
+                {
+                    return Ok(Err("the command was answered before".into()));
+                }
                 return Ok(Ok(vec![Action::Fail { step: None, reason }]));
             }
         };
@@ -177,6 +211,14 @@ impl Orchestrator {
                         role,
                     };
                     store::insert_command(fx.tx, &row).await?;
+                    if let Some(timeout_ms) = timeout_ms {
+                        // The agent's own answer says more, so it gets a moment to arrive.
+                        let due =
+                            millis_from_now(timeout_ms).saturating_add(COMMAND_TIMER_GRACE_MS);
+                        let timer = row.command_id.to_string();
+                        store::set_timer(fx.tx, run.id, Timer::Command.as_str(), &timer, due)
+                            .await?;
+                    }
                     let entry = command_entry(
                         &self.bus,
                         run,

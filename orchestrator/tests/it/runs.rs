@@ -208,6 +208,59 @@ async fn a_step_timeout_fails_the_step_and_its_run() {
     );
 }
 
+/// A step whose command no agent ever reads still times out, on the orchestrator's clock.
+#[tokio::test]
+async fn a_step_nobody_consumes_times_out_on_the_orchestrators_clock() {
+    let unconsumed = "name: unheard\nsteps:\n  - id: wait\n    role: echo\n    timeout_ms: 1000\n    maxattempts: 1\n";
+    let orch = Orch::new("unconsumed", &[("unheard.yaml", unconsumed)]).await;
+    let _o = orch.orchestrator(2_000);
+    let run = orch.start("unheard", json!({})).await;
+    let ended = orch.wait_ended(&[run], Duration::from_secs(10)).await;
+    assert_eq!(ended[0].status, "failed");
+    let error = ended[0].error.clone().unwrap();
+    assert!(error.contains("step `wait` failed: timeout"), "{error}");
+    let timers: i64 = sqlx::query_scalar("SELECT count(*) FROM mindbus_run_timers")
+        .fetch_one(&orch.pool)
+        .await
+        .unwrap();
+    assert_eq!(timers, 0, "the run's timers went with it");
+}
+
+/// A step result that cannot be decoded fails its run with the reason, instead of leaving
+/// it waiting for an answer that came; a second unreadable entry changes nothing.
+#[tokio::test]
+async fn an_unreadable_step_result_fails_its_run_with_the_reason() {
+    let unheard = "name: unheard\nsteps:\n  - id: wait\n    role: echo\n";
+    let orch = Orch::new("unreadable", &[("unheard.yaml", unheard)]).await;
+    let _o = orch.orchestrator(2_000);
+    let run = orch.start("unheard", json!({})).await;
+    let command = orch.wait_command(run).await;
+    let results = format!("{}:result", orch.prefix);
+    for _ in 0..2 {
+        let _: String = redis::cmd("XADD")
+            .arg(&results)
+            .arg("*")
+            .arg("type")
+            .arg("mindbus.result")
+            .arg("correlationid")
+            .arg(command.to_string())
+            .arg("runid")
+            .arg(run.to_string())
+            .arg("status")
+            .arg("exploded")
+            .query_async(&mut orch.bus.connection())
+            .await
+            .unwrap();
+    }
+    let ended = orch.wait_ended(&[run], Duration::from_secs(10)).await;
+    assert_eq!(ended[0].status, "failed");
+    let error = ended[0].error.clone().unwrap();
+    assert!(
+        error.contains("malformed") && error.contains("status"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn the_cli_runs_a_workflow_and_shows_it() {
     let sample = std::fs::read_to_string(concat!(
