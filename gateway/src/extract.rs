@@ -4,15 +4,20 @@
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
+use std::fmt::Display;
+use std::str::FromStr;
 
 use crate::error::AppError;
 
-/// The `{id}` path parameter, a UUID.
-#[derive(Debug, Clone, Copy)]
-pub struct IdPath(pub Uuid);
+/// The `{id}` path parameter: a command id (any [`MessageId`]) or a run id (a UUID).
+#[derive(Debug, Clone)]
+pub struct IdPath<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+impl<S: Send + Sync, T> FromRequestParts<S> for IdPath<T>
+where
+    T: FromStr,
+    T::Err: Display,
+{
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
@@ -21,7 +26,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
             .map_err(|e| AppError::Invalid(format!("id: {e}")))?;
         raw.parse()
             .map(IdPath)
-            .map_err(|_| AppError::Invalid(format!("id: `{raw}` is not a UUID")))
+            .map_err(|e| AppError::Invalid(format!("id: `{raw}` is not valid: {e}")))
     }
 }
 

@@ -11,6 +11,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use mindbus::bus::Follower;
+use mindbus::wire::MessageId;
 use mindbus::wire::{EntryId, Event, EventKind, Origin, RunEventKind};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
@@ -24,21 +25,23 @@ use crate::error::AppError;
 #[derive(Debug, Clone)]
 pub enum Filter {
     /// One command's, of roles in scope.
-    Command(Uuid, Scope),
+    Command(MessageId, Scope),
     /// One run's (its own transitions, and its commands' events of roles in scope).
     Run(Uuid, Scope),
 }
 
 impl Filter {
-    fn id(&self) -> Uuid {
+    /// The id, when it is a UUID (only a UUIDv7 says when to start reading).
+    fn uuid(&self) -> Option<Uuid> {
         match self {
-            Filter::Command(id, _) | Filter::Run(id, _) => *id,
+            Filter::Command(id, _) => id.as_uuid(),
+            Filter::Run(id, _) => Some(*id),
         }
     }
 
     fn wants(&self, event: &Event) -> bool {
         let (ours, roles) = match self {
-            Filter::Command(id, roles) => (event.correlationid == Some(*id), roles),
+            Filter::Command(id, roles) => (event.correlationid.as_ref() == Some(id), roles),
             Filter::Run(id, roles) => (
                 event.runid.as_deref() == Some(id.to_string().as_str()),
                 roles,
@@ -92,10 +95,12 @@ pub async fn respond(
     filter: Filter,
     ended: bool,
 ) -> Result<Response, AppError> {
-    if filter.id().get_version_num() != 7 {
-        return Err(AppError::Invalid("id: MindBus ids are UUIDv7".into()));
-    }
-    let earliest = before(filter.id());
+    let Some(id) = filter.uuid().filter(|id| id.get_version_num() == 7) else {
+        return Err(AppError::Invalid(
+            "id: events can be followed for ids MindBus made (UUIDv7)".into(),
+        ));
+    };
+    let earliest = before(id);
     let start = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(id) => id
             .parse::<EntryId>()

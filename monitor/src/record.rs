@@ -4,10 +4,9 @@
 use mindbus::keys::Keys;
 use mindbus::streams::StreamEntry;
 use mindbus::wire::{
-    Command, CommandResult, DeadLetter, Envelope, Event, Fields, Origin, derived_id,
+    Command, CommandResult, DeadLetter, Envelope, Event, Fields, MessageId, Origin, derived_id,
 };
 use serde_json::{Map, Value};
-use uuid::Uuid;
 
 /// What kind of stream an entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +56,8 @@ pub struct Record {
     pub entry_seq: i64,
     pub kind: &'static str,
     pub ty: Option<String>,
-    pub id: Option<Uuid>,
-    pub correlation_id: Option<Uuid>,
+    pub id: Option<String>,
+    pub correlation_id: Option<String>,
     pub run_id: Option<String>,
     pub step_id: Option<String>,
     pub status: Option<String>,
@@ -159,11 +158,7 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) 
             fields.len()
         ));
         row.ty = text_field(fields, "type");
-        row.id = Some(
-            text_field(fields, "id")
-                .and_then(|id| id.parse().ok())
-                .unwrap_or_else(|| derived_id(origin)),
-        );
+        row.id = Some(usable_id(fields, origin));
         return Some(row.without_nul());
     }
     row.fields = fields_json(fields);
@@ -174,7 +169,7 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) 
             envelope(&mut row, c.envelope);
         }),
         Kind::Result => CommandResult::decode(fields, origin).map(|r| {
-            row.correlation_id = Some(r.correlationid);
+            row.correlation_id = Some(r.correlationid.to_string());
             row.status = Some(r.status.as_str().to_owned());
             row.role = r.role;
             row.run_id = r.runid;
@@ -182,7 +177,7 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) 
             envelope(&mut row, r.envelope);
         }),
         Kind::Event => Event::decode(fields, origin).map(|e| {
-            row.correlation_id = e.correlationid;
+            row.correlation_id = e.correlationid.map(|id| id.to_string());
             row.role = e.role;
             row.run_id = e.runid;
             row.step_id = e.stepid;
@@ -199,21 +194,25 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) 
                     .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
             };
             row.ty = text("type");
-            row.id = text("id").and_then(|id| id.parse().ok());
+            row.id = text("id");
             row.run_id = text("runid");
         }),
     };
     if let Err(e) = decoded {
         row.malformed = Some(e.to_string());
         row.ty = text_field(fields, "type");
-        // An entry without a usable id is known by the one every reader derives for it.
-        row.id = Some(
-            text_field(fields, "id")
-                .and_then(|id| id.parse().ok())
-                .unwrap_or_else(|| derived_id(origin)),
-        );
+        row.id = Some(usable_id(fields, origin));
     }
     Some(row.without_nul())
+}
+
+/// The id of an entry that does not decode: its own when usable, else the one every reader
+/// derives for it.
+fn usable_id(fields: &Fields, origin: Origin<'_>) -> String {
+    mindbus::wire::field_text(fields, "id")
+        .and_then(|id| id.parse::<MessageId>().ok())
+        .unwrap_or_else(|| derived_id(origin))
+        .to_string()
 }
 
 fn text_field(fields: &Fields, name: &str) -> Option<String> {
@@ -240,7 +239,7 @@ fn preview<'a>(fields: impl Iterator<Item = (&'a str, Vec<u8>)>, count: usize) -
 
 fn envelope(row: &mut Record, envelope: Envelope) {
     row.ty = Some(envelope.ty);
-    row.id = Some(envelope.id);
+    row.id = Some(envelope.id.to_string());
     row.source = Some(envelope.source);
     row.time = Some(envelope.time.to_string());
     row.trace_id = Some(envelope.traceparent.trace_id_hex());
@@ -297,7 +296,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(row.kind, "command");
-        assert_eq!(row.id, Some(command.envelope.id));
+        assert_eq!(row.id, Some(command.envelope.id.to_string()));
         assert_eq!(row.role.as_deref(), Some("echo"));
         assert_eq!(row.run_id.as_deref(), Some("r1"));
         assert_eq!(

@@ -36,7 +36,7 @@ pub async fn insert(pool: &PgPool, rows: &[Record]) -> Result<u64, sqlx::Error> 
         "INSERT INTO mindbus_entries (stream, entry_ms, entry_seq, kind, type, id, correlation_id, run_id, step_id, \
          status, source, role, time, trace_id, data, fields, malformed) \
          SELECT s, ms, seq, k, t, i, c, r, st, stat, src, rl, tm::timestamptz, tr, d, f, m FROM UNNEST(\
-         $1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::uuid[], $8::text[], $9::text[], \
+         $1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
          $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::jsonb[], $17::text[]) \
          AS u(s, ms, seq, k, t, i, c, r, st, stat, src, rl, tm, tr, d, f, m) \
          ON CONFLICT (stream, entry_ms, entry_seq) DO NOTHING",
@@ -46,8 +46,8 @@ pub async fn insert(pool: &PgPool, rows: &[Record]) -> Result<u64, sqlx::Error> 
     .bind(rows.iter().map(|r| r.entry_seq).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.kind.to_owned()).collect::<Vec<_>>())
     .bind(col(|r| r.ty.clone()))
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.correlation_id).collect::<Vec<_>>())
+    .bind(col(|r| r.id.clone()))
+    .bind(col(|r| r.correlation_id.clone()))
     .bind(col(|r| r.run_id.clone()))
     .bind(col(|r| r.step_id.clone()))
     .bind(col(|r| r.status.clone()))

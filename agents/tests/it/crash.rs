@@ -22,7 +22,7 @@ async fn kill_9_of_one_agent_loses_nothing() {
     let mut ids = Vec::with_capacity(COMMANDS);
     for i in 0..COMMANDS {
         let command = Command::new("echo.say", Payload::json(json!({"i": i, "sleep_ms": 20})));
-        ids.push(command.envelope.id);
+        ids.push(command.envelope.id.clone());
         mesh.bus.publish("echo", &command).await.unwrap();
     }
     mesh.wait_results(COMMANDS / 4, Duration::from_secs(60))

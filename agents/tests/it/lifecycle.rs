@@ -57,12 +57,12 @@ async fn a_cancelled_long_command_stops_and_reports_canceled() {
     let mesh = Mesh::new("cancel").await;
     let _agent = mesh.agent(&[]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 60_000})));
-    let id = command.envelope.id;
+    let id = command.envelope.id.clone();
     mesh.bus.publish("echo", &command).await.unwrap();
     mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
         .await; // received, started
     let cancelled_at = Instant::now();
-    mesh.bus.cancel(id).await.unwrap();
+    mesh.bus.cancel(&id).await.unwrap();
     let result = mesh
         .wait_results(1, Duration::from_secs(20))
         .await
@@ -80,7 +80,7 @@ async fn a_command_cancelled_before_any_agent_starts_never_runs() {
     let mesh = Mesh::new("cancel-early").await;
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 10})));
     mesh.bus.publish("echo", &command).await.unwrap();
-    mesh.bus.cancel(command.envelope.id).await.unwrap();
+    mesh.bus.cancel(&command.envelope.id).await.unwrap();
     let _agent = mesh.agent(&[]);
     let result = mesh
         .wait_results(1, Duration::from_secs(20))

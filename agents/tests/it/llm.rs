@@ -87,11 +87,15 @@ impl Mesh {
     }
 
     /// The data of `kind` events about `command`.
-    pub async fn event_data(&self, command: uuid::Uuid, kind: EventKind) -> Vec<Value> {
+    pub async fn event_data(
+        &self,
+        command: &mindbus::wire::MessageId,
+        kind: EventKind,
+    ) -> Vec<Value> {
         self.events()
             .await
             .into_iter()
-            .filter(|e| e.correlationid == Some(command) && e.kind() == Some(kind))
+            .filter(|e| e.correlationid.as_ref() == Some(command) && e.kind() == Some(kind))
             .map(|e| e.envelope.data.value)
             .collect()
     }
@@ -167,7 +171,7 @@ async fn each_provider_streams_retries_and_falls_back() {
         );
 
         let chunks: String = mesh
-            .event_data(result.correlationid, EventKind::Progress)
+            .event_data(&result.correlationid, EventKind::Progress)
             .await
             .iter()
             .filter_map(|d| d["chunk"].as_str().map(str::to_string))
@@ -178,7 +182,7 @@ async fn each_provider_streams_retries_and_falls_back() {
             "{provider}: the text streamed as chunk events"
         );
         let usage = mesh
-            .event_data(result.correlationid, EventKind::LlmUsage)
+            .event_data(&result.correlationid, EventKind::LlmUsage)
             .await;
         assert_eq!(usage.len(), 1, "{provider}");
         assert_eq!(usage[0]["model"], json!(format!("{provider}/ratelimit")));
@@ -231,7 +235,7 @@ async fn json_answers_are_checked_and_deterministic_calls_cached() {
         "the cache answered the second call"
     );
     let usage = mesh
-        .event_data(second.correlationid, EventKind::LlmUsage)
+        .event_data(&second.correlationid, EventKind::LlmUsage)
         .await;
     assert_eq!(usage[0]["cachehit"], json!(true));
     assert_eq!(usage[0]["cost_micros"], json!(0));
@@ -439,16 +443,16 @@ async fn a_cancelled_command_aborts_its_call() {
     .await;
     let _agent = mesh.llm_agent("talker", &file);
     let command = Command::new("talker.talk", Payload::json(json!({})));
-    let id = command.envelope.id;
+    let id = command.envelope.id.clone();
     mesh.bus.publish("talker", &command).await.unwrap();
     crate::testenv::eventually(
         Duration::from_secs(20),
         "the first streamed chunk",
-        || async { (!mesh.event_data(id, EventKind::Progress).await.is_empty()).then_some(()) },
+        || async { (!mesh.event_data(&id, EventKind::Progress).await.is_empty()).then_some(()) },
     )
     .await;
     assert!(!fake.hung_up());
-    mesh.bus.cancel(id).await.unwrap();
+    mesh.bus.cancel(&id).await.unwrap();
     let results = mesh.wait_results(1, Duration::from_secs(20)).await;
     assert_eq!(results[0].status, Status::Canceled, "{:?}", results[0]);
     crate::testenv::eventually(

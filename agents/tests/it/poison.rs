@@ -53,7 +53,8 @@ async fn a_command_that_always_panics_is_dead_lettered_after_maxattempts() {
         .await
         .into_iter()
         .filter(|e| {
-            e.correlationid == Some(poison.envelope.id) && e.kind() == Some(EventKind::Started)
+            e.correlationid == Some(poison.envelope.id.clone())
+                && e.kind() == Some(EventKind::Started)
         })
         .count();
     assert_eq!(started, 3, "exactly maxattempts deliveries");

@@ -30,7 +30,7 @@ async fn redis_cli_command_gets_a_result() {
     assert_eq!(results[0].envelope.data.value, json!({"text": "hi"}));
     assert_eq!(
         results[0].envelope.traceparent.trace_id_hex(),
-        id.simple().to_string(),
+        id.as_uuid().unwrap().simple().to_string(),
         "the default trace is rooted at the command id"
     );
 }
@@ -47,7 +47,7 @@ async fn call_waits_on_a_private_reply_stream_in_both_encodings() {
                 value: json!({"n": 7, "list": ["a"]}),
             },
         );
-        let id = command.envelope.id;
+        let id = command.envelope.id.clone();
         let result = mesh
             .bus
             .call("echo", command, Duration::from_secs(20))
@@ -98,7 +98,7 @@ async fn events_trace_the_lifecycle_and_unknown_fields_survive() {
                 tp,
                 "every event carries the trace"
             );
-            assert_eq!(e.correlationid, Some(result.correlationid));
+            assert_eq!(e.correlationid, Some(result.correlationid.clone()));
             e.envelope.ty
         })
         .collect();
@@ -183,4 +183,37 @@ async fn tail_prints_entries_of_a_quiet_stream() {
     ] {
         assert!(text.contains(kind), "{kind} missing from:\n{text}");
     }
+}
+
+/// A producer's own id, in any form CloudEvents allows, is kept: the result answers it, and
+/// its default trace is derived from it. An id with a control character is malformed.
+#[tokio::test]
+async fn a_producers_own_id_is_answered_as_it_is() {
+    let mesh = Mesh::new("ownid").await;
+    let _agent = mesh.agent(&[]);
+    mesh.xadd_cli(&["type", "echo.say", "id", "order-42", "data", r#"{"n":1}"#]);
+    mesh.xadd_cli(&["type", "echo.say", "id", "bad\u{7}id"]);
+    let results = mesh.wait_results(2, Duration::from_secs(20)).await;
+    let ours = results
+        .iter()
+        .find(|r| r.correlationid.as_str() == "order-42")
+        .expect("a result for order-42");
+    assert_eq!(ours.status, Status::Completed);
+    assert_eq!(ours.envelope.data.value, json!({"n": 1}));
+    let expected: mindbus::wire::MessageId = "order-42".parse().unwrap();
+    assert_eq!(
+        ours.envelope.traceparent.trace_id,
+        expected.to_bytes(),
+        "the trace is rooted at the id's bytes"
+    );
+    let refused = results
+        .iter()
+        .find(|r| r.correlationid.as_str() != "order-42")
+        .unwrap();
+    assert_eq!(refused.status, Status::Failed);
+    assert!(
+        refused.failure.as_ref().unwrap().error.contains("`id`"),
+        "{:?}",
+        refused.failure
+    );
 }

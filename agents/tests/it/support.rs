@@ -270,10 +270,10 @@ pub fn rand_u32() -> u32 {
 }
 
 /// Results per command id.
-pub fn by_command(results: &[CommandResult]) -> HashMap<uuid::Uuid, usize> {
+pub fn by_command(results: &[CommandResult]) -> HashMap<mindbus::wire::MessageId, usize> {
     let mut counts = HashMap::new();
     for r in results {
-        *counts.entry(r.correlationid).or_default() += 1;
+        *counts.entry(r.correlationid.clone()).or_default() += 1;
     }
     counts
 }

@@ -134,7 +134,7 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
 
 async fn over_bus(bus: &Bus, replies: &std::sync::Arc<Replies>) -> anyhow::Result<()> {
     let command = Command::new("echo.say", Payload::json(json!({"text": "hi"})));
-    let waiter = replies.register(command.envelope.id);
+    let waiter = replies.register(&command.envelope.id);
     bus.publish("echo", &command).await?;
     waiter
         .wait(Duration::from_secs(30))

@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use mindbus::wire::MessageId;
 use mindbus::wire::{Command, CommandResult, Origin, Payload, TraceParent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 use super::{forget_idempotency, idempotent};
 use crate::AppState;
@@ -55,7 +55,8 @@ pub struct Wait {
 /// A command and, once it has one, its result.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CommandView {
-    pub id: Uuid,
+    #[schema(value_type = String)]
+    pub id: MessageId,
     /// `pending`, or the result's status: `completed`, `failed` or `canceled`.
     pub status: String,
     /// The result, once there is one.
@@ -64,7 +65,7 @@ pub struct CommandView {
 }
 
 impl CommandView {
-    fn pending(id: Uuid) -> Self {
+    fn pending(id: MessageId) -> Self {
         Self {
             id,
             status: "pending".into(),
@@ -72,7 +73,7 @@ impl CommandView {
         }
     }
 
-    fn done(id: Uuid, result: &CommandResult) -> Self {
+    fn done(id: MessageId, result: &CommandResult) -> Self {
         Self {
             id,
             status: result.status.as_str().into(),
@@ -114,9 +115,9 @@ pub async fn publish(
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);
     }
-    let fresh = command.envelope.id;
-    let id = idempotent(&state, &caller.name, "cmd", &headers, fresh).await?;
-    let waiter = state.replies().register(id);
+    let fresh = command.envelope.id.clone();
+    let id = idempotent(&state, &caller.name, "cmd", &headers, fresh.clone()).await?;
+    let waiter = state.replies().register(&id);
     if id == fresh {
         if let Err(e) = state.bus().publish(&role, &command).await {
             forget_idempotency(&state, &caller.name, "cmd", &headers).await;
@@ -132,7 +133,7 @@ pub async fn publish(
     let stored = if id == fresh {
         None
     } else {
-        stored_result(&state, id).await?
+        stored_result(&state, &id).await?
     };
     let result = match stored {
         Some(result) => Some(result),
@@ -169,7 +170,10 @@ fn build(state: &AppState, headers: &HeaderMap, new: NewCommand) -> Result<Comma
 }
 
 /// The result stored on the command's reply stream, if it has come (and not expired).
-async fn stored_result(state: &AppState, id: Uuid) -> Result<Option<CommandResult>, AppError> {
+async fn stored_result(
+    state: &AppState,
+    id: &MessageId,
+) -> Result<Option<CommandResult>, AppError> {
     let reply = state.bus().keys().reply(&id.to_string());
     let value: redis::Value = redis::cmd("XRANGE")
         .arg(&reply)
@@ -194,7 +198,7 @@ async fn stored_result(state: &AppState, id: Uuid) -> Result<Option<CommandResul
 /// A command's status and, once there is one, its result (kept for the reply TTL).
 #[utoipa::path(
     get, path = "/v1/commands/{id}", tag = "commands",
-    params(("id" = Uuid, Path, description = "The command id")),
+    params(("id" = String, Path, description = "The command id")),
     responses((status = 200, body = CommandView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 503, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("api_key" = []))
@@ -202,9 +206,9 @@ async fn stored_result(state: &AppState, id: Uuid) -> Result<Option<CommandResul
 pub async fn show(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<MessageId>,
 ) -> Result<Json<CommandView>, AppError> {
-    match stored_result(&state, id).await? {
+    match stored_result(&state, &id).await? {
         Some(result)
             if result
                 .role
@@ -223,7 +227,7 @@ pub async fn show(
 /// `Last-Event-ID`.
 #[utoipa::path(
     get, path = "/v1/commands/{id}/events", tag = "commands",
-    params(("id" = Uuid, Path, description = "The command id"),
+    params(("id" = String, Path, description = "The command id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "text/event-stream of the command's events", content_type = "text/event-stream", body = String),
         (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -232,10 +236,10 @@ pub async fn show(
 pub async fn events(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<MessageId>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let ended = stored_result(&state, id).await?.is_some();
+    let ended = stored_result(&state, &id).await?.is_some();
     sse::respond(
         &state,
         &headers,

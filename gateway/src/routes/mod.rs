@@ -5,7 +5,7 @@ pub mod ops;
 pub mod runs;
 
 use axum::http::HeaderMap;
-use uuid::Uuid;
+use mindbus::wire::MessageId;
 
 use crate::AppState;
 use crate::auth::hash_key;
@@ -43,8 +43,8 @@ async fn idempotent(
     caller: &str,
     kind: &str,
     headers: &HeaderMap,
-    fresh: Uuid,
-) -> Result<Uuid, AppError> {
+    fresh: MessageId,
+) -> Result<MessageId, AppError> {
     let Some(key) = headers.get("idempotency-key") else {
         return Ok(fresh);
     };

@@ -67,7 +67,7 @@ async fn ask(
     refused: impl FnOnce(String) -> AppError,
 ) -> Result<Value, AppError> {
     // Answers come on the result stream, through the gateway's one follower of it.
-    let waiter = state.replies().register(command.envelope.id);
+    let waiter = state.replies().register(&command.envelope.id);
     state.bus().publish(ORCHESTRATOR_ROLE, &command).await?;
     let result = waiter
         .wait(ANSWER_WITHIN)
@@ -133,9 +133,10 @@ pub async fn start(
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);
     }
-    let id = idempotent(&state, &caller.name, "run", &headers, command.envelope.id).await?;
+    let fresh = command.envelope.id.clone();
+    let id = idempotent(&state, &caller.name, "run", &headers, fresh).await?;
     if id != command.envelope.id {
-        let first = visible_run(&state, &caller, id)
+        let first = visible_run(&state, &caller, mindbus::wire::run_id(&id))
             .await
             .map_err(|e| match e {
                 AppError::NotFound(_) => AppError::Conflict(
@@ -169,7 +170,7 @@ pub async fn start(
 pub async fn show(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<Uuid>,
 ) -> Result<Json<RunView>, AppError> {
     Ok(Json(RunView {
         run: visible_run(&state, &caller, id).await?,
@@ -190,7 +191,7 @@ pub async fn show(
 pub async fn events(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let run = visible_run(&state, &caller, id).await?;
@@ -216,7 +217,7 @@ pub async fn events(
 pub async fn cancel(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<Uuid>,
 ) -> Result<Json<RunView>, AppError> {
     visible_run(&state, &caller, id).await?;
     let run = ask(
@@ -240,7 +241,7 @@ pub async fn cancel(
 pub async fn approve(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    IdPath(id): IdPath,
+    IdPath(id): IdPath<Uuid>,
     JsonBody(decision): JsonBody<Decision>,
 ) -> Result<Json<RunView>, AppError> {
     visible_run(&state, &caller, id).await?;

@@ -8,8 +8,8 @@ mod wait;
 
 use std::time::Duration;
 
+use crate::wire::MessageId;
 use redis::aio::ConnectionManager;
-use uuid::Uuid;
 
 pub use follow::Follower;
 pub use overview::{GroupInfo, StreamInfo};
@@ -81,12 +81,12 @@ impl Bus {
         mut command: Command,
         timeout: Duration,
     ) -> Result<Option<crate::wire::CommandResult>, Error> {
-        let reply = self.keys.reply(&Uuid::now_v7().to_string());
+        let reply = self.keys.reply(&MessageId::new().to_string());
         command.replyto = Some(reply.clone());
         let mut waiter = ResultWaiter::new(self).await?;
         self.publish(role, &command).await?;
         let result = waiter
-            .wait_reply(&reply, command.envelope.id, timeout)
+            .wait_reply(&reply, &command.envelope.id, timeout)
             .await;
         let _: Result<(), _> = redis::cmd("DEL")
             .arg(&reply)
@@ -97,7 +97,7 @@ impl Bus {
 
     /// Cancels a command: one that has not started will not start, a running one is stopped
     /// and reports `canceled`.
-    pub async fn cancel(&self, command_id: Uuid) -> Result<(), Error> {
+    pub async fn cancel(&self, command_id: &MessageId) -> Result<(), Error> {
         let id = command_id.to_string();
         let mut pipe = redis::pipe();
         pipe.cmd("XADD")

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Bus, Follower};
+use crate::wire::MessageId;
 use crate::wire::{CommandResult, EntryId, Origin};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Every registration waiting for one command id (several requests may wait for the same
 /// command), by token.
-type Waiting = Mutex<HashMap<Uuid, Vec<(u64, oneshot::Sender<CommandResult>)>>>;
+type Waiting = Mutex<HashMap<MessageId, Vec<(u64, oneshot::Sender<CommandResult>)>>>;
 
 /// Requests waiting for results, by command id.
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ pub struct Replies {
 #[must_use = "a waiter registered and dropped waits for nothing"]
 pub struct Waiter {
     replies: Arc<Replies>,
-    id: Uuid,
+    id: MessageId,
     token: u64,
     rx: Option<oneshot::Receiver<CommandResult>>,
 }
@@ -45,17 +45,17 @@ impl Replies {
 
     /// Registers a wait for `id`; register before publishing the command, so the result
     /// cannot come first.
-    pub fn register(self: &Arc<Self>, id: Uuid) -> Waiter {
+    pub fn register(self: &Arc<Self>, id: &MessageId) -> Waiter {
         let (tx, rx) = oneshot::channel();
         let token = self
             .tokens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.entry(id).or_default().push((token, tx));
+            waiting.entry(id.clone()).or_default().push((token, tx));
         }
         Waiter {
             replies: Arc::clone(self),
-            id,
+            id: id.clone(),
             token,
             rx: Some(rx),
         }
@@ -137,9 +137,9 @@ mod tests {
     #[tokio::test]
     async fn every_waiter_of_an_id_gets_the_result_and_a_dropped_one_takes_none_away() {
         let replies = Arc::new(Replies::default());
-        let id = Uuid::now_v7();
-        let (first, second) = (replies.register(id), replies.register(id));
-        drop(replies.register(id));
+        let id = MessageId::new();
+        let (first, second) = (replies.register(&id), replies.register(&id));
+        drop(replies.register(&id));
         replies.deliver(CommandResult::new(
             id,
             Status::Completed,

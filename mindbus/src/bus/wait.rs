@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::wire::MessageId;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use super::Bus;
 use crate::Error;
@@ -35,7 +35,7 @@ impl ResultWaiter {
     pub async fn wait_reply(
         &mut self,
         reply: &str,
-        command_id: Uuid,
+        command_id: &MessageId,
         timeout: Duration,
     ) -> Result<Option<CommandResult>, Error> {
         self.wait_on(reply, EntryId::ZERO, command_id, timeout)
@@ -49,7 +49,7 @@ impl ResultWaiter {
     pub async fn wait_result(
         &mut self,
         command: EntryId,
-        command_id: Uuid,
+        command_id: &MessageId,
         timeout: Duration,
     ) -> Result<Option<CommandResult>, Error> {
         let stream = self.results.clone();
@@ -64,7 +64,7 @@ impl ResultWaiter {
         &mut self,
         stream: &str,
         mut after: EntryId,
-        command_id: Uuid,
+        command_id: &MessageId,
         timeout: Duration,
     ) -> Result<Option<CommandResult>, Error> {
         let deadline = Instant::now() + timeout;
@@ -93,7 +93,7 @@ impl ResultWaiter {
                         entry: entry.id,
                     };
                     match CommandResult::decode(fields, origin) {
-                        Ok(result) if result.correlationid == command_id => {
+                        Ok(result) if result.correlationid == *command_id => {
                             return Ok(Some(result));
                         }
                         Ok(_) => {}

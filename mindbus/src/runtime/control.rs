@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::wire::MessageId;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::bus::CONTROL_CANCEL;
 use crate::streams::{Redis, parse_read};
@@ -22,8 +22,8 @@ const REMEMBERED: usize = 10_000;
 /// The commands running in this process and the cancellations seen.
 #[derive(Debug, Default)]
 pub(crate) struct Cancellations {
-    running: Mutex<HashMap<EntryId, (Uuid, CancellationToken)>>,
-    seen: Mutex<(HashSet<Uuid>, VecDeque<Uuid>)>,
+    running: Mutex<HashMap<EntryId, (Option<MessageId>, CancellationToken)>>,
+    seen: Mutex<(HashSet<MessageId>, VecDeque<MessageId>)>,
     /// Fires once the listener has read the control stream's history.
     caught_up: CancellationToken,
 }
@@ -48,18 +48,18 @@ impl Cancellations {
         if running.contains_key(&entry) {
             return false;
         }
-        running.insert(entry, (Uuid::nil(), token));
+        running.insert(entry, (None, token));
         true
     }
 
     /// Names the command a claimed entry holds, then reports whether it was already
     /// cancelled. (Name first: the listener records first and looks second, so neither
     /// order misses a cancellation.)
-    pub fn start(&self, entry: EntryId, command: Uuid) -> bool {
+    pub fn start(&self, entry: EntryId, command: &MessageId) -> bool {
         if let Some(slot) = lock(&self.running).get_mut(&entry) {
-            slot.0 = command;
+            slot.0 = Some(command.clone());
         }
-        lock(&self.seen).0.contains(&command)
+        lock(&self.seen).0.contains(command)
     }
 
     /// Forgets a command that is done with.
@@ -73,11 +73,11 @@ impl Cancellations {
     }
 
     /// Records a cancellation and stops the command if it runs here.
-    pub fn cancel(&self, command: Uuid) {
+    pub fn cancel(&self, command: MessageId) {
         {
             let mut seen = lock(&self.seen);
-            if seen.0.insert(command) {
-                seen.1.push_back(command);
+            if seen.0.insert(command.clone()) {
+                seen.1.push_back(command.clone());
                 if seen.1.len() > REMEMBERED {
                     let oldest = seen.1.pop_front();
                     oldest.map(|old| seen.0.remove(&old));
@@ -85,7 +85,7 @@ impl Cancellations {
             }
         }
         for (id, token) in lock(&self.running).values() {
-            if *id == command {
+            if id.as_ref() == Some(&command) {
                 token.cancel();
             }
         }
@@ -139,7 +139,7 @@ fn cancelled_command(
     stream: &str,
     id: EntryId,
     fields: Option<crate::wire::Fields>,
-) -> Option<Uuid> {
+) -> Option<MessageId> {
     let event = crate::wire::Event::decode(fields?, Origin { stream, entry: id }).ok()?;
     (event.envelope.ty == CONTROL_CANCEL).then_some(event.correlationid?)
 }
@@ -151,23 +151,23 @@ mod tests {
     #[test]
     fn cancel_before_start_is_seen_at_start() {
         let c = Cancellations::default();
-        let id = Uuid::now_v7();
-        c.cancel(id);
+        let id = MessageId::new();
+        c.cancel(id.clone());
         assert!(c.claim(EntryId::ZERO, CancellationToken::new()));
-        assert!(c.start(EntryId::ZERO, id));
+        assert!(c.start(EntryId::ZERO, &id));
     }
 
     #[test]
     fn cancel_while_running_fires_the_token() {
         let c = Cancellations::default();
-        let id = Uuid::now_v7();
+        let id = MessageId::new();
         let token = CancellationToken::new();
         assert!(c.claim(EntryId::ZERO, token.clone()));
         assert!(
             !c.claim(EntryId::ZERO, CancellationToken::new()),
             "claimed twice"
         );
-        assert!(!c.start(EntryId::ZERO, id));
+        assert!(!c.start(EntryId::ZERO, &id));
         c.cancel(id);
         assert!(token.is_cancelled());
     }

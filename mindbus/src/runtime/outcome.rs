@@ -18,7 +18,12 @@ pub(crate) fn event(
     attempt: u32,
     data: Value,
 ) -> Event {
-    let mut event = Event::new(kind, source, command.envelope.id, Payload::json(data));
+    let mut event = Event::new(
+        kind,
+        source,
+        command.envelope.id.clone(),
+        Payload::json(data),
+    );
     event.envelope.traceparent = command.envelope.traceparent;
     event.envelope.tracestate = command.envelope.tracestate.clone();
     event.role = Some(role.to_owned());
@@ -100,7 +105,7 @@ impl Shared {
     ) -> PackedFields {
         let content_type = command.envelope.data.content_type;
         let mut result = CommandResult::new(
-            command.envelope.id,
+            command.envelope.id.clone(),
             status,
             &self.source,
             Payload {

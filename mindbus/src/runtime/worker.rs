@@ -124,7 +124,7 @@ impl Shared {
                 reason,
             ));
         }
-        if self.cancellations.start(id, command.envelope.id) {
+        if self.cancellations.start(id, &command.envelope.id) {
             return Some(self.finish(id, &command, deliveries, Ending::Canceled));
         }
         if command
@@ -295,7 +295,7 @@ fn salvage(fields: &Fields, origin: Origin<'_>, keys: &crate::keys::Keys) -> Com
     stub.envelope.id = text("id")
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| derived_id(origin));
-    stub.envelope.traceparent = crate::wire::TraceParent::rooted_at(stub.envelope.id);
+    stub.envelope.traceparent = crate::wire::TraceParent::rooted_at(&stub.envelope.id);
     stub.replyto = text("replyto")
         .filter(|key| keys.check_reply(key).is_ok())
         .map(str::to_owned);

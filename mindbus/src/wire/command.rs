@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(cmd.envelope.data.value, json!({"text": "hi"}));
         assert_eq!(cmd.envelope.data.content_type, ContentType::Json);
         assert_eq!(cmd.envelope.id, derived_id(ORIGIN));
-        assert_eq!(cmd.envelope.id.get_version_num(), 7);
+        assert_eq!(cmd.envelope.id.as_uuid().unwrap().get_version_num(), 7);
         assert_eq!(cmd.envelope.time.as_millisecond(), 1_700_000_000_000);
         assert_eq!(cmd.envelope.source, "urn:mindbus:anonymous");
         assert_eq!(cmd.maxattempts, None);
@@ -197,7 +197,7 @@ mod tests {
                 fields(&[("type", "a"), ("deadline", "tomorrow")]),
                 "deadline",
             ),
-            (fields(&[("type", "a"), ("id", "42")]), "id"),
+            (fields(&[("type", "a"), ("id", "4\u{1}2")]), "id"),
             (
                 fields(&[("type", "a"), ("datacontenttype", "text/plain")]),
                 "datacontenttype",

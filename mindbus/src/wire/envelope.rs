@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::fields::{FieldReader, FieldWriter};
-use super::{ContentType, EntryId, TraceParent, WireError};
+use super::{ContentType, EntryId, MessageId, TraceParent, WireError};
 
 /// Where an entry was read from; the defaults for `id` and `time` derive from it.
 #[derive(Debug, Clone, Copy)]
@@ -40,9 +40,9 @@ impl Payload {
 /// The attributes shared by commands, results, events and dead letters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    /// Unique id (UUIDv7). Default: derived from the stream key and entry id, so a redelivered
-    /// entry keeps its id.
-    pub id: Uuid,
+    /// Unique id: any text (see [`MessageId`]); MindBus writes UUIDv7s. Default: derived
+    /// from the stream key and entry id, so a redelivered entry keeps its id.
+    pub id: MessageId,
     /// What the entry means, e.g. `echo.say` for a command or `mindbus.result`.
     pub ty: String,
     /// Who produced it (a URI reference). Default: `urn:mindbus:anonymous`.
@@ -63,14 +63,14 @@ pub const ANONYMOUS_SOURCE: &str = "urn:mindbus:anonymous";
 impl Envelope {
     /// A fresh envelope for an entry this process produces.
     pub fn new(ty: impl Into<String>, source: impl Into<String>, data: Payload) -> Self {
-        let id = Uuid::now_v7();
+        let id = MessageId::new();
         Self {
+            traceparent: TraceParent::rooted_at(&id),
             id,
             ty: ty.into(),
             source: source.into(),
             time: Timestamp::now(),
             data,
-            traceparent: TraceParent::rooted_at(id),
             tracestate: None,
         }
     }
@@ -78,7 +78,9 @@ impl Envelope {
     /// Reads the shared attributes, filling in the documented defaults.
     pub(crate) fn read(r: &mut FieldReader, origin: Origin<'_>) -> Result<Self, WireError> {
         let ty = r.required("type")?;
-        let id = r.parse::<Uuid>("id")?.unwrap_or_else(|| derived_id(origin));
+        let id = r
+            .parse::<MessageId>("id")?
+            .unwrap_or_else(|| derived_id(origin));
         let source = r
             .text("source")?
             .unwrap_or_else(|| ANONYMOUS_SOURCE.to_owned());
@@ -94,7 +96,7 @@ impl Envelope {
         };
         let traceparent = r
             .parse::<TraceParent>("traceparent")?
-            .unwrap_or_else(|| TraceParent::rooted_at(id));
+            .unwrap_or_else(|| TraceParent::rooted_at(&id));
         Ok(Self {
             id,
             ty,
@@ -119,7 +121,7 @@ impl Envelope {
         } else {
             Some(self.data.content_type.encode(&self.data.value)?)
         };
-        w.opt("id", (identity == Identity::Carried).then_some(self.id))
+        w.opt("id", (identity == Identity::Carried).then_some(&self.id))
             .put("type", self.ty.as_str())
             .put("source", self.source.as_str())
             .show("time", self.time)
@@ -148,12 +150,14 @@ pub(crate) enum Identity {
 /// whose other 80 bits are bytes 6 to 15 of UUIDv5(URL namespace, `"<stream key>/<entry id>"`)
 /// (under the version and variant bits), so every reader of that entry, in any language,
 /// derives the same id.
-pub fn derived_id(origin: Origin<'_>) -> Uuid {
+pub fn derived_id(origin: Origin<'_>) -> MessageId {
     let name = format!("{}/{}", origin.stream, origin.entry);
     let hashed = Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes());
     let mut random = [0u8; 10];
     random.copy_from_slice(&hashed.as_bytes()[6..]);
-    uuid::Builder::from_unix_timestamp_millis(origin.entry.ms, &random).into_uuid()
+    uuid::Builder::from_unix_timestamp_millis(origin.entry.ms, &random)
+        .into_uuid()
+        .into()
 }
 
 fn entry_time(entry: EntryId) -> Timestamp {
@@ -178,7 +182,7 @@ mod tests {
         };
         let id = derived_id(origin);
         assert_eq!(id.to_string(), "018bcfe5-6800-7f26-8052-2ca74f908c68");
-        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.as_uuid().unwrap().get_version_num(), 7);
         let other = Origin {
             entry: "1700000000000-6".parse().unwrap(),
             ..origin

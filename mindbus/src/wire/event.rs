@@ -3,8 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use uuid::Uuid;
-
+use super::MessageId;
 use super::WireError;
 use super::envelope::{Envelope, Extensions, Identity, Origin, Payload};
 use super::fields::{FieldReader, FieldWriter, Fields, PackedFields};
@@ -81,7 +80,7 @@ pub struct Event {
     /// The CloudEvents attributes; `type` names the event, `data` holds its details.
     pub envelope: Envelope,
     /// The command the event is about.
-    pub correlationid: Option<Uuid>,
+    pub correlationid: Option<MessageId>,
     /// The agent role involved.
     pub role: Option<String>,
     /// The attempt it happened in.
@@ -96,7 +95,7 @@ pub struct Event {
 
 impl Event {
     /// A new event of `kind` about a command.
-    pub fn new(kind: EventKind, source: &str, correlationid: Uuid, data: Payload) -> Self {
+    pub fn new(kind: EventKind, source: &str, correlationid: MessageId, data: Payload) -> Self {
         Self {
             envelope: Envelope::new(kind.as_str(), source, data),
             correlationid: Some(correlationid),
@@ -157,7 +156,7 @@ impl Event {
     fn writer(&self, identity: Identity) -> Result<FieldWriter, WireError> {
         let mut w = FieldWriter::default();
         self.envelope.write(&mut w, identity)?;
-        w.opt("correlationid", self.correlationid)
+        w.opt("correlationid", self.correlationid.as_ref())
             .opt("role", self.role.as_deref())
             .opt("attempt", self.attempt)
             .opt("runid", self.runid.as_deref())
@@ -187,7 +186,7 @@ mod tests {
         let mut event = Event::new(
             EventKind::Retried,
             "agent",
-            Uuid::now_v7(),
+            MessageId::new(),
             Payload::json(json!({"delay_ms": 20})),
         );
         event.attempt = Some(2);
@@ -207,7 +206,7 @@ mod tests {
         let event = Event::new(
             EventKind::Started,
             "agent",
-            Uuid::now_v7(),
+            MessageId::new(),
             Payload::json(Value::Null),
         );
         let fields = event.encode_compact().unwrap();
@@ -225,7 +224,7 @@ mod tests {
         let back = Event::decode(fields, origin).unwrap();
         assert_eq!(back.envelope.id, derived_id(origin));
         let mut expected = event;
-        expected.envelope.id = back.envelope.id;
+        expected.envelope.id = back.envelope.id.clone();
         assert_eq!(back, expected);
     }
 
@@ -234,7 +233,7 @@ mod tests {
         let mut event = Event::new(
             EventKind::Progress,
             "agent",
-            Uuid::now_v7(),
+            MessageId::new(),
             Payload::json(json!({"n": 1})),
         );
         event.envelope.data.content_type = ContentType::MsgPack;

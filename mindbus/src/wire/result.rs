@@ -3,8 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use uuid::Uuid;
-
+use super::MessageId;
 use super::envelope::{Envelope, Extensions, Identity, Origin, Payload};
 use super::fields::{FieldReader, FieldWriter, Fields, PackedFields};
 use super::{ErrorType, WireError};
@@ -72,7 +71,7 @@ pub struct CommandResult {
     /// The CloudEvents attributes; `data` is the handler's output.
     pub envelope: Envelope,
     /// The command's `id`.
-    pub correlationid: Uuid,
+    pub correlationid: MessageId,
     /// How the command ended.
     pub status: Status,
     /// Which delivery produced this result. Default (and left off the wire): 1.
@@ -91,7 +90,7 @@ pub struct CommandResult {
 
 impl CommandResult {
     /// A result answering a command with the given id.
-    pub fn new(correlationid: Uuid, status: Status, source: &str, data: Payload) -> Self {
+    pub fn new(correlationid: MessageId, status: Status, source: &str, data: Payload) -> Self {
         Self {
             envelope: Envelope::new(RESULT_TYPE, source, data),
             correlationid,
@@ -157,7 +156,7 @@ impl CommandResult {
     fn writer(&self) -> Result<FieldWriter, WireError> {
         let mut w = FieldWriter::default();
         self.envelope.write(&mut w, Identity::Carried)?;
-        w.show("correlationid", self.correlationid)
+        w.show("correlationid", &self.correlationid)
             .show("status", self.status)
             .opt("attempt", (self.attempt != 1).then_some(self.attempt))
             .opt("role", self.role.as_deref());
@@ -204,8 +203,12 @@ mod tests {
 
     /// A result without data that did not complete, for `why`.
     fn unsuccessful(status: Status, errortype: ErrorType, why: &str) -> CommandResult {
-        let mut result =
-            CommandResult::new(Uuid::now_v7(), status, "agent", Payload::json(json!(null)));
+        let mut result = CommandResult::new(
+            MessageId::new(),
+            status,
+            "agent",
+            Payload::json(json!(null)),
+        );
         result.failure = Some(Failure {
             errortype,
             error: why.into(),
@@ -248,7 +251,7 @@ mod tests {
     #[test]
     fn failure_without_errortype_is_malformed() {
         let mut result = CommandResult::new(
-            Uuid::now_v7(),
+            MessageId::new(),
             Status::Completed,
             "agent",
             Payload::json(json!(1)),

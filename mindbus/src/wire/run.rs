@@ -148,6 +148,13 @@ impl FromStr for RunEventKind {
     }
 }
 
+/// The id of the run a `run.start` command starts: the command's id when it is a UUID (as
+/// every id MindBus makes is), else UUIDv5(URL namespace, id), so a start sent again with
+/// the same id is the same run.
+pub fn run_id(start: &super::MessageId) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(start.to_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

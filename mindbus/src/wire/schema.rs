@@ -14,11 +14,15 @@ use serde_json::Value;
 #[allow(dead_code)]
 #[derive(JsonSchema)]
 struct EnvelopeFields {
-    /// Unique id, a UUIDv7. Default: derived from the stream key and entry id, so every
-    /// reader and every redelivery of the entry has the same id: the entry's milliseconds,
+    /// Unique id: any text of 1 to 256 bytes without control characters (MindBus writes
+    /// UUIDv7s). Default: derived from the stream key and entry id, so every reader and
+    /// every redelivery of the entry has the same id: a UUIDv7 of the entry's milliseconds,
     /// then bytes 6 to 15 of UUIDv5(URL namespace, "<stream key>/<entry id>"), under the
     /// version 7 and RFC 4122 variant bits.
-    #[schemars(extend("format" = "uuid"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")
+    )]
     id: Option<String>,
     /// What the entry means, e.g. `echo.say` for a command or `mindbus.result`.
     #[schemars(rename = "type", length(min = 1))]
@@ -33,7 +37,8 @@ struct EnvelopeFields {
     datacontenttype: Option<String>,
     /// The payload. Default: JSON `null`.
     data: Option<String>,
-    /// W3C trace context. Default: a new trace whose trace id is the entry's `id`.
+    /// W3C trace context. Default: a new trace whose trace id is the entry's `id` when it is a
+    /// UUID, else the bytes of UUIDv5(URL namespace, id).
     #[schemars(regex(pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"))]
     traceparent: Option<String>,
     /// W3C trace state, passed through.
@@ -50,7 +55,9 @@ struct EnvelopeFields {
 struct CommandFields {
     #[schemars(flatten)]
     envelope: EnvelopeFields,
-    /// A stream the result is also written to.
+    /// A reply stream the result is also written to: `<prefix>:reply:<token>`; any other
+    /// key makes the command malformed.
+    #[schemars(regex(pattern = r"^.+:reply:.+$"))]
     replyto: Option<String>,
     /// RFC 3339; an expired command is not started and a running one is stopped.
     #[schemars(extend("format" = "date-time"))]
@@ -88,7 +95,7 @@ struct ResultFields {
     #[schemars(flatten)]
     envelope: EnvelopeFields,
     /// The command's `id`.
-    #[schemars(extend("format" = "uuid"))]
+    #[schemars(length(min = 1, max = 256))]
     correlationid: String,
     /// `completed`, `failed` or `canceled`.
     status: StatusField,
@@ -118,7 +125,7 @@ struct EventFields {
     #[schemars(flatten)]
     envelope: EnvelopeFields,
     /// The command the event is about.
-    #[schemars(extend("format" = "uuid"))]
+    #[schemars(length(min = 1, max = 256))]
     correlationid: Option<String>,
     /// The agent role involved.
     role: Option<String>,

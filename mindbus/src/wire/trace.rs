@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use uuid::Uuid;
+use super::MessageId;
 
 /// A parsed `traceparent`: `00-<trace id>-<parent span id>-<flags>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +19,8 @@ pub struct TraceParent {
 impl TraceParent {
     /// The default for an entry that carries none: a trace rooted at the entry's own id, so a
     /// producer that knows nothing of tracing still gets one trace id per command.
-    pub fn rooted_at(id: Uuid) -> Self {
-        let bytes = *id.as_bytes();
+    pub fn rooted_at(id: &MessageId) -> Self {
+        let bytes = id.to_bytes();
         let mut parent_id = [0u8; 8];
         parent_id.copy_from_slice(&bytes[8..]);
         parent_id[0] |= 1; // never all zero
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn rooted_trace_is_valid() {
-        let tp = TraceParent::rooted_at(Uuid::now_v7());
+        let tp = TraceParent::rooted_at(&MessageId::new());
         assert_eq!(tp.to_string().parse::<TraceParent>().unwrap(), tp);
     }
 }

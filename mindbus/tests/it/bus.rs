@@ -44,9 +44,9 @@ async fn a_result_in_the_same_millisecond_as_its_command_is_found() {
         ms: 1_800_000_000_000,
         seq: 5,
     };
-    let id = Uuid::now_v7();
+    let id = mindbus::wire::MessageId::new();
     let result = CommandResult::new(
-        id,
+        id.clone(),
         Status::Completed,
         "test",
         Payload::json(json!({"ok": true})),
@@ -60,7 +60,7 @@ async fn a_result_in_the_same_millisecond_as_its_command_is_found() {
 
     let mut waiter = ResultWaiter::new(&bus).await.unwrap();
     let found = waiter
-        .wait_result(command, id, Duration::from_secs(2))
+        .wait_result(command, &id, Duration::from_secs(2))
         .await
         .unwrap();
     assert_eq!(found.map(|r| r.correlationid), Some(id));

@@ -119,7 +119,7 @@ impl Orchestrator {
         .flatten()
         .min();
         let mut run = RunRow {
-            id: command.envelope.id,
+            id: mindbus::wire::run_id(&command.envelope.id),
             workflow: workflow.name.clone(),
             definition: source.to_owned(),
             status: RunStatus::Running,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mindbus::bus::{Bus, CONTROL_CANCEL, CONTROL_MAXLEN};
+use mindbus::wire::MessageId;
 use mindbus::wire::{
     Command, Envelope, Event, Extensions, Fields, Payload, RunEventKind, TraceParent,
 };
@@ -84,7 +85,7 @@ async fn xadd_all(bus: &Bus, entries: &[OutboxEntry]) -> Result<(), redis::Redis
 }
 
 /// The trace context of something a run does: the run's trace, a span of its own.
-fn child_trace(run: &RunRow, span: Uuid) -> Option<TraceParent> {
+fn child_trace(run: &RunRow, span: &MessageId) -> Option<TraceParent> {
     let parent: TraceParent = run.traceparent.as_deref()?.parse().ok()?;
     let mut child = TraceParent::rooted_at(span);
     child.trace_id = parent.trace_id;
@@ -110,9 +111,9 @@ pub(crate) fn command_entry(
     maxattempts: Option<u32>,
 ) -> anyhow::Result<OutboxEntry> {
     let mut command = Command::new(command_type, Payload::json(input));
-    command.envelope.id = row.command_id;
+    command.envelope.id = row.command_id.into();
     command.envelope.source = SOURCE.into();
-    if let Some(trace) = child_trace(run, row.command_id) {
+    if let Some(trace) = child_trace(run, &row.command_id.into()) {
         command.envelope.traceparent = trace;
     }
     command.deadline = deadline_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
@@ -166,7 +167,7 @@ pub(crate) fn event_entry(
     data: Value,
 ) -> anyhow::Result<OutboxEntry> {
     let mut envelope = Envelope::new(kind.as_str(), SOURCE, Payload::json(data));
-    if let Some(trace) = child_trace(run, envelope.id) {
+    if let Some(trace) = child_trace(run, &envelope.id) {
         envelope.traceparent = trace;
     }
     let event = Event {

@@ -214,8 +214,10 @@ fn step_result(stream: &str, entry: &StreamEntry) -> Option<(Uuid, Input)> {
         }
         (status, None) => Err(status.to_string()),
     };
+    // Every step command's id is a UUID the orchestrator made.
+    let command_id = result.correlationid.as_uuid()?;
     let input = Input::Result {
-        command_id: result.correlationid,
+        command_id,
         status: result.status,
         output,
     };

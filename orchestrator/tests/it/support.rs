@@ -115,7 +115,7 @@ impl Orch {
             Payload::json(json!({"workflow": workflow, "input": input})),
         );
         self.bus.publish(ORCHESTRATOR_ROLE, &command).await.unwrap();
-        command.envelope.id
+        mindbus::wire::run_id(&command.envelope.id)
     }
 
     /// Sends a run command and waits for the orchestrator's answer.
@@ -193,7 +193,7 @@ impl Orch {
         waiter
             .wait_result(
                 mindbus::wire::EntryId::ZERO,
-                command,
+                &command.into(),
                 Duration::from_secs(20),
             )
             .await

@@ -44,15 +44,10 @@ async fn pool(config: &mindbus::config::Config) -> anyhow::Result<PgPool> {
 /// process that wrote them set in the order things happened.
 pub async fn trace(config: &mindbus::config::Config, id: &str) -> anyhow::Result<()> {
     let pool = pool(config).await?;
-    let uuid = id.parse::<uuid::Uuid>().ok();
     let sql = format!(
-        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $2 ORDER BY entry_ms, time, entry_seq"
+        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $1 ORDER BY entry_ms, time, entry_seq"
     );
-    let rows: Vec<Row> = sqlx::query_as(&sql)
-        .bind(uuid)
-        .bind(id)
-        .fetch_all(&pool)
-        .await?;
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(id).fetch_all(&pool).await?;
     anyhow::ensure!(
         !rows.is_empty(),
         "nothing recorded for {id} (is the monitor running?)"

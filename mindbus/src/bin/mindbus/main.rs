@@ -35,7 +35,7 @@ enum Command {
     /// Cancel a command by id.
     Cancel {
         /// The command id.
-        id: uuid::Uuid,
+        id: mindbus::wire::MessageId,
     },
     /// Follow streams live, decoded.
     Tail(tail::TailArgs),
@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Send(args) => send::run(&bus, args).await,
         Command::Cancel { id } => {
-            bus.cancel(id)
+            bus.cancel(&id)
                 .await
                 .context("publishing the cancellation")?;
             println!("cancel sent for {id}");

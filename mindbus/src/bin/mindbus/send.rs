@@ -52,7 +52,7 @@ pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
     command.deadline = args
         .deadline_ms
         .map(|ms| jiff::Timestamp::now() + Duration::from_millis(ms));
-    let id = command.envelope.id;
+    let id = command.envelope.id.clone();
     if !args.wait {
         bus.publish(&args.role, &command)
             .await
@@ -67,7 +67,7 @@ pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
         .context("publishing")?;
     eprintln!("sent {id}; waiting for its result");
     let Some(result) = waiter
-        .wait_result(entry, id, Duration::from_millis(args.wait_ms))
+        .wait_result(entry, &id, Duration::from_millis(args.wait_ms))
         .await?
     else {
         eprintln!("no result for {id} within {} ms", args.wait_ms);
