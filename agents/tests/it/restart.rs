@@ -1,87 +1,18 @@
 //! An agent keeps working across a kill and restart of its (private, AOF) Redis.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command as Process, Stdio};
 use std::time::Duration;
 
 use mindbus::wire::{Command, Payload, Status};
 use serde_json::json;
 
+use mindbus_testkit::servers::{Persistence, PrivateRedis};
+
 use crate::support::{Mesh, by_command};
-
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start(dir: &Path, port: u16) -> Self {
-        let child = Process::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let server = Self { child, port };
-        server.wait_ready();
-        server
-    }
-
-    fn wait_ready(&self) {
-        for _ in 0..200 {
-            if redis::Client::open(self.url())
-                .and_then(|c| c.get_connection())
-                .is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("private redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn agent_survives_a_redis_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = PrivateRedis::start(dir.path(), port);
+    let mut server = PrivateRedis::start(dir.path(), Persistence::AofAlways);
     let mesh = Mesh::on(&server.url(), "restart").await;
     let _agent = mesh.agent(&[]);
     let send = |i: usize| Command::new("echo.say", Payload::json(json!({"i": i})));
@@ -90,8 +21,7 @@ async fn agent_survives_a_redis_restart() {
     }
     mesh.wait_results(100, Duration::from_secs(20)).await;
 
-    server.kill();
-    server = PrivateRedis::start(dir.path(), port);
+    server.restart();
     // The client's shared connection reconnects after a failed request; retry until it does.
     for i in 100..200 {
         let command = send(i);
@@ -114,7 +44,7 @@ async fn agent_survives_a_redis_restart() {
 #[tokio::test]
 async fn reconnects_do_not_count_as_deliveries() {
     let dir = tempfile::tempdir().unwrap();
-    let server = PrivateRedis::start(dir.path(), free_port());
+    let server = PrivateRedis::start(dir.path(), Persistence::None);
     let mesh = Mesh::on(&server.url(), "reconnect").await;
     let _agent = mesh.agent(&[]);
     mesh.wait_consumers(1).await;

@@ -1,7 +1,6 @@
 //! Test support: a private key prefix per test, agent processes, and waiting on streams.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -63,7 +62,7 @@ impl Mesh {
 
     /// Runs the `mindbus` CLI (built beside the agent) against this mesh.
     pub fn cli(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(sibling_binary("mindbus"));
+        let mut cmd = std::process::Command::new(mindbus_testkit::binary("mindbus"));
         cmd.args(["--prefix", &self.prefix, "--redis-url", &self.url]);
         cmd
     }
@@ -247,18 +246,6 @@ impl Drop for Mesh {
             let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
         }
     }
-}
-
-/// A binary of this workspace, built next to `mindbus-agent`.
-pub fn sibling_binary(name: &str) -> PathBuf {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_mindbus-agent"));
-    let path = agent.with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the tests with `cargo nextest run --workspace`",
-        path.display()
-    );
-    path
 }
 
 pub fn rand_u32() -> u32 {

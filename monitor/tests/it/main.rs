@@ -6,6 +6,5 @@ mod testenv;
 
 mod exactly_once;
 mod history;
-mod outage;
 mod store;
 mod trimming;

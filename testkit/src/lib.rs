@@ -1,0 +1,61 @@
+//! What MindBus's tests need to run real parts: private Redis and PostgreSQL servers they
+//! may kill or stop ([`servers`]), the mesh's own processes ([`binary`]), every entry of a
+//! stream ([`entries`]), and the fault suite's checker ([`Tally`]). The fault suite itself is
+//! this crate's integration test, `tests/faults`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod servers;
+mod tally;
+
+use std::path::PathBuf;
+
+use mindbus::streams::parse_range;
+use mindbus::wire::{EntryId, Fields};
+use redis::aio::ConnectionLike;
+
+pub use tally::Tally;
+
+/// A binary of this workspace, built beside the running test (`cargo nextest run
+/// --workspace` builds them all).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().expect("a directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("the target directory")
+    } else {
+        dir
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo nextest run --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Every entry of `stream`, oldest first, read in pages (deleted ones left out).
+pub async fn entries<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+) -> Vec<(EntryId, Fields)> {
+    let mut out = Vec::new();
+    let mut from = "-".to_owned();
+    loop {
+        let reply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(conn)
+            .await
+            .expect("XRANGE");
+        let page = parse_range(reply).expect("a stream");
+        let Some(last) = page.last().map(|e| e.id) else {
+            return out;
+        };
+        out.extend(page.into_iter().filter_map(|e| Some((e.id, e.fields?))));
+        from = format!("({last}");
+    }
+}

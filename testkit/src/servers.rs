@@ -1,0 +1,204 @@
+//! Private Redis and PostgreSQL servers for tests that kill, stop or restart them: each runs
+//! on a free port, with its data in a directory of its own, and is stopped when dropped.
+//! The shared servers are never touched this way.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// How a private Redis keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing on disk.
+    None,
+    /// An append-only file synced after every write.
+    AofAlways,
+    /// An append-only file synced once a second (Redis's default for AOF).
+    AofEverySec,
+}
+
+/// A `redis-server` of the test's own.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    persistence: Persistence,
+}
+
+impl PrivateRedis {
+    /// Starts a server keeping its files in `dir`, and waits until it answers.
+    pub fn start(dir: &Path, persistence: Persistence) -> Self {
+        Self::start_on(dir, free_port(), persistence)
+    }
+
+    fn start_on(dir: &Path, port: u16, persistence: Persistence) -> Self {
+        let (aof, fsync) = match persistence {
+            Persistence::None => ("no", "everysec"),
+            Persistence::AofAlways => ("yes", "always"),
+            Persistence::AofEverySec => ("yes", "everysec"),
+        };
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", aof, "--appendfsync", fsync])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let server = Self {
+            child,
+            port,
+            dir: dir.to_owned(),
+            persistence,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..400 {
+            if redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private redis-server did not start");
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`, then waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the server (`kill -9`) and starts it again on the same port and files.
+    pub fn restart(&mut self) {
+        self.kill();
+        *self = Self::start_on(&self.dir.clone(), self.port, self.persistence);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own, trusting local connections.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// Creates the cluster and starts it.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries are installed")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .max()
+            .expect("a PostgreSQL version");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        if nix::unistd::geteuid().is_root() {
+            let owned = Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(dir.path())
+                .status();
+            assert!(owned.is_ok_and(|s| s.success()), "chown to postgres");
+        }
+        let pg = Self {
+            bin,
+            dir,
+            port: free_port(),
+        };
+        pg.run(
+            "initdb",
+            &["-D", &pg.data(), "-A", "trust", "-U", "postgres"],
+        );
+        pg.up();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn tool(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        if nix::unistd::geteuid().is_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(program);
+            cmd
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let status = self
+            .tool(tool)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "{tool} {args:?} failed");
+    }
+
+    /// Starts the server (again).
+    pub fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-o", &options, "start"],
+        );
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn down(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// A URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .tool("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

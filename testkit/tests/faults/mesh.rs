@@ -1,0 +1,168 @@
+//! A mesh of real processes under one key prefix: agents, monitors and orchestrators are
+//! the release binaries' debug builds, started and killed like any process.
+
+use std::time::Duration;
+
+use mindbus::bus::Bus;
+use mindbus::config::RedisConfig;
+use mindbus::wire::{Command, CommandResult, MessageId, Origin, Payload};
+use mindbus_testkit::{Tally, binary, entries};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::process::{Child, Command as Process};
+use tokio::time::Instant;
+
+pub struct Mesh {
+    pub url: String,
+    pub prefix: String,
+    pub bus: Bus,
+}
+
+impl Mesh {
+    pub async fn on(url: &str, name: &str) -> Self {
+        let prefix = crate::testenv::unique(&format!("t-fault-{name}"));
+        let config = RedisConfig {
+            url: url.to_owned().into(),
+            prefix: prefix.clone(),
+        };
+        let bus = Bus::connect(&config).await.expect("redis is reachable");
+        Self {
+            url: url.to_owned(),
+            prefix,
+            bus,
+        }
+    }
+
+    pub fn stream(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    /// Starts one of the mesh's binaries on this prefix.
+    pub fn spawn(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+        Process::new(binary(name))
+            .args(["--prefix", &self.prefix, "--redis-url", &self.url])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"))
+    }
+
+    /// `n` echo agents with a one-second lease.
+    pub fn agents(&self, n: usize) -> Vec<Child> {
+        let flags = [
+            "--role",
+            "echo",
+            "--lease-ms",
+            "1000",
+            "--concurrency",
+            "16",
+        ];
+        (0..n)
+            .map(|_| self.spawn("mindbus-agent", &flags, &[]))
+            .collect()
+    }
+
+    /// Publishes `n` echo commands (each working `sleep_ms`) and returns their ids.
+    pub async fn publish(&self, n: usize, sleep_ms: u64) -> Vec<MessageId> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let command = echo(i, sleep_ms);
+            self.bus.publish("echo", &command).await.unwrap();
+            ids.push(command.envelope.id);
+        }
+        ids
+    }
+
+    /// Every accepted result.
+    pub async fn results(&self) -> Vec<CommandResult> {
+        let stream = self.stream("result");
+        entries(&mut self.bus.connection(), &stream)
+            .await
+            .into_iter()
+            .filter_map(|(entry, fields)| {
+                CommandResult::decode(
+                    fields,
+                    Origin {
+                        stream: &stream,
+                        entry,
+                    },
+                )
+                .ok()
+            })
+            .collect()
+    }
+
+    /// The tally of `sent` by the accepted results.
+    pub async fn tally(&self, sent: &[MessageId]) -> Tally {
+        let results = self.results().await;
+        Tally::of(sent, results.iter().map(|r| &r.correlationid))
+    }
+
+    /// Waits until every command of `sent` has a result (or `timeout` passes), and returns
+    /// when the last one came, measured from `since`.
+    pub async fn wait_answered(
+        &self,
+        sent: &[MessageId],
+        since: Instant,
+        timeout: Duration,
+    ) -> Duration {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tally = self.tally(sent).await;
+            if tally.lost.is_empty() || Instant::now() >= deadline {
+                return since.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many events of `ty` the event stream holds.
+    pub async fn events_of(&self, ty: &str) -> usize {
+        let stream = self.stream("event");
+        entries(&mut self.bus.connection(), &stream)
+            .await
+            .iter()
+            .filter(|(_, fields)| mindbus::wire::field_text(fields, "type") == Some(ty))
+            .count()
+    }
+
+    /// Waits until the result stream holds `n` entries.
+    pub async fn wait_results(&self, n: usize, timeout: Duration) {
+        let stream = self.stream("result");
+        let what = format!("{stream} did not reach {n} entries");
+        crate::testenv::eventually(timeout, &what, || async {
+            let len: usize = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut self.bus.connection())
+                .await
+                .ok()?;
+            (len >= n).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if self.url == crate::testenv::redis_url() {
+            crate::testenv::delete_prefix(&self.prefix);
+        }
+    }
+}
+
+/// An echo command carrying `i`, working `sleep_ms`.
+pub fn echo(i: usize, sleep_ms: u64) -> Command {
+    let data: Value = serde_json::json!({"i": i, "sleep_ms": sleep_ms});
+    Command::new("echo.say", Payload::json(data))
+}
+
+/// Sends `signal` to a child process.
+pub fn signal(child: &Child, signal: Signal) {
+    let pid = child.id().expect("the process runs");
+    kill(Pid::from_raw(pid as i32), signal).expect("signal sent");
+}
