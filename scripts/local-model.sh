@@ -12,7 +12,7 @@ set -euo pipefail
 home=${MINDBUS_MODEL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/mindbus/local-model}
 venv=$home/venv
 pidfile=$home/server.pid
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+say() { if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
 
 install() {
   command -v python3 >/dev/null || { say "python3 is required"; exit 1; }

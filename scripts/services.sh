@@ -7,7 +7,7 @@
 # add_cleanup FN: runs FN when the script exits (last added, first run).
 # ensure_local_model, start_session: see below.
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+say() { if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
 
 CLEANUPS=()
 run_cleanups() {

@@ -20,8 +20,10 @@ struct Args {
 enum Command {
     /// Serve until SIGTERM (the default).
     Run,
-    /// Print the SHA-256 of an API key, for `gateway.api_keys` in the config.
-    HashKey { key: String },
+    /// Print the SHA-256 of an API key read from standard input (one line), for
+    /// `gateway.api_keys` in the config. The key never appears on a command line, where
+    /// other users and the shell history would see it.
+    HashKey,
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -30,7 +32,13 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command.as_ref().unwrap_or(&Command::Run) {
-        Command::HashKey { key } => {
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("reading the key from standard input")?;
+            let key = key.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
             println!("{}", mindbus_gateway::auth::hash_key(key));
             return Ok(());
         }

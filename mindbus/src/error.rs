@@ -6,9 +6,17 @@ use crate::wire::WireError;
 /// Everything the library's IO can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Redis refused a command or could not be reached.
+    /// Redis refused a command or a connection broke.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis could not be reached: says where, and how to point MindBus elsewhere.
+    #[error("cannot reach redis at {address} (set REDIS_URL or --redis-url): {source}")]
+    Connect {
+        /// The address tried, without credentials.
+        address: String,
+        /// Why connecting failed.
+        source: Box<Error>,
+    },
     /// An entry could not be encoded or decoded.
     #[error("{0}")]
     Wire(#[from] WireError),

@@ -40,7 +40,8 @@ impl PrivateRedis {
         Self::start_on(dir, free_port(), persistence)
     }
 
-    fn start_on(dir: &Path, port: u16, persistence: Persistence) -> Self {
+    /// Starts a server on `port` (e.g. one a process under test already tries).
+    pub fn start_on(dir: &Path, port: u16, persistence: Persistence) -> Self {
         let (aof, fsync) = match persistence {
             Persistence::None => ("no", "everysec"),
             Persistence::AofAlways => ("yes", "always"),

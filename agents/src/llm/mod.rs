@@ -32,6 +32,7 @@ use anyhow::Context as _;
 use mindbus::bus::Bus;
 use mindbus::config::Config;
 use mindbus::runtime::Agent;
+use mindbus::streams::until_up;
 use tokio_util::sync::CancellationToken;
 
 pub use config::LlmConfig;
@@ -46,9 +47,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let llm = Arc::new(LlmConfig::load(file)?);
-    let bus = Bus::connect(&config.redis)
-        .await
-        .context("connecting to redis")?;
+    // Started before Redis (or while it restarts): wait for it.
+    let Some(bus) = until_up(&shutdown, || Bus::connect(&config.redis)).await else {
+        return Ok(());
+    };
     let prefix = bus.keys().prefix().to_string();
     let conn = bus.connection();
     let caller = call::Caller::new(

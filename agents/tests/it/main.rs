@@ -8,6 +8,7 @@ mod fakes;
 mod languages;
 mod lifecycle;
 mod llm;
+mod operations;
 mod poison;
 mod restart;
 mod round_trip;

@@ -296,3 +296,22 @@ async fn the_committed_openapi_document_is_current() {
         "{text}"
     );
 }
+
+/// `hash-key` reads the key from standard input, so it never shows on a command line.
+#[test]
+fn hash_key_reads_the_key_from_standard_input() {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mindbus-gateway"))
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        mindbus_gateway::auth::hash_key("s3cret")
+    );
+}

@@ -34,7 +34,7 @@ pub use handler::{Context, Handler, HandlerError, HandlerResult};
 use crate::Error;
 use crate::config::{AgentConfig, RedisConfig};
 use crate::keys::{Keys, validate_role};
-use crate::streams::{Redis, ensure_group, parse_pending};
+use crate::streams::{Redis, ensure_group, parse_pending, until_up};
 use control::Cancellations;
 use handler::{DynHandler, Progress};
 use lease::Leases;
@@ -77,10 +77,17 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
         let redis = Redis::open(&self.redis.url)?;
-        let conn = redis.shared().await?;
         let keys = Keys::new(self.redis.prefix.clone());
         let stream = keys.commands(&self.role);
-        ensure_group(&mut conn.clone(), &stream, &self.role, "0").await?;
+        // An agent started before Redis (or while it restarts) waits for it.
+        let connected = until_up(&shutdown, || async {
+            let mut conn = redis.shared().await?;
+            ensure_group(&mut conn, &stream, &self.role, "0").await?;
+            Ok(conn)
+        });
+        let Some(conn) = connected.await else {
+            return Ok(());
+        };
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let abort = CancellationToken::new();
         let targets = writer::Targets {

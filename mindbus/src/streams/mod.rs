@@ -37,6 +37,19 @@ impl Redis {
         Ok(Self { client })
     }
 
+    /// The address connections go to, without credentials (for messages).
+    pub fn address(&self) -> String {
+        self.client.get_connection_info().addr().to_string()
+    }
+
+    /// `e` as a failure to reach this server, naming its address.
+    fn unreachable(&self, e: impl Into<Error>) -> Error {
+        Error::Connect {
+            address: self.address(),
+            source: Box::new(e.into()),
+        }
+    }
+
     /// The shared connection for writes and short requests; it reconnects after a failure.
     pub async fn shared(&self) -> Result<ConnectionManager, Error> {
         let config = ConnectionManagerConfig::new()
@@ -44,7 +57,9 @@ impl Redis {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        Ok(ConnectionManager::new_with_config(self.client.clone(), config).await?)
+        ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .map_err(|e| self.unreachable(e))
     }
 
     /// A connection of its own for a loop that blocks `block` at a time: its response
@@ -54,10 +69,10 @@ impl Redis {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(block + RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT));
-        Ok(self
-            .client
+        self.client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+            .await
+            .map_err(|e| self.unreachable(e))
     }
 
     /// Like [`Redis::dedicated`], for an agent's read loop: the connection only reads
@@ -69,6 +84,11 @@ impl Redis {
             block + RESPONSE_TIMEOUT,
         )
         .await
+        .map_err(|e| match e {
+            // A refused password or database is not a matter of reaching the server.
+            Error::Redis(ref r) if r.code().is_some() => e,
+            e => self.unreachable(e),
+        })
     }
 }
 
@@ -82,6 +102,28 @@ pub fn retry_delays() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// Runs `attempt` until it succeeds, waiting with backoff between tries and warning each
+/// time (the error names the address tried); `None` when `stop` fires first. For a process
+/// started before Redis, or while it restarts, that should wait rather than exit.
+pub async fn until_up<T, F, Fut>(
+    stop: &tokio_util::sync::CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut delays = retry_delays();
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!(error = %e, "waiting for redis"),
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! { _ = stop.cancelled() => return None, _ = tokio::time::sleep(delay) => {} }
+    }
 }
 
 /// Creates `group` on `stream` (and the stream itself) unless it exists.

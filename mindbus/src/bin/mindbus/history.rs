@@ -1,12 +1,15 @@
 //! `mindbus trace ID` and `mindbus events`: reading the monitor's event log in Postgres.
 
+use std::str::FromStr;
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Args;
 use comfy_table::Table;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 /// The monitor keeps each entry's fields as written, so the documented defaults that writers
 /// leave out are filled in here: a result's `attempt` is 1, and absent `data` is no detail.
@@ -31,23 +34,33 @@ type Row = (
     Option<String>,
 );
 
-async fn pool(config: &mindbus::config::Config) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .connect(config.monitor.database_url.expose_secret())
+/// How long connecting to Postgres may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One connection to the event log; fails within seconds, naming the server and the cause
+/// (a pool would retry a refused connection until it timed out, losing the cause).
+async fn connect(config: &mindbus::config::Config) -> anyhow::Result<PgConnection> {
+    let url = config.monitor.database_url.expose_secret();
+    let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a postgres URL")?;
+    let server = format!("{}:{}", options.get_host(), options.get_port());
+    let context =
+        || format!("connecting to postgres at {server} (set DATABASE_URL or --database-url)");
+    tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
-        .context("connecting to postgres (set DATABASE_URL)")
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
+        .with_context(context)?
+        .with_context(context)
 }
 
 /// Prints the whole timeline of a command (by id) or a run (by run id), oldest first. Entries
 /// of different streams in the same millisecond are ordered by their `time`, which the
 /// process that wrote them set in the order things happened.
 pub async fn trace(config: &mindbus::config::Config, id: &str) -> anyhow::Result<()> {
-    let pool = pool(config).await?;
+    let mut conn = connect(config).await?;
     let sql = format!(
         "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $1 ORDER BY entry_ms, time, entry_seq"
     );
-    let rows: Vec<Row> = sqlx::query_as(&sql).bind(id).fetch_all(&pool).await?;
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(id).fetch_all(&mut conn).await?;
     anyhow::ensure!(
         !rows.is_empty(),
         "nothing recorded for {id} (is the monitor running?)"
@@ -103,7 +116,7 @@ pub struct EventsArgs {
 
 /// Lists recorded entries, filtered.
 pub async fn events(config: &mindbus::config::Config, args: EventsArgs) -> anyhow::Result<()> {
-    let pool = pool(config).await?;
+    let mut conn = connect(config).await?;
     let sql = format!(
         "SELECT * FROM (SELECT {COLUMNS} FROM mindbus_entries WHERE ($1::text IS NULL OR type LIKE $1 || '%') \
          AND ($2::text IS NULL OR role = $2) AND ($3::text IS NULL OR status = $3) \
@@ -117,7 +130,7 @@ pub async fn events(config: &mindbus::config::Config, args: EventsArgs) -> anyho
         .bind(&args.since)
         .bind(&args.until)
         .bind(args.limit)
-        .fetch_all(&pool)
+        .fetch_all(&mut conn)
         .await?;
     if args.json {
         for row in &rows {

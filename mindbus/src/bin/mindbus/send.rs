@@ -14,8 +14,9 @@ pub struct SendArgs {
     /// The command type, e.g. `echo.say`.
     #[arg(name = "TYPE")]
     ty: String,
-    /// The command's data, as JSON.
-    data: String,
+    /// The command's data, as JSON (checked before anything is sent).
+    #[arg(value_parser = parse_json)]
+    data: serde_json::Value,
     /// Wait for the result and print it; exit 1 unless it completed, 2 on timeout.
     #[arg(long, env = "MINDBUS_SEND_WAIT")]
     wait: bool,
@@ -33,8 +34,12 @@ pub struct SendArgs {
     deadline_ms: Option<u64>,
 }
 
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
 pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
-    let value = serde_json::from_str(&args.data).context("DATA is not valid JSON")?;
+    let value = args.data;
     let content_type = if args.msgpack {
         ContentType::MsgPack
     } else {
