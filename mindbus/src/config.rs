@@ -332,7 +332,27 @@ pub enum ConfigError {
 
 /// The JSON Schema of the configuration file.
 pub fn config_schema() -> schemars::Schema {
-    schemars::schema_for!(Config)
+    schemars::generate::SchemaSettings::draft2020_12()
+        .with_transform(schemars::transform::RecursiveTransform(consts_to_enum))
+        .into_generator()
+        .into_root_schema_for::<Config>()
+}
+
+/// An enum whose variants carry docs comes out as a `oneOf` of `const`s, which a validator
+/// reports as "not valid under any of the schemas listed in the 'oneOf' keyword". As an
+/// `enum`, the report lists the allowed values.
+fn consts_to_enum(schema: &mut schemars::Schema) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Array(options)) = object.get("oneOf") else {
+        return;
+    };
+    let values: Option<Vec<Value>> = options.iter().map(|o| o.get("const").cloned()).collect();
+    if let Some(values) = values {
+        object.remove("oneOf");
+        object.insert("enum".into(), Value::Array(values));
+    }
 }
 
 fn figment(file: Option<&Path>) -> Figment {
@@ -480,6 +500,21 @@ mod tests {
         assert_eq!(
             paths,
             ["/gateway/api_keys/0/sha256", "/gateway/api_keys/0/tenant"]
+        );
+    }
+
+    #[test]
+    fn a_bad_choice_names_the_allowed_values() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/broken.yaml");
+        let problems = check_file(&file);
+        let format = problems
+            .iter()
+            .find(|p| p.path == "/log/format")
+            .expect("the log format is named");
+        assert!(
+            format.message.contains("\"text\"") && format.message.contains("\"json\""),
+            "{}",
+            format.message
         );
     }
 }

@@ -162,10 +162,17 @@ impl Caller {
             if !admitted {
                 return Err(Attempted::Stop(CallError::Canceled));
             }
-            let failure = match self
-                .stream(config, model, target, prompt, chunks, cancel)
-                .await
-            {
+            let timeout = config.timeout(model);
+            let streamed = tokio::time::timeout(
+                timeout,
+                self.stream(config, model, target, prompt, chunks, cancel),
+            );
+            let failure = match streamed.await.unwrap_or_else(|_| {
+                Err(Streamed::Failed(Failure::Unavailable(format!(
+                    "no whole answer within {} ms",
+                    timeout.as_millis()
+                ))))
+            }) {
                 Ok(answer) => {
                     self.ledger
                         .record(payer, answer.usage)

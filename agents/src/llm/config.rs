@@ -21,9 +21,15 @@ pub struct LlmConfig {
     /// Where each provider is reached; a provider left out uses its public endpoint.
     #[serde(default)]
     pub providers: BTreeMap<Provider, ProviderConfig>,
-    /// USD per million tokens, by model (`provider/name`). A model left out costs 0.
+    /// USD per million tokens, by model (`provider/name`). Every model a role may call
+    /// must be listed (a free model with zeros), so none is charged $0 by mistake.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+    /// Longest one call may take, streaming included, in milliseconds, by `provider` or
+    /// `provider/model` (the model's own wins); others take [`DEFAULT_TIMEOUT_MS`]. A call
+    /// cut off is retried, then falls back.
+    #[serde(default)]
+    pub timeouts_ms: BTreeMap<String, u64>,
     /// Rate limits shared by every agent process, by `provider` or `provider/model`.
     #[serde(default)]
     pub limits: BTreeMap<String, Limit>,
@@ -39,6 +45,9 @@ pub struct LlmConfig {
     /// The roles, by name.
     pub roles: BTreeMap<String, RoleConfig>,
 }
+
+/// How long a call may take when `timeouts_ms` names neither its model nor its provider.
+pub const DEFAULT_TIMEOUT_MS: u64 = 120_000;
 
 /// How one provider is reached.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -263,13 +272,20 @@ impl LlmConfig {
                 .chain(&role.fallbacks)
                 .enumerate()
             {
-                if let Err(e) = model.parse::<ModelRef>() {
-                    let field = if i == 0 {
-                        "model".to_string()
-                    } else {
-                        format!("fallbacks/{}", i - 1)
-                    };
-                    problems.push(format!("{}: {e}", at(&field)));
+                let field = if i == 0 {
+                    "model".to_string()
+                } else {
+                    format!("fallbacks/{}", i - 1)
+                };
+                match model.parse::<ModelRef>() {
+                    Err(e) => problems.push(format!("{}: {e}", at(&field))),
+                    Ok(parsed) if !self.prices.contains_key(&parsed.to_string()) => {
+                        problems.push(format!(
+                            "{}: `{model}` has no price in /prices (list it, with zeros for a free model)",
+                            at(&field)
+                        ))
+                    }
+                    Ok(_) => {}
                 }
             }
             for (field, text) in [("system", &role.system), ("prompt", &role.prompt)] {
@@ -303,20 +319,43 @@ impl LlmConfig {
                 problems.push(format!("/prices/{key}: {e}"));
             }
         }
-        for key in self.limits.keys() {
-            let ok = key.parse::<Provider>().is_ok() || key.parse::<ModelRef>().is_ok();
-            if !ok {
-                problems.push(format!("/limits/{key}: not a provider or a provider/model"));
+        for (section, keys) in [
+            ("limits", self.limits.keys().collect::<Vec<_>>()),
+            ("timeouts_ms", self.timeouts_ms.keys().collect()),
+        ] {
+            for key in keys {
+                let ok = key.parse::<Provider>().is_ok() || key.parse::<ModelRef>().is_ok();
+                if !ok {
+                    problems.push(format!(
+                        "/{section}/{key}: not a provider or a provider/model"
+                    ));
+                }
+            }
+        }
+        for (key, ms) in &self.timeouts_ms {
+            if *ms == 0 {
+                problems.push(format!("/timeouts_ms/{key}: must be at least 1"));
             }
         }
         problems
     }
 
-    /// The price of `model`; free when the table does not list it.
+    /// The price of `model` (every model a role calls is listed: `problems` checks it).
     pub fn price(&self, model: &ModelRef) -> Price {
         self.prices
             .get(&model.to_string())
             .copied()
             .unwrap_or_default()
+    }
+
+    /// How long one call of `model` may take.
+    pub fn timeout(&self, model: &ModelRef) -> std::time::Duration {
+        let ms = self
+            .timeouts_ms
+            .get(&model.to_string())
+            .or_else(|| self.timeouts_ms.get(model.provider.as_str()))
+            .copied()
+            .unwrap_or(DEFAULT_TIMEOUT_MS);
+        std::time::Duration::from_millis(ms)
     }
 }

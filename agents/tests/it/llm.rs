@@ -19,6 +19,9 @@ const KEYS: [(&str, &str); 3] = [
     ("FAKE_GEMINI_KEY", "test-gemini"),
 ];
 
+/// The price of a model the tests do not charge for.
+const FREE: &str = "{ input: 0, output: 0 }";
+
 /// An LLM config pointing every provider at the fake, with `rest` (YAML) appended.
 fn config(dir: &tempfile::TempDir, fake_url: &str, rest: &str) -> PathBuf {
     let text = format!(
@@ -112,6 +115,9 @@ async fn each_provider_streams_retries_and_falls_back() {
         roles.push_str(&format!(
             "  {provider}/ratelimit: {{ input: 1.0, output: 2.0 }}\n"
         ));
+        for model in ["toolong", "down", "malformed"] {
+            roles.push_str(&format!("  {provider}/{model}: {FREE}\n"));
+        }
     }
     roles.push_str("roles:\n");
     for provider in ["openai", "anthropic", "gemini"] {
@@ -197,7 +203,8 @@ async fn each_provider_streams_retries_and_falls_back() {
 async fn json_answers_are_checked_and_deterministic_calls_cached() {
     let (fake, mesh, file, _dir) = setup(
         "llm-cache",
-        "roles:
+        "prices: { openai/verdict: { input: 0, output: 0 }, openai/ok: { input: 0, output: 0 } }
+roles:
   critic:
     model: openai/verdict
     system: Review.
@@ -255,7 +262,8 @@ async fn json_answers_are_checked_and_deterministic_calls_cached() {
 async fn two_processes_share_one_rate_limit() {
     let (fake, mesh, file, _dir) = setup(
         "llm-limit",
-        "limits:
+        "prices: { openai/ok: { input: 0, output: 0 } }
+limits:
   openai/ok: { requests_per_minute: 120 }
 roles:
   limited:
@@ -347,6 +355,7 @@ async fn no_usable_model_fails_clearly() {
   anthropic: {{ api_key_env: MINDBUS_TEST_UNSET_KEY }}
   openai: {{ base_url: '{url}/openai/v1/', api_key_env: FAKE_OPENAI_KEY }}
 retry: {{ attempts: 2, base_ms: 10, max_ms: 100 }}
+prices: {{ anthropic/ok: {{ input: 0, output: 0 }}, openai/down: {{ input: 0, output: 0 }} }}
 roles:
   lost:
     model: anthropic/ok
@@ -386,6 +395,11 @@ async fn a_bad_config_is_refused_with_every_problem() {
     system: '{{ unclosed'
     prompt: Hi.
     temperature: 3
+  critic:
+    model: openai/unpriced
+    system: Judge.
+    prompt: Hi.
+timeouts_ms: { acme: 5 }
 ",
     )
     .unwrap();
@@ -403,6 +417,8 @@ async fn a_bad_config_is_refused_with_every_problem() {
         "/roles/writer/fallbacks/0: `gpt-4o` is not `provider/model`",
         "/roles/writer/system: not a template",
         "/roles/writer/temperature: must be between 0 and 2",
+        "/roles/critic/model: `openai/unpriced` has no price in /prices",
+        "/timeouts_ms/acme: not a provider or a provider/model",
     ] {
         assert!(
             stderr.contains(expected),
@@ -432,7 +448,8 @@ fn the_shipped_config_is_valid() {
 async fn a_cancelled_command_aborts_its_call() {
     let (fake, mesh, file, _dir) = setup(
         "llm-cancel",
-        "roles:
+        "prices: { openai/slow: { input: 0, output: 0 } }
+roles:
   talker:
     model: openai/slow
     system: Talk.
@@ -524,7 +541,8 @@ roles:
 async fn a_token_limit_spaces_calls_by_their_size() {
     let (fake, mesh, file, _dir) = setup(
         "llm-tpm",
-        "limits:
+        "prices: { openai/ok: { input: 0, output: 0 } }
+limits:
   openai: { tokens_per_minute: 12000 }
 roles:
   counted:
@@ -548,5 +566,36 @@ roles:
     assert!(
         gaps.iter().all(|g| *g >= Duration::from_millis(450)),
         "calls closer than the token limit allows: {gaps:?}"
+    );
+}
+
+/// A call that runs past its model's timeout is cut off (the provider is hung up on),
+/// retried, then falls back to the next model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_timeout_is_cut_off_and_falls_back() {
+    let (fake, mesh, file, _dir) = setup(
+        "llm-timeout",
+        "prices: { openai/slow: { input: 0, output: 0 }, openai/ok: { input: 0, output: 0 } }
+timeouts_ms: { openai/slow: 400 }
+roles:
+  talker:
+    model: openai/slow
+    fallbacks: [openai/ok]
+    system: Talk.
+    prompt: Talk for a long time.
+    temperature: 0.5
+",
+    )
+    .await;
+    let _agent = mesh.llm_agent("talker", &file);
+    let started = std::time::Instant::now();
+    let result = mesh.ask("talker", json!({}), &[]).await;
+    assert_eq!(result.status, Status::Completed, "{:?}", result.failure);
+    assert_eq!(result.envelope.data.value["model"], json!("openai/ok"));
+    assert_eq!(fake.calls("openai", "slow").len(), 3, "retried, then left");
+    assert!(fake.hung_up(), "the cut-off calls were hung up on");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not a minute-long stream"
     );
 }

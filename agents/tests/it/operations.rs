@@ -108,3 +108,37 @@ fn trace_fails_fast_naming_the_postgres_it_tried() {
         "the cause is named: {text}"
     );
 }
+
+/// `mindbus config check` checks the LLM roles' file too (with no file named: both shipped
+/// files), naming a model without a price.
+#[test]
+fn config_check_checks_the_llm_roles_file_too() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let shipped = std::process::Command::new(mindbus_testkit::binary("mindbus"))
+        .args(["config", "check"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shipped.stdout);
+    assert!(shipped.status.success(), "{text}");
+    assert!(text.contains("config/agents.yaml: ok"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.yaml");
+    std::fs::write(
+        &file,
+        "roles:\n  writer:\n    model: openai/unpriced\n    system: Write.\n    prompt: Hi.\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(mindbus_testkit::binary("mindbus"))
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/roles/writer/model: `openai/unpriced` has no price"),
+        "{text}"
+    );
+}

@@ -63,18 +63,20 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Validate a config file and print every problem with its path.
+    /// Validate config files (the mesh's, and the LLM roles' `agents.yaml`) and print every
+    /// problem with its path.
     Check {
-        /// The YAML file.
-        file: PathBuf,
+        /// The YAML files; a file with `roles` at its top is an LLM roles file.
+        #[arg(default_values = ["config/mindbus.yaml", "config/agents.yaml"])]
+        files: Vec<PathBuf>,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
-        return check(file);
+    if let Command::Config(ConfigCommand::Check { files }) = &cli.command {
+        return check(files);
     }
     let config = load(&cli)?;
     mindbus::telemetry::init(&config.log);
@@ -114,15 +116,39 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<()> {
-    let problems = mindbus::config::check_file(file);
-    if problems.is_empty() {
-        println!("{}: ok", file.display());
+fn check(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut total = 0;
+    for file in files {
+        let problems = problems(file);
+        if problems.is_empty() {
+            println!("{}: ok", file.display());
+        }
+        for problem in &problems {
+            println!("{}: {problem}", file.display());
+        }
+        total += problems.len();
+    }
+    if total == 0 {
         return Ok(());
     }
-    for problem in &problems {
-        println!("{}: {problem}", file.display());
-    }
-    eprintln!("{} problem(s) in {}", problems.len(), file.display());
+    eprintln!("{total} problem(s)");
     std::process::exit(1)
+}
+
+/// Every problem of one file: the LLM roles' loader for a file with `roles` at its top,
+/// the mesh's checker for any other.
+fn problems(file: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let roles = serde_saphyr::from_str::<serde_json::Value>(&text)
+        .is_ok_and(|yaml| yaml.get("roles").is_some());
+    if !roles {
+        return mindbus::config::check_file(file)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    }
+    match mindbus_agents::llm::config::LlmConfig::load(file) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems,
+    }
 }
