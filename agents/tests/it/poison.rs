@@ -308,3 +308,40 @@ async fn an_entry_with_thousands_of_fields_is_dead_lettered_whole() {
     );
     assert!(mesh.pending().await.is_empty());
 }
+
+/// A finish whose dead letter cannot be written (the dead-letter stream replaced by a key
+/// of another type) writes nothing and leaves its entry pending, rather than acknowledging
+/// it without its dead letter; once the key is fixed the same finish goes through whole.
+#[tokio::test]
+async fn a_finish_that_cannot_be_written_leaves_its_entry_pending() {
+    let mesh = Mesh::new("finishorder").await;
+    let dlq = mesh.stream("dlq");
+    let mut conn = mesh.bus.connection();
+    let _: () = redis::cmd("SET")
+        .arg(&dlq)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _agent = mesh.agent(&[]);
+    mesh.xadd_cli(&["data", r#"{"no":"type"}"#]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mesh.pending().await.len(),
+        1,
+        "still pending: nothing acknowledged"
+    );
+    assert_eq!(
+        mesh.results().await.len(),
+        0,
+        "no result without its dead letter"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&dlq)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    mesh.wait_results(1, Duration::from_secs(20)).await;
+    assert_eq!(mesh.dead_letters().await.len(), 1);
+    assert!(mesh.pending().await.is_empty());
+}
