@@ -84,7 +84,12 @@ def handle(r, prefix, stream, role, consumer, entry_id, fields) -> None:
         "role": role,
     }
     fields = [item for pair in result.items() for item in pair]
-    r.eval(FINISH, 2, stream, f"{prefix}:result", role, entry_id, f.get("replyto", ""), *fields)
+    # Only a reply stream of this prefix may be written to (MindBus's agents refuse any
+    # other `replyto` as malformed); anything else gets the result on the result stream only.
+    replyto = f.get("replyto", "")
+    if not (replyto.startswith(f"{prefix}:reply:") and len(replyto) > len(prefix) + 7):
+        replyto = ""
+    r.eval(FINISH, 2, stream, f"{prefix}:result", role, entry_id, replyto, *fields)
 
 
 def main() -> int:
