@@ -13,6 +13,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import socket
 import sys
 import uuid
@@ -21,14 +22,25 @@ import redis
 
 
 # KEYS: the command stream, the result stream. ARGV: group, entry id, replyto, result fields.
+# As MindBus's own agents do: a result is written only while its entry is still pending
+# (a reclaimed command finished twice is answered once), everything is written before the
+# acknowledgement (a failed write leaves the entry pending, never acknowledged unanswered),
+# and a reply stream with consumer groups is never capped.
 FINISH = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if type(pending) ~= 'table' or pending.err or #pending == 0 then
   return 0
 end
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
 if ARGV[3] ~= '' then
-  redis.call('XADD', ARGV[3], 'MAXLEN', '~', 1000, '*', unpack(ARGV, 4))
+  local groups = redis.pcall('XINFO', 'GROUPS', ARGV[3])
+  if type(groups) ~= 'table' or groups.err or #groups == 0 then
+    redis.pcall('XADD', ARGV[3], 'MAXLEN', '~', 1000, '*', unpack(ARGV, 4))
+  else
+    redis.pcall('XADD', ARGV[3], '*', unpack(ARGV, 4))
+  end
 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
@@ -87,7 +99,7 @@ def handle(r, prefix, stream, role, consumer, entry_id, fields) -> None:
     # Only a reply stream of this prefix may be written to (MindBus's agents refuse any
     # other `replyto` as malformed); anything else gets the result on the result stream only.
     replyto = f.get("replyto", "")
-    if not (replyto.startswith(f"{prefix}:reply:") and len(replyto) > len(prefix) + 7):
+    if not re.fullmatch(rf"{re.escape(prefix)}:reply:[A-Za-z0-9._-]{{1,128}}", replyto):
         replyto = ""
     r.eval(FINISH, 2, stream, f"{prefix}:result", role, entry_id, replyto, *fields)
 

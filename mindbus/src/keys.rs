@@ -63,16 +63,19 @@ impl Keys {
     }
 
     /// Checks a command's `replyto`: it must name a reply stream, `<prefix>:reply:<token>`
-    /// with a non-empty token, so a command can never make an agent write to (let alone cap
-    /// or expire) a stream of the mesh.
+    /// with a token of 1 to 128 of `A-Z a-z 0-9 . _ -`, so a command can never make an agent
+    /// write to (let alone cap or expire) a stream of the mesh, nor of a mesh whose prefix
+    /// nests under this one (no `:` or braces in the token).
     pub fn check_reply(&self, key: &str) -> Result<(), String> {
         let token = key
             .strip_prefix(self.prefix.as_str())
             .and_then(|rest| rest.strip_prefix(":reply:"));
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         match token {
-            Some(token) if !token.is_empty() => Ok(()),
+            Some(token) if (1..=128).contains(&token.len()) && token.chars().all(ok_char) => Ok(()),
             _ => Err(format!(
-                "`{key}` is not a reply stream: it must start with `{}:reply:`",
+                "`{key}` is not a reply stream: it must be `{}:reply:` and a token of 1 to 128 \
+                 of A-Z a-z 0-9 . _ -",
                 self.prefix
             )),
         }
@@ -132,6 +135,8 @@ mod tests {
             "mb:reply:",
             "other:reply:x",
             "mb:replyx",
+            "mb:reply:b:cmd:{echo}",
+            "mb:reply:{echo}",
         ] {
             assert!(keys.check_reply(bad).is_err(), "{bad}");
         }

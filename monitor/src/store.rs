@@ -113,7 +113,8 @@ fn insert_halving<'a>(
 enum Refusal {
     /// Class 22 or 23: a value Postgres cannot take (encoding, constraint).
     Data,
-    /// Class 53 or 54: insufficient resources or a program limit (a value too large).
+    /// Class 54: a program limit (a value or statement too large). Class 53 (disk full,
+    /// out of memory, too many connections) passes: it is retried like an outage.
     Size,
 }
 
@@ -122,7 +123,7 @@ fn refused(err: &sqlx::Error) -> Option<Refusal> {
     let code = err.as_database_error()?.code()?;
     match code.get(..2)? {
         "22" | "23" => Some(Refusal::Data),
-        "53" | "54" => Some(Refusal::Size),
+        "54" => Some(Refusal::Size),
         _ => None,
     }
 }

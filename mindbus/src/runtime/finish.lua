@@ -106,6 +106,23 @@ local function plain_reply(key)
   return type(groups) ~= 'table' or groups.err ~= nil or #groups == 0
 end
 
+-- Whether the entry is pending in the group (a group Redis lost with its data reads as
+-- not pending, so the lost-entry check below decides).
+local function pending(entry)
+  local row = redis.pcall('XPENDING', commands, group, entry, entry, 1)
+  return type(row) == 'table' and row.err == nil and #row > 0
+end
+
+-- The streams this script writes must be streams (or not exist yet): checked before any
+-- write, so a key of another type fails the batch having written nothing.
+for _, key in ipairs({results, events, dlq}) do
+  local kind = call('TYPE', key)
+  kind = kind.ok or kind
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. kind .. ', not a stream')
+  end
+end
+
 local accepted, done_count = {}, 0
 local i, last = 9, #ARGV
 while i <= last do
@@ -118,8 +135,7 @@ while i <= last do
   local ln = tonumber(ARGV[lstart - 1])
   i = lstart + ln
   done_count = done_count + 1
-  local first = entry == '' or #call('XPENDING', commands, group, entry, entry, 1) > 0
-    or not acknowledged_before(entry)
+  local first = entry == '' or pending(entry) or not acknowledged_before(entry)
   if first and done ~= '' and call('EXISTS', done) == 1 then
     first = false
   end

@@ -56,6 +56,13 @@ impl Agent {
     /// An agent for `role` with a fresh, never reused consumer name.
     pub fn new(redis: &RedisConfig, role: &str, config: AgentConfig) -> Result<Self, Error> {
         validate_role(role).map_err(Error::Config)?;
+        // The finish script passes these to SET EX and EXPIRE, which refuse 0 (the config
+        // file's schema says so too; this holds for configs built in code).
+        if config.dedup_ttl_secs == 0 || config.reply_ttl_secs == 0 {
+            return Err(Error::Config(
+                "agent.dedup_ttl_secs and agent.reply_ttl_secs must be at least 1".into(),
+            ));
+        }
         Ok(Self {
             redis: redis.clone(),
             role: role.into(),

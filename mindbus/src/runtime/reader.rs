@@ -151,12 +151,22 @@ async fn recover_own(
         .arg(&shared.consumer)
         .query_async(&mut conn)
         .await?;
-    let lost: Vec<_> = parse_pending(reply)?
+    let mut lost: Vec<_> = parse_pending(reply)?
         .into_iter()
         .filter(|(id, _, _)| !running.contains(id))
         .collect();
     let mut left = lost.len();
+    // Ours only while nobody reclaimed them: an outage longer than the lease lets another
+    // agent take them. Renewing checks that and resets their idle time, without counting
+    // a delivery; those taken are not ours to run.
+    lost.truncate(permits.num_permits());
+    let ids: Vec<_> = lost.iter().map(|(id, _, _)| *id).collect();
+    let taken: HashSet<_> = shared.leases.renew(&ids).await?.into_iter().collect();
     for (id, _, deliveries) in lost {
+        if taken.contains(&id) {
+            left -= 1;
+            continue;
+        }
         let Some(permit) = permits.split(1) else {
             break;
         };

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use mindbus::wire::EntryId;
+
 use super::Orchestrator;
 use super::transition::Input;
 use crate::store;
@@ -56,7 +58,15 @@ pub(crate) async fn timer_loop(this: Arc<Orchestrator>, stop: CancellationToken)
 }
 
 async fn fire_due(this: &Orchestrator) -> anyhow::Result<()> {
-    for (run_id, kind, step) in store::due_timers(&this.pool, BATCH).await? {
+    // A command timer must not beat a result that is written but not applied yet (an
+    // orchestrator that restarted, or a reader behind): it waits until the results group
+    // has applied everything written before its due time. When that cannot be told (Redis
+    // away), no command timer fires this tick.
+    let through = results_applied_through(this).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot tell how far results are applied; command timers wait");
+        0
+    });
+    for (run_id, kind, step) in store::due_timers(&this.pool, through, BATCH).await? {
         let Some(timer) = Timer::parse(&kind) else {
             continue;
         };
@@ -69,4 +79,61 @@ async fn fire_due(this: &Orchestrator) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The time (Unix ms) before which every step result written to the result stream has been
+/// applied: now when the orchestrators' group has read everything and holds nothing
+/// pending; else just before its oldest pending or unread result.
+async fn results_applied_through(this: &Orchestrator) -> anyhow::Result<i64> {
+    let stream = this.bus.keys().results();
+    let mut conn = this.bus.connection();
+    let info = mindbus::streams::info_map(
+        redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await?,
+    );
+    let last_written = entry_id(info.get("last-generated-id"))?;
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await?;
+    let group = groups
+        .into_iter()
+        .map(mindbus::streams::info_map)
+        .find(|g| entry_text(g.get("name")).as_deref() == Some(super::results::GROUP))
+        .ok_or_else(|| anyhow::anyhow!("no group {} on {stream}", super::results::GROUP))?;
+    let delivered = entry_id(group.get("last-delivered-id"))?;
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(super::results::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let oldest_pending = mindbus::streams::parse_pending(redis::Value::Array(pending))?
+        .first()
+        .map(|(id, _, _)| *id);
+    let now = jiff::Timestamp::now().as_millisecond();
+    let ms = |id: EntryId| i64::try_from(id.ms).unwrap_or(i64::MAX);
+    let unread = (delivered < last_written).then(|| ms(delivered) - 1);
+    let unapplied = oldest_pending.map(|oldest| ms(oldest) - 1);
+    Ok([Some(now), unread, unapplied]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now))
+}
+
+fn entry_text(value: Option<&redis::Value>) -> Option<String> {
+    value.and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+}
+
+fn entry_id(value: Option<&redis::Value>) -> anyhow::Result<EntryId> {
+    entry_text(value)
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("XINFO gave no entry id"))
 }

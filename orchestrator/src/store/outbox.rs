@@ -153,14 +153,20 @@ pub async fn clear_timers(tx: &mut Tx, run_id: Uuid) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// Timers that are due: (run, kind, step).
+/// Timers that are due: (run, kind, step). A command timer is due only once it is also
+/// at or before `commands_through` (Unix ms): every result written before then is applied.
 pub async fn due_timers(
     pool: &PgPool,
+    commands_through: i64,
     limit: i64,
 ) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT run_id, kind, step FROM mindbus_run_timers WHERE due_at <= now() ORDER BY due_at LIMIT $1",
+        "SELECT run_id, kind, step FROM mindbus_run_timers WHERE due_at <= now() \
+         AND (kind <> 'command' OR due_at <= to_timestamp($1::float8 / 1000)) \
+         ORDER BY due_at LIMIT $2",
     )
+    // Within what a timestamp can hold: 0 (nothing applied) to the year 9999.
+    .bind(commands_through.clamp(0, 253_402_300_799_000))
     .bind(limit)
     .fetch_all(pool)
     .await

@@ -226,6 +226,51 @@ async fn a_step_nobody_consumes_times_out_on_the_orchestrators_clock() {
     assert_eq!(timers, 0, "the run's timers went with it");
 }
 
+/// A result that came in time but was not applied yet (its orchestrator died holding it)
+/// beats the step's timer: the timer waits until results written before its due time are
+/// applied.
+#[tokio::test]
+async fn a_result_in_time_beats_the_timer_even_when_applied_late() {
+    let timed = "name: timed\nsteps:\n  - id: wait\n    role: echo\n    timeout_ms: 1000\n";
+    let orch = Orch::new("timerrace", &[("timed.yaml", timed)]).await;
+    let mut first = orch.orchestrator(2_000);
+    let run = orch.start("timed", json!({})).await;
+    let command = orch.wait_command(run).await;
+    first.kill().await.unwrap();
+    let mut result = mindbus::wire::CommandResult::new(
+        command.into(),
+        Status::Completed,
+        "test",
+        mindbus::wire::Payload::json(json!({"ok": true})),
+    );
+    result.runid = Some(run.to_string());
+    result.stepid = Some("wait".into());
+    let results = format!("{}:result", orch.prefix);
+    let mut conn = orch.bus.connection();
+    let mut add = redis::cmd("XADD");
+    add.arg(&results).arg("*");
+    for (name, value) in result.encode().unwrap() {
+        add.arg(name).arg(value);
+    }
+    let _: String = add.query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Past the step's due time, read by an orchestrator that then died: pending and
+    // unapplied until the next one takes it over after the lease (1 s).
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("mindbus-orchestrator")
+        .arg("dead")
+        .arg("STREAMS")
+        .arg(&results)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _second = orch.orchestrator(2_000);
+    let ended = orch.wait_ended(&[run], Duration::from_secs(20)).await;
+    assert_eq!(ended[0].status, "completed", "{:?}", ended[0].error);
+}
+
 /// A step result that cannot be decoded fails its run with the reason, instead of leaving
 /// it waiting for an answer that came; a second unreadable entry changes nothing.
 #[tokio::test]
