@@ -44,6 +44,15 @@ impl Scope {
             Scope::Only(names) => names.contains(name),
         }
     }
+
+    /// Whether something that names `name` (or names nothing) is in scope: something that
+    /// names nothing (a result or event written without a `role`) only for a scope of all.
+    pub fn allows_named(&self, name: Option<&str>) -> bool {
+        match name {
+            Some(name) => self.allows(name),
+            None => *self == Scope::All,
+        }
+    }
 }
 
 /// The caller of a request: its key's name, scopes and rate limiter.

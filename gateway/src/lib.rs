@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -86,17 +87,34 @@ async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -
     }
 }
 
-/// Counts requests by method, route and status, and times them.
+/// Counts requests by method, route and status, and times them. Every label comes from a
+/// fixed set, whatever a client sends: a method MindBus does not serve is `other`, a path
+/// no route matches is `unmatched`, and `/v1/commands/{id}` is named for what the method
+/// makes of it.
 async fn record(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
+    let method: &'static str = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let route = match request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map(MatchedPath::as_str)
+    {
+        Some("/v1/commands/{id}") if method == "POST" => "/v1/commands/{role}".to_owned(),
+        Some(route) => route.to_owned(),
+        None => "unmatched".to_owned(),
+    };
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("mindbus_gateway_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::counter!("mindbus_gateway_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("mindbus_gateway_request_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response

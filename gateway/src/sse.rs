@@ -47,7 +47,7 @@ impl Filter {
                 roles,
             ),
         };
-        ours && event.role.as_deref().is_none_or(|r| roles.allows(r))
+        ours && roles.allows_named(event.role.as_deref())
     }
 
     /// Whether `event` is the last one this stream sends.

@@ -209,12 +209,7 @@ pub async fn show(
     IdPath(id): IdPath<MessageId>,
 ) -> Result<Json<CommandView>, AppError> {
     match stored_result(&state, &id).await? {
-        Some(result)
-            if result
-                .role
-                .as_deref()
-                .is_some_and(|r| !caller.roles.allows(r)) =>
-        {
+        Some(result) if !caller.roles.allows_named(result.role.as_deref()) => {
             Err(AppError::NotFound(format!("no command {id}")))
         }
         Some(result) => Ok(Json(CommandView::done(id, &result))),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::{Authed, Scope};
+use crate::auth::Authed;
 use crate::error::{AppError, ErrorBody};
 
 /// Answers while the process runs.
@@ -141,12 +141,11 @@ pub async fn streams(
     Authed(caller): Authed,
 ) -> Result<Json<Vec<StreamView>>, AppError> {
     // A key sees its roles' command streams; the shared streams only with every role.
-    let all = caller.roles == Scope::All;
     let streams = state.bus().overview().await?;
     Ok(Json(
         streams
             .into_iter()
-            .filter(|s| s.role.as_deref().map_or(all, |r| caller.roles.allows(r)))
+            .filter(|s| caller.roles.allows_named(s.role.as_deref()))
             .map(StreamView::from)
             .collect(),
     ))

@@ -315,3 +315,57 @@ fn hash_key_reads_the_key_from_standard_input() {
         mindbus_gateway::auth::hash_key("s3cret")
     );
 }
+
+/// A result written without a `role` is shown only to a key allowed every role.
+#[tokio::test]
+async fn a_result_without_a_role_is_shown_only_to_keys_allowed_every_role() {
+    let gw = Gw::new("norole").await;
+    let id = mindbus::wire::MessageId::new();
+    let result = mindbus::wire::CommandResult::new(
+        id.clone(),
+        mindbus::wire::Status::Completed,
+        "test",
+        mindbus::wire::Payload::json(serde_json::json!({"secret": 1})),
+    );
+    assert!(result.role.is_none());
+    let mut add = redis::cmd("XADD");
+    add.arg(format!("{}:reply:{id}", gw.prefix)).arg("*");
+    for (name, value) in result.encode().unwrap() {
+        add.arg(name).arg(value);
+    }
+    let client = redis::Client::open(crate::testenv::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = add.query_async(&mut conn).await.unwrap();
+    let uri = format!("/v1/commands/{id}");
+    let scoped = gw.send(get(&uri, Some(ECHO))).await;
+    assert_eq!(scoped.status(), StatusCode::NOT_FOUND);
+    let admin = gw.send(get(&uri, Some(ADMIN))).await;
+    assert_eq!(admin.status(), StatusCode::OK);
+    assert_eq!(json(admin).await["status"], "completed");
+}
+
+/// Metrics labels come from fixed sets: a client's invented methods and paths never become
+/// series of their own.
+#[tokio::test]
+async fn invented_methods_and_paths_are_not_metric_labels() {
+    let gw = Gw::new("labels").await;
+    for i in 0..50 {
+        let request = axum::http::Request::builder()
+            .method(format!("INVENT{i}").as_str())
+            .uri(format!("/nowhere/{i}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        gw.send(request).await;
+    }
+    let text = gw.send(get("/metrics", Some(ADMIN))).await;
+    let bytes = axum::body::to_bytes(text.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(
+        !text.contains("INVENT"),
+        "an invented method became a label"
+    );
+    assert!(!text.contains("/nowhere/"), "a path became a label");
+    assert!(text.contains("method=\"other\""), "{text}");
+}
