@@ -6,6 +6,7 @@
 //! - [`auth`]: API keys (hashed, scoped, rate-limited per key).
 //! - `body`: JSON bodies with size and depth limits, errors naming the field.
 //! - `sse`: server-sent events from the event stream, resumable by `Last-Event-ID`.
+//! - `serve`: the connection loop, with a header timeout and a cap on connections.
 //! - [`error`]: one error type, one HTTP answer per variant.
 //! - [`openapi`]: the generated OpenAPI document.
 //!
@@ -20,6 +21,7 @@ pub mod error;
 mod extract;
 pub mod openapi;
 pub mod routes;
+mod serve;
 mod sse;
 mod state;
 
@@ -129,8 +131,15 @@ pub async fn run(
     let state = AppState::new(config, admin_key, shutdown.clone()).await?;
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let gateway = &config.gateway;
+    let header_timeout = Duration::from_millis(gateway.header_timeout_ms);
+    serve::serve(
+        listener,
+        app(state),
+        gateway.max_connections,
+        header_timeout,
+        shutdown,
+    )
+    .await;
     Ok(())
 }

@@ -224,6 +224,14 @@ pub struct GatewayConfig {
     /// Server-sent event streams open at once, per gateway (503 above).
     #[schemars(range(min = 1))]
     pub max_streams: usize,
+    /// Connections open at once; one past this is closed at once (a client holding many
+    /// cannot take every file descriptor).
+    #[schemars(range(min = 1))]
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, or to start its next request
+    /// on a kept-alive connection, in milliseconds; then the connection is closed.
+    #[schemars(range(min = 100))]
+    pub header_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -235,6 +243,8 @@ impl Default for GatewayConfig {
             max_json_depth: 32,
             max_wait_ms: 60_000,
             max_streams: 1_000,
+            max_connections: 2_048,
+            header_timeout_ms: 10_000,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (gateway, orchestrator, echo agents) over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod connections;
 mod e2e;
 mod routes;
 mod stack;

@@ -1,0 +1,83 @@
+//! The connection loop: what `axum::serve` does, plus the limits a server facing the network
+//! needs. A client that trickles its headers, opens a connection and sends nothing, or
+//! keeps one alive without a next request, is cut off after `header_timeout_ms`; a
+//! connection past `max_connections` is closed as soon as it is accepted, so no client can
+//! take every file descriptor.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long connections may go on after `shutdown` before they are dropped.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` fires, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let connections = TaskTracker::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to close.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics::counter!("mindbus_gateway_connections_refused_total").increment(1);
+            continue;
+        };
+        let (builder, app, shutdown) = (Arc::clone(&builder), app.clone(), shutdown.clone());
+        connections.spawn(async move {
+            // Nothing in time: closed. (The header timeout runs only once bytes come, and
+            // telling HTTP/1 from HTTP/2 waits for the first ones without a limit.)
+            let mut byte = [0u8; 1];
+            let first = tokio::time::timeout(header_timeout, stream.peek(&mut byte)).await;
+            if !matches!(first, Ok(Ok(1..))) {
+                return drop(slot);
+            }
+            let service = TowerToHyperService::new(app);
+            let mut connection =
+                pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, connection).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
