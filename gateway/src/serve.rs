@@ -30,13 +30,14 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
     let connections = TaskTracker::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: HTTP/2 has no header timeout, so an idle HTTP/2 connection would hold
+    // its slot for ever (a TLS-terminating proxy in front speaks HTTP/2 to clients).
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
@@ -58,8 +59,7 @@ pub async fn serve(
         };
         let (builder, app, shutdown) = (Arc::clone(&builder), app.clone(), shutdown.clone());
         connections.spawn(async move {
-            // Nothing in time: closed. (The header timeout runs only once bytes come, and
-            // telling HTTP/1 from HTTP/2 waits for the first ones without a limit.)
+            // Nothing in time: closed (hyper's header timeout runs only once bytes come).
             let mut byte = [0u8; 1];
             let first = tokio::time::timeout(header_timeout, stream.peek(&mut byte)).await;
             if !matches!(first, Ok(Ok(1..))) {
