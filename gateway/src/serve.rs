@@ -28,7 +28,7 @@ pub async fn serve(
     header_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let slots = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     let connections = TaskTracker::new();
     // HTTP/1.1 only: HTTP/2 has no header timeout, so an idle HTTP/2 connection would hold
     // its slot for ever (a TLS-terminating proxy in front speaks HTTP/2 to clients).
