@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use mindbus::config::MonitorConfig;
+use mindbus::streams::reply_text;
 use mindbus::wire::EntryId;
 use redis::Value;
 use redis::aio::ConnectionLike;
@@ -26,11 +27,11 @@ pub async fn oldest_needed<C: ConnectionLike + Send>(
     let mut missing = expected;
     for group in groups {
         let info = mindbus::streams::info_map(group);
-        let name = text(info.get("name")).unwrap_or_default();
+        let name = reply_text(info.get("name")).unwrap_or_default();
         if missing == Some(name.as_str()) {
             missing = None;
         }
-        let delivered: EntryId = text(info.get("last-delivered-id"))
+        let delivered: EntryId = reply_text(info.get("last-delivered-id"))
             .and_then(|s| s.parse().ok())
             .unwrap_or(EntryId::ZERO);
         let mut need = match delivered.seq.checked_add(1) {
@@ -51,7 +52,7 @@ pub async fn oldest_needed<C: ConnectionLike + Send>(
         if let Value::Array(parts) = summary
             && let Some(first) = parts
                 .get(1)
-                .and_then(|v| text(Some(v)))
+                .and_then(|v| reply_text(Some(v)))
                 .and_then(|s| s.parse::<EntryId>().ok())
         {
             need = need.min(first);
@@ -89,7 +90,7 @@ pub async fn trim<C: ConnectionLike + Send>(
         if keep.len() as u64 >= config.retain_entries
             && let Some(Value::Array(last)) = keep.last()
         {
-            target = text(last.first()).and_then(|s| s.parse().ok());
+            target = reply_text(last.first()).and_then(|s| s.parse().ok());
         }
     }
     if config.retain_secs > 0 {
@@ -111,13 +112,4 @@ pub async fn trim<C: ConnectionLike + Send>(
         .query_async(conn)
         .await?;
     Ok(removed)
-}
-
-fn text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
 }

@@ -82,9 +82,14 @@ async fn kill_9_at_the_defaults_recovers_within_a_lease_and_a_period() {
         let command = Command::new("echo.say", Payload::json(json!({"i": i, "sleep_ms": 300})));
         mesh.bus.publish("echo", &command).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let victim = agents.remove(0);
     let pid = victim.id().unwrap();
+    // Killed once it holds a full load of commands mid-run.
+    let what = "the victim took its share of commands";
+    crate::testenv::eventually(Duration::from_secs(20), what, || async {
+        (pending_of(&mesh, pid).await >= defaults.concurrency).then_some(())
+    })
+    .await;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     let killed_at = Instant::now();
     let stranded = pending_of(&mesh, pid).await;

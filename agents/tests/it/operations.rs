@@ -23,12 +23,16 @@ async fn an_agent_started_before_redis_waits_for_it_and_says_where() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two failed tries logged: it tried, waited, and tried again.
+    let text = crate::testenv::eventually(Duration::from_secs(10), "two tries logged", || async {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        (text.matches("waiting for redis").count() >= 2).then_some(text)
+    })
+    .await;
     assert!(
         agent.try_wait().unwrap().is_none(),
         "the agent waits, it does not exit"
     );
-    let text = std::fs::read_to_string(log.path()).unwrap();
     assert!(
         text.contains(&format!("cannot reach redis at 127.0.0.1:{port}"))
             && text.contains("REDIS_URL"),

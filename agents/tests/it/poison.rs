@@ -323,9 +323,15 @@ async fn a_finish_that_cannot_be_written_leaves_its_entry_pending() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let _agent = mesh.agent(&[]);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _agent = mesh.agent_logging(&[], log.reopen().unwrap());
     mesh.xadd_cli(&["data", r#"{"no":"type"}"#]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The finish was tried, refused, and is being retried.
+    crate::testenv::eventually(Duration::from_secs(20), "a refused write", || async {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        (text.matches("writing to redis failed").count() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(
         mesh.pending().await.len(),
         1,

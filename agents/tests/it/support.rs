@@ -43,7 +43,20 @@ impl Mesh {
 
     /// Starts `mindbus-agent --role echo` with extra flags.
     pub fn agent(&self, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_mindbus-agent"))
+        self.agent_command(extra).spawn().expect("agent starts")
+    }
+
+    /// Like [`Mesh::agent`], writing its warnings to `log`.
+    pub fn agent_logging(&self, extra: &[&str], log: std::fs::File) -> Child {
+        self.agent_command(extra)
+            .stderr(log)
+            .spawn()
+            .expect("agent starts")
+    }
+
+    fn agent_command(&self, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mindbus-agent"));
+        command
             .args([
                 "--role",
                 "echo",
@@ -55,9 +68,8 @@ impl Mesh {
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("agent starts")
+            .kill_on_drop(true);
+        command
     }
 
     /// Runs the `mindbus` CLI (built beside the agent) against this mesh.

@@ -188,6 +188,16 @@ where
     }
 }
 
+/// A reply value as text (a bulk or simple string, or an integer), e.g. an `XINFO` field.
+pub fn reply_text(value: Option<&redis::Value>) -> Option<String> {
+    match value? {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
 /// A flat `XINFO` reply (`[name, value, ...]` or a map) as a map by name.
 pub fn info_map(value: redis::Value) -> std::collections::HashMap<String, redis::Value> {
     let items = match value {

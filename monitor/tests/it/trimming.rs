@@ -163,8 +163,25 @@ async fn commands_queued_before_the_first_agent_are_never_trimmed() {
         },
     )
     .await;
-    // Several trimming rounds (every 100 ms) after everything was recorded.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A trimming round after everything was recorded: 30 events added now, once recorded,
+    // are trimmed to 10 in a round that also looked at the commands.
+    let events = mesh.stream("event");
+    for i in 0..30 {
+        let _: String = redis::cmd("XADD")
+            .arg(&events)
+            .arg("*")
+            .arg("type")
+            .arg("x.filler")
+            .arg("n")
+            .arg(i)
+            .query_async(&mut mesh.bus.connection())
+            .await
+            .unwrap();
+    }
+    crate::testenv::eventually(Duration::from_secs(30), "the events trimmed", || async {
+        (mesh.len(&events).await <= 10).then_some(())
+    })
+    .await;
     assert_eq!(
         mesh.len(&commands).await,
         50,

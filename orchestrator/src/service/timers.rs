@@ -103,7 +103,9 @@ async fn results_applied_through(this: &Orchestrator) -> anyhow::Result<i64> {
     let group = groups
         .into_iter()
         .map(mindbus::streams::info_map)
-        .find(|g| entry_text(g.get("name")).as_deref() == Some(super::results::GROUP))
+        .find(|g| {
+            mindbus::streams::reply_text(g.get("name")).as_deref() == Some(super::results::GROUP)
+        })
         .ok_or_else(|| anyhow::anyhow!("no group {} on {stream}", super::results::GROUP))?;
     let delivered = entry_id(group.get("last-delivered-id"))?;
     let pending: Vec<redis::Value> = redis::cmd("XPENDING")
@@ -128,12 +130,8 @@ async fn results_applied_through(this: &Orchestrator) -> anyhow::Result<i64> {
         .unwrap_or(now))
 }
 
-fn entry_text(value: Option<&redis::Value>) -> Option<String> {
-    value.and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-}
-
 fn entry_id(value: Option<&redis::Value>) -> anyhow::Result<EntryId> {
-    entry_text(value)
+    mindbus::streams::reply_text(value)
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("XINFO gave no entry id"))
 }

@@ -253,7 +253,17 @@ async fn a_result_in_time_beats_the_timer_even_when_applied_late() {
         add.arg(name).arg(value);
     }
     let _: String = add.query_async(&mut conn).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let what = "the step's timer due";
+    crate::testenv::eventually(Duration::from_secs(10), what, || async {
+        let due: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM mindbus_run_timers WHERE kind = 'command' AND due_at <= now()",
+        )
+        .fetch_one(&orch.pool)
+        .await
+        .ok()?;
+        (due == 1).then_some(())
+    })
+    .await;
     // Past the step's due time, read by an orchestrator that then died: pending and
     // unapplied until the next one takes it over after the lease (1 s).
     let _: redis::Value = redis::cmd("XREADGROUP")

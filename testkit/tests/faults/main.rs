@@ -20,7 +20,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
-use mesh::{Mesh, echo, signal};
+use mesh::{Mesh, agent_lease, echo, shipped_defaults, signal};
 use testenv::{TestDb, redis_url};
 
 fn assert_none_lost_or_twice(tally: &Tally) {
@@ -49,31 +49,52 @@ async fn agent_sigkill_mid_command() {
         "agent SIGKILL mid-command",
         "commands",
         Some(recovery),
-        "lease 1 s",
+        &format!("lease {:?}", agent_lease()),
     );
     assert_none_lost_or_twice(&tally);
 }
 
-/// An agent stopped (SIGSTOP) for three leases, then resumed: its commands run elsewhere
-/// meanwhile, and its late finishes are dropped as duplicates.
+/// An agent stopped (SIGSTOP) while it holds commands, until the others have taken them
+/// all over (past its lease), then resumed: its late finishes are dropped as duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sigstop_past_the_lease_then_sigcont() {
     let mesh = Mesh::on(&redis_url(), "stop").await;
     let agents = mesh.agents(2);
-    let sent = mesh.publish(600, 20).await;
-    mesh.wait_results(100, Duration::from_secs(60)).await;
+    let sent = mesh.publish(600, 200).await;
+    let zombie = agents[0].id().unwrap();
+    let what = "the agent holds commands";
+    testenv::eventually(Duration::from_secs(60), what, || async {
+        (mesh.pending_of(zombie).await > 0).then_some(())
+    })
+    .await;
     signal(&agents[0], Signal::SIGSTOP);
     let stopped = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = mesh.pending_of(zombie).await;
+    let what = "the stopped agent's commands taken over";
+    testenv::eventually(
+        agent_lease() * 2 + Duration::from_secs(30),
+        what,
+        || async { (mesh.pending_of(zombie).await == 0).then_some(()) },
+    )
+    .await;
+    let taken_over = stopped.elapsed();
     signal(&agents[0], Signal::SIGCONT);
     let recovery = mesh
         .wait_answered(&sent, stopped, Duration::from_secs(60))
         .await;
-    // Let the resumed agent's late finishes land before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The resumed agent's late finishes land, and are dropped.
+    let what = "a late finish of the resumed agent";
+    testenv::eventually(Duration::from_secs(30), what, || async {
+        (mesh.events_of("mindbus.command.duplicate").await > 0).then_some(())
+    })
+    .await;
     let tally = mesh.tally(&sent).await;
     let dropped = mesh.events_of("mindbus.command.duplicate").await;
-    let note = format!("stopped 3 s with a 1 s lease; {dropped} late finishes dropped");
+    let note = format!(
+        "it held {held}, all taken over {taken_over:.1?} after the stop (lease {:?}); \
+         {dropped} late finishes dropped",
+        agent_lease()
+    );
     tally.report(
         "agent SIGSTOP, then SIGCONT",
         "commands",
@@ -110,13 +131,13 @@ async fn redis_kill_9_and_restart_from_aof_everysec() {
             acked
         })
     };
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    mesh.wait_results(300, Duration::from_secs(60)).await;
     redis.kill();
     let killed = Instant::now();
     redis.restart();
     let sent = producer.await.unwrap();
     let recovery = mesh
-        .wait_answered(&sent, killed, Duration::from_secs(30))
+        .wait_answered(&sent, killed, Duration::from_secs(90))
         .await;
     let tally = mesh.tally(&sent).await;
     tally.report(
@@ -158,27 +179,24 @@ impl Runs {
 
     fn orchestrator(&self) -> tokio::process::Child {
         let dir = self.workflows.path().display().to_string();
-        let args = [
-            "--database-url",
-            &self.db.url,
-            "--workflows",
-            &dir,
-            "--lease-ms",
-            "1000",
-        ];
-        let env = [
-            ("MINDBUS_ORCHESTRATOR__TICK_MS", "50"),
-            ("MINDBUS_ORCHESTRATOR__RESEND_AFTER_MS", "1000"),
-            ("MINDBUS_AGENT__LEASE_MS", "1000"),
-        ];
+        let mut args = vec!["--database-url", &self.db.url, "--workflows", &dir];
+        let mut env = vec![];
+        if !shipped_defaults() {
+            args.extend(["--lease-ms", "1000"]);
+            env.extend([
+                ("MINDBUS_ORCHESTRATOR__TICK_MS", "50"),
+                ("MINDBUS_ORCHESTRATOR__RESEND_AFTER_MS", "1000"),
+                ("MINDBUS_AGENT__LEASE_MS", "1000"),
+            ]);
+        }
         self.mesh.spawn("mindbus-orchestrator", &args, &env)
     }
 
     fn monitor(&self) -> tokio::process::Child {
-        let env = [
-            ("MINDBUS_MONITOR__RETAIN_ENTRIES", "0"),
-            ("MINDBUS_MONITOR__LEASE_MS", "1000"),
-        ];
+        let mut env = vec![("MINDBUS_MONITOR__RETAIN_ENTRIES", "0")];
+        if !shipped_defaults() {
+            env.push(("MINDBUS_MONITOR__LEASE_MS", "1000"));
+        }
         self.mesh
             .spawn("mindbus-monitor", &["--database-url", &self.db.url], &env)
     }
@@ -343,7 +361,7 @@ async fn postgres_stopped_for_a_minute() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    runs.mesh.wait_results(300, Duration::from_secs(60)).await;
     pg.down();
     let down = Instant::now();
     let before = sent.lock().unwrap().len();
@@ -352,7 +370,10 @@ async fn postgres_stopped_for_a_minute() {
     let answered_while_down = runs.mesh.results().await.len();
     pg.up();
     let outage_took = down.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Commands go on flowing a while after Postgres is back.
+    runs.mesh
+        .wait_results(answered_while_down + 200, Duration::from_secs(60))
+        .await;
     producer.abort();
     let sent = sent.lock().unwrap().clone();
     let recovery = runs

@@ -52,16 +52,12 @@ impl Mesh {
             .unwrap_or_else(|e| panic!("{name} starts: {e}"))
     }
 
-    /// `n` echo agents with a one-second lease.
+    /// `n` echo agents: with a one-second lease and 16 slots, or the shipped defaults.
     pub fn agents(&self, n: usize) -> Vec<Child> {
-        let flags = [
-            "--role",
-            "echo",
-            "--lease-ms",
-            "1000",
-            "--concurrency",
-            "16",
-        ];
+        let mut flags = vec!["--role", "echo"];
+        if !shipped_defaults() {
+            flags.extend(["--lease-ms", "1000", "--concurrency", "16"]);
+        }
         (0..n)
             .map(|_| self.spawn("mindbus-agent", &flags, &[]))
             .collect()
@@ -121,6 +117,26 @@ impl Mesh {
         }
     }
 
+    /// Entries of the echo group pending for the agent with process id `pid` (consumer
+    /// names carry the pid).
+    pub async fn pending_of(&self, pid: u32) -> usize {
+        let reply = redis::cmd("XPENDING")
+            .arg(self.stream("cmd:{echo}"))
+            .arg("echo")
+            .arg("-")
+            .arg("+")
+            .arg(100_000)
+            .query_async(&mut self.bus.connection())
+            .await
+            .unwrap();
+        let marker = format!("-{pid}-");
+        mindbus::streams::parse_pending(reply)
+            .unwrap()
+            .iter()
+            .filter(|(_, consumer, _)| consumer.contains(&marker))
+            .count()
+    }
+
     /// How many events of `ty` the event stream holds.
     pub async fn events_of(&self, ty: &str) -> usize {
         let stream = self.stream("event");
@@ -152,6 +168,22 @@ impl Drop for Mesh {
         if self.url == crate::testenv::redis_url() {
             crate::testenv::delete_prefix(&self.prefix);
         }
+    }
+}
+
+/// Whether the suite runs at the shipped defaults (`MINDBUS_FAULT_DEFAULTS=1`: leases of
+/// 30 s for agents and the monitor, 10 s for orchestrators, 64 slots) rather than with
+/// one-second leases, which keep the suite quick.
+pub fn shipped_defaults() -> bool {
+    std::env::var("MINDBUS_FAULT_DEFAULTS").is_ok_and(|v| v == "1")
+}
+
+/// The agents' lease in this run.
+pub fn agent_lease() -> Duration {
+    if shipped_defaults() {
+        Duration::from_millis(mindbus::config::AgentConfig::default().lease_ms)
+    } else {
+        Duration::from_secs(1)
     }
 }
 
