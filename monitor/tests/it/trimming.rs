@@ -216,9 +216,12 @@ async fn an_entry_too_large_for_a_row_is_recorded_as_a_flagged_preview() {
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     crate::support::wait_recorded(&mesh, &pool, Duration::from_secs(30)).await;
     let (ms, seq) = big.split_once('-').unwrap();
+    // By stream too: a command published in the same millisecond has the same entry id.
     let (why, fields): (String, serde_json::Value) = sqlx::query_as(
-        "SELECT malformed, fields FROM mindbus_entries WHERE entry_ms = $1 AND entry_seq = $2",
+        "SELECT malformed, fields FROM mindbus_entries \
+         WHERE stream = $1 AND entry_ms = $2 AND entry_seq = $3",
     )
+    .bind(&events)
     .bind(ms.parse::<i64>().unwrap())
     .bind(seq.parse::<i64>().unwrap())
     .fetch_one(&pool)
