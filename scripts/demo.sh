@@ -45,13 +45,13 @@ sleep 1
 
 say "the gateway is at $gateway (key in \$api_key); a command and a run over HTTP"
 http() { python3 scripts/http_call.py "$api_key" "$@"; }
-http POST "$gateway/v1/commands/echo?wait_ms=5000" '{"type":"echo.say","data":{"text":"hello over http"}}'
+http POST "$gateway/v1/roles/echo/commands?wait_ms=5000" '{"type":"echo.say","data":{"text":"hello over http"}}'
 run_json=$(http POST "$gateway/v1/runs" '{"workflow":"sample","input":{"topic":"http"}}')
 echo "$run_json"
 http_run=$(echo "$run_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
 sleep 1
 http GET "$gateway/v1/runs/$http_run"
-http GET "$gateway/v1/agents"
+http GET "$gateway/v1/roles"
 
 say "status"
 "$bin/mindbus" status

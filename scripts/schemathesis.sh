@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Schemathesis against a live gateway's /openapi.json: it generates requests for every
+# The API document first: gateway/openapi.json (which a gateway test keeps equal to what the
+# gateway serves) must be valid OpenAPI, by openapi-spec-validator.
+# Then Schemathesis against a live gateway's /openapi.json: it generates requests for every
 # operation and fails on any 5xx or any response that breaks the document (status, content
 # type, headers, body schema). The SSE operations are covered by the gateway's end-to-end
 # tests instead (an event stream does not end on its own).
@@ -11,11 +13,13 @@ source scripts/services.sh
 ensure_redis
 ensure_postgres
 venv=target/schemathesis-venv
-if [ ! -x "$venv/bin/schemathesis" ]; then
-  say "installing schemathesis"
+if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+  say "installing schemathesis and openapi-spec-validator"
   python3 -m venv "$venv" 2>/dev/null || { install_with_apt python3-venv; python3 -m venv "$venv"; }
-  "$venv/bin/pip" install -q schemathesis
+  "$venv/bin/pip" install -q schemathesis openapi-spec-validator
 fi
+say "openapi-spec-validator gateway/openapi.json"
+"$venv/bin/openapi-spec-validator" gateway/openapi.json
 cargo build --quiet --bins
 bin=target/debug
 
@@ -37,7 +41,7 @@ add_cleanup stop_all
 export MINDBUS_PREFIX="$prefix" RUST_LOG=warn
 "$bin/mindbus-agent" --role echo & pids+=($!)
 DATABASE_URL="$db_url" "$bin/mindbus-orchestrator" --workflows config/workflows & pids+=($!)
-MINDBUS_GATEWAY_API_KEY="$key" MINDBUS_GATEWAY__MAX_WAIT_MS=3000 "$bin/mindbus-gateway" --listen "127.0.0.1:$port" & pids+=($!)
+MINDBUS_GATEWAY_API_KEY="$key" MINDBUS_GATEWAY__MAX_WAIT_MS=3000 MINDBUS_GATEWAY__METRICS_LISTEN=127.0.0.1:0 "$bin/mindbus-gateway" --listen "127.0.0.1:$port" & pids+=($!)
 for _ in $(seq 100); do
   python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null && break
   sleep 0.1

@@ -22,5 +22,5 @@ else
   cargo test --workspace "$@"
 fi
 
-say "schemathesis against a live gateway"
+say "the API document: openapi-spec-validator, then schemathesis against a live gateway"
 ./scripts/schemathesis.sh

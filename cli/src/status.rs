@@ -20,7 +20,14 @@ pub async fn run(bus: &Bus) -> anyhow::Result<()> {
         "last delivered",
     ]);
     let mut dead = 0;
-    for stream in bus.overview().await? {
+    // Every command stream, registered or not (a producer may write to a role no agent has
+    // started for yet).
+    let roles: Vec<String> = command_streams(bus)
+        .await?
+        .iter()
+        .filter_map(|s| bus.keys().role_of(s).map(str::to_owned))
+        .collect();
+    for stream in bus.overview(&roles).await? {
         if stream.stream == bus.keys().dead_letters() {
             dead = stream.length;
         }

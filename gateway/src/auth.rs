@@ -10,8 +10,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use mindbus::config::ApiKeyConfig;
+use mindbus::config::{ApiKeyConfig, GatewayConfig};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::AppState;
 use crate::error::AppError;
@@ -55,14 +56,20 @@ impl Scope {
     }
 }
 
-/// The caller of a request: its key's name, scopes and rate limiter.
+/// The caller of a request: its key's name, scopes, limits and rate limiter.
 #[derive(Debug)]
 pub struct Caller {
+    /// The key's SHA-256: what tells keys apart (names may repeat).
+    pub id: String,
     pub name: String,
     pub roles: Scope,
     pub workflows: Scope,
     /// The tenant everything this key sends spends for, if the key has one.
     pub tenant: Option<String>,
+    /// Runs it may have running at once.
+    pub max_runs: u32,
+    /// Permits for the event streams it holds open.
+    pub streams: Arc<Semaphore>,
     limiter: DefaultDirectRateLimiter,
 }
 
@@ -73,12 +80,15 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// The keys of the config, plus `admin_key` (a plain key from the environment, allowed
+    /// The keys of `config`, plus `admin_key` (a plain key from the environment, allowed
     /// everything) when given.
-    pub fn new(keys: &[ApiKeyConfig], admin_key: Option<&str>) -> Self {
+    pub fn new(config: &GatewayConfig, admin_key: Option<&str>) -> Self {
         let mut by_hash = HashMap::new();
-        for key in keys {
-            by_hash.insert(key.sha256.to_ascii_lowercase(), Arc::new(caller(key)));
+        for key in &config.api_keys {
+            by_hash.insert(
+                key.sha256.to_ascii_lowercase(),
+                Arc::new(caller(key, config)),
+            );
         }
         if let Some(plain) = admin_key.filter(|k| !k.is_empty()) {
             let admin = ApiKeyConfig {
@@ -88,8 +98,10 @@ impl KeyRing {
                 workflows: vec!["*".into()],
                 requests_per_minute: 60_000,
                 tenant: None,
+                max_streams: None,
+                max_runs: None,
             };
-            by_hash.insert(admin.sha256.clone(), Arc::new(caller(&admin)));
+            by_hash.insert(admin.sha256.clone(), Arc::new(caller(&admin, config)));
         }
         Self { by_hash }
     }
@@ -99,13 +111,20 @@ impl KeyRing {
     }
 }
 
-fn caller(key: &ApiKeyConfig) -> Caller {
+fn caller(key: &ApiKeyConfig, config: &GatewayConfig) -> Caller {
     let rate = NonZeroU32::new(key.requests_per_minute).unwrap_or(NonZeroU32::MIN);
+    let streams = key
+        .max_streams
+        .unwrap_or(config.streams_per_key)
+        .clamp(1, Semaphore::MAX_PERMITS);
     Caller {
+        id: key.sha256.to_ascii_lowercase(),
         name: key.name.clone(),
         roles: Scope::from_list(&key.roles),
         workflows: Scope::from_list(&key.workflows),
         tenant: key.tenant.clone(),
+        max_runs: key.max_runs.unwrap_or(config.runs_per_key).max(1),
+        streams: Arc::new(Semaphore::new(streams)),
         limiter: RateLimiter::direct(Quota::per_minute(rate)),
     }
 }
@@ -153,8 +172,14 @@ mod tests {
             workflows: vec![],
             requests_per_minute: 2,
             tenant: None,
+            max_streams: None,
+            max_runs: None,
         };
-        let ring = KeyRing::new(&[config], None);
+        let config = GatewayConfig {
+            api_keys: vec![config],
+            ..GatewayConfig::default()
+        };
+        let ring = KeyRing::new(&config, None);
         let caller = ring.find("s3cret").unwrap();
         assert!(caller.roles.allows("writer"));
         assert!(!caller.roles.allows("echo"));

@@ -5,13 +5,19 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::error::AppError;
 
-/// A body parsed as `T` after the size and depth checks.
+/// A body parsed as `T` after the size and depth checks, with the SHA-256 of its bytes
+/// (what an `Idempotency-Key` is held to).
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub struct JsonBody<T>(pub T, pub BodyHash);
+
+/// The SHA-256 of a request body, in hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyHash(pub String);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = AppError;
@@ -25,7 +31,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 AppError::Invalid(format!("cannot read the body: {e}"))
             }
         })?;
-        parse(&bytes, state.config().max_json_depth).map(JsonBody)
+        let hash = BodyHash(hex::encode(Sha256::digest(&bytes)));
+        parse(&bytes, state.config().max_json_depth).map(|body| JsonBody(body, hash))
     }
 }
 
@@ -47,6 +54,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], max_depth: usize) -> Result<T, A
             AppError::Invalid(format!("{path}: {message}"))
         }
     })
+}
+
+/// How many array items `value` holds, over all its arrays however deep.
+pub fn array_items(value: &Value) -> usize {
+    let mut items = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(list) => {
+                items += list.len();
+                stack.extend(list);
+            }
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    items
 }
 
 /// How deeply a value nests (a scalar is 1), without recursion.
@@ -96,5 +120,12 @@ mod tests {
         assert!(error(r#"{"type": "a", "attempt": 2}"#).contains("unknown field `attempt`"));
         assert!(error("{").contains("not valid JSON"));
         assert!(error(r#"{"type": "a", "inner": {"n": [[[1]]]}}"#).contains("deeper than 4"));
+    }
+
+    #[test]
+    fn array_items_are_counted_at_every_depth() {
+        let value: Value = serde_json::from_str(r#"{"a": [1, [2, 3]], "b": {"c": [4]}}"#).unwrap();
+        assert_eq!(array_items(&value), 5);
+        assert_eq!(array_items(&Value::Null), 0);
     }
 }

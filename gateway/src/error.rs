@@ -21,6 +21,9 @@ pub enum AppError {
     /// The key's rate limit is reached; try again after the duration (429).
     #[error("rate limit reached; retry after {} s", .0.as_secs().max(1))]
     RateLimited(Duration),
+    /// The key holds as much as it may at once (event streams, running runs) (429).
+    #[error("{0}")]
+    OverQuota(String),
     /// The request is malformed; the message names the field (422).
     #[error("{0}")]
     Invalid(String),
@@ -50,7 +53,7 @@ pub struct ErrorBody {
 /// A machine-readable code and a message for people.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// e.g. `unauthorized`, `forbidden`, `rate_limited`, `invalid`, `too_large`, `not_found`,
+    /// e.g. `unauthorized`, `forbidden`, `rate_limited`, `over_quota`, `invalid`, `too_large`, `not_found`,
     /// `conflict`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
@@ -62,6 +65,7 @@ impl AppError {
             AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            AppError::OverQuota(_) => (StatusCode::TOO_MANY_REQUESTS, "over_quota"),
             AppError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

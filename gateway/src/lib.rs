@@ -5,6 +5,7 @@
 //! - [`routes`]: the handlers (`commands`, `runs`, `ops`).
 //! - [`auth`]: API keys (hashed, scoped, rate-limited per key).
 //! - `body`: JSON bodies with size and depth limits, errors naming the field.
+//! - `mesh`: the registry of roles and a short-lived overview of the streams.
 //! - `sse`: server-sent events from the event stream, resumable by `Last-Event-ID`.
 //! - `serve`: the connection loop, with a header timeout and a cap on connections.
 //! - [`error`]: one error type, one HTTP answer per variant.
@@ -19,6 +20,7 @@ pub mod auth;
 mod body;
 pub mod error;
 mod extract;
+mod mesh;
 pub mod openapi;
 pub mod routes;
 mod serve;
@@ -27,6 +29,7 @@ mod state;
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::Method;
@@ -50,23 +53,18 @@ pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_millis(config.max_wait_ms).max(Duration::from_secs(20))
         + Duration::from_secs(15);
     Router::new()
-        // One pattern for both methods (the router allows one parameter name per segment):
-        // POST takes the segment as the role, GET as the command id.
-        .route(
-            "/v1/commands/{id}",
-            post(commands::publish).get(commands::show),
-        )
+        .route("/v1/roles/{role}/commands", post(commands::publish))
+        .route("/v1/commands/{id}", get(commands::show))
         .route("/v1/commands/{id}/events", get(commands::events))
-        .route("/v1/runs", post(runs::start))
+        .route("/v1/runs", post(runs::start).get(runs::list))
         .route("/v1/runs/{id}", get(runs::show))
         .route("/v1/runs/{id}/events", get(runs::events))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/approve", post(runs::approve))
-        .route("/v1/agents", get(ops::agents))
+        .route("/v1/roles", get(ops::roles))
         .route("/v1/streams", get(ops::streams))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .layer(middleware::from_fn(record))
@@ -90,9 +88,8 @@ async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -
 }
 
 /// Counts requests by method, route and status, and times them. Every label comes from a
-/// fixed set, whatever a client sends: a method MindBus does not serve is `other`, a path
-/// no route matches is `unmatched`, and `/v1/commands/{id}` is named for what the method
-/// makes of it.
+/// fixed set, whatever a client sends: a method MindBus does not serve is `other`, and a
+/// path no route matches is `unmatched`.
 async fn record(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method: &'static str = match *request.method() {
@@ -105,15 +102,10 @@ async fn record(request: Request, next: Next) -> Response {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
-    let route = match request
+    let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-    {
-        Some("/v1/commands/{id}") if method == "POST" => "/v1/commands/{role}".to_owned(),
-        Some(route) => route.to_owned(),
-        None => "unmatched".to_owned(),
-    };
+        .map_or("unmatched".to_owned(), |path| path.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("mindbus_gateway_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
@@ -122,24 +114,56 @@ async fn record(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves the API on `config.gateway.listen` until `shutdown` fires.
+/// Prometheus's endpoint, `/metrics`, served apart from the API (see `gateway.metrics_listen`).
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .with_state(state)
+}
+
+/// Serves the API on `config.gateway.listen`, and the metrics on `gateway.metrics_listen`
+/// (unless empty), until `shutdown` fires.
 pub async fn run(
     config: &Config,
     admin_key: Option<&str>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = AppState::new(config, admin_key, shutdown.clone()).await?;
-    let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await?;
-    tracing::info!(address = %listener.local_addr()?, "gateway listening");
     let gateway = &config.gateway;
-    let header_timeout = Duration::from_millis(gateway.header_timeout_ms);
-    serve::serve(
-        listener,
-        app(state),
-        gateway.max_connections,
-        header_timeout,
-        shutdown,
-    )
-    .await;
+    let limits = serve::Limits {
+        connections: gateway.max_connections,
+        header_timeout: Duration::from_millis(gateway.header_timeout_ms),
+        write_timeout: Duration::from_millis(gateway.write_timeout_ms),
+    };
+    let listener = tokio::net::TcpListener::bind(&gateway.listen)
+        .await
+        .with_context(|| format!("binding gateway.listen {}", gateway.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    let metrics = if gateway.metrics_listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&gateway.metrics_listen)
+            .await
+            .with_context(|| {
+                format!("binding gateway.metrics_listen {}", gateway.metrics_listen)
+            })?;
+        tracing::info!(address = %listener.local_addr()?, "metrics listening");
+        // A few connections are plenty for scrapers.
+        let limits = serve::Limits {
+            connections: 16,
+            ..limits
+        };
+        let app = metrics_app(state.clone());
+        Some(tokio::spawn(serve::serve(
+            listener,
+            app,
+            limits,
+            shutdown.clone(),
+        )))
+    };
+    serve::serve(listener, app(state), limits, shutdown).await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! needs. A client that trickles its headers, opens a connection and sends nothing, or
 //! keeps one alive without a next request, is cut off after `header_timeout_ms`; a
 //! connection past `max_connections` is closed as soon as it is accepted, so no client can
-//! take every file descriptor.
+//! take every file descriptor; a client that takes no bytes of a response for
+//! `write_timeout_ms` (one that stopped reading an event stream) is cut off.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -14,21 +15,35 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How long connections may go on after `shutdown` before they are dropped.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// What one listener allows its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once.
+    pub connections: usize,
+    /// To send a request's headers, or start the next request on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// To take the next bytes of a response.
+    pub write_timeout: Duration,
+}
+
 /// Serves `app` on `listener` until `shutdown` fires, then lets open requests finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    max_connections: usize,
-    header_timeout: Duration,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
+    let header_timeout = limits.header_timeout;
+    let slots = Arc::new(Semaphore::new(
+        limits.connections.min(Semaphore::MAX_PERMITS),
+    ));
     let connections = TaskTracker::new();
     // HTTP/1.1 only: HTTP/2 has no header timeout, so an idle HTTP/2 connection would hold
     // its slot for ever (a TLS-terminating proxy in front speaks HTTP/2 to clients).
@@ -65,9 +80,11 @@ pub async fn serve(
             if !matches!(first, Ok(Ok(1..))) {
                 return drop(slot);
             }
+            let mut stream = TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(limits.write_timeout));
             let service = TowerToHyperService::new(app);
-            let mut connection =
-                pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            let io = TokioIo::new(Box::pin(stream));
+            let mut connection = pin!(builder.serve_connection_with_upgrades(io, service));
             tokio::select! {
                 _ = connection.as_mut() => {}
                 () = shutdown.cancelled() => {

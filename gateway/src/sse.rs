@@ -1,6 +1,8 @@
 //! Server-sent events: a command's or a run's events from the event stream, each with its
 //! stream entry id as the SSE `id`, so a client that reconnects with `Last-Event-ID` loses
-//! nothing. One dedicated Redis connection per open stream, at most `max_streams` at once.
+//! nothing. One dedicated Redis connection per open stream, at most `max_streams` at once
+//! and a key's `max_streams` of them per key. Reading starts no earlier than the reply TTL
+//! ago, so one request can never make the gateway re-read the whole event stream.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -18,7 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::Scope;
+use crate::auth::{Caller, Scope};
 use crate::error::AppError;
 
 /// Which events a stream carries.
@@ -83,7 +85,7 @@ struct Following {
     ended: bool,
     until: tokio::time::Instant,
     stop: tokio_util::sync::CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _permits: [OwnedSemaphorePermit; 2],
 }
 
 /// Answers with the event stream, starting after `Last-Event-ID` or from the moment the
@@ -91,6 +93,7 @@ struct Following {
 /// or run is already over: the stream then closes once it has sent what is left.
 pub async fn respond(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     filter: Filter,
     ended: bool,
@@ -100,14 +103,20 @@ pub async fn respond(
             "id: events can be followed for ids MindBus made (UUIDv7)".into(),
         ));
     };
-    let earliest = before(id);
-    let start = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(id) => id
-            .parse::<EntryId>()
-            .map_err(|e| AppError::Invalid(format!("Last-Event-ID header: {e}")))?
-            .max(earliest),
-        None => earliest,
+    let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(id) => Some(
+            id.parse::<EntryId>()
+                .map_err(|e| AppError::Invalid(format!("Last-Event-ID header: {e}")))?,
+        ),
+        None => None,
     };
+    let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+    let start = first_read(id, resume, now_ms, state.reply_ttl_secs());
+    let own = caller.streams.clone().try_acquire_owned().map_err(|_| {
+        AppError::OverQuota(
+            "this key holds as many event streams open as it may; close one first".into(),
+        )
+    })?;
     let permit = state.streams().clone().try_acquire_owned().map_err(|_| {
         AppError::Unavailable("too many event streams are open; try again later".into())
     })?;
@@ -123,11 +132,23 @@ pub async fn respond(
         ended,
         until: tokio::time::Instant::now() + MAX_LIFETIME,
         stop: state.stop().clone(),
-        _permit: permit,
+        _permits: [own, permit],
     };
     Ok(Sse::new(events(following))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Where reading starts: after `resume` (a `Last-Event-ID`), else a margin before the
+/// millisecond the UUIDv7 `id` was made in; never before `ttl_secs` ago, so no request
+/// makes the gateway read further back than results are kept.
+fn first_read(id: Uuid, resume: Option<EntryId>, now_ms: u64, ttl_secs: u64) -> EntryId {
+    let kept_since = EntryId {
+        ms: now_ms.saturating_sub(ttl_secs.saturating_mul(1000)),
+        seq: 0,
+    };
+    let earliest = before(id).max(kept_since);
+    resume.map_or(earliest, |resume| resume.max(earliest))
 }
 
 /// The entry id a margin before the millisecond a UUIDv7 was made in.
@@ -198,4 +219,37 @@ fn to_sse(entry: EntryId, event: &Event) -> SseEvent {
         .id(entry.to_string())
         .event(event.envelope.ty.clone())
         .data(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_never_starts_before_the_reply_ttl() {
+        let now_ms = 1_800_000_000_000;
+        let hour_ago = EntryId {
+            ms: now_ms - 3_600_000,
+            seq: 0,
+        };
+        let zero: Uuid = "00000000-0000-7000-8000-000000000000".parse().unwrap();
+        assert_eq!(first_read(zero, None, now_ms, 3600), hour_ago);
+        assert_eq!(
+            first_read(zero, Some(EntryId::ZERO), now_ms, 3600),
+            hour_ago
+        );
+        let fresh = Uuid::now_v7();
+        let made = before(fresh);
+        let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap();
+        assert_eq!(
+            first_read(fresh, None, now, 3600),
+            made,
+            "a new id starts at its time"
+        );
+        let later = EntryId {
+            ms: now + 1,
+            seq: 7,
+        };
+        assert_eq!(first_read(fresh, Some(later), now, 3600), later);
+    }
 }

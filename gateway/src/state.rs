@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyRing;
+use crate::mesh::Mesh;
 
 /// The gateway's shared state. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -18,7 +19,10 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     bus: Bus,
     keys: KeyRing,
+    mesh: Mesh,
     config: GatewayConfig,
+    /// How long agents keep results on reply streams, in seconds.
+    reply_ttl_secs: u64,
     replies: Arc<Replies>,
     streams: Arc<Semaphore>,
     metrics: PrometheusHandle,
@@ -50,7 +54,9 @@ impl AppState {
         let replies = Replies::start(bus.clone(), stop.clone()).await?;
         let gateway = config.gateway.clone();
         Ok(Self(Arc::new(Inner {
-            keys: KeyRing::new(&gateway.api_keys, admin_key),
+            keys: KeyRing::new(&gateway, admin_key),
+            mesh: Mesh::default(),
+            reply_ttl_secs: config.agent.reply_ttl_secs,
             streams: Arc::new(Semaphore::new(gateway.max_streams)),
             config: gateway,
             bus,
@@ -66,6 +72,16 @@ impl AppState {
 
     pub fn keys(&self) -> &KeyRing {
         &self.0.keys
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.0.mesh
+    }
+
+    /// How long a command's result is kept, and so how long the gateway remembers the
+    /// commands it published.
+    pub fn reply_ttl_secs(&self) -> u64 {
+        self.0.reply_ttl_secs
     }
 
     pub fn config(&self) -> &GatewayConfig {

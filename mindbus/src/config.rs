@@ -232,6 +232,25 @@ pub struct GatewayConfig {
     /// on a kept-alive connection, in milliseconds; then the connection is closed.
     #[schemars(range(min = 100))]
     pub header_timeout_ms: u64,
+    /// Longest a response may wait for a client to take the next bytes, in milliseconds;
+    /// then the connection is closed (a client that stops reading loses its event stream).
+    #[schemars(range(min = 100))]
+    pub write_timeout_ms: u64,
+    /// Where Prometheus scrapes the gateway's metrics; apart from the API, so the metrics
+    /// (which name keys and roles) need no key and are not served to API clients. Empty:
+    /// no metrics endpoint.
+    pub metrics_listen: String,
+    /// Server-sent event streams one key may hold open at once, unless the key says (429
+    /// above).
+    #[schemars(range(min = 1))]
+    pub streams_per_key: usize,
+    /// Runs one key may have running at once, unless the key says (429 above).
+    #[schemars(range(min = 1))]
+    pub runs_per_key: u32,
+    /// Array items a run's input may hold, counted over every array in it (422 above): a
+    /// workflow fans out over them, so this bounds the work one request can start.
+    #[schemars(range(min = 1))]
+    pub max_run_items: usize,
 }
 
 impl Default for GatewayConfig {
@@ -245,6 +264,11 @@ impl Default for GatewayConfig {
             max_streams: 1_000,
             max_connections: 2_048,
             header_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
+            metrics_listen: "127.0.0.1:9464".into(),
+            streams_per_key: 16,
+            runs_per_key: 32,
+            max_run_items: 1_000,
         }
     }
 }
@@ -274,6 +298,14 @@ pub struct ApiKeyConfig {
     #[serde(default)]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,64}$"))]
     pub tenant: Option<String>,
+    /// Event streams it may hold open at once; default: the gateway's `streams_per_key`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_streams: Option<usize>,
+    /// Runs it may have running at once; default: the gateway's `runs_per_key`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_runs: Option<u32>,
 }
 
 fn default_rate() -> u32 {

@@ -37,6 +37,12 @@ impl Keys {
             .strip_suffix('}')
     }
 
+    /// `<prefix>:roles`: the registry of roles, a set each agent adds its role to when it
+    /// creates its group, so a role can be looked up without scanning the keyspace.
+    pub fn roles(&self) -> String {
+        format!("{}:roles", self.prefix)
+    }
+
     /// `<prefix>:result`: every result.
     pub fn results(&self) -> String {
         format!("{}:result", self.prefix)

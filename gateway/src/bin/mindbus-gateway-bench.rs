@@ -59,6 +59,16 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     wait_ready(&http, &base).await?;
+    // The gateway takes commands only for roles an agent has started for.
+    let mut registered = false;
+    for _ in 0..200 {
+        registered = bus.has_role("echo").await?;
+        if registered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(registered, "the echo agent did not start");
     let replies = Replies::start(bus.clone(), tokio_util::sync::CancellationToken::new()).await?;
     let direct = || async { over_bus(&bus, &replies).await };
     let gateway = || async { over_http(&http, &base).await };
@@ -107,6 +117,7 @@ fn spawn(name: &str, extra: &[&str], args: &Args, prefix: &str) -> anyhow::Resul
     let env = &[
         ("MINDBUS_GATEWAY_API_KEY", KEY),
         ("MINDBUS_AGENT__CONCURRENCY", "256"),
+        ("MINDBUS_GATEWAY__METRICS_LISTEN", "127.0.0.1:0"),
     ];
     Ok(mindbus::bench::spawn_sibling(
         name,
@@ -145,7 +156,7 @@ async fn over_bus(bus: &Bus, replies: &std::sync::Arc<Replies>) -> anyhow::Resul
 
 async fn over_http(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let response = http
-        .post(format!("{base}/v1/commands/echo?wait_ms=30000"))
+        .post(format!("{base}/v1/roles/echo/commands?wait_ms=30000"))
         .bearer_auth(KEY)
         .json(&json!({"type": "echo.say", "data": {"text": "hi"}}))
         .send()

@@ -7,14 +7,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mindbus::wire::MessageId;
-use mindbus::wire::{Command, CommandResult, Origin, Payload, TraceParent};
+use mindbus::wire::{Command, CommandResult, ORCHESTRATOR_ROLE, Origin, Payload, TraceParent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{forget_idempotency, idempotent};
+use super::idempotent;
 use crate::AppState;
-use crate::auth::Authed;
+use crate::auth::{Authed, Scope};
 use crate::body::JsonBody;
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{IdPath, QueryOf, RolePath};
@@ -32,9 +32,8 @@ pub struct NewCommand {
     #[serde(rename = "type")]
     #[schema(min_length = 1, max_length = 200)]
     pub ty: String,
-    /// Any JSON, the command's `data`.
+    /// Any JSON value, the command's `data`.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub data: Value,
     /// A deadline, in milliseconds from now.
     pub deadline_ms: Option<u64>,
@@ -86,17 +85,19 @@ impl CommandView {
 /// is given and the result comes in time. A repeated `Idempotency-Key` returns the first
 /// request's command.
 #[utoipa::path(
-    post, path = "/v1/commands/{role}", tag = "commands",
+    post, path = "/v1/roles/{role}/commands", tag = "commands", operation_id = "send_command",
     params(("role" = String, Path, description = "The agent role", pattern = "^[a-z0-9_-]{1,64}$"), Wait,
-        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key: a repeat with the same role and body answers for the first request's command"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context the command continues")),
     request_body = NewCommand,
     responses(
         (status = 200, description = "The result came within the wait", body = CommandView),
         (status = 202, description = "Published; no result yet", body = CommandView),
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No agent has started for the role", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
-        (status = 429, body = ErrorBody)),
-    security(("api_key" = []))
+        (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody)),
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn publish(
     State(state): State<AppState>,
@@ -104,11 +105,22 @@ pub async fn publish(
     RolePath(role): RolePath,
     QueryOf(wait): QueryOf<Wait>,
     headers: HeaderMap,
-    JsonBody(new): JsonBody<NewCommand>,
+    JsonBody(new, body): JsonBody<NewCommand>,
 ) -> Result<Response, AppError> {
     if !caller.roles.allows(&role) {
         return Err(AppError::Forbidden(format!(
             "this key may not send commands to `{role}`"
+        )));
+    }
+    if role == ORCHESTRATOR_ROLE {
+        // Runs have their own routes, which hold a key to its workflows and its limits.
+        return Err(AppError::Forbidden(
+            "runs are started and steered through /v1/runs, not as commands".into(),
+        ));
+    }
+    if !state.mesh().has_role(state.bus(), &role).await? {
+        return Err(AppError::NotFound(format!(
+            "no agent has started for the role `{role}`"
         )));
     }
     let mut command = build(&state, &headers, new)?;
@@ -116,12 +128,14 @@ pub async fn publish(
         command.set_tenant(tenant);
     }
     let fresh = command.envelope.id.clone();
-    let id = idempotent(&state, &caller.name, "cmd", &headers, fresh.clone()).await?;
+    let route = format!("POST /v1/commands/{role}");
+    let claim = idempotent(&state, &caller, &route, &body, &headers, fresh).await?;
+    let id = claim.id.clone();
     let waiter = state.replies().register(&id);
-    if id == fresh {
-        if let Err(e) = state.bus().publish(&role, &command).await {
-            forget_idempotency(&state, &caller.name, "cmd", &headers).await;
-            return Err(e.into());
+    if claim.first {
+        if let Err(e) = send(&state, &role, &command).await {
+            claim.release(&state).await;
+            return Err(e);
         }
         metrics::counter!("mindbus_gateway_commands_total", "role" => role.clone()).increment(1);
     }
@@ -130,7 +144,7 @@ pub async fn publish(
         return Ok((StatusCode::ACCEPTED, Json(CommandView::pending(id))).into_response());
     }
     // A repeated request may come after the result: it is stored with the command.
-    let stored = if id == fresh {
+    let stored = if claim.first {
         None
     } else {
         stored_result(&state, &id).await?
@@ -143,6 +157,58 @@ pub async fn publish(
         Some(result) => (StatusCode::OK, Json(CommandView::done(id, &result))).into_response(),
         None => (StatusCode::ACCEPTED, Json(CommandView::pending(id))).into_response(),
     })
+}
+
+/// The Redis key under which the gateway remembers, for as long as results are kept, the
+/// role of a command it published: what tells a pending command from no command, and
+/// whether a key may see it.
+fn sent_key(state: &AppState, id: &MessageId) -> String {
+    format!("{}:sent:{id}", state.bus().keys().prefix())
+}
+
+/// Notes the command's role, then publishes it (the note goes first, so a command that
+/// is on its stream is always one the gateway can show; a failed publish takes it back).
+async fn send(state: &AppState, role: &str, command: &Command) -> Result<(), AppError> {
+    let note = sent_key(state, &command.envelope.id);
+    let mut conn = state.bus().connection();
+    redis::cmd("SET")
+        .arg(&note)
+        .arg(role)
+        .arg("EX")
+        .arg(state.reply_ttl_secs().max(60))
+        .query_async::<()>(&mut conn)
+        .await?;
+    if let Err(e) = state.bus().publish(role, command).await {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&note).query_async(&mut conn).await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Where a command stands, for a caller allowed `roles`: ended (with its result), pending,
+/// or not found (no such command, or one of a role out of scope: the same answer).
+enum Standing {
+    Ended(Box<CommandResult>),
+    Pending,
+}
+
+async fn standing(state: &AppState, roles: &Scope, id: &MessageId) -> Result<Standing, AppError> {
+    let not_found = || AppError::NotFound(format!("no command {id}"));
+    if let Some(result) = stored_result(state, id).await? {
+        return if roles.allows_named(result.role.as_deref()) {
+            Ok(Standing::Ended(Box::new(result)))
+        } else {
+            Err(not_found())
+        };
+    }
+    let role: Option<String> = redis::cmd("GET")
+        .arg(sent_key(state, id))
+        .query_async(&mut state.bus().connection())
+        .await?;
+    match role {
+        Some(role) if roles.allows(&role) => Ok(Standing::Pending),
+        _ => Err(not_found()),
+    }
 }
 
 fn build(state: &AppState, headers: &HeaderMap, new: NewCommand) -> Result<Command, AppError> {
@@ -161,12 +227,23 @@ fn build(state: &AppState, headers: &HeaderMap, new: NewCommand) -> Result<Comma
         .deadline_ms
         .map(|ms| jiff::Timestamp::now() + Duration::from_millis(ms.min(365 * 86_400_000)));
     command.maxattempts = new.maxattempts;
-    if let Some(trace) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        command.envelope.traceparent = trace
-            .parse::<TraceParent>()
-            .map_err(|e| AppError::Invalid(format!("traceparent header: {e}")))?;
+    if let Some(trace) = traceparent(headers)? {
+        command.envelope.traceparent = trace;
     }
     Ok(command)
+}
+
+/// The request's `traceparent` header, if it has one.
+pub fn traceparent(headers: &HeaderMap) -> Result<Option<TraceParent>, AppError> {
+    match headers.get("traceparent") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| AppError::Invalid("traceparent header: not visible ASCII".into()))?
+            .parse::<TraceParent>()
+            .map(Some)
+            .map_err(|e| AppError::Invalid(format!("traceparent header: {e}"))),
+    }
 }
 
 /// The result stored on the command's reply stream, if it has come (and not expired).
@@ -197,36 +274,35 @@ async fn stored_result(
 
 /// A command's status and, once there is one, its result (kept for the reply TTL).
 #[utoipa::path(
-    get, path = "/v1/commands/{id}", tag = "commands",
+    get, path = "/v1/commands/{id}", tag = "commands", operation_id = "show_command",
     params(("id" = String, Path, description = "The command id")),
     responses((status = 200, body = CommandView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 503, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("api_key" = []))
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn show(
     State(state): State<AppState>,
     Authed(caller): Authed,
     IdPath(id): IdPath<MessageId>,
 ) -> Result<Json<CommandView>, AppError> {
-    match stored_result(&state, &id).await? {
-        Some(result) if !caller.roles.allows_named(result.role.as_deref()) => {
-            Err(AppError::NotFound(format!("no command {id}")))
-        }
-        Some(result) => Ok(Json(CommandView::done(id, &result))),
-        None => Ok(Json(CommandView::pending(id))),
-    }
+    Ok(Json(match standing(&state, &caller.roles, &id).await? {
+        Standing::Ended(result) => CommandView::done(id, &result),
+        Standing::Pending => CommandView::pending(id),
+    }))
 }
 
 /// The command's events (received, started, progress with streamed text, retried, and the
 /// end: completed, failed, canceled or deadlettered) as server-sent events. Resumable with
 /// `Last-Event-ID`.
 #[utoipa::path(
-    get, path = "/v1/commands/{id}/events", tag = "commands",
+    get, path = "/v1/commands/{id}/events", tag = "commands", operation_id = "command_events",
     params(("id" = String, Path, description = "The command id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "text/event-stream of the command's events", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("api_key" = []))
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "Over the key's rate limit (see Retry-After) or its event streams", body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn events(
     State(state): State<AppState>,
@@ -234,9 +310,13 @@ pub async fn events(
     IdPath(id): IdPath<MessageId>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let ended = stored_result(&state, &id).await?.is_some();
+    let ended = matches!(
+        standing(&state, &caller.roles, &id).await?,
+        Standing::Ended(_)
+    );
     sse::respond(
         &state,
+        &caller,
         &headers,
         Filter::Command(id, caller.roles.clone()),
         ended,

@@ -30,8 +30,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, AppEr
 }
 
 /// Prometheus metrics: requests by route and status, their latency, commands by role,
-/// rate-limited requests.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, body = String)))]
+/// rate-limited requests. Served on `gateway.metrics_listen`, not with the API.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -99,53 +98,52 @@ impl From<StreamInfo> for StreamView {
     }
 }
 
-/// The roles this key may use that have a command stream, with consumers, pending work and
-/// lag.
-#[utoipa::path(get, path = "/v1/agents", tag = "mesh",
+/// The registered roles this key may use (those an agent has started for), with consumers,
+/// pending work and lag.
+#[utoipa::path(get, path = "/v1/roles", tag = "mesh",
     responses((status = 200, body = Vec<AgentView>), (status = 401, body = ErrorBody),
         (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 503, body = ErrorBody)),
-    security(("api_key" = [])))]
-pub async fn agents(
+    security(("api_key" = []), ("api_key_header" = [])))]
+pub async fn roles(
     State(state): State<AppState>,
     Authed(caller): Authed,
 ) -> Result<Json<Vec<AgentView>>, AppError> {
-    let agents = state
-        .bus()
-        .overview()
-        .await?
-        .into_iter()
+    let overview = state.mesh().overview(state.bus()).await?;
+    let roles = overview
+        .iter()
         .filter_map(|s| {
-            let role = s.role.filter(|r| caller.roles.allows(r))?;
-            let group = s.groups.into_iter().find(|g| g.name == role);
+            let role = s.role.as_ref().filter(|r| caller.roles.allows(r))?;
+            let group = s.groups.iter().find(|g| &g.name == role);
             Some(AgentView {
-                consumers: group.as_ref().map_or(0, |g| g.consumers),
-                pending: group.as_ref().map_or(0, |g| g.pending),
+                consumers: group.map_or(0, |g| g.consumers),
+                pending: group.map_or(0, |g| g.pending),
                 lag: group.and_then(|g| g.lag),
-                role,
+                role: role.clone(),
             })
         })
         .collect();
-    Ok(Json(agents))
+    Ok(Json(roles))
 }
 
-/// The MindBus streams this key may see (its roles' command streams; all of them, shared
-/// streams included, for a key allowed every role), with their lengths and groups.
+/// The MindBus streams this key may see (its registered roles' command streams; all of
+/// them, shared streams included, for a key allowed every role), with their lengths and
+/// groups.
 #[utoipa::path(get, path = "/v1/streams", tag = "mesh",
     responses((status = 200, body = Vec<StreamView>), (status = 401, body = ErrorBody),
         (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 503, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("api_key_header" = [])))]
 pub async fn streams(
     State(state): State<AppState>,
     Authed(caller): Authed,
 ) -> Result<Json<Vec<StreamView>>, AppError> {
-    // A key sees its roles' command streams; the shared streams only with every role.
-    let streams = state.bus().overview().await?;
+    let overview = state.mesh().overview(state.bus()).await?;
     Ok(Json(
-        streams
-            .into_iter()
+        overview
+            .iter()
             .filter(|s| caller.roles.allows_named(s.role.as_deref()))
+            .cloned()
             .map(StreamView::from)
             .collect(),
     ))

@@ -7,19 +7,19 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use mindbus::wire::{Command, ORCHESTRATOR_ROLE, Payload, RunCommand, Status};
+use mindbus::wire::{Command, ORCHESTRATOR_ROLE, OVER_QUOTA, Payload, RunCommand, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::commands::SOURCE;
-use super::{forget_idempotency, idempotent};
+use super::commands::{SOURCE, traceparent};
+use super::idempotent;
 use crate::AppState;
-use crate::auth::{Authed, Caller};
-use crate::body::JsonBody;
+use crate::auth::{Authed, Caller, Scope};
+use crate::body::{JsonBody, array_items};
 use crate::error::{AppError, ErrorBody};
-use crate::extract::IdPath;
+use crate::extract::{IdPath, QueryOf};
 use crate::sse::{self, Filter};
 
 /// How long the orchestrator has to answer.
@@ -52,6 +52,21 @@ fn yes() -> bool {
     true
 }
 
+/// A run just started (or, for a repeated `Idempotency-Key`, the first request's run).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunStarted {
+    pub run_id: Uuid,
+    /// `running`, or how the run has ended since.
+    pub status: String,
+}
+
+/// Recent runs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunList {
+    #[schema(value_type = Vec<Object>)]
+    pub runs: Vec<Value>,
+}
+
 /// The orchestrator's answer about a run.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunView {
@@ -60,7 +75,8 @@ pub struct RunView {
     pub run: Value,
 }
 
-/// Asks the orchestrator; its refusal becomes `refused(message)`.
+/// Asks the orchestrator; its refusal becomes `refused(message)` (or 429 when it is a
+/// refusal for being over the key's quota of runs).
 async fn ask(
     state: &AppState,
     command: Command,
@@ -75,6 +91,9 @@ async fn ask(
         .ok_or_else(|| AppError::Unavailable("the orchestrator did not answer in time".into()))?;
     match (result.status, result.failure) {
         (Status::Completed, _) => Ok(result.envelope.data.value),
+        (_, Some(failure)) if !failure.retryable && failure.errortype.as_str() == OVER_QUOTA => {
+            Err(AppError::OverQuota(failure.error))
+        }
         (_, Some(failure)) if !failure.retryable => Err(refused(failure.error)),
         _ => Err(AppError::Unavailable(
             "the orchestrator could not answer; try again".into(),
@@ -88,55 +107,73 @@ fn run_command(kind: RunCommand, data: Value) -> Command {
     command
 }
 
-/// The run, if this caller may see it (404 otherwise, so ids of other scopes stay unknown).
-async fn visible_run(state: &AppState, caller: &Caller, id: Uuid) -> Result<Value, AppError> {
-    let not_found = |_| AppError::NotFound(format!("no run {id}"));
-    let run = ask(
-        state,
-        run_command(RunCommand::Get, json!({"run_id": id})),
-        not_found,
-    )
-    .await?;
-    match run["workflow"].as_str() {
-        Some(workflow) if caller.workflows.allows(workflow) => Ok(run),
-        _ => Err(AppError::NotFound(format!("no run {id}"))),
+/// `data` with the caller's workflows added, when it may not see every workflow: the
+/// orchestrator then answers a run of another workflow as it answers a missing one (the
+/// same answer, in the same time, so ids of other scopes stay unknown).
+fn scoped(caller: &Caller, mut data: Value) -> Value {
+    if let (Scope::Only(workflows), Value::Object(map)) = (&caller.workflows, &mut data) {
+        map.insert("workflows".into(), json!(workflows));
     }
+    data
 }
 
-/// Starts a run of a workflow: 201 with the run id. A repeated `Idempotency-Key` returns the
-/// first request's run.
+/// The run, if this caller may see it (404 otherwise).
+async fn visible_run(state: &AppState, caller: &Caller, id: Uuid) -> Result<Value, AppError> {
+    let not_found = |_| AppError::NotFound(format!("no run {id}"));
+    let data = scoped(caller, json!({"run_id": id}));
+    ask(state, run_command(RunCommand::Get, data), not_found).await
+}
+
+/// Starts a run of a workflow: 201 with the run id and status. A repeated
+/// `Idempotency-Key` (same body) answers the same way for the first request's run.
 #[utoipa::path(
-    post, path = "/v1/runs", tag = "runs", request_body = NewRun,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
-    responses((status = 201, body = RunView), (status = 401, body = ErrorBody),
+    post, path = "/v1/runs", tag = "runs", request_body = NewRun, operation_id = "start_run",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key: a repeat with the same body answers for the first request's run"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context the run continues")),
+    responses((status = 201, body = RunStarted), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "Over the key's rate limit (see Retry-After) or its running runs", body = ErrorBody),
         (status = 503, body = ErrorBody)),
-    security(("api_key" = []))
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn start(
     State(state): State<AppState>,
     Authed(caller): Authed,
     headers: HeaderMap,
-    JsonBody(new): JsonBody<NewRun>,
-) -> Result<(StatusCode, Json<RunView>), AppError> {
+    JsonBody(new, body): JsonBody<NewRun>,
+) -> Result<(StatusCode, Json<RunStarted>), AppError> {
     if !caller.workflows.allows(&new.workflow) {
         return Err(AppError::Forbidden(format!(
             "this key may not start `{}`",
             new.workflow
         )));
     }
-    let mut command = run_command(
-        RunCommand::Start,
-        json!({"workflow": new.workflow, "input": new.input}),
-    );
+    let max_items = state.config().max_run_items;
+    let items = array_items(&new.input);
+    if items > max_items {
+        return Err(AppError::Invalid(format!(
+            "input: holds {items} array items, more than the {max_items} a run may fan out over"
+        )));
+    }
+    let data = json!({
+        "workflow": new.workflow,
+        "input": new.input,
+        "owner": caller.id,
+        "max_running": caller.max_runs,
+    });
+    let mut command = run_command(RunCommand::Start, data);
+    if let Some(trace) = traceparent(&headers)? {
+        command.envelope.traceparent = trace;
+    }
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);
     }
     let fresh = command.envelope.id.clone();
-    let id = idempotent(&state, &caller.name, "run", &headers, fresh).await?;
-    if id != command.envelope.id {
-        let first = visible_run(&state, &caller, mindbus::wire::run_id(&id))
+    let claim = idempotent(&state, &caller, "POST /v1/runs", &body, &headers, fresh).await?;
+    if !claim.first {
+        let run_id = mindbus::wire::run_id(&claim.id);
+        let first = visible_run(&state, &caller, run_id)
             .await
             .map_err(|e| match e {
                 AppError::NotFound(_) => AppError::Conflict(
@@ -144,28 +181,72 @@ pub async fn start(
                 ),
                 other => other,
             })?;
-        return Ok((StatusCode::CREATED, Json(RunView { run: first })));
+        let status = first["status"].as_str().unwrap_or("running").to_owned();
+        return Ok((StatusCode::CREATED, Json(RunStarted { run_id, status })));
     }
-    command.envelope.id = id;
     match ask(&state, command, AppError::Invalid).await {
-        Ok(run) => Ok((StatusCode::CREATED, Json(RunView { run }))),
+        Ok(run) => {
+            let started: RunStarted = serde_json::from_value(run)
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("run.start answered {e}")))?;
+            Ok((StatusCode::CREATED, Json(started)))
+        }
         // Refused for good: a retry with the same key may try again. (After a timeout the
         // start may still happen, so the key keeps pointing at it.)
-        Err(e @ AppError::Invalid(_)) => {
-            forget_idempotency(&state, &caller.name, "run", &headers).await;
+        Err(e @ (AppError::Invalid(_) | AppError::OverQuota(_))) => {
+            claim.release(&state).await;
             Err(e)
         }
         Err(e) => Err(e),
     }
 }
 
+/// Which runs to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only runs of this status: `running`, `completed`, `failed`, `canceled`.
+    pub status: Option<String>,
+    /// At most this many, newest first (1 to 1000; default 20).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// The most recent runs of the workflows this key may see.
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "runs", operation_id = "list_runs", params(ListQuery),
+    responses((status = 200, body = RunList), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("api_key" = []), ("api_key_header" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    QueryOf(query): QueryOf<ListQuery>,
+) -> Result<Json<RunList>, AppError> {
+    let data = scoped(
+        &caller,
+        json!({"status": query.status, "limit": query.limit.map(|l| l.clamp(1, 1000))}),
+    );
+    let runs = ask(
+        &state,
+        run_command(RunCommand::List, data),
+        AppError::Invalid,
+    )
+    .await?;
+    serde_json::from_value(runs)
+        .map(Json)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("run.list answered {e}")))
+}
+
 /// A run's status, input, output and steps.
 #[utoipa::path(
-    get, path = "/v1/runs/{id}", tag = "runs",
+    get, path = "/v1/runs/{id}", tag = "runs", operation_id = "show_run",
     params(("id" = Uuid, Path, description = "The run id")),
     responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("api_key" = []))
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn show(
     State(state): State<AppState>,
@@ -180,13 +261,13 @@ pub async fn show(
 /// The run's events (its transitions, and its commands' events with streamed text) as
 /// server-sent events, ending with `mindbus.run.ended`. Resumable with `Last-Event-ID`.
 #[utoipa::path(
-    get, path = "/v1/runs/{id}/events", tag = "runs",
+    get, path = "/v1/runs/{id}/events", tag = "runs", operation_id = "run_events",
     params(("id" = Uuid, Path, description = "The run id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses((status = 200, description = "text/event-stream of the run's events", content_type = "text/event-stream", body = String),
         (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("api_key" = []))
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn events(
     State(state): State<AppState>,
@@ -198,6 +279,7 @@ pub async fn events(
     let ended = run["status"].as_str() != Some("running");
     sse::respond(
         &state,
+        &caller,
         &headers,
         Filter::Run(id, caller.roles.clone()),
         ended,
@@ -207,12 +289,12 @@ pub async fn events(
 
 /// Cancels a run and its running commands (409 when it is already over).
 #[utoipa::path(
-    post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    post, path = "/v1/runs/{id}/cancel", tag = "runs", operation_id = "cancel_run",
     params(("id" = Uuid, Path, description = "The run id")),
     responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("api_key" = []))
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -220,9 +302,10 @@ pub async fn cancel(
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Json<RunView>, AppError> {
     visible_run(&state, &caller, id).await?;
+    let data = scoped(&caller, json!({"run_id": id}));
     let run = ask(
         &state,
-        run_command(RunCommand::Cancel, json!({"run_id": id})),
+        run_command(RunCommand::Cancel, data),
         AppError::Conflict,
     )
     .await?;
@@ -231,21 +314,22 @@ pub async fn cancel(
 
 /// Approves or rejects a run's approval step (409 when it is not waiting for one).
 #[utoipa::path(
-    post, path = "/v1/runs/{id}/approve", tag = "runs", request_body = Decision,
+    post, path = "/v1/runs/{id}/approve", tag = "runs", request_body = Decision, operation_id = "approve_run",
     params(("id" = Uuid, Path, description = "The run id")),
     responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("api_key" = []))
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn approve(
     State(state): State<AppState>,
     Authed(caller): Authed,
     IdPath(id): IdPath<Uuid>,
-    JsonBody(decision): JsonBody<Decision>,
+    JsonBody(decision, _): JsonBody<Decision>,
 ) -> Result<Json<RunView>, AppError> {
     visible_run(&state, &caller, id).await?;
     let data = json!({"run_id": id, "step": decision.step, "approved": decision.approved});
+    let data = scoped(&caller, data);
     let run = ask(
         &state,
         run_command(RunCommand::Approve, data),

@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 
-use crate::stack::{Stack, read_sse, read_sse_to_end};
+use crate::stack::{RUNS_PER_KEY, Stack, read_sse, read_sse_to_end};
+use crate::support::{ADMIN, SAMPLE};
 
 fn ended_with(kind: &'static str) -> impl Fn(&[crate::stack::Sse]) -> bool {
     move |events| events.last().is_some_and(|e| e.event == kind)
@@ -14,7 +15,7 @@ async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
     let mut waits = Vec::new();
     for i in 0..20 {
         let request = stack
-            .post(i % 2, "/v1/commands/echo?wait_ms=15000")
+            .post(i % 2, "/v1/roles/echo/commands?wait_ms=15000")
             .json(&json!({"type": "echo.say", "data": {"i": i}}));
         waits.push(tokio::spawn(async move { request.send().await.unwrap() }));
     }
@@ -34,7 +35,7 @@ async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
     // A repeated request after the result came answers at once with the same command.
     let repeat = || {
         stack
-            .post(1, "/v1/commands/echo?wait_ms=15000")
+            .post(1, "/v1/roles/echo/commands?wait_ms=15000")
             .header("idempotency-key", "repeat-1")
             .json(&json!({"type": "echo.say", "data": {"n": 1}}))
             .send()
@@ -53,7 +54,7 @@ async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
 
     let data = json!({"chunks": ["Once", " upon", " a time"], "sleep_ms": 200});
     let accepted = stack
-        .post(0, "/v1/commands/echo")
+        .post(0, "/v1/roles/echo/commands")
         .json(&json!({"type": "echo.tell", "data": data}))
         .send()
         .await
@@ -113,6 +114,10 @@ async fn a_run_over_http_and_a_resumed_event_stream_loses_nothing() {
             .contains("no workflow `no-such-workflow`"),
         "{message}"
     );
+    assert!(
+        !message.as_str().unwrap().contains("sample"),
+        "the refusal lists the workflows: {message}"
+    );
     // The refused request did not keep the key: retrying it with a good body starts the run.
     let created = start("sample").await.unwrap();
     assert_eq!(created.status(), 201);
@@ -154,4 +159,109 @@ async fn a_run_over_http_and_a_resumed_event_stream_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(again.status(), 409, "a finished run cannot be cancelled");
+}
+
+/// A key held to `sample` can neither see nor steer another workflow's run, and cannot tell
+/// one from a run that does not exist; a key may have `runs_per_key` runs running at once;
+/// a repeated start answers in the first answer's shape.
+#[tokio::test]
+async fn runs_hold_a_key_to_its_workflows_and_its_running_runs() {
+    let stack = Stack::up("run_scope").await;
+    let base = &stack.gateways[0];
+    let start = |key: &str, workflow: &str| {
+        stack
+            .http
+            .post(format!("{base}/v1/runs"))
+            .bearer_auth(key)
+            .json(&json!({"workflow": workflow, "input": {"topic": "scope"}}))
+            .send()
+    };
+    let call = |key: &str, method: reqwest::Method, path: String| {
+        stack
+            .http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(key)
+            .json(&json!({"step": "draft"}))
+            .send()
+    };
+    // No writer agent runs here: article runs stay running.
+    let mut article = Vec::new();
+    for _ in 0..RUNS_PER_KEY {
+        let started = start(ADMIN, "article").await.unwrap();
+        assert_eq!(started.status(), 201);
+        let body: Value = started.json().await.unwrap();
+        assert_eq!(body["status"], "running");
+        assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+        article.push(body["run_id"].as_str().unwrap().to_owned());
+    }
+    let over = start(ADMIN, "article").await.unwrap();
+    assert_eq!(over.status(), 429);
+    assert_eq!(
+        over.json::<Value>().await.unwrap()["error"]["code"],
+        "over_quota"
+    );
+
+    let missing = uuid::Uuid::now_v7().to_string();
+    for (id, exists) in [(&article[0], true), (&missing, false)] {
+        use reqwest::Method;
+        for (method, path) in [
+            (Method::GET, format!("/v1/runs/{id}")),
+            (Method::GET, format!("/v1/runs/{id}/events")),
+            (Method::POST, format!("/v1/runs/{id}/cancel")),
+            (Method::POST, format!("/v1/runs/{id}/approve")),
+        ] {
+            let answer = call(SAMPLE, method, path.clone()).await.unwrap();
+            assert_eq!(answer.status(), 404, "{path} (exists: {exists})");
+            let body: Value = answer.json().await.unwrap();
+            assert_eq!(body["error"]["message"], format!("no run {id}"), "{path}");
+        }
+    }
+    let listed = |key: &'static str| {
+        let list = stack
+            .http
+            .get(format!("{base}/v1/runs?limit=50"))
+            .bearer_auth(key)
+            .send();
+        async move {
+            let list: Value = list.await.unwrap().json().await.unwrap();
+            list["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["workflow"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        listed(SAMPLE).await.is_empty(),
+        "another workflow's runs listed"
+    );
+    assert_eq!(listed(ADMIN).await.len(), article.len());
+
+    // Cancelling one frees its place.
+    let path = format!("/v1/runs/{}/cancel", article[0]);
+    assert_eq!(
+        call(ADMIN, reqwest::Method::POST, path)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(start(ADMIN, "article").await.unwrap().status(), 201);
+
+    // A repeated start answers as the first did: the run's id and status.
+    let first_and_repeat = || {
+        stack
+            .http
+            .post(format!("{base}/v1/runs"))
+            .bearer_auth(SAMPLE)
+            .header("idempotency-key", "once")
+            .json(&json!({"workflow": "sample", "input": {"topic": "t"}}))
+            .send()
+    };
+    let first: Value = first_and_repeat().await.unwrap().json().await.unwrap();
+    let repeat: Value = first_and_repeat().await.unwrap().json().await.unwrap();
+    assert_eq!(first["run_id"], repeat["run_id"]);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&first), keys(&repeat));
 }

@@ -5,6 +5,7 @@
 mod connections;
 mod e2e;
 mod routes;
+mod scope;
 mod stack;
 mod support;
 #[path = "../../../monitor/tests/it/testenv.rs"]

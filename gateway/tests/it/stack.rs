@@ -9,14 +9,18 @@ use futures::StreamExt as _;
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::ADMIN;
+use crate::support::{ADMIN, SAMPLE};
 use crate::testenv::{TestDb, delete_prefix, eventually, redis_url, spawn_echo, unique};
+
+/// Runs one key may have running at once in the stack.
+pub const RUNS_PER_KEY: u32 = 2;
 
 pub struct Stack {
     pub gateways: Vec<String>,
     pub http: reqwest::Client,
     prefix: String,
     _db: TestDb,
+    _config: tempfile::TempDir,
     _children: Vec<Child>,
     agents: CancellationToken,
 }
@@ -45,12 +49,23 @@ impl Stack {
         let agents = CancellationToken::new();
         spawn_echo(&prefix, 256, agents.clone());
         let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/workflows");
+        // Besides the admin key from the environment, the key `SAMPLE`, held to `sample`.
+        let config = tempfile::tempdir().unwrap();
+        let file = config.path().join("mindbus.yaml");
+        let keys = format!(
+            "gateway:\n  api_keys:\n    - {{name: sample, sha256: {}, roles: [\"*\"], workflows: [sample]}}\n",
+            mindbus_gateway::auth::hash_key(SAMPLE)
+        );
+        std::fs::write(&file, keys).unwrap();
+        let file = file.to_str().unwrap().to_owned();
         let spawn = |name: &str, args: &[&str]| {
             tokio::process::Command::new(binary(name))
                 .args(args)
                 .args(["--prefix", &prefix, "--redis-url", &redis_url()])
                 .env("DATABASE_URL", &db.url)
                 .env("MINDBUS_GATEWAY_API_KEY", ADMIN)
+                .env("MINDBUS_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
+                .env("MINDBUS_GATEWAY__RUNS_PER_KEY", RUNS_PER_KEY.to_string())
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
@@ -61,7 +76,8 @@ impl Stack {
         let mut gateways = Vec::new();
         for _ in 0..2 {
             let address = format!("127.0.0.1:{}", free_port());
-            children.push(spawn("mindbus-gateway", &["--listen", &address]));
+            let args = ["--listen", &address, "--config", &file];
+            children.push(spawn("mindbus-gateway", &args));
             gateways.push(format!("http://{address}"));
         }
         let stack = Self {
@@ -69,13 +85,38 @@ impl Stack {
             http: reqwest::Client::new(),
             prefix,
             _db: db,
+            _config: config,
             _children: children,
             agents,
         };
         for base in &stack.gateways {
             stack.wait_ready(base).await;
         }
+        stack.wait_registered(&["echo", "orchestrator"]).await;
         stack
+    }
+
+    /// Waits until agents have started for `roles` (the gateway refuses other roles).
+    async fn wait_registered(&self, roles: &[&str]) {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let registry = format!("{}:roles", self.prefix);
+        eventually(Duration::from_secs(10), "the agents did not start", || {
+            let mut conn = conn.clone();
+            let registry = registry.clone();
+            async move {
+                let known: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(&registry)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                roles
+                    .iter()
+                    .all(|r| known.iter().any(|k| k == r))
+                    .then_some(())
+            }
+        })
+        .await;
     }
 
     async fn wait_ready(&self, base: &str) {

@@ -17,11 +17,17 @@ pub const ADMIN: &str = "admin-key-for-tests";
 pub const ECHO: &str = "echo-key";
 /// May do anything, twice a minute.
 pub const SLOW: &str = "slow-key";
+/// Another key named `echo`, with the same scopes as [`ECHO`].
+pub const ECHO_TWIN: &str = "echo-twin-key";
+/// May send to every role but start and see only `sample` runs.
+pub const SAMPLE: &str = "sample-key";
+/// Event streams one key may hold open in these tests.
+pub const STREAMS_PER_KEY: usize = 2;
 
-pub fn config(prefix: &str) -> Config {
+pub fn config(prefix: &str, redis_url: &str) -> Config {
     let mut config = Config {
         redis: RedisConfig {
-            url: redis_url().into(),
+            url: redis_url.into(),
             prefix: prefix.into(),
         },
         ..Config::default()
@@ -33,33 +39,54 @@ pub fn config(prefix: &str) -> Config {
         workflows: workflows.iter().map(|s| s.to_string()).collect(),
         requests_per_minute: rpm,
         tenant: (name == "echo").then(|| "acme".into()),
+        max_streams: None,
+        max_runs: None,
     };
     config.gateway.api_keys = vec![
         key("echo", ECHO, &["echo"], &["sample"], 10_000),
+        key("echo", ECHO_TWIN, &["echo"], &["sample"], 10_000),
         key("slow", SLOW, &["*"], &["*"], 2),
+        key("sample", SAMPLE, &["*"], &["sample"], 10_000),
     ];
+    config.gateway.streams_per_key = STREAMS_PER_KEY;
     config.gateway.max_body_bytes = 4096;
     config.gateway.max_json_depth = 8;
     config
 }
 
-/// The app in this process, on its own prefix (deleted on drop).
+/// The app in this process, on its own prefix (deleted on drop), where agents have
+/// started for the roles `echo` and `writer` (none runs: commands stay pending).
 pub struct Gw {
     pub prefix: String,
     pub app: Router,
+    /// The metrics endpoint, served apart from the API.
+    pub metrics: Router,
     stop: CancellationToken,
 }
 
 impl Gw {
     pub async fn new(name: &str) -> Self {
+        Self::on(name, &redis_url()).await
+    }
+
+    /// The app over the Redis at `redis_url`.
+    pub async fn on(name: &str, redis_url: &str) -> Self {
         let prefix = format!("t-gw-{name}-{}", uuid::Uuid::now_v7().simple());
+        let config = config(&prefix, redis_url);
+        let bus = mindbus::bus::Bus::connect(&config.redis).await.unwrap();
+        for role in ["echo", "writer"] {
+            mindbus::streams::ensure_role(&mut bus.connection(), bus.keys(), role)
+                .await
+                .unwrap();
+        }
         let stop = CancellationToken::new();
-        let state = AppState::new(&config(&prefix), Some(ADMIN), stop.clone())
+        let state = AppState::new(&config, Some(ADMIN), stop.clone())
             .await
             .unwrap();
         Self {
             prefix,
-            app: mindbus_gateway::app(state),
+            app: mindbus_gateway::app(state.clone()),
+            metrics: mindbus_gateway::metrics_app(state),
             stop,
         }
     }

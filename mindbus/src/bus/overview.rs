@@ -1,12 +1,12 @@
-//! What every stream holds and how far each group is: for `mindbus status` and the
-//! gateway's `/v1/streams` and `/v1/agents`.
+//! The registry of roles, and what every stream holds and how far each group is: for
+//! `mindbus status` and the gateway's `/v1/streams` and `/v1/roles`.
 
 use redis::Value;
 use serde::Serialize;
 
 use super::Bus;
 use crate::Error;
-use crate::streams::{command_streams, info_map};
+use crate::streams::info_map;
 
 /// One stream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,10 +53,29 @@ fn text(value: Option<&Value>) -> String {
 }
 
 impl Bus {
-    /// Every role's command stream, then the result, event and dead-letter streams.
-    pub async fn overview(&self) -> Result<Vec<StreamInfo>, Error> {
+    /// The roles in the registry of roles (sorted): those an agent has started for.
+    pub async fn roles(&self) -> Result<Vec<String>, Error> {
+        let mut roles: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys().roles())
+            .query_async(&mut self.connection())
+            .await?;
+        roles.sort();
+        Ok(roles)
+    }
+
+    /// Whether `role` is in the registry of roles.
+    pub async fn has_role(&self, role: &str) -> Result<bool, Error> {
+        Ok(redis::cmd("SISMEMBER")
+            .arg(self.keys().roles())
+            .arg(role)
+            .query_async(&mut self.connection())
+            .await?)
+    }
+
+    /// The command streams of `roles`, then the result, event and dead-letter streams.
+    pub async fn overview(&self, roles: &[String]) -> Result<Vec<StreamInfo>, Error> {
         let mut conn = self.connection();
-        let mut streams = command_streams(&mut conn, self.keys()).await?;
+        let mut streams: Vec<String> = roles.iter().map(|r| self.keys().commands(r)).collect();
         streams.extend(self.keys().shared_streams());
         let mut out = Vec::with_capacity(streams.len());
         for stream in streams {

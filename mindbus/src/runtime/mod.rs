@@ -34,7 +34,7 @@ pub use handler::{Context, Handler, HandlerError, HandlerResult};
 use crate::Error;
 use crate::config::{AgentConfig, RedisConfig};
 use crate::keys::{Keys, validate_role};
-use crate::streams::{Redis, ensure_group, parse_pending, until_up};
+use crate::streams::{Redis, ensure_role, parse_pending, until_up};
 use control::Cancellations;
 use handler::{DynHandler, Progress};
 use lease::Leases;
@@ -89,7 +89,7 @@ impl Agent {
         // An agent started before Redis (or while it restarts) waits for it.
         let connected = until_up(&shutdown, || async {
             let mut conn = redis.shared().await?;
-            ensure_group(&mut conn, &stream, &self.role, "0").await?;
+            ensure_role(&mut conn, &keys, &self.role).await?;
             Ok(conn)
         });
         let Some(conn) = connected.await else {

@@ -14,7 +14,7 @@ use super::reclaim::Reclaimer;
 use super::worker::Delivery;
 use super::{Shared, retry_delays};
 use crate::Error;
-use crate::streams::{ReadConnection, Redis, ensure_group, parse_pending, parse_range};
+use crate::streams::{ReadConnection, Redis, ensure_role, parse_pending, parse_range};
 
 /// Reads commands until `stop` fires, reconnecting (and recreating the group) after errors.
 pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: CancellationToken) {
@@ -59,7 +59,7 @@ async fn read_once(
     if conn.is_none() {
         let fresh = redis.read_connection(block).await?;
         let mut writes = shared.conn.clone();
-        ensure_group(&mut writes, &shared.stream, &shared.role, "0").await?;
+        ensure_role(&mut writes, &shared.keys, &shared.role).await?;
         // Listed in the group from the start, not only once it has read an entry, so
         // `mindbus status` and the gateway see an idle agent too.
         redis::cmd("XGROUP")

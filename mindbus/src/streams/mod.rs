@@ -150,6 +150,22 @@ where
     }
 }
 
+/// Creates `role`'s group on its command stream (and the stream) unless it exists, and
+/// lists the role in the registry of roles (an agent does this when it starts and whenever
+/// it reconnects, so the registry comes back after Redis loses its data).
+pub async fn ensure_role<C>(conn: &mut C, keys: &crate::keys::Keys, role: &str) -> Result<(), Error>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    ensure_group(conn, &keys.commands(role), role, "0").await?;
+    redis::cmd("SADD")
+        .arg(keys.roles())
+        .arg(role)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
 /// Whether an error means the consumer group (or its stream) vanished, e.g. after a Redis
 /// restart without persistence; the caller recreates it.
 pub fn is_nogroup(err: &Error) -> bool {

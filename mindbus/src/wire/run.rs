@@ -8,14 +8,21 @@ use std::str::FromStr;
 /// run.start data '{"workflow":"sample","input":{...}}'`.
 pub const ORCHESTRATOR_ROLE: &str = "orchestrator";
 
+/// The error type of a `run.start` refused because its owner has as many runs running as
+/// it may.
+pub const OVER_QUOTA: &str = "over_quota";
+
 /// What one can ask the orchestrator, as the command `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RunCommand {
-    /// `{"workflow": NAME, "input": {...}}`: start a run; its id is the command's id.
+    /// `{"workflow": NAME, "input": {...}}`: start a run; its id is the command's id. With
+    /// `"owner": NAME, "max_running": N`, refused (error type `over_quota`) while `NAME`
+    /// has `N` runs running.
     Start,
-    /// `{"run_id": ID}`: a run's state.
+    /// `{"run_id": ID}`: a run's state. Every command naming a run also takes
+    /// `"workflows": [NAME, ...]`: a run of another workflow is then answered as missing.
     Get,
-    /// `{"status": "running", "limit": 20}` (both optional): recent runs.
+    /// `{"status": "running", "limit": 20, "workflows": [...]}` (all optional): recent runs.
     List,
     /// `{"run_id": ID}`: stop a run and cancel its running commands.
     Cancel,

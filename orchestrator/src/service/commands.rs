@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mindbus::runtime::{Context, Handler, HandlerError, HandlerResult};
-use mindbus::wire::{Command, ErrorType, RunCommand, RunEventKind, RunStatus};
+use mindbus::wire::{Command, ErrorType, OVER_QUOTA, RunCommand, RunEventKind, RunStatus};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -26,12 +26,18 @@ struct Start {
     workflow: String,
     #[serde(default)]
     input: Value,
+    /// Who starts it, for `max_running`.
+    owner: Option<String>,
+    /// Runs `owner` may have running at once, this one included.
+    max_running: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RunRef {
     run_id: Uuid,
+    /// The workflows the asker may see; a run of another is answered as missing.
+    workflows: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,12 +45,14 @@ struct RunRef {
 struct List {
     status: Option<String>,
     limit: Option<i64>,
+    workflows: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Approve {
     run_id: Uuid,
+    workflows: Option<Vec<String>>,
     step: String,
     #[serde(default = "yes")]
     approved: bool,
@@ -65,19 +73,25 @@ impl Handler for Commands {
         let this = &self.0;
         match kind {
             RunCommand::Start => this.start(&ctx.command, parse(ctx.data())?).await,
-            RunCommand::Get => this.get(parse::<RunRef>(ctx.data())?.run_id).await,
+            RunCommand::Get => {
+                let RunRef { run_id, workflows } = parse(ctx.data())?;
+                this.get(run_id, workflows.as_deref()).await
+            }
             RunCommand::List => this.list(parse(ctx.data())?).await,
             RunCommand::Cancel => {
-                let run_id = parse::<RunRef>(ctx.data())?.run_id;
-                this.steer(run_id, Input::Cancel).await
+                let RunRef { run_id, workflows } = parse(ctx.data())?;
+                this.steer(run_id, workflows.as_deref(), Input::Cancel)
+                    .await
             }
             RunCommand::Approve => {
                 let Approve {
                     run_id,
+                    workflows,
                     step,
                     approved,
                 } = parse(ctx.data())?;
-                this.steer(run_id, Input::Decided { step, approved }).await
+                let input = Input::Decided { step, approved };
+                this.steer(run_id, workflows.as_deref(), input).await
             }
         }
     }
@@ -103,10 +117,10 @@ impl Orchestrator {
     /// Starts a run whose id is the command's id, so a redelivered start starts nothing new.
     async fn start(&self, command: &Command, start: Start) -> HandlerResult {
         let Some((workflow, source)) = self.catalog.get(&start.workflow) else {
+            // Not the names it knows: an asker may not be allowed to know them.
             return Err(HandlerError::fatal(format!(
-                "no workflow `{}`; known: {}",
-                start.workflow,
-                self.catalog.names().join(", ")
+                "no workflow `{}`",
+                start.workflow
             )));
         };
         let (state, actions) =
@@ -130,12 +144,26 @@ impl Orchestrator {
             traceparent: Some(command.envelope.traceparent.to_string()),
             tenant: command.tenant().map(str::to_owned),
             deadline_ms,
+            owner: start.owner.clone(),
         };
         let mut tx = self.pool.begin().await.map_err(retry)?;
+        let running = match (&start.owner, start.max_running) {
+            (Some(owner), Some(_)) => Some(store::running_of(&mut tx, owner).await.map_err(retry)?),
+            _ => None,
+        };
         if !store::insert_run(&mut tx, &run).await.map_err(retry)? {
             // A redelivered start: answer with the run it started.
             drop(tx);
-            return self.get(run.id).await;
+            return self.get(run.id, None).await;
+        }
+        if let (Some(running), Some(max)) = (running, start.max_running)
+            && running >= i64::from(max)
+        {
+            return Err(HandlerError::fatal(format!(
+                "{running} runs started with this key are running, as many as it may have; \
+                 start more once some end"
+            ))
+            .with_type(ErrorType::Other(OVER_QUOTA.into())));
         }
         if let Some(due) = deadline_ms {
             store::set_timer(&mut tx, run.id, Timer::Deadline.as_str(), "", due)
@@ -169,11 +197,12 @@ impl Orchestrator {
         Ok(json!({"run_id": run.id, "status": run.status.as_str()}))
     }
 
-    /// A run's whole state.
-    async fn get(&self, run_id: Uuid) -> HandlerResult {
+    /// A run's whole state, if it is of one of `workflows` (when given).
+    async fn get(&self, run_id: Uuid, workflows: Option<&[String]>) -> HandlerResult {
         let run = store::get_run(&self.pool, run_id)
             .await
             .map_err(retry)?
+            .filter(|run| workflows.is_none_or(|w| w.contains(&run.workflow)))
             .ok_or_else(|| HandlerError::fatal(format!("no run {run_id}")))?;
         Ok(json!({
             "run_id": run.id,
@@ -193,14 +222,27 @@ impl Orchestrator {
             .map(|s| s.parse::<RunStatus>())
             .transpose()
             .map_err(|e| HandlerError::fatal(format!("status: {e}")))?;
-        let runs = store::list_runs(&self.pool, status, list.limit.unwrap_or(20).clamp(1, 1000))
+        let limit = list.limit.unwrap_or(20).clamp(1, 1000);
+        let runs = store::list_runs(&self.pool, status, list.workflows.as_deref(), limit)
             .await
             .map_err(retry)?;
         Ok(json!({"runs": runs}))
     }
 
-    /// Cancels or decides; answers with the run's status, or why nothing changed.
-    async fn steer(&self, run_id: Uuid, input: Input) -> HandlerResult {
+    /// Cancels or decides a run of one of `workflows` (when given); answers with the run's
+    /// status, or why nothing changed.
+    async fn steer(
+        &self,
+        run_id: Uuid,
+        workflows: Option<&[String]>,
+        input: Input,
+    ) -> HandlerResult {
+        if let Some(workflows) = workflows {
+            let run = store::get_run(&self.pool, run_id).await.map_err(retry)?;
+            if !run.is_some_and(|run| workflows.contains(&run.workflow)) {
+                return Err(HandlerError::fatal(format!("no run {run_id}")));
+            }
+        }
         match self.advance(run_id, input).await.map_err(retry)? {
             Outcome::Applied(status) => Ok(json!({"run_id": run_id, "status": status.as_str()})),
             Outcome::Ignored(why) => Err(HandlerError::fatal(why)),

@@ -18,7 +18,9 @@ pub use outbox::{
     OutboxEntry, clear_timers, delete_sent, drop_timer, due_timers, push, set_timer, take_stale,
     take_timer,
 };
-pub use runs::{RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, save_run};
+pub use runs::{
+    RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, running_of, save_run,
+};
 
 /// A transaction on the run store.
 pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;

@@ -25,6 +25,9 @@ pub struct RunRow {
     pub tenant: Option<String>,
     /// The run's deadline, in Unix milliseconds.
     pub deadline_ms: Option<i64>,
+    /// Who started it, for a per-owner limit on running runs (the gateway names the API
+    /// key); `None` for runs started without one.
+    pub owner: Option<String>,
 }
 
 /// A run in a listing.
@@ -38,7 +41,7 @@ pub struct RunSummary {
     pub error: Option<String>,
 }
 
-const COLUMNS: &str = "id, workflow, definition, status, input, state, output, error, traceparent, tenant, \
+const COLUMNS: &str = "id, workflow, definition, status, input, state, output, error, traceparent, tenant, owner, \
      (extract(epoch FROM deadline_at) * 1000)::int8 AS deadline_ms";
 
 fn from_row(row: &PgRow) -> Result<RunRow, sqlx::Error> {
@@ -57,14 +60,15 @@ fn from_row(row: &PgRow) -> Result<RunRow, sqlx::Error> {
         traceparent: row.try_get("traceparent")?,
         tenant: row.try_get("tenant")?,
         deadline_ms: row.try_get("deadline_ms")?,
+        owner: row.try_get("owner")?,
     })
 }
 
 /// Inserts a new run; `false` when a run with this id exists (a redelivered start).
 pub async fn insert_run(tx: &mut Tx, run: &RunRow) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO mindbus_runs (id, workflow, definition, status, input, state, traceparent, tenant, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9::float8 / 1000)) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO mindbus_runs (id, workflow, definition, status, input, state, traceparent, tenant, deadline_at, owner) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9::float8 / 1000), $10) ON CONFLICT (id) DO NOTHING",
     )
     .bind(run.id)
     .bind(&run.workflow)
@@ -75,9 +79,23 @@ pub async fn insert_run(tx: &mut Tx, run: &RunRow) -> Result<bool, sqlx::Error> 
     .bind(&run.traceparent)
     .bind(&run.tenant)
     .bind(run.deadline_ms)
+    .bind(&run.owner)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Takes `owner`'s start lock for this transaction (so two starts cannot both see room
+/// for one more run) and counts its running runs.
+pub async fn running_of(tx: &mut Tx, owner: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('mindbus.run.owner:' || $1, 0))")
+        .bind(owner)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query_scalar("SELECT count(*) FROM mindbus_runs WHERE owner = $1 AND status = 'running'")
+        .bind(owner)
+        .fetch_one(&mut **tx)
+        .await
 }
 
 /// Locks a run's row for this transaction and reads it.
@@ -120,17 +138,20 @@ pub async fn save_run(tx: &mut Tx, run: &RunRow) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The most recent runs, optionally of one status.
+/// The most recent runs, optionally of one status and of some workflows only.
 pub async fn list_runs(
     pool: &PgPool,
     status: Option<RunStatus>,
+    workflows: Option<&[String]>,
     limit: i64,
 ) -> Result<Vec<RunSummary>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, workflow, status, created_at::text AS created_at, updated_at::text AS updated_at, error \
-         FROM mindbus_runs WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
+         FROM mindbus_runs WHERE ($1::text IS NULL OR status = $1) AND ($2::text[] IS NULL OR workflow = ANY($2)) \
+         ORDER BY created_at DESC LIMIT $3",
     )
     .bind(status.map(RunStatus::as_str))
+    .bind(workflows)
     .bind(limit)
     .fetch_all(pool)
     .await?;
