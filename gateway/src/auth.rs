@@ -12,7 +12,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mindbus::config::{ApiKeyConfig, GatewayConfig};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -70,6 +70,8 @@ pub struct Caller {
     pub max_runs: u32,
     /// Permits for the event streams it holds open.
     pub streams: Arc<Semaphore>,
+    /// Permits for its requests in flight.
+    in_flight: Arc<Semaphore>,
     limiter: DefaultDirectRateLimiter,
 }
 
@@ -125,13 +127,21 @@ fn caller(key: &ApiKeyConfig, config: &GatewayConfig) -> Caller {
         tenant: key.tenant.clone(),
         max_runs: key.max_runs.unwrap_or(config.runs_per_key).max(1),
         streams: Arc::new(Semaphore::new(streams)),
+        in_flight: Arc::new(Semaphore::new(
+            config.requests_per_key.clamp(1, Semaphore::MAX_PERMITS),
+        )),
         limiter: RateLimiter::direct(Quota::per_minute(rate)),
     }
 }
 
-/// An authenticated caller within its rate limit.
-#[derive(Debug, Clone)]
-pub struct Authed(pub Arc<Caller>);
+/// An authenticated caller within its rate limit, and one of its requests in flight
+/// (counted until the handler returns).
+#[derive(Debug)]
+pub struct Authed(pub Arc<Caller>, pub InFlight);
+
+/// One of a key's places for requests in flight, given back when dropped.
+#[derive(Debug)]
+pub struct InFlight(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl FromRequestParts<AppState> for Authed {
     type Rejection = AppError;
@@ -155,7 +165,12 @@ impl FromRequestParts<AppState> for Authed {
                 .increment(1);
             return Err(AppError::RateLimited(wait));
         }
-        Ok(Authed(caller))
+        let in_flight = caller.in_flight.clone().try_acquire_owned().map_err(|_| {
+            AppError::OverQuota(
+                "this key has as many requests in flight as it may; wait for some to end".into(),
+            )
+        })?;
+        Ok(Authed(caller, InFlight(in_flight)))
     }
 }
 

@@ -42,14 +42,18 @@ impl Filter {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        let (ours, roles) = match self {
-            Filter::Command(id, roles) => (event.correlationid.as_ref() == Some(id), roles),
-            Filter::Run(id, roles) => (
-                event.runid.as_deref() == Some(id.to_string().as_str()),
-                roles,
-            ),
-        };
-        ours && roles.allows_named(event.role.as_deref())
+        match self {
+            Filter::Command(id, roles) => {
+                event.correlationid.as_ref() == Some(id)
+                    && roles.allows_named(event.role.as_deref())
+            }
+            // The run's own transitions name no role: a key that may see the run sees
+            // them; its commands' events only for roles in scope.
+            Filter::Run(id, roles) => {
+                event.runid.as_deref() == Some(id.to_string().as_str())
+                    && event.role.as_deref().is_none_or(|role| roles.allows(role))
+            }
+        }
     }
 
     /// Whether `event` is the last one this stream sends.
@@ -85,7 +89,26 @@ struct Following {
     ended: bool,
     until: tokio::time::Instant,
     stop: tokio_util::sync::CancellationToken,
-    _permits: [OwnedSemaphorePermit; 2],
+    _permits: Permits,
+}
+
+/// A place for one event stream, the key's and the gateway's: taken before anything is
+/// looked up for the stream, so a key over its quota costs nothing more.
+#[derive(Debug)]
+pub struct Permits(#[allow(dead_code)] [OwnedSemaphorePermit; 2]);
+
+/// Takes a place for one more of `caller`'s event streams (429 over its quota, 503 over the
+/// gateway's).
+pub fn reserve(state: &AppState, caller: &Caller) -> Result<Permits, AppError> {
+    let own = caller.streams.clone().try_acquire_owned().map_err(|_| {
+        AppError::OverQuota(
+            "this key holds as many event streams open as it may; close one first".into(),
+        )
+    })?;
+    let permit = state.streams().clone().try_acquire_owned().map_err(|_| {
+        AppError::Unavailable("too many event streams are open; try again later".into())
+    })?;
+    Ok(Permits([own, permit]))
 }
 
 /// Answers with the event stream, starting after `Last-Event-ID` or from the moment the
@@ -93,7 +116,7 @@ struct Following {
 /// or run is already over: the stream then closes once it has sent what is left.
 pub async fn respond(
     state: &AppState,
-    caller: &Caller,
+    permits: Permits,
     headers: &HeaderMap,
     filter: Filter,
     ended: bool,
@@ -112,14 +135,6 @@ pub async fn respond(
     };
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let start = first_read(id, resume, now_ms, state.reply_ttl_secs());
-    let own = caller.streams.clone().try_acquire_owned().map_err(|_| {
-        AppError::OverQuota(
-            "this key holds as many event streams open as it may; close one first".into(),
-        )
-    })?;
-    let permit = state.streams().clone().try_acquire_owned().map_err(|_| {
-        AppError::Unavailable("too many event streams are open; try again later".into())
-    })?;
     let stream = state.bus().keys().events();
     let follower =
         Follower::after(state.bus(), stream.clone(), start, Duration::from_secs(5)).await?;
@@ -132,7 +147,7 @@ pub async fn respond(
         ended,
         until: tokio::time::Instant::now() + MAX_LIFETIME,
         stop: state.stop().clone(),
-        _permits: [own, permit],
+        _permits: permits,
     };
     Ok(Sse::new(events(following))
         .keep_alive(KeepAlive::default())

@@ -244,6 +244,10 @@ pub struct GatewayConfig {
     /// above).
     #[schemars(range(min = 1))]
     pub streams_per_key: usize,
+    /// Requests one key may have in flight at once, waits and body uploads included (429
+    /// above): no key can hold every connection.
+    #[schemars(range(min = 1))]
+    pub requests_per_key: usize,
     /// Runs one key may have running at once, unless the key says (429 above).
     #[schemars(range(min = 1))]
     pub runs_per_key: u32,
@@ -267,6 +271,7 @@ impl Default for GatewayConfig {
             write_timeout_ms: 30_000,
             metrics_listen: "127.0.0.1:9464".into(),
             streams_per_key: 16,
+            requests_per_key: 64,
             runs_per_key: 32,
             max_run_items: 1_000,
         }

@@ -101,7 +101,7 @@ impl CommandView {
 )]
 pub async fn publish(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     RolePath(role): RolePath,
     QueryOf(wait): QueryOf<Wait>,
     headers: HeaderMap,
@@ -127,31 +127,43 @@ pub async fn publish(
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);
     }
-    let fresh = command.envelope.id.clone();
-    let route = format!("POST /v1/commands/{role}");
-    let claim = idempotent(&state, &caller, &route, &body, &headers, fresh).await?;
+    // Registered before the command goes out, so a quick result is not missed.
+    let fresh_waiter = state.replies().register(&command.envelope.id);
+    // In a task of its own: a client that goes away cannot leave its Idempotency-Key
+    // claimed for a command that was never sent.
+    let task = {
+        let (state, role) = (state.clone(), role.clone());
+        tokio::spawn(async move {
+            let fresh = command.envelope.id.clone();
+            let route = format!("POST /v1/roles/{role}/commands");
+            let claim = idempotent(&state, &caller, &route, &body, &headers, fresh).await?;
+            if claim.first {
+                if let Err(e) = send(&state, &role, &command).await {
+                    claim.release(&state).await;
+                    return Err(e);
+                }
+                metrics::counter!("mindbus_gateway_commands_total", "role" => role).increment(1);
+            }
+            Ok(claim)
+        })
+    };
+    let claim = task
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("publishing a command: {e}")))??;
     let id = claim.id.clone();
-    let waiter = state.replies().register(&id);
-    if claim.first {
-        if let Err(e) = send(&state, &role, &command).await {
-            claim.release(&state).await;
-            return Err(e);
-        }
-        metrics::counter!("mindbus_gateway_commands_total", "role" => role.clone()).increment(1);
-    }
     let wait = wait.wait_ms.unwrap_or(0).min(state.config().max_wait_ms);
     if wait == 0 {
         return Ok((StatusCode::ACCEPTED, Json(CommandView::pending(id))).into_response());
     }
-    // A repeated request may come after the result: it is stored with the command.
-    let stored = if claim.first {
-        None
+    let result = if claim.first {
+        fresh_waiter.wait(Duration::from_millis(wait)).await
     } else {
-        stored_result(&state, &id).await?
-    };
-    let result = match stored {
-        Some(result) => Some(result),
-        None => waiter.wait(Duration::from_millis(wait)).await,
+        // A repeat may come after the result, which is stored with the command.
+        let waiter = state.replies().register(&id);
+        match stored_result(&state, &id).await? {
+            Some(result) => Some(result),
+            None => waiter.wait(Duration::from_millis(wait)).await,
+        }
     };
     Ok(match result {
         Some(result) => (StatusCode::OK, Json(CommandView::done(id, &result))).into_response(),
@@ -159,9 +171,9 @@ pub async fn publish(
     })
 }
 
-/// The Redis key under which the gateway remembers, for as long as results are kept, the
-/// role of a command it published: what tells a pending command from no command, and
-/// whether a key may see it.
+/// The Redis key under which the gateway remembers, as long as results and idempotency
+/// keys are kept (whichever is longer), the role of a command it published: what tells a
+/// pending command from no command, and whether a key may see it.
 fn sent_key(state: &AppState, id: &MessageId) -> String {
     format!("{}:sent:{id}", state.bus().keys().prefix())
 }
@@ -175,7 +187,7 @@ async fn send(state: &AppState, role: &str, command: &Command) -> Result<(), App
         .arg(&note)
         .arg(role)
         .arg("EX")
-        .arg(state.reply_ttl_secs().max(60))
+        .arg(state.reply_ttl_secs().max(super::IDEMPOTENCY_TTL_SECS))
         .query_async::<()>(&mut conn)
         .await?;
     if let Err(e) = state.bus().publish(role, command).await {
@@ -282,7 +294,7 @@ async fn stored_result(
 )]
 pub async fn show(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     IdPath(id): IdPath<MessageId>,
 ) -> Result<Json<CommandView>, AppError> {
     Ok(Json(match standing(&state, &caller.roles, &id).await? {
@@ -306,17 +318,18 @@ pub async fn show(
 )]
 pub async fn events(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     IdPath(id): IdPath<MessageId>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    let permits = sse::reserve(&state, &caller)?;
     let ended = matches!(
         standing(&state, &caller.roles, &id).await?,
         Standing::Ended(_)
     );
     sse::respond(
         &state,
-        &caller,
+        permits,
         &headers,
         Filter::Command(id, caller.roles.clone()),
         ended,

@@ -14,7 +14,7 @@ use crate::body::BodyHash;
 use crate::error::AppError;
 
 /// How long an `Idempotency-Key` is remembered.
-const IDEMPOTENCY_TTL_SECS: u64 = 86_400;
+pub(crate) const IDEMPOTENCY_TTL_SECS: u64 = 86_400;
 
 /// What an `Idempotency-Key` is bound to: the id of the first request's command or run,
 /// and that request's route and body, which a repeat must match.

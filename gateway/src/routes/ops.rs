@@ -107,7 +107,7 @@ impl From<StreamInfo> for StreamView {
     security(("api_key" = []), ("api_key_header" = [])))]
 pub async fn roles(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
 ) -> Result<Json<Vec<AgentView>>, AppError> {
     let overview = state.mesh().overview(state.bus()).await?;
     let roles = overview
@@ -136,7 +136,7 @@ pub async fn roles(
     security(("api_key" = []), ("api_key_header" = [])))]
 pub async fn streams(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
 ) -> Result<Json<Vec<StreamView>>, AppError> {
     let overview = state.mesh().overview(state.bus()).await?;
     Ok(Json(

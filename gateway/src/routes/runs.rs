@@ -104,6 +104,11 @@ async fn ask(
 fn run_command(kind: RunCommand, data: Value) -> Command {
     let mut command = Command::new(kind.as_str(), Payload::json(data));
     command.envelope.source = SOURCE.into();
+    // A question nobody waits for any more is skipped, not answered into the result
+    // stream. (Not a start: its deadline would become the run's.)
+    if kind != RunCommand::Start {
+        command.deadline = Some(jiff::Timestamp::now() + ANSWER_WITHIN);
+    }
     command
 }
 
@@ -139,7 +144,7 @@ async fn visible_run(state: &AppState, caller: &Caller, id: Uuid) -> Result<Valu
 )]
 pub async fn start(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     headers: HeaderMap,
     JsonBody(new, body): JsonBody<NewRun>,
 ) -> Result<(StatusCode, Json<RunStarted>), AppError> {
@@ -169,35 +174,31 @@ pub async fn start(
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);
     }
-    let fresh = command.envelope.id.clone();
-    let claim = idempotent(&state, &caller, "POST /v1/runs", &body, &headers, fresh).await?;
-    if !claim.first {
-        let run_id = mindbus::wire::run_id(&claim.id);
-        let first = visible_run(&state, &caller, run_id)
-            .await
-            .map_err(|e| match e {
-                AppError::NotFound(_) => AppError::Conflict(
-                    "a request with this Idempotency-Key is still starting its run; retry".into(),
-                ),
-                other => other,
-            })?;
-        let status = first["status"].as_str().unwrap_or("running").to_owned();
-        return Ok((StatusCode::CREATED, Json(RunStarted { run_id, status })));
-    }
-    match ask(&state, command, AppError::Invalid).await {
-        Ok(run) => {
-            let started: RunStarted = serde_json::from_value(run)
-                .map_err(|e| AppError::Internal(anyhow::anyhow!("run.start answered {e}")))?;
-            Ok((StatusCode::CREATED, Json(started)))
+    // In a task of its own: a client that goes away cannot leave its Idempotency-Key
+    // claimed for a start that was never sent.
+    let task = tokio::spawn(async move {
+        let fresh = command.envelope.id.clone();
+        let claim = idempotent(&state, &caller, "POST /v1/runs", &body, &headers, fresh).await?;
+        // A repeat sends the same start again: the orchestrator starts a run once per id,
+        // so it answers with the run the first request started, or starts it if that one
+        // never got through, or refuses it as it refused the first.
+        command.envelope.id = claim.id.clone();
+        match ask(&state, command, AppError::Invalid).await {
+            Ok(run) => serde_json::from_value::<RunStarted>(run)
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("run.start answered {e}"))),
+            // Refused, or never sent: a retry with the same key may try again. (After a
+            // timeout the start may still happen, so the key keeps pointing at it.)
+            Err(e @ (AppError::Invalid(_) | AppError::OverQuota(_) | AppError::Internal(_))) => {
+                claim.release(&state).await;
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
-        // Refused for good: a retry with the same key may try again. (After a timeout the
-        // start may still happen, so the key keeps pointing at it.)
-        Err(e @ (AppError::Invalid(_) | AppError::OverQuota(_))) => {
-            claim.release(&state).await;
-            Err(e)
-        }
-        Err(e) => Err(e),
-    }
+    });
+    let started = task
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("starting a run: {e}")))??;
+    Ok((StatusCode::CREATED, Json(started)))
 }
 
 /// Which runs to list.
@@ -222,7 +223,7 @@ pub struct ListQuery {
 )]
 pub async fn list(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     QueryOf(query): QueryOf<ListQuery>,
 ) -> Result<Json<RunList>, AppError> {
     let data = scoped(
@@ -250,7 +251,7 @@ pub async fn list(
 )]
 pub async fn show(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Json<RunView>, AppError> {
     Ok(Json(RunView {
@@ -271,15 +272,16 @@ pub async fn show(
 )]
 pub async fn events(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     IdPath(id): IdPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    let permits = sse::reserve(&state, &caller)?;
     let run = visible_run(&state, &caller, id).await?;
     let ended = run["status"].as_str() != Some("running");
     sse::respond(
         &state,
-        &caller,
+        permits,
         &headers,
         Filter::Run(id, caller.roles.clone()),
         ended,
@@ -298,7 +300,7 @@ pub async fn events(
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Json<RunView>, AppError> {
     visible_run(&state, &caller, id).await?;
@@ -323,7 +325,7 @@ pub async fn cancel(
 )]
 pub async fn approve(
     State(state): State<AppState>,
-    Authed(caller): Authed,
+    Authed(caller, ..): Authed,
     IdPath(id): IdPath<Uuid>,
     JsonBody(decision, _): JsonBody<Decision>,
 ) -> Result<Json<RunView>, AppError> {

@@ -264,4 +264,19 @@ async fn runs_hold_a_key_to_its_workflows_and_its_running_runs() {
     assert_eq!(first["run_id"], repeat["run_id"]);
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&first), keys(&repeat));
+
+    // A key allowed only some roles still follows its run to the end: the run's own
+    // transitions name no role.
+    let events = stack
+        .http
+        .get(format!(
+            "{base}/v1/runs/{}/events",
+            first["run_id"].as_str().unwrap()
+        ))
+        .bearer_auth(SAMPLE);
+    let events = read_sse(events, ended_with("mindbus.run.ended")).await;
+    assert!(
+        events.iter().any(|e| e.event == "mindbus.run.started"),
+        "{events:?}"
+    );
 }

@@ -7,7 +7,8 @@ use mindbus_testkit::servers::{Persistence, PrivateRedis};
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN, ECHO, ECHO_TWIN, Gw, SAMPLE, STREAMS_PER_KEY, get, json, post, redis_url,
+    ADMIN, ECHO, ECHO_TWIN, Gw, REQUESTS_PER_KEY, SAMPLE, STREAMS_PER_KEY, get, json, post,
+    redis_url,
 };
 
 async fn xlen(stream: &str) -> usize {
@@ -295,4 +296,48 @@ async fn metrics_are_served_apart_from_the_api() {
             .contains("mindbus_gateway_requests_total"),
         "{text}"
     );
+}
+
+/// One key cannot hold every connection with waiting requests: past its requests in
+/// flight it gets 429 at once, while another key is served.
+#[tokio::test]
+async fn a_key_has_at_most_its_own_requests_in_flight() {
+    let gw = Gw::new("in-flight").await;
+    let body = r#"{"type": "echo.say"}"#;
+    // No agent answers: each waits the whole second.
+    let waiting = (0..REQUESTS_PER_KEY).map(|_| {
+        gw.send(post(
+            "/v1/roles/echo/commands?wait_ms=1000",
+            Some(ECHO),
+            body,
+        ))
+    });
+    // Probes until the waiting requests hold every place (they hold them for a second).
+    let over = async {
+        loop {
+            let probe = gw
+                .send(post("/v1/roles/echo/commands", Some(ECHO), body))
+                .await;
+            if probe.status() != StatusCode::ACCEPTED {
+                let other = gw
+                    .send(post("/v1/roles/echo/commands", Some(ECHO_TWIN), body))
+                    .await;
+                break (probe, other);
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let (waited, (over, other)) = tokio::join!(futures::future::join_all(waiting), over);
+    assert!(waited.iter().all(|r| r.status() == StatusCode::ACCEPTED));
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(over).await["error"]["code"], "over_quota");
+    assert_eq!(
+        other.status(),
+        StatusCode::ACCEPTED,
+        "another key is served"
+    );
+    let after = gw
+        .send(post("/v1/roles/echo/commands", Some(ECHO), body))
+        .await;
+    assert_eq!(after.status(), StatusCode::ACCEPTED, "the places come back");
 }

@@ -49,11 +49,12 @@ impl Stack {
         let agents = CancellationToken::new();
         spawn_echo(&prefix, 256, agents.clone());
         let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/workflows");
-        // Besides the admin key from the environment, the key `SAMPLE`, held to `sample`.
+        // Besides the admin key from the environment, the key `SAMPLE`, held to `sample`
+        // and the role `echo`.
         let config = tempfile::tempdir().unwrap();
         let file = config.path().join("mindbus.yaml");
         let keys = format!(
-            "gateway:\n  api_keys:\n    - {{name: sample, sha256: {}, roles: [\"*\"], workflows: [sample]}}\n",
+            "gateway:\n  api_keys:\n    - {{name: sample, sha256: {}, roles: [echo], workflows: [sample]}}\n",
             mindbus_gateway::auth::hash_key(SAMPLE)
         );
         std::fs::write(&file, keys).unwrap();

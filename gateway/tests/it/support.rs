@@ -23,6 +23,8 @@ pub const ECHO_TWIN: &str = "echo-twin-key";
 pub const SAMPLE: &str = "sample-key";
 /// Event streams one key may hold open in these tests.
 pub const STREAMS_PER_KEY: usize = 2;
+/// Requests one key may have in flight in these tests.
+pub const REQUESTS_PER_KEY: usize = 4;
 
 pub fn config(prefix: &str, redis_url: &str) -> Config {
     let mut config = Config {
@@ -49,6 +51,7 @@ pub fn config(prefix: &str, redis_url: &str) -> Config {
         key("sample", SAMPLE, &["*"], &["sample"], 10_000),
     ];
     config.gateway.streams_per_key = STREAMS_PER_KEY;
+    config.gateway.requests_per_key = REQUESTS_PER_KEY;
     config.gateway.max_body_bytes = 4096;
     config.gateway.max_json_depth = 8;
     config
