@@ -1,5 +1,7 @@
-//! One model call, written once for every provider: budget check, shared rate limit,
-//! a streamed answer, retries that honour `Retry-After`, and fallback to the next model.
+//! One model call, written once for every provider: shared rate limit, then a budget
+//! reservation, a streamed answer that counts only when the provider ends it properly,
+//! retries that honour `Retry-After`, and fallback to the next model. Every call that
+//! reached a provider is charged and reported, answered or not.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::LlmConfig;
-use super::failure::{Failure, classify};
+use super::failure::{Failure, classify, is_refusal};
 use super::limits::Limiter;
 use super::models::{ModelRef, Provider, Target};
+use super::secrets::Scrubber;
 use super::spend::{BudgetError, Ledger, Payer, Usage};
 
 /// What to ask.
@@ -65,10 +68,27 @@ pub enum CallError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Receives the answer's text as it streams.
-pub trait Chunks: Send + Sync {
+/// One call that reached a provider, and what it cost.
+#[derive(Debug, Clone)]
+pub struct Spent {
+    /// The model called.
+    pub model: ModelRef,
+    /// Tokens and cost.
+    pub usage: Usage,
+    /// Whether tokens were estimated (the provider did not report them).
+    pub estimated: bool,
+    /// From the request to the last token (or to the failure).
+    pub latency: Duration,
+    /// Whether the call failed or was cancelled after the provider took it.
+    pub failed: bool,
+}
+
+/// Receives what a call produces as it goes.
+pub trait Observer: Send + Sync {
     /// One piece of text from `model`.
     fn chunk(&self, model: &ModelRef, text: &str) -> impl Future<Output = ()> + Send;
+    /// A call that reached a provider is over (answered, failed or cancelled).
+    fn spent(&self, spent: &Spent) -> impl Future<Output = ()> + Send;
 }
 
 /// The provider-agnostic caller.
@@ -77,15 +97,18 @@ pub struct Caller {
     client: genai::Client,
     limiter: Limiter,
     ledger: Ledger,
+    scrubber: Scrubber,
 }
 
 impl Caller {
-    /// A caller that limits through `limiter` and spends through `ledger`.
-    pub fn new(limiter: Limiter, ledger: Ledger) -> Result<Self, genai::Error> {
+    /// A caller that limits through `limiter`, spends through `ledger` and scrubs every
+    /// text a provider sends back with `scrubber`.
+    pub fn new(limiter: Limiter, ledger: Ledger, scrubber: Scrubber) -> Result<Self, genai::Error> {
         Ok(Self {
             client: genai::Client::new()?,
             limiter,
             ledger,
+            scrubber,
         })
     }
 
@@ -96,7 +119,7 @@ impl Caller {
         models: &[ModelRef],
         prompt: &Prompt,
         payer: &Payer,
-        chunks: &impl Chunks,
+        observer: &impl Observer,
         cancel: &CancellationToken,
     ) -> Result<Answer, CallError> {
         let mut tried = Vec::new();
@@ -109,7 +132,7 @@ impl Caller {
                 }
             };
             match self
-                .call_model(config, model, &target, prompt, payer, chunks, cancel)
+                .call_model(config, model, &target, prompt, payer, observer, cancel)
                 .await
             {
                 Ok(answer) => return Ok(answer),
@@ -134,7 +157,7 @@ impl Caller {
         target: &Target,
         prompt: &Prompt,
         payer: &Payer,
-        chunks: &impl Chunks,
+        observer: &impl Observer,
         cancel: &CancellationToken,
     ) -> Result<Answer, Attempted> {
         let retry = config.retry;
@@ -144,16 +167,10 @@ impl Caller {
             .with_jitter()
             .without_max_times()
             .build();
-        let estimate =
-            (prompt.system.len() + prompt.user.len()) as u64 / 4 + u64::from(prompt.max_tokens);
+        let prompt_tokens = (prompt.system.len() + prompt.user.len()) as u64 / 4;
+        let estimate = prompt_tokens + u64::from(prompt.max_tokens);
+        let price = config.price(model);
         for attempt in 1..=retry.attempts.max(1) {
-            self.ledger
-                .check(&config.budgets, payer)
-                .await
-                .map_err(|e| match e {
-                    BudgetError::Exceeded(why) => Attempted::Stop(CallError::BudgetExceeded(why)),
-                    BudgetError::Redis(e) => Attempted::Stop(e.into()),
-                })?;
             let admitted = self
                 .limiter
                 .acquire(config, model, estimate, cancel)
@@ -162,24 +179,75 @@ impl Caller {
             if !admitted {
                 return Err(Attempted::Stop(CallError::Canceled));
             }
+            // Charged now that it may start: calls let through together see each other.
+            let most = price.cost_micros(prompt_tokens, u64::from(prompt.max_tokens));
+            let reservation = self
+                .ledger
+                .reserve(&config.budgets, payer, most)
+                .await
+                .map_err(|e| match e {
+                    BudgetError::Exceeded(why) => Attempted::Stop(CallError::BudgetExceeded(why)),
+                    BudgetError::Redis(e) => Attempted::Stop(e.into()),
+                })?;
+            let started = Instant::now();
+            let mut progress = Progress::default();
             let timeout = config.timeout(model);
             let streamed = tokio::time::timeout(
                 timeout,
-                self.stream(config, model, target, prompt, chunks, cancel),
-            );
-            let failure = match streamed.await.unwrap_or_else(|_| {
+                self.stream(
+                    config,
+                    model,
+                    target,
+                    prompt,
+                    observer,
+                    cancel,
+                    &mut progress,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| {
                 Err(Streamed::Failed(Failure::Unavailable(format!(
                     "no whole answer within {} ms",
                     timeout.as_millis()
                 ))))
-            }) {
-                Ok(answer) => {
-                    self.ledger
-                        .record(payer, answer.usage)
-                        .await
-                        .map_err(|e| Attempted::Stop(e.into()))?;
-                    return Ok(answer);
+            });
+            // What the provider bills: its own count for an answer, else an estimate for a
+            // call it took (an answer cut off, cancelled or out of time).
+            let spent = match &streamed {
+                Ok(answer) => Some((answer.usage, answer.estimated, false)),
+                Err(_) if progress.sent => {
+                    let tokens_out = progress.text.len() as u64 / 4;
+                    let usage = Usage {
+                        tokens_in: prompt_tokens,
+                        tokens_out,
+                        cost_micros: price.cost_micros(prompt_tokens, tokens_out),
+                    };
+                    Some((usage, true, true))
                 }
+                Err(_) => None,
+            };
+            let ledger = match spent {
+                Some((usage, estimated, failed)) => {
+                    observer
+                        .spent(&Spent {
+                            model: model.clone(),
+                            usage,
+                            estimated,
+                            latency: started.elapsed(),
+                            failed,
+                        })
+                        .await;
+                    self.ledger.settle(reservation, usage).await
+                }
+                None => self.ledger.release(reservation).await,
+            };
+            if let Err(e) = ledger {
+                // The money is spent either way: the answer is kept, the estimate stays
+                // counted, and the call is not made again for want of a ledger entry.
+                warn!(%model, error = %e, "could not settle a call's cost; its estimate stays charged");
+            }
+            let failure = match streamed {
+                Ok(answer) => return Ok(answer),
                 Err(Streamed::Canceled) => return Err(Attempted::Stop(CallError::Canceled)),
                 Err(Streamed::Failed(failure)) => failure,
             };
@@ -210,14 +278,18 @@ impl Caller {
         Err(Attempted::Next(Failure::Unavailable("no attempts".into())))
     }
 
+    /// One streamed call. `progress` keeps, past a timeout that drops this future, whether
+    /// the provider took the call and the text it sent.
+    #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         config: &LlmConfig,
         model: &ModelRef,
         target: &Target,
         prompt: &Prompt,
-        chunks: &impl Chunks,
+        observer: &impl Observer,
         cancel: &CancellationToken,
+        progress: &mut Progress,
     ) -> Result<Answer, Streamed> {
         let started = Instant::now();
         let request = ChatRequest::new(vec![ChatMessage::user(prompt.user.clone())])
@@ -238,13 +310,21 @@ impl Caller {
             )),
         };
         let service = target.service_target(model);
+        let failed = |e: &genai::Error| Streamed::Failed(classify(e).scrubbed(&self.scrubber));
+        // From here the provider may be working on it (and billing), until it says no.
+        progress.sent = true;
         let response = tokio::select! {
             () = cancel.cancelled() => return Err(Streamed::Canceled),
             response = self.client.exec_chat_stream(service, request, Some(&options)) => response,
         };
-        let mut stream = response.map_err(|e| Streamed::Failed(classify(&e)))?.stream;
-        let mut text = String::new();
-        let mut reported = None;
+        let mut stream = match response {
+            Ok(response) => response.stream,
+            Err(e) => {
+                progress.sent = false;
+                return Err(failed(&e));
+            }
+        };
+        let mut end = None;
         loop {
             let event = tokio::select! {
                 () = cancel.cancelled() => return Err(Streamed::Canceled),
@@ -252,15 +332,31 @@ impl Caller {
             };
             match event {
                 None => break,
-                Some(Err(e)) => return Err(Streamed::Failed(classify(&e))),
-                Some(Ok(ChatStreamEvent::Chunk(chunk))) => {
-                    text.push_str(&chunk.content);
-                    chunks.chunk(model, &chunk.content).await;
+                Some(Err(e)) => {
+                    // An error status comes as the stream's first event.
+                    if is_refusal(&e) {
+                        progress.sent = false;
+                    }
+                    return Err(failed(&e));
                 }
-                Some(Ok(ChatStreamEvent::End(end))) => reported = end.captured_usage,
+                Some(Ok(ChatStreamEvent::Chunk(chunk))) => {
+                    progress.text.push_str(&chunk.content);
+                    observer.chunk(model, &chunk.content).await;
+                }
+                Some(Ok(ChatStreamEvent::End(stream_end))) => end = Some(stream_end),
                 Some(Ok(_)) => {}
             }
         }
+        // An answer counts only when the provider ended it: a stream cut off midway (no
+        // end, or an end without a stop reason) is a failure worth retrying, never an
+        // answer to cache.
+        let Some(end) = end.filter(|e| e.captured_stop_reason.is_some()) else {
+            return Err(Streamed::Failed(Failure::Malformed(
+                "the answer stream stopped before the provider finished it".into(),
+            )));
+        };
+        let reported = end.captured_usage;
+        let text = std::mem::take(&mut progress.text);
         let tokens = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok());
         let reported_in = reported.as_ref().and_then(|u| tokens(u.prompt_tokens));
         let reported_out = reported.as_ref().and_then(|u| tokens(u.completion_tokens));
@@ -290,4 +386,13 @@ enum Attempted {
 enum Streamed {
     Canceled,
     Failed(Failure),
+}
+
+/// How far one call got.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The request went out and the provider did not refuse it.
+    sent: bool,
+    /// The text streamed so far.
+    text: String,
 }

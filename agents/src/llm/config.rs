@@ -36,6 +36,11 @@ pub struct LlmConfig {
     /// Spending limits in USD.
     #[serde(default)]
     pub budgets: Budgets,
+    /// The tenants that may spend. When set, a command naming no tenant or another one is
+    /// refused (`unknown_tenant`) before any call; by default any tenant a command names
+    /// is taken (whoever can write to Redis picks whose budget it spends).
+    #[serde(default)]
+    pub tenants: Option<Vec<String>>,
     /// The cache of deterministic calls (temperature 0).
     #[serde(default)]
     pub cache: CacheConfig,

@@ -5,6 +5,8 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::StatusCode;
 
+use super::secrets::Scrubber;
+
 /// A failed call, classified.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {
@@ -30,6 +32,19 @@ impl Failure {
             self,
             Failure::RateLimited(_) | Failure::Unavailable(_) | Failure::Malformed(_)
         )
+    }
+
+    /// The same failure with every key scrubbed out of its text (a provider's error body
+    /// may echo the request's headers).
+    pub fn scrubbed(self, scrubber: &Scrubber) -> Self {
+        match self {
+            Failure::RateLimited(after) => Failure::RateLimited(after),
+            Failure::Unavailable(why) => Failure::Unavailable(scrubber.scrub(&why)),
+            Failure::ContextLength(why) => Failure::ContextLength(scrubber.scrub(&why)),
+            Failure::Malformed(why) => Failure::Malformed(scrubber.scrub(&why)),
+            Failure::Refused(why) => Failure::Refused(scrubber.scrub(&why)),
+            Failure::Fatal(why) => Failure::Fatal(scrubber.scrub(&why)),
+        }
     }
 
     /// A short description for errors and logs (never the request, which holds no key
@@ -70,6 +85,12 @@ pub fn classify(err: &genai::Error) -> Failure {
         | genai::Error::WebAdapterCall { .. } => Failure::Unavailable(first_line(err)),
         _ => Failure::Fatal(first_line(err)),
     }
+}
+
+/// Whether the provider answered with an error status: it refused the call, which is then
+/// not billed.
+pub fn is_refusal(err: &genai::Error) -> bool {
+    http_failure(err).is_some()
 }
 
 /// The status, headers and body of a failed HTTP response; a streamed call keeps them
@@ -123,12 +144,14 @@ fn from_status(status: StatusCode, headers: &HeaderMap, body: &str) -> Failure {
 
 /// The phrases OpenAI, Anthropic, Gemini and llama.cpp use for a prompt that is too long.
 fn is_context_length(body: &str) -> bool {
-    const MARKERS: [&str; 5] = [
+    const MARKERS: [&str; 7] = [
         "context_length_exceeded",
         "maximum context length",
         "prompt is too long",
         "exceeds the maximum number of tokens",
         "exceeds the context size",
+        "exceeds the available context size",
+        "exceed_context_size_error",
     ];
     let body = body.to_ascii_lowercase();
     MARKERS.iter().any(|m| body.contains(m))
@@ -186,6 +209,11 @@ mod tests {
         let openai = r#"{"error":{"code":"context_length_exceeded","message":"too long"}}"#;
         assert!(matches!(
             from_status(StatusCode::BAD_REQUEST, &none, openai),
+            Failure::ContextLength(_)
+        ));
+        let llama = r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":8192}}"#;
+        assert!(matches!(
+            from_status(StatusCode::BAD_REQUEST, &none, llama),
             Failure::ContextLength(_)
         ));
         assert!(matches!(

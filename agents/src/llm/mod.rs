@@ -8,13 +8,16 @@
 //!   `Retry-After`, fallback to the next model;
 //! - [`failure`]: provider errors classified (rate limit, outage, context length,
 //!   malformed answer, fatal);
-//! - [`limits`], [`spend`], [`cache`]: shared state in Redis (GCRA rate limits, spend and
-//!   usage totals, cached deterministic answers);
+//! - [`limits`], [`spend`], [`cache`]: shared state in Redis (GCRA rate limits, budget
+//!   reservations and usage totals, cached deterministic answers);
+//! - [`secrets`]: the provider keys, scrubbed out of every text a provider sends back;
 //! - [`role`]: a role as an agent handler.
 //!
 //! # Invariant
 //! API keys live only in process memory: they are read from the environment and never
-//! written to a stream, a log line or the database.
+//! written to a stream, a log line or the database. Every text a provider sends back is
+//! scrubbed of every key before it is used, and genai's own logging (which prints
+//! provider bodies) is off.
 
 pub mod cache;
 pub mod call;
@@ -23,6 +26,7 @@ pub mod failure;
 pub mod limits;
 pub mod models;
 pub mod role;
+pub mod secrets;
 pub mod spend;
 
 use std::path::Path;
@@ -56,6 +60,7 @@ pub async fn serve(
     let caller = call::Caller::new(
         limits::Limiter::new(conn.clone(), &prefix),
         spend::Ledger::new(conn.clone(), &prefix),
+        secrets::Scrubber::new(models::keys(&llm.providers)),
     )
     .context("creating the model client")?;
     let cache = llm

@@ -134,13 +134,8 @@ impl Target {
         let base_url = config
             .and_then(|c| c.base_url.clone())
             .unwrap_or_else(|| provider.default_base_url().to_string());
-        let key_env = config
-            .and_then(|c| c.api_key_env.as_deref())
-            .or(provider.default_key_env());
-        let key = key_env
-            .and_then(|name| std::env::var(name).ok())
-            .filter(|k| !k.is_empty())
-            .map(SecretString::from);
+        let key_env = key_env(provider, config);
+        let key = key_env.and_then(read_key);
         match (key_env, &key, provider) {
             (Some(name), None, p) if p != Provider::Local => {
                 Err(format!("{model} needs its key in {name}"))
@@ -165,6 +160,30 @@ impl Target {
             model: ModelIden::new(model.provider.adapter(), model.name.clone()),
         }
     }
+}
+
+/// The environment variable holding `provider`'s key, if it takes one.
+fn key_env(provider: Provider, config: Option<&ProviderConfig>) -> Option<&str> {
+    config
+        .and_then(|c| c.api_key_env.as_deref())
+        .or(provider.default_key_env())
+}
+
+fn read_key(name: &str) -> Option<SecretString> {
+    std::env::var(name)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(SecretString::from)
+}
+
+/// Every provider key the environment holds for `providers`: what must never leave the
+/// process.
+pub fn keys(providers: &std::collections::BTreeMap<Provider, ProviderConfig>) -> Vec<SecretString> {
+    Provider::ALL
+        .iter()
+        .filter_map(|(provider, _)| key_env(*provider, providers.get(provider)))
+        .filter_map(read_key)
+        .collect()
 }
 
 fn with_slash(mut url: String) -> String {

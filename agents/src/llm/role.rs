@@ -9,7 +9,7 @@ use mindbus::wire::{ErrorType, EventKind};
 use serde_json::{Value, json};
 
 use super::cache::{Cache, Cached};
-use super::call::{Answer, CallError, Caller, Chunks, Prompt};
+use super::call::{Answer, CallError, Caller, Observer, Prompt, Spent};
 use super::config::{LlmConfig, Output, RoleConfig};
 use super::models::ModelRef;
 use super::spend::{Payer, Usage};
@@ -120,7 +120,7 @@ impl LlmRole {
         };
         let mut prompt = prompt.clone();
         let original = prompt.user.clone();
-        let chunks = EventChunks(ctx);
+        let reporter = Reporter(ctx);
         let mut last = String::new();
         for _ in 0..attempts.max(1) {
             let answer = self
@@ -130,20 +130,11 @@ impl LlmRole {
                     &self.models,
                     &prompt,
                     payer,
-                    &chunks,
+                    &reporter,
                     &ctx.cancel,
                 )
                 .await
                 .map_err(to_handler_error)?;
-            usage_event(
-                ctx,
-                &answer.model.to_string(),
-                answer.usage,
-                answer.latency.as_millis() as u64,
-                false,
-                answer.estimated,
-            )
-            .await;
             match self.check(&answer.text) {
                 Ok(json) => return Ok((answer, json)),
                 Err(why) => {
@@ -163,8 +154,19 @@ impl LlmRole {
 
 impl Handler for LlmRole {
     async fn handle(&self, ctx: Context) -> Result<Value, HandlerError> {
-        let prompt = self.prompt(ctx.data())?;
         let command = &ctx.command;
+        if let Some(known) = &self.config.tenants
+            && !command
+                .tenant()
+                .is_some_and(|t| known.iter().any(|k| k == t))
+        {
+            return Err(HandlerError::fatal(format!(
+                "the command's tenant ({}) is not one this deployment knows",
+                command.tenant().unwrap_or("none")
+            ))
+            .with_type(ErrorType::Other("unknown_tenant".into())));
+        }
+        let prompt = self.prompt(ctx.data())?;
         let payer = Payer {
             run: command.runid.clone(),
             tenant: command.tenant().unwrap_or("default").to_owned(),
@@ -185,7 +187,15 @@ impl Handler for LlmRole {
         {
             ctx.progress(json!({ "chunk": hit.text, "model": hit.model, "cached": true }))
                 .await;
-            usage_event(&ctx, &hit.model, Usage::default(), 0, true, false).await;
+            let hit_usage = UsageEvent {
+                model: &hit.model,
+                usage: Usage::default(),
+                latency_ms: 0,
+                cachehit: true,
+                estimated: false,
+                failed: false,
+            };
+            hit_usage.emit(&ctx).await;
             return Ok(output(&hit.text, &hit.model, Usage::default(), true, json));
         }
         let (answer, json) = self.ask(&ctx, &prompt, &payer).await?;
@@ -231,32 +241,53 @@ fn usage_json(usage: Usage) -> Value {
     })
 }
 
-async fn usage_event(
-    ctx: &Context,
-    model: &str,
+/// One `mindbus.llm.usage` event: a call that reached a provider (answered, or `failed`
+/// after the provider took it), or a cache hit.
+struct UsageEvent<'a> {
+    model: &'a str,
     usage: Usage,
     latency_ms: u64,
     cachehit: bool,
     estimated: bool,
-) {
-    let mut data = usage_json(usage);
-    data["model"] = json!(model);
-    data["latency_ms"] = json!(latency_ms);
-    data["cachehit"] = json!(cachehit);
-    data["estimated"] = json!(estimated);
-    ctx.emit(EventKind::LlmUsage, data).await;
+    failed: bool,
 }
 
-/// Streams text out as `mindbus.command.progress` events `{"chunk": ..., "model": ...}`.
-struct EventChunks<'a>(&'a Context);
+impl UsageEvent<'_> {
+    async fn emit(&self, ctx: &Context) {
+        let mut data = usage_json(self.usage);
+        data["model"] = json!(self.model);
+        data["latency_ms"] = json!(self.latency_ms);
+        data["cachehit"] = json!(self.cachehit);
+        data["estimated"] = json!(self.estimated);
+        data["failed"] = json!(self.failed);
+        ctx.emit(EventKind::LlmUsage, data).await;
+    }
+}
 
-impl Chunks for EventChunks<'_> {
+/// Streams text out as `mindbus.command.progress` events `{"chunk": ..., "model": ...}`,
+/// and every call's usage as a `mindbus.llm.usage` event.
+struct Reporter<'a>(&'a Context);
+
+impl Observer for Reporter<'_> {
     async fn chunk(&self, model: &ModelRef, text: &str) {
         if !text.is_empty() {
             self.0
                 .progress(json!({ "chunk": text, "model": model.to_string() }))
                 .await;
         }
+    }
+
+    async fn spent(&self, spent: &Spent) {
+        let model = spent.model.to_string();
+        let event = UsageEvent {
+            model: &model,
+            usage: spent.usage,
+            latency_ms: spent.latency.as_millis() as u64,
+            cachehit: false,
+            estimated: spent.estimated,
+            failed: spent.failed,
+        };
+        event.emit(self.0).await;
     }
 }
 

@@ -1,10 +1,19 @@
 //! Budgets and usage totals, kept in Redis so every agent process sees the same spend.
 //!
 //! Per run, per tenant and UTC day, and per UTC day, a hash holds `calls`, `tokens_in`,
-//! `tokens_out` and `cost_micros` (millionths of a USD, so sums are exact).
+//! `tokens_out` and `cost_micros` (millionths of a USD, so sums are exact), and
+//! `reserved_micros`, what calls in flight have reserved.
+//!
+//! A call reserves its estimated cost when it is allowed to start ([`Ledger::reserve`]):
+//! atomically, only if none of its budgets is spent yet, and the estimate counts as spent
+//! at once. Once the call is over, [`Ledger::settle`] replaces the estimate with the real
+//! cost (or [`Ledger::release`] takes it back when the call never reached a provider). So
+//! however many calls start at once, a budget is overspent by at most the calls that were
+//! already running when it ran out, and a call is charged to the day it started on.
+
+use std::sync::LazyLock;
 
 use mindbus::keys::Keys;
-use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 
 use super::config::Budgets;
@@ -12,6 +21,9 @@ use super::config::Budgets;
 /// How long a day's totals are kept, and a run's.
 const DAY_TTL_SECS: i64 = 8 * 86_400;
 const RUN_TTL_SECS: i64 = 30 * 86_400;
+
+static RESERVE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("reserve.lua")));
 
 /// Whose money a call spends.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +45,14 @@ pub struct Usage {
     pub cost_micros: u64,
 }
 
+/// A call's estimated cost, counted against its budgets until it is settled or released.
+#[derive(Debug)]
+#[must_use = "a reservation is settled or released"]
+pub struct Reservation {
+    keys: Vec<String>,
+    estimate: u64,
+}
+
 /// The spend ledger of one deployment.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -49,63 +69,110 @@ impl Ledger {
         }
     }
 
-    fn keys(&self, payer: &Payer) -> [(Option<String>, i64); 3] {
+    /// The totals `payer`'s calls count toward today, each with its budget's name, limit
+    /// and TTL.
+    fn totals(
+        &self,
+        budgets: &Budgets,
+        payer: &Payer,
+    ) -> Vec<(String, &'static str, Option<f64>, i64)> {
         let day = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
-        [
-            (
-                payer
-                    .run
-                    .as_ref()
-                    .map(|run| Keys::new(self.prefix.clone()).run_usage(run)),
-                RUN_TTL_SECS,
-            ),
-            (
-                Some(format!(
-                    "{}:llm:usage:tenant:{}:{day}",
-                    self.prefix, payer.tenant
-                )),
-                DAY_TTL_SECS,
-            ),
-            (
-                Some(format!("{}:llm:usage:day:{day}", self.prefix)),
-                DAY_TTL_SECS,
-            ),
-        ]
-    }
-
-    /// `Err` naming the first budget already spent; a call is refused before it is made.
-    pub async fn check(&self, budgets: &Budgets, payer: &Payer) -> Result<(), BudgetError> {
-        let limits = [
-            ("run", budgets.run_usd),
-            ("tenant daily", budgets.tenant_daily_usd),
-            ("daily", budgets.daily_usd),
-        ];
-        for ((key, _), (name, limit)) in self.keys(payer).into_iter().zip(limits) {
-            let (Some(key), Some(limit)) = (key, limit) else {
-                continue;
-            };
-            let spent: Option<u64> = self.conn.clone().hget(&key, "cost_micros").await?;
-            let spent = spent.unwrap_or(0);
-            if spent as f64 >= limit * 1e6 {
-                return Err(BudgetError::Exceeded(format!(
-                    "the {name} budget of ${limit} is spent (${:.6})",
-                    spent as f64 / 1e6
-                )));
-            }
+        let mut out = Vec::with_capacity(3);
+        if let Some(run) = &payer.run {
+            let key = Keys::new(self.prefix.clone()).run_usage(run);
+            out.push((key, "run", budgets.run_usd, RUN_TTL_SECS));
         }
-        Ok(())
+        let tenant = format!("{}:llm:usage:tenant:{}:{day}", self.prefix, payer.tenant);
+        out.push((
+            tenant,
+            "tenant daily",
+            budgets.tenant_daily_usd,
+            DAY_TTL_SECS,
+        ));
+        let all = format!("{}:llm:usage:day:{day}", self.prefix);
+        out.push((all, "daily", budgets.daily_usd, DAY_TTL_SECS));
+        out
     }
 
-    /// Adds one call's usage to every total it counts toward.
-    pub async fn record(&self, payer: &Payer, usage: Usage) -> redis::RedisResult<()> {
+    /// Reserves `estimate` micro-USD for one call of `payer`, or `Err` naming the first of
+    /// its budgets already spent (then nothing is reserved and the call is not made).
+    pub async fn reserve(
+        &self,
+        budgets: &Budgets,
+        payer: &Payer,
+        estimate: u64,
+    ) -> Result<Reservation, BudgetError> {
+        let totals = self.totals(budgets, payer);
+        let mut invocation = RESERVE.prepare_invoke();
+        invocation.arg(estimate);
+        for (key, _, limit, ttl) in &totals {
+            let limit = limit.map_or(-1, |usd| (usd * 1e6).ceil() as i64);
+            invocation.key(key).arg(limit).arg(ttl);
+        }
+        let spent: usize = invocation.invoke_async(&mut self.conn.clone()).await?;
+        if let Some((key, name, Some(limit), _)) = spent.checked_sub(1).and_then(|i| totals.get(i))
+        {
+            let so_far: Option<u64> = redis::cmd("HGET")
+                .arg(key)
+                .arg("cost_micros")
+                .query_async(&mut self.conn.clone())
+                .await?;
+            return Err(BudgetError::Exceeded(format!(
+                "the {name} budget of ${limit} is spent (${:.6})",
+                so_far.unwrap_or(0) as f64 / 1e6
+            )));
+        }
+        Ok(Reservation {
+            keys: totals.into_iter().map(|(key, ..)| key).collect(),
+            estimate,
+        })
+    }
+
+    /// Replaces a reservation's estimate with the call's real `usage`, on the totals it
+    /// was reserved on (the day the call started, even after midnight).
+    pub async fn settle(&self, reservation: Reservation, usage: Usage) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        for (key, ttl) in self.keys(payer) {
-            let Some(key) = key else { continue };
-            pipe.hincr(&key, "calls", 1)
-                .hincr(&key, "tokens_in", usage.tokens_in)
-                .hincr(&key, "tokens_out", usage.tokens_out)
-                .hincr(&key, "cost_micros", usage.cost_micros)
-                .expire(&key, ttl)
+        let correction = usage.cost_micros as i64 - reservation.estimate as i64;
+        for key in &reservation.keys {
+            pipe.cmd("HINCRBY").arg(key).arg("calls").arg(1).ignore();
+            pipe.cmd("HINCRBY")
+                .arg(key)
+                .arg("tokens_in")
+                .arg(usage.tokens_in)
+                .ignore();
+            pipe.cmd("HINCRBY")
+                .arg(key)
+                .arg("tokens_out")
+                .arg(usage.tokens_out)
+                .ignore();
+            pipe.cmd("HINCRBY")
+                .arg(key)
+                .arg("cost_micros")
+                .arg(correction)
+                .ignore();
+            pipe.cmd("HINCRBY")
+                .arg(key)
+                .arg("reserved_micros")
+                .arg(-(reservation.estimate as i64))
+                .ignore();
+        }
+        pipe.exec_async(&mut self.conn.clone()).await
+    }
+
+    /// Takes back a reservation whose call never reached a provider.
+    pub async fn release(&self, reservation: Reservation) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        let estimate = -(reservation.estimate as i64);
+        for key in &reservation.keys {
+            pipe.cmd("HINCRBY")
+                .arg(key)
+                .arg("cost_micros")
+                .arg(estimate)
+                .ignore();
+            pipe.cmd("HINCRBY")
+                .arg(key)
+                .arg("reserved_micros")
+                .arg(estimate)
                 .ignore();
         }
         pipe.exec_async(&mut self.conn.clone()).await

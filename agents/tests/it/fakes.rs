@@ -9,7 +9,11 @@
 //! - `malformed`: a 200 stream whose data is not JSON;
 //! - `verdict`: streams the JSON verdict `{"approved": false, "issues": ["too short"]}`;
 //! - `slow` (OpenAI only): streams a chunk every 100 ms for a minute, and records when the
-//!   client hangs up.
+//!   client hangs up;
+//! - `echokey`: a 401 whose body and headers echo the request's key back;
+//! - `echokeystream`: a 200 stream whose broken data line holds the key;
+//! - `cutoff`: two chunks of an answer, then the stream closes without the provider's end
+//!   (no finish reason, no `[DONE]`, no `message_stop`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -102,11 +106,20 @@ enum Act {
     Stream(Vec<String>),
     Status(StatusCode, Value, Option<&'static str>),
     Malformed,
+    /// A 401 echoing the key in its body and headers.
+    EchoKey,
+    /// A broken stream line holding the key.
+    EchoKeyStream,
+    /// Some of an answer, without the provider's end.
+    Cutoff(Vec<String>),
 }
 
 fn act(model: &str, first: bool, too_long: Value, error: fn(u16, &str) -> Value) -> Act {
     let text = |parts: &[&str]| Act::Stream(parts.iter().map(|p| p.to_string()).collect());
     match model {
+        "echokey" => Act::EchoKey,
+        "echokeystream" => Act::EchoKeyStream,
+        "cutoff" => Act::Cutoff(ANSWER[..2].iter().map(|p| p.to_string()).collect()),
         "ratelimit" if first => Act::Status(
             StatusCode::TOO_MANY_REQUESTS,
             error(429, "rate limit reached"),
@@ -155,6 +168,25 @@ fn failure(status: StatusCode, body: Value, retry_after: Option<&str>) -> Respon
     response.body(Body::from(body.to_string())).unwrap()
 }
 
+/// A 401 whose JSON body, message and headers carry `key` back, as some providers and
+/// proxies do.
+fn echo_key(key: &str) -> Response {
+    let body = json!({"error": {"message": format!("Invalid API key: Bearer {key}"),
+        "type": "invalid_request_error", "code": "invalid_api_key", "key": key}});
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header("content-type", "application/json")
+        .header("x-echoed-key", key)
+        .header("www-authenticate", format!("Bearer realm=\"{key}\""))
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// A 200 stream whose one line is broken JSON holding `key`.
+fn echo_key_stream(key: &str) -> Response {
+    stream_response(format!("data: {{\"key\": \"{key}\", oops\n\n"))
+}
+
 fn header(headers: &HeaderMap, name: &str) -> String {
     headers
         .get(name)
@@ -168,7 +200,7 @@ async fn openai(State(fake): State<Fake>, headers: HeaderMap, body: axum::Json<V
     let key = header(&headers, "authorization")
         .trim_start_matches("Bearer ")
         .to_string();
-    let first = fake.record("openai", &model, key);
+    let first = fake.record("openai", &model, key.clone());
     let too_long = json!({"error": {
         "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
         "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}});
@@ -179,6 +211,15 @@ async fn openai(State(fake): State<Fake>, headers: HeaderMap, body: axum::Json<V
     match act(&model, first, too_long, error) {
         Act::Status(status, body, after) => failure(status, body, after),
         Act::Malformed => stream_response("data: {\"choices\": [ not json\n\n".into()),
+        Act::EchoKey => echo_key(&key),
+        Act::EchoKeyStream => echo_key_stream(&key),
+        Act::Cutoff(parts) => {
+            let events = parts.iter().map(|p| {
+                (None, json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                    "model": model, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]}))
+            });
+            sse(events.collect::<Vec<_>>(), false)
+        }
         Act::Stream(parts) => {
             let chunk = |delta: Value, finish: Value| {
                 json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
@@ -211,7 +252,8 @@ async fn anthropic(
     body: axum::Json<Value>,
 ) -> Response {
     let model = body["model"].as_str().unwrap_or_default().to_string();
-    let first = fake.record("anthropic", &model, header(&headers, "x-api-key"));
+    let key = header(&headers, "x-api-key");
+    let first = fake.record("anthropic", &model, key.clone());
     let too_long = json!({"type": "error", "error": {"type": "invalid_request_error",
         "message": "prompt is too long: 250000 tokens > 200000 maximum"}});
     let error = |status, message: &str| {
@@ -225,6 +267,24 @@ async fn anthropic(
     match act(&model, first, too_long, error) {
         Act::Status(status, body, after) => failure(status, body, after),
         Act::Malformed => stream_response("event: message_start\ndata: {not json\n\n".into()),
+        Act::EchoKey => echo_key(&key),
+        Act::EchoKeyStream => echo_key_stream(&key),
+        Act::Cutoff(parts) => {
+            let mut events = vec![(
+                Some("message_start"),
+                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+                    "role": "assistant", "content": [], "model": model, "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+            )];
+            events.extend(parts.iter().map(|p| {
+                (
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": p}}),
+                )
+            }));
+            sse(events, false)
+        }
         Act::Stream(parts) => {
             let mut events = vec![
                 (
@@ -266,7 +326,8 @@ async fn gemini(
     _body: axum::Json<Value>,
 ) -> Response {
     let model = call.split(':').next().unwrap_or_default().to_string();
-    let first = fake.record("gemini", &model, header(&headers, "x-goog-api-key"));
+    let key = header(&headers, "x-goog-api-key");
+    let first = fake.record("gemini", &model, key.clone());
     let too_long = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
         "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."}});
     let error = |status: u16, message: &str| {
@@ -280,6 +341,15 @@ async fn gemini(
     match act(&model, first, too_long, error) {
         Act::Status(status, body, after) => failure(status, body, after),
         Act::Malformed => stream_response("data: {\"candidates\": [oops\n\n".into()),
+        Act::EchoKey => echo_key(&key),
+        Act::EchoKeyStream => echo_key_stream(&key),
+        Act::Cutoff(parts) => {
+            let events = parts.iter().map(|p| {
+                (None, json!({"candidates": [{"content": {"parts": [{"text": p}], "role": "model"}, "index": 0}],
+                    "modelVersion": model}))
+            });
+            sse(events.collect::<Vec<_>>(), false)
+        }
         Act::Stream(parts) => {
             let last = parts.len() - 1;
             let events = parts.iter().enumerate().map(|(i, p)| {

@@ -187,13 +187,24 @@ async fn each_provider_streams_retries_and_falls_back() {
             ANSWER.concat(),
             "{provider}: the text streamed as chunk events"
         );
+        // The answer's usage, and the malformed streams' (the provider took those calls);
+        // refusals (429, 400, 500) are not billed.
         let usage = mesh
             .event_data(&result.correlationid, EventKind::LlmUsage)
             .await;
-        assert_eq!(usage.len(), 1, "{provider}");
-        assert_eq!(usage[0]["model"], json!(format!("{provider}/ratelimit")));
-        assert_eq!(usage[0]["cost_micros"], json!(20));
-        assert_eq!(usage[0]["cachehit"], json!(false));
+        let (failed, answered): (Vec<_>, Vec<_>) =
+            usage.iter().partition(|u| u["failed"] == json!(true));
+        assert_eq!(answered.len(), 1, "{provider}: {usage:?}");
+        assert_eq!(answered[0]["model"], json!(format!("{provider}/ratelimit")));
+        assert_eq!(answered[0]["cost_micros"], json!(20));
+        assert_eq!(answered[0]["cachehit"], json!(false));
+        assert_eq!(failed.len(), 3, "{provider}: {usage:?}");
+        assert!(
+            failed
+                .iter()
+                .all(|u| u["model"] == json!(format!("{provider}/malformed"))
+                    && u["estimated"] == json!(true))
+        );
     }
 }
 
@@ -598,4 +609,225 @@ roles:
         started.elapsed() < Duration::from_secs(30),
         "not a minute-long stream"
     );
+}
+
+/// No configured key leaves the agent by any path: providers that echo the key in a 401's
+/// body and headers, or in a broken stream, for every wire format, leave no trace of it in
+/// results, events, dead letters or the agent's own logs (at debug level).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_leaves_the_process_by_any_path() {
+    let mut rest = String::from("prices:\n");
+    let mut chain = Vec::new();
+    for model in ["echokey", "echokeystream"] {
+        for provider in ["openai", "anthropic", "gemini"] {
+            rest.push_str(&format!("  {provider}/{model}: {FREE}\n"));
+            chain.push(format!("{provider}/{model}"));
+        }
+    }
+    rest.push_str(&format!(
+        "roles:
+  canary:
+    model: {}
+    fallbacks: [{}]
+    system: Hi.
+    prompt: 'Hello {{{{ n }}}}'
+    temperature: 0.5
+",
+        chain[0],
+        chain[1..].join(", ")
+    ));
+    let (fake, mesh, file, _dir) = setup("llm-canary", &rest).await;
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-agent"))
+        .args([
+            "--role",
+            "canary",
+            "--prefix",
+            &mesh.prefix,
+            "--redis-url",
+            &mesh.url,
+        ])
+        .arg("--llm-config")
+        .arg(&file)
+        .envs(KEYS)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let result = mesh.ask("canary", json!({"n": 1}), &[]).await;
+    assert_eq!(result.status, Status::Failed, "{result:?}");
+    for model in &chain {
+        let (provider, name) = model.split_once('/').unwrap();
+        assert!(
+            !fake.calls(provider, name).is_empty(),
+            "{model} was not called"
+        );
+    }
+    let error = result.failure.as_ref().unwrap().error.clone();
+    assert!(
+        error.contains("[redacted]"),
+        "the echoed keys show as redacted: {error}"
+    );
+
+    let _ = agent.start_kill();
+    let out = agent.wait_with_output().await.unwrap();
+    let mut seen = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stream in ["result", "event", "dlq"] {
+        for (_, fields) in mesh.entries(&mesh.stream(stream)).await {
+            for (name, value) in fields {
+                seen.push_str(&format!("{name}={}\n", String::from_utf8_lossy(&value)));
+            }
+        }
+    }
+    assert!(
+        seen.contains("mindbus.command.failed"),
+        "the streams were read"
+    );
+    for (_, key) in KEYS {
+        assert!(!seen.contains(key), "the key {key} left the process");
+    }
+}
+
+/// Calls let through together cannot overspend a budget together: each reserves its
+/// estimate the moment it may start, so of six commands of one run against a $0.50 run
+/// budget, with calls priced $0.60, only the first reaches the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_cannot_overspend_a_budget() {
+    let (fake, mesh, file, _dir) = setup(
+        "llm-reserve",
+        // 10 tokens in and 5 out at $40,000 per million: $0.60 a call.
+        "prices:
+  openai/ok: { input: 40000, output: 40000 }
+limits:
+  openai/ok: { requests_per_minute: 60 }
+budgets: { run_usd: 0.50 }
+roles:
+  writer:
+    model: openai/ok
+    system: Write.
+    prompt: 'About {{ n }}'
+    temperature: 0.7
+    concurrency: 8
+",
+    )
+    .await;
+    let _agent = mesh.llm_agent("writer", &file);
+    let asks = (0..6).map(|n| mesh.ask("writer", json!({"n": n}), &[("runid", "run-1")]));
+    let results = futures::future::join_all(asks).await;
+    let completed = results
+        .iter()
+        .filter(|r| r.status == Status::Completed)
+        .count();
+    let refused: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.failure.as_ref())
+        .filter(|f| f.errortype.as_str() == "budget_exceeded")
+        .collect();
+    assert_eq!((completed, refused.len()), (1, 5), "{results:?}");
+    assert_eq!(
+        fake.calls("openai", "ok").len(),
+        1,
+        "one call reached the provider"
+    );
+    let totals: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(format!("{}:llm:usage:run:run-1", mesh.prefix))
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    assert_eq!(totals["cost_micros"], 600_000, "{totals:?}");
+    assert_eq!(totals["reserved_micros"], 0, "{totals:?}");
+    assert_eq!(totals["calls"], 1);
+}
+
+/// A stream that stops before the provider ends it (no finish reason, no `[DONE]`, no
+/// `message_stop`) is a failure, retried, its tokens charged as estimated, and never an
+/// answer, nor cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_off_is_a_failure_never_an_answer() {
+    let mut rest = String::from("prices:\n");
+    for provider in ["openai", "anthropic", "gemini"] {
+        rest.push_str(&format!(
+            "  {provider}/cutoff: {{ input: 1.0, output: 1.0 }}\n"
+        ));
+    }
+    rest.push_str(
+        "roles:
+  cut:
+    model: openai/cutoff
+    fallbacks: [anthropic/cutoff, gemini/cutoff]
+    system: Hi.
+    prompt: 'Hello {{ n }}'
+    temperature: 0
+",
+    );
+    let (fake, mesh, file, _dir) = setup("llm-cutoff", &rest).await;
+    let _agent = mesh.llm_agent("cut", &file);
+    let result = mesh.ask("cut", json!({"n": 1}), &[]).await;
+    assert_eq!(result.status, Status::Failed, "{result:?}");
+    let error = &result.failure.as_ref().unwrap().error;
+    assert!(
+        error.contains("stopped before the provider finished"),
+        "{error}"
+    );
+    for provider in ["openai", "anthropic", "gemini"] {
+        assert_eq!(
+            fake.calls(provider, "cutoff").len(),
+            3,
+            "{provider}: retried"
+        );
+    }
+    let usage = mesh
+        .event_data(&result.correlationid, EventKind::LlmUsage)
+        .await;
+    assert_eq!(
+        usage.len(),
+        9,
+        "every call the providers took is charged: {usage:?}"
+    );
+    assert!(
+        usage
+            .iter()
+            .all(|u| u["failed"] == json!(true) && u["estimated"] == json!(true))
+    );
+    let cached: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:llm:cache:*", mesh.prefix))
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    assert!(cached.is_empty(), "a cut-off answer was cached: {cached:?}");
+}
+
+/// With `tenants` set, a command naming no tenant, or an unknown one, is refused before
+/// any call; a known tenant's is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_known_tenants_spend_when_tenants_are_listed() {
+    let (fake, mesh, file, _dir) = setup(
+        "llm-tenants",
+        "prices: { openai/ok: { input: 0, output: 0 } }
+tenants: [acme]
+roles:
+  writer:
+    model: openai/ok
+    system: Write.
+    prompt: 'About {{ n }}'
+    temperature: 0.7
+",
+    )
+    .await;
+    let _agent = mesh.llm_agent("writer", &file);
+    for fields in [&[][..], &[("tenant", "intruder")][..]] {
+        let refused = mesh.ask("writer", json!({"n": 1}), fields).await;
+        let failure = refused.failure.expect("refused");
+        assert_eq!(failure.errortype.as_str(), "unknown_tenant", "{fields:?}");
+    }
+    assert!(fake.calls("openai", "ok").is_empty());
+    let served = mesh
+        .ask("writer", json!({"n": 2}), &[("tenant", "acme")])
+        .await;
+    assert_eq!(served.status, Status::Completed, "{served:?}");
 }
