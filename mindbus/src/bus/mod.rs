@@ -98,9 +98,18 @@ impl Bus {
     /// Cancels a command: one that has not started will not start, a running one is stopped
     /// and reports `canceled`.
     pub async fn cancel(&self, command_id: &MessageId) -> Result<(), Error> {
-        let id = command_id.to_string();
-        let mut pipe = redis::pipe();
-        pipe.cmd("XADD")
+        self.control_cancel("correlationid", &command_id.to_string())
+            .await
+    }
+
+    /// Cancels every command of a run, however many: one control entry, which agents match
+    /// against each command's `runid`.
+    pub async fn cancel_run(&self, run_id: &str) -> Result<(), Error> {
+        self.control_cancel("runid", run_id).await
+    }
+
+    async fn control_cancel(&self, field: &str, value: &str) -> Result<(), Error> {
+        redis::cmd("XADD")
             .arg(self.keys.control())
             .arg("MAXLEN")
             .arg("~")
@@ -108,10 +117,10 @@ impl Bus {
             .arg("*")
             .arg("type")
             .arg(CONTROL_CANCEL)
-            .arg("correlationid")
-            .arg(&id)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+            .arg(field)
+            .arg(value)
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
 //! Cancellation: every agent follows the control stream (no group: every agent sees every
-//! entry) and stops the commands it names, or skips them if they have not started.
+//! entry) and stops the commands it names, or skips them if they have not started. An
+//! entry names one command (`correlationid`) or a whole run (`runid`, no `correlationid`):
+//! then every command of that run stops or is skipped, however many it has.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,11 +21,37 @@ const READ_COUNT: usize = 1000;
 /// Most cancellations remembered.
 const REMEMBERED: usize = 10_000;
 
+/// What a control entry cancels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    /// One command, by id.
+    Command(MessageId),
+    /// Every command of a run, by run id.
+    Run(String),
+}
+
+/// What a running command is: its id and its run.
+#[derive(Debug, Default)]
+struct Running {
+    command: Option<MessageId>,
+    run: Option<String>,
+    token: CancellationToken,
+}
+
+impl Running {
+    fn is(&self, target: &Target) -> bool {
+        match target {
+            Target::Command(id) => self.command.as_ref() == Some(id),
+            Target::Run(run) => self.run.as_ref() == Some(run),
+        }
+    }
+}
+
 /// The commands running in this process and the cancellations seen.
 #[derive(Debug, Default)]
 pub(crate) struct Cancellations {
-    running: Mutex<HashMap<EntryId, (Option<MessageId>, CancellationToken)>>,
-    seen: Mutex<(HashSet<MessageId>, VecDeque<MessageId>)>,
+    running: Mutex<HashMap<EntryId, Running>>,
+    seen: Mutex<(HashSet<Target>, VecDeque<Target>)>,
     /// Fires once the listener has read the control stream's history.
     caught_up: CancellationToken,
 }
@@ -48,18 +76,27 @@ impl Cancellations {
         if running.contains_key(&entry) {
             return false;
         }
-        running.insert(entry, (None, token));
+        running.insert(
+            entry,
+            Running {
+                token,
+                ..Running::default()
+            },
+        );
         true
     }
 
-    /// Names the command a claimed entry holds, then reports whether it was already
-    /// cancelled. (Name first: the listener records first and looks second, so neither
-    /// order misses a cancellation.)
-    pub fn start(&self, entry: EntryId, command: &MessageId) -> bool {
+    /// Names the command (and run) a claimed entry holds, then reports whether either was
+    /// already cancelled. (Name first: the listener records first and looks second, so
+    /// neither order misses a cancellation.)
+    pub fn start(&self, entry: EntryId, command: &MessageId, run: Option<&str>) -> bool {
         if let Some(slot) = lock(&self.running).get_mut(&entry) {
-            slot.0 = Some(command.clone());
+            slot.command = Some(command.clone());
+            slot.run = run.map(str::to_owned);
         }
-        lock(&self.seen).0.contains(command)
+        let seen = lock(&self.seen);
+        seen.0.contains(&Target::Command(command.clone()))
+            || run.is_some_and(|run| seen.0.contains(&Target::Run(run.to_owned())))
     }
 
     /// Forgets a command that is done with.
@@ -72,21 +109,21 @@ impl Cancellations {
         lock(&self.running).keys().copied().collect()
     }
 
-    /// Records a cancellation and stops the command if it runs here.
-    pub fn cancel(&self, command: MessageId) {
+    /// Records a cancellation and stops what it names that runs here.
+    pub fn cancel(&self, target: Target) {
         {
             let mut seen = lock(&self.seen);
-            if seen.0.insert(command.clone()) {
-                seen.1.push_back(command.clone());
+            if seen.0.insert(target.clone()) {
+                seen.1.push_back(target.clone());
                 if seen.1.len() > REMEMBERED {
                     let oldest = seen.1.pop_front();
                     oldest.map(|old| seen.0.remove(&old));
                 }
             }
         }
-        for (id, token) in lock(&self.running).values() {
-            if id.as_ref() == Some(&command) {
-                token.cancel();
+        for running in lock(&self.running).values() {
+            if running.is(&target) {
+                running.token.cancel();
             }
         }
     }
@@ -127,21 +164,24 @@ pub(crate) async fn listen(
             }
             for entry in entries {
                 position = entry.id;
-                if let Some(command) = cancelled_command(&stream, entry.id, entry.fields) {
-                    cancellations.cancel(command);
+                if let Some(target) = cancelled(&stream, entry.id, entry.fields) {
+                    cancellations.cancel(target);
                 }
             }
         }
     }
 }
 
-fn cancelled_command(
-    stream: &str,
-    id: EntryId,
-    fields: Option<crate::wire::Fields>,
-) -> Option<MessageId> {
+fn cancelled(stream: &str, id: EntryId, fields: Option<crate::wire::Fields>) -> Option<Target> {
     let event = crate::wire::Event::decode(fields?, Origin { stream, entry: id }).ok()?;
-    (event.envelope.ty == CONTROL_CANCEL).then_some(event.correlationid?)
+    if event.envelope.ty != CONTROL_CANCEL {
+        return None;
+    }
+    match (event.correlationid, event.runid) {
+        (Some(command), _) => Some(Target::Command(command)),
+        (None, Some(run)) => Some(Target::Run(run)),
+        (None, None) => None,
+    }
 }
 
 #[cfg(test)]
@@ -152,9 +192,31 @@ mod tests {
     fn cancel_before_start_is_seen_at_start() {
         let c = Cancellations::default();
         let id = MessageId::new();
-        c.cancel(id.clone());
+        c.cancel(Target::Command(id.clone()));
         assert!(c.claim(EntryId::ZERO, CancellationToken::new()));
-        assert!(c.start(EntryId::ZERO, &id));
+        assert!(c.start(EntryId::ZERO, &id, None));
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_its_commands_running_or_not() {
+        let c = Cancellations::default();
+        let token = CancellationToken::new();
+        assert!(c.claim(EntryId::ZERO, token.clone()));
+        assert!(!c.start(EntryId::ZERO, &MessageId::new(), Some("run-1")));
+        c.cancel(Target::Run("run-1".into()));
+        assert!(token.is_cancelled(), "a running command of the run");
+        let later = EntryId { ms: 1, seq: 0 };
+        assert!(c.claim(later, CancellationToken::new()));
+        assert!(
+            c.start(later, &MessageId::new(), Some("run-1")),
+            "one not started yet"
+        );
+        let other = EntryId { ms: 2, seq: 0 };
+        assert!(c.claim(other, CancellationToken::new()));
+        assert!(
+            !c.start(other, &MessageId::new(), Some("run-2")),
+            "another run's"
+        );
     }
 
     #[test]
@@ -167,8 +229,8 @@ mod tests {
             !c.claim(EntryId::ZERO, CancellationToken::new()),
             "claimed twice"
         );
-        assert!(!c.start(EntryId::ZERO, &id));
-        c.cancel(id);
+        assert!(!c.start(EntryId::ZERO, &id, None));
+        c.cancel(Target::Command(id));
         assert!(token.is_cancelled());
     }
 }

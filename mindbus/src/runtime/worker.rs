@@ -124,7 +124,10 @@ impl Shared {
                 reason,
             ));
         }
-        if self.cancellations.start(id, &command.envelope.id) {
+        if self
+            .cancellations
+            .start(id, &command.envelope.id, command.runid.as_deref())
+        {
             return Some(self.finish(id, &command, deliveries, Ending::Canceled));
         }
         if command

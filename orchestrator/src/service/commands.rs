@@ -174,9 +174,11 @@ impl Orchestrator {
         let entry =
             event_entry(&self.bus, &run, RunEventKind::Started, None, started).map_err(retry)?;
         let mut fx = Effects {
-            out: vec![store::push(&mut tx, entry).await.map_err(retry)?],
             tx: &mut tx,
+            publisher: self.publisher.number,
+            out: Vec::new(),
         };
+        fx.push(entry).await.map_err(retry)?;
         let before = RunState {
             steps: run
                 .state

@@ -25,6 +25,7 @@ use mindbus::bus::Bus;
 use mindbus::config::{Config, OrchestratorConfig};
 use mindbus::runtime::Agent;
 use mindbus::wire::ORCHESTRATOR_ROLE;
+use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,47 @@ pub(crate) struct Orchestrator {
     bus: Bus,
     catalog: Catalog,
     config: OrchestratorConfig,
+    publisher: Publisher,
+}
+
+/// This orchestrator as the publisher of its outbox entries.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    /// Stamped on its entries; its advisory lock is held for the process's life.
+    pub number: i32,
+    /// The session holding the lock (held, never used).
+    _session: sqlx::PgConnection,
+    /// Entries whose publish failed, for its own sweep to send again.
+    pub failed: std::sync::Mutex<Vec<store::OutboxEntry>>,
+}
+
+impl Publisher {
+    /// A publisher number of its own, locked on a session of its own until the process ends
+    /// (retried until Postgres answers); `None` when `stop` fires first.
+    async fn claim(url: &str, stop: &CancellationToken) -> Option<Self> {
+        use sqlx::Connection as _;
+        let number = (uuid::Uuid::new_v4().as_u128() & 0x7fff_ffff) as i32;
+        loop {
+            let locked = async {
+                let mut session = sqlx::PgConnection::connect(url).await?;
+                store::lock_publisher(&mut session, number).await?;
+                Ok::<_, sqlx::Error>(session)
+            };
+            match locked.await {
+                Ok(session) => {
+                    return Some(Self {
+                        number,
+                        _session: session,
+                        failed: std::sync::Mutex::default(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the publisher lock yet; retrying")
+                }
+            }
+            tokio::select! { _ = stop.cancelled() => return None, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+        }
+    }
 }
 
 /// Runs an orchestrator until `shutdown` fires: migrations (retried until Postgres answers),
@@ -67,6 +109,10 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         tracing::warn!(error = %e, "run store migrations not applied yet; retrying");
         tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
     }
+    let url = settings.database_url.expose_secret().to_owned();
+    let Some(publisher) = Publisher::claim(&url, &shutdown).await else {
+        return Ok(());
+    };
     let bus = Bus::connect(&config.redis)
         .await
         .context("connecting to redis")?;
@@ -75,6 +121,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         bus,
         catalog,
         config: settings,
+        publisher,
     });
     tracing::info!(workflows = ?this.catalog.names(), "orchestrator started");
     let loops = TaskTracker::new();

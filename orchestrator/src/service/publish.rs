@@ -28,6 +28,9 @@ impl Orchestrator {
         }
         if let Err(e) = xadd_all(&self.bus, &entries).await {
             tracing::warn!(error = %e, entries = entries.len(), "publishing failed; the sweep will send them");
+            if let Ok(mut failed) = self.publisher.failed.lock() {
+                failed.extend(entries);
+            }
             return;
         }
         let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
@@ -36,12 +39,25 @@ impl Orchestrator {
         }
     }
 
-    /// Sends entries older than `resend_after_ms`, left by an orchestrator that committed a
-    /// transition and died before publishing it. Returns how many.
+    /// Sends again what this orchestrator failed to publish, and entries older than
+    /// `resend_after_ms` left by an orchestrator that committed a transition and died
+    /// before publishing it (never one still publishing). Returns how many.
     async fn sweep(&self) -> anyhow::Result<usize> {
+        let failed = self
+            .publisher
+            .failed
+            .lock()
+            .map(|mut failed| std::mem::take(&mut *failed))
+            .unwrap_or_default();
+        if !failed.is_empty() {
+            let count = failed.len();
+            self.publish(failed).await;
+            tracing::info!(entries = count, "re-sent entries whose publish failed");
+        }
         let mut tx = self.pool.begin().await?;
-        let entries =
-            store::take_stale(&mut tx, self.config.resend_after_ms as i64, SWEEP_BATCH).await?;
+        let me = self.publisher.number;
+        let older = self.config.resend_after_ms as i64;
+        let entries = store::take_stale(&mut tx, me, older, SWEEP_BATCH).await?;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -143,8 +159,8 @@ pub(crate) fn command_entry(
     })
 }
 
-/// A cancellation of one of a run's commands, on the control stream.
-pub(crate) fn cancel_entry(bus: &Bus, run_id: Uuid, command_id: Uuid) -> OutboxEntry {
+/// A cancellation of every command of a run, on the control stream.
+pub(crate) fn cancel_entry(bus: &Bus, run_id: Uuid) -> OutboxEntry {
     OutboxEntry {
         id: 0,
         run_id,
@@ -153,7 +169,7 @@ pub(crate) fn cancel_entry(bus: &Bus, run_id: Uuid, command_id: Uuid) -> OutboxE
         maxlen: Some(CONTROL_MAXLEN as i64),
         fields: vec![
             ("type".into(), CONTROL_CANCEL.into()),
-            ("correlationid".into(), command_id.to_string()),
+            ("runid".into(), run_id.to_string()),
         ],
     }
 }

@@ -52,7 +52,18 @@ pub(crate) enum Outcome {
 /// A transition's work, written in its transaction and published after it commits.
 pub(crate) struct Effects<'a> {
     pub tx: &'a mut Tx,
+    /// This orchestrator's publisher number, stamped on every outbox entry.
+    pub publisher: i32,
     pub out: Vec<OutboxEntry>,
+}
+
+impl Effects<'_> {
+    /// Stores `entry` in the outbox, to publish once the transaction commits.
+    pub async fn push(&mut self, entry: OutboxEntry) -> Result<(), sqlx::Error> {
+        let entry = store::push(self.tx, self.publisher, entry).await?;
+        self.out.push(entry);
+        Ok(())
+    }
 }
 
 impl Orchestrator {
@@ -80,6 +91,7 @@ impl Orchestrator {
         };
         let mut effects = Effects {
             tx: &mut tx,
+            publisher: self.publisher.number,
             out: Vec::new(),
         };
         self.record(&mut effects, &mut run, &before, actions)
@@ -228,7 +240,7 @@ impl Orchestrator {
                         deadline,
                         maxattempts,
                     )?;
-                    fx.out.push(store::push(fx.tx, entry).await?);
+                    fx.push(entry).await?;
                 }
                 Action::AwaitApproval { step, timeout_ms } => {
                     let due = millis_from_now(timeout_ms);
@@ -268,7 +280,7 @@ impl Orchestrator {
                 continue;
             };
             let entry = event_entry(&self.bus, run, RunEventKind::Step, Some(id), data)?;
-            fx.out.push(store::push(fx.tx, entry).await?);
+            fx.push(entry).await?;
         }
         Ok(())
     }
@@ -277,9 +289,10 @@ impl Orchestrator {
     /// announced.
     async fn end(&self, fx: &mut Effects<'_>, run: &RunRow) -> anyhow::Result<()> {
         store::clear_timers(fx.tx, run.id).await?;
-        for command_id in store::open_commands(fx.tx, run.id).await? {
-            fx.out
-                .push(store::push(fx.tx, cancel_entry(&self.bus, run.id, command_id)).await?);
+        // One entry for the whole run, however many commands it has open (agents match it
+        // against each command's `runid`).
+        if !store::open_commands(fx.tx, run.id).await?.is_empty() {
+            fx.push(cancel_entry(&self.bus, run.id)).await?;
         }
         let data = json!({
             "status": run.status.as_str(),
@@ -288,7 +301,7 @@ impl Orchestrator {
             "error": run.error,
         });
         let entry = event_entry(&self.bus, run, RunEventKind::Ended, None, data)?;
-        fx.out.push(store::push(fx.tx, entry).await?);
+        fx.push(entry).await?;
         tracing::info!(run.id = %run.id, status = %run.status, "run ended");
         Ok(())
     }

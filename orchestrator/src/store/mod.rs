@@ -15,8 +15,8 @@ use sqlx::postgres::PgPoolOptions;
 
 pub use commands::{CommandRow, apply_command, insert_command, open_commands, resent_total};
 pub use outbox::{
-    OutboxEntry, clear_timers, delete_sent, drop_timer, due_timers, push, set_timer, take_stale,
-    take_timer,
+    OutboxEntry, clear_timers, delete_sent, drop_timer, due_timers, lock_publisher, push,
+    set_timer, take_stale, take_timer,
 };
 pub use runs::{
     RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, running_of, save_run,

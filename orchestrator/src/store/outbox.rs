@@ -20,18 +20,40 @@ pub struct OutboxEntry {
     pub fields: Vec<(String, String)>,
 }
 
-/// Stores an entry to publish after the transaction commits; returns it with its row id.
-pub async fn push(tx: &mut Tx, mut entry: OutboxEntry) -> Result<OutboxEntry, sqlx::Error> {
+/// The advisory lock space of publishers (`pg_advisory_lock(PUBLISHERS, <publisher>)`).
+pub const PUBLISHERS: i32 = 0x4d42_4f42;
+
+/// Holds the publisher lock of `publisher` on `conn` for as long as that session lives.
+pub async fn lock_publisher(
+    conn: &mut sqlx::PgConnection,
+    publisher: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(PUBLISHERS)
+        .bind(publisher)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores an entry that `publisher` will publish after the transaction commits; returns it
+/// with its row id.
+pub async fn push(
+    tx: &mut Tx,
+    publisher: i32,
+    mut entry: OutboxEntry,
+) -> Result<OutboxEntry, sqlx::Error> {
     let fields = serde_json::to_value(&entry.fields).map_err(|e| sqlx::Error::Encode(e.into()))?;
     entry.id = sqlx::query_scalar(
-        "INSERT INTO mindbus_outbox (run_id, command_id, stream, maxlen, fields) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO mindbus_outbox (run_id, command_id, stream, maxlen, fields, publisher) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(entry.run_id)
     .bind(entry.command_id)
     .bind(&entry.stream)
     .bind(entry.maxlen)
     .bind(fields)
+    .bind(publisher)
     .fetch_one(&mut **tx)
     .await?;
     Ok(entry)
@@ -46,22 +68,28 @@ pub async fn delete_sent(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// Locks and returns entries older than `older_ms` (left by an orchestrator that died between
-/// commit and publish), skipping rows another orchestrator is sending, and deletes them in
-/// the same transaction; their commands count one more resend.
+/// Locks and returns entries older than `older_ms` whose publisher is gone (an orchestrator
+/// that died between commit and publish: its publisher lock is free), skipping rows
+/// another sweep is sending, and deletes them in the same transaction; their commands
+/// count one more resend. Entries of a live publisher, `me` included, are never taken:
+/// it may still be publishing them.
 pub async fn take_stale(
     tx: &mut Tx,
+    me: i32,
     older_ms: i64,
     limit: i64,
 ) -> Result<Vec<OutboxEntry>, sqlx::Error> {
     let rows = sqlx::query(
         "DELETE FROM mindbus_outbox WHERE id IN (SELECT id FROM mindbus_outbox \
          WHERE created_at < now() - make_interval(secs => $1::float8 / 1000) \
+         AND (publisher IS NULL OR (publisher <> $3 AND pg_try_advisory_xact_lock($4, publisher))) \
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING id, run_id, command_id, stream, maxlen, fields",
     )
     .bind(older_ms)
     .bind(limit)
+    .bind(me)
+    .bind(PUBLISHERS)
     .fetch_all(&mut **tx)
     .await?;
     let mut entries = rows

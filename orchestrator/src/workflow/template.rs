@@ -1,14 +1,76 @@
 //! Templates and expressions, by minijinja: a step's input is JSON whose strings are
 //! templates; `when`, `for_each` and `repeat.until` are expressions.
+//!
+//! A model may write templates (the steps a dynamic step adds), so every render is
+//! bounded: in instructions (minijinja's fuel, which also bounds its time), and in the
+//! bytes a string template writes and an expression yields. Filters whose one call can
+//! allocate without bound (`indent`, `format`, `center` widths) are not offered.
 
-use minijinja::Environment;
+use std::io::Write;
+
+use minijinja::{Environment, Error, ErrorKind};
 use serde_json::Value;
 
-/// The one environment: strict, so a missing value is an error rather than an empty string.
+/// Instructions one template or expression may run: far more than any workflow's
+/// templates need, and a few milliseconds of work.
+const FUEL: u64 = 50_000;
+
+/// Most bytes one template may render to, or one expression yield as JSON.
+pub const MAX_RENDERED_BYTES: usize = 1 << 20;
+
+/// Filters left out: one call can allocate as much as its argument asks.
+const UNBOUNDED_FILTERS: [&str; 3] = ["indent", "format", "center"];
+
+/// The one environment: strict, so a missing value is an error rather than an empty string,
+/// and bounded in fuel.
 pub(crate) fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    for filter in UNBOUNDED_FILTERS {
+        env.remove_filter(filter);
+    }
     env
+}
+
+/// A writer that refuses to hold more than [`MAX_RENDERED_BYTES`].
+struct Bounded(Vec<u8>);
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other("too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn too_large() -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("it renders to more than {MAX_RENDERED_BYTES} bytes"),
+    )
+}
+
+/// Renders one string template, at most [`MAX_RENDERED_BYTES`] of it.
+fn render_text(env: &Environment<'_>, text: &str, context: &Value) -> Result<String, Error> {
+    let template = env.template_from_str(text)?;
+    let mut out = Bounded(Vec::new());
+    template
+        .render_captured_to(context, &mut out)
+        .map_err(|e| {
+            if e.kind() == ErrorKind::WriteFailure {
+                too_large()
+            } else {
+                e
+            }
+        })?;
+    String::from_utf8(out.0).map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))
 }
 
 /// Renders `input` against `context`. A string that is exactly one `{{ expression }}`
@@ -26,7 +88,7 @@ fn render_with(
     Ok(match input {
         Value::String(text) => match whole_expression(text) {
             Some(expr) => evaluate(env, expr, context)?,
-            None => Value::String(env.render_str(text, context)?),
+            None => Value::String(render_text(env, text, context)?),
         },
         Value::Array(items) => Value::Array(
             items
@@ -45,16 +107,24 @@ fn render_with(
 
 /// Evaluates a whole-string expression to JSON; an undefined result is an error, as it is
 /// in a template.
-fn evaluate(env: &Environment<'_>, expr: &str, context: &Value) -> Result<Value, minijinja::Error> {
+fn evaluate(env: &Environment<'_>, expr: &str, context: &Value) -> Result<Value, Error> {
     let value = env.compile_expression(expr)?.eval(context)?;
     if value.is_undefined() {
-        return Err(minijinja::Error::new(
-            minijinja::ErrorKind::UndefinedError,
+        return Err(Error::new(
+            ErrorKind::UndefinedError,
             format!("`{expr}` is undefined"),
         ));
     }
-    serde_json::to_value(value)
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::BadSerialization, e.to_string()))
+    let mut out = Bounded(Vec::new());
+    serde_json::to_writer(&mut out, &value).map_err(|e| {
+        if e.is_io() {
+            too_large()
+        } else {
+            Error::new(ErrorKind::BadSerialization, e.to_string())
+        }
+    })?;
+    serde_json::from_slice(&out.0)
+        .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))
 }
 
 /// `{{ x }}` alone (ignoring surrounding space) → `x`.
@@ -90,6 +160,23 @@ mod tests {
     #[test]
     fn missing_values_are_errors() {
         assert!(render(&json!("{{ inputs.nope }}"), &json!({"inputs": {}})).is_err());
+    }
+
+    #[test]
+    fn a_render_is_bounded_in_work_and_size() {
+        let context = json!({});
+        let nested =
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+        let started = std::time::Instant::now();
+        let spent = render(&json!(nested), &context).unwrap_err();
+        assert_eq!(spent.kind(), ErrorKind::OutOfFuel, "{spent}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let huge = render(&json!("{{ 'x' * 2000000 }} and more"), &context).unwrap_err();
+        assert!(huge.to_string().contains("more than"), "{huge}");
+        let yielded = render(&json!("{{ 'x' * 2000000 }}"), &context).unwrap_err();
+        assert!(yielded.to_string().contains("more than"), "{yielded}");
+        let wide = render(&json!("{{ 'a' | indent(1000000000000) }}"), &context).unwrap_err();
+        assert_eq!(wide.kind(), ErrorKind::UnknownFilter, "{wide}");
     }
 
     #[test]

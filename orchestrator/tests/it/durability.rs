@@ -136,3 +136,43 @@ async fn two_orchestrators_never_advance_a_run_twice() {
         "each run ended once"
     );
 }
+
+/// Entries are re-sent only when their publisher is gone: a 2,000-item fan-out takes
+/// longer to commit and publish than two live orchestrators wait before they call an entry
+/// stale (100 ms), and yet each command is sent once, and nothing is re-sent.
+#[tokio::test]
+async fn a_live_publisher_is_never_raced_by_the_sweep() {
+    const ITEMS: usize = 2_000;
+    let fan = "name: fan\ninputs:\n  items: {}\nsteps:\n  - id: each\n    role: echo\n    for_each: inputs.items\n    input: {n: \"{{ item }}\"}\n";
+    let orch = Orch::new("sweep", &[("fan.yaml", fan)]).await;
+    let _a = orch.orchestrator(100);
+    let _b = orch.orchestrator(100);
+    // No agent: the commands stay on their stream, to be counted.
+    let items: Vec<usize> = (0..ITEMS).collect();
+    let run = orch.start("fan", json!({"items": items})).await;
+    orch.wait_stored(run).await;
+    crate::testenv::eventually(
+        Duration::from_secs(60),
+        "the outbox did not drain",
+        || async {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM mindbus_outbox")
+                .fetch_one(&orch.pool)
+                .await
+                .ok()?;
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    // Both sweeps have had many ticks to race the publisher by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = orch.entries("cmd:{echo}").await.len();
+    let resent = mindbus_orchestrator::store::resent_total(&orch.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (sent, resent),
+        (ITEMS, 0),
+        "commands sent twice while their publisher lived"
+    );
+    assert_eq!(orch.events("mindbus.run.started").await.len(), 1);
+}

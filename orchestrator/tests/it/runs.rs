@@ -116,6 +116,60 @@ async fn cancel_stops_the_run_and_its_running_command() {
     );
 }
 
+/// Cancelling a run reaches every one of its open commands, however many: more than the
+/// control stream keeps entries (10,000) are open when it is cancelled, and the agent that
+/// starts afterwards runs none of them.
+#[tokio::test]
+async fn cancel_reaches_every_command_of_a_run_past_the_control_streams_length() {
+    const ITEMS: usize = 10_500;
+    let fan = "name: fan\ninputs:\n  items: {}\nsteps:\n  - id: each\n    role: echo\n    for_each: inputs.items\n    input: {n: \"{{ item }}\"}\n";
+    let orch = Orch::new("cancel_all", &[("fan.yaml", fan)]).await;
+    let _o = orch.orchestrator(2_000);
+    let items: Vec<usize> = (0..ITEMS).collect();
+    let run = orch.start("fan", json!({"items": items})).await;
+    crate::testenv::eventually(
+        Duration::from_secs(120),
+        "the fan-out was not sent",
+        || async {
+            let sent = orch.entries("cmd:{echo}").await.len();
+            (sent == ITEMS).then_some(())
+        },
+    )
+    .await;
+    let answer = orch.ask(RunCommand::Cancel, json!({"run_id": run})).await;
+    assert!(completed(&answer), "{answer:?}");
+    let cancels = orch.entries("control").await.len();
+    assert!(
+        cancels < 10,
+        "one control entry per run, not per command: {cancels}"
+    );
+    orch.agent();
+    let run_id = run.to_string();
+    let statuses = crate::testenv::eventually(
+        Duration::from_secs(120),
+        "not every command ended",
+        || async {
+            let field = |fields: &[(String, String)], name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let statuses: Vec<String> = orch
+                .entries("result")
+                .await
+                .iter()
+                .filter(|f| field(f, "runid").as_deref() == Some(run_id.as_str()))
+                .filter_map(|f| field(f, "status"))
+                .collect();
+            (statuses.len() == ITEMS).then_some(statuses)
+        },
+    )
+    .await;
+    let ran = statuses.iter().filter(|s| *s != "canceled").count();
+    assert_eq!(ran, 0, "commands of a cancelled run ran");
+}
+
 #[tokio::test]
 async fn approvals_are_decided_by_people_or_by_their_timeout() {
     let files = [
