@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::LlmConfig;
-use super::failure::{Failure, classify, is_refusal};
+use super::failure::{Failure, classify};
 use super::limits::Limiter;
 use super::models::{ModelRef, Provider, Target};
 use super::secrets::Scrubber;
@@ -310,20 +310,14 @@ impl Caller {
             )),
         };
         let service = target.service_target(model);
-        let failed = |e: &genai::Error| Streamed::Failed(classify(e).scrubbed(&self.scrubber));
-        // From here the provider may be working on it (and billing), until it says no.
-        progress.sent = true;
+        let scrubber = &self.scrubber;
         let response = tokio::select! {
             () = cancel.cancelled() => return Err(Streamed::Canceled),
             response = self.client.exec_chat_stream(service, request, Some(&options)) => response,
         };
-        let mut stream = match response {
-            Ok(response) => response.stream,
-            Err(e) => {
-                progress.sent = false;
-                return Err(failed(&e));
-            }
-        };
+        let mut stream = response
+            .map_err(|e| Streamed::Failed(classify(&e, scrubber)))?
+            .stream;
         let mut end = None;
         loop {
             let event = tokio::select! {
@@ -333,13 +327,14 @@ impl Caller {
             match event {
                 None => break,
                 Some(Err(e)) => {
-                    // An error status comes as the stream's first event.
-                    if is_refusal(&e) {
-                        progress.sent = false;
-                    }
-                    return Err(failed(&e));
+                    // An answer that cannot be read came in a stream the provider opened (and
+                    // bills); an error status or a failed connection took nothing.
+                    let failure = classify(&e, scrubber);
+                    progress.sent |= matches!(failure, Failure::Malformed(_));
+                    return Err(Streamed::Failed(failure));
                 }
                 Some(Ok(ChatStreamEvent::Chunk(chunk))) => {
+                    progress.sent = true;
                     progress.text.push_str(&chunk.content);
                     observer.chunk(model, &chunk.content).await;
                 }
@@ -391,7 +386,7 @@ enum Streamed {
 /// How far one call got.
 #[derive(Debug, Default)]
 struct Progress {
-    /// The request went out and the provider did not refuse it.
+    /// The provider took the call: its answer stream opened (and so it bills for it).
     sent: bool,
     /// The text streamed so far.
     text: String,

@@ -34,19 +34,6 @@ impl Failure {
         )
     }
 
-    /// The same failure with every key scrubbed out of its text (a provider's error body
-    /// may echo the request's headers).
-    pub fn scrubbed(self, scrubber: &Scrubber) -> Self {
-        match self {
-            Failure::RateLimited(after) => Failure::RateLimited(after),
-            Failure::Unavailable(why) => Failure::Unavailable(scrubber.scrub(&why)),
-            Failure::ContextLength(why) => Failure::ContextLength(scrubber.scrub(&why)),
-            Failure::Malformed(why) => Failure::Malformed(scrubber.scrub(&why)),
-            Failure::Refused(why) => Failure::Refused(scrubber.scrub(&why)),
-            Failure::Fatal(why) => Failure::Fatal(scrubber.scrub(&why)),
-        }
-    }
-
     /// A short description for errors and logs (never the request, which holds no key
     /// either, but may be long).
     pub fn describe(&self) -> String {
@@ -64,11 +51,14 @@ impl Failure {
     }
 }
 
-/// Classifies a genai error by the HTTP status and body behind it, wherever genai keeps them.
-pub fn classify(err: &genai::Error) -> Failure {
+/// Classifies a genai error by the HTTP status and body behind it, wherever genai keeps
+/// them. Every key is scrubbed out of the text (before it is cut short, so no part of one
+/// survives): a provider's error body may echo the request's headers.
+pub fn classify(err: &genai::Error, scrubber: &Scrubber) -> Failure {
     if let Some((status, headers, body)) = http_failure(err) {
-        return from_status(status, headers, body);
+        return from_status(status, headers, &scrubber.scrub(body));
     }
+    let first_line = |err: &genai::Error| truncate(&scrubber.scrub(&err.to_string()), 300);
     match err {
         genai::Error::StreamParse { .. }
         | genai::Error::ChatResponseGeneration { .. }
@@ -85,12 +75,6 @@ pub fn classify(err: &genai::Error) -> Failure {
         | genai::Error::WebAdapterCall { .. } => Failure::Unavailable(first_line(err)),
         _ => Failure::Fatal(first_line(err)),
     }
-}
-
-/// Whether the provider answered with an error status: it refused the call, which is then
-/// not billed.
-pub fn is_refusal(err: &genai::Error) -> bool {
-    http_failure(err).is_some()
 }
 
 /// The status, headers and body of a failed HTTP response; a streamed call keeps them
@@ -170,10 +154,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
     let wait = when.duration_since(jiff::Timestamp::now());
     Some(Duration::try_from(wait).unwrap_or_default())
-}
-
-fn first_line(err: &genai::Error) -> String {
-    truncate(&err.to_string(), 300)
 }
 
 fn truncate(text: &str, max: usize) -> String {

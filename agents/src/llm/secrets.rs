@@ -1,7 +1,8 @@
 //! The provider keys of this process, and scrubbing them out of any text a provider sent
 //! back: an error body that echoes the `Authorization` header, a URL with a `key=`
-//! parameter, a stream that repeats a header. Every text that leaves the LLM layer (a
-//! result's error, an event, a log line) goes through [`Scrubber::scrub`] first.
+//! parameter, a stream that repeats a header. Every error text a provider call produces (a
+//! result's error, an event, a log line) goes through [`Scrubber::scrub`] before it is cut
+//! short or used.
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -15,11 +16,17 @@ pub struct Scrubber {
 }
 
 impl Scrubber {
-    /// A scrubber of `keys` (empty ones are ignored).
+    /// A scrubber of `keys`, each as set and trimmed (a server may echo it trimmed); empty
+    /// ones are ignored.
     pub fn new(keys: Vec<SecretString>) -> Self {
         let mut keys: Vec<SecretString> = keys
-            .into_iter()
-            .filter(|k| !k.expose_secret().is_empty())
+            .iter()
+            .flat_map(|k| {
+                let key = k.expose_secret();
+                [key.to_owned(), key.trim().to_owned()]
+            })
+            .filter(|k| !k.is_empty())
+            .map(SecretString::from)
             .collect();
         // Longest first, so a key that contains another is removed whole.
         keys.sort_by_key(|k| std::cmp::Reverse(k.expose_secret().len()));

@@ -46,11 +46,31 @@ pub struct Usage {
 }
 
 /// A call's estimated cost, counted against its budgets until it is settled or released.
+/// One dropped unsettled (its call was dropped: the command was cancelled or ran out of
+/// time) is released in the background, so no estimate stays charged for ever.
 #[derive(Debug)]
 #[must_use = "a reservation is settled or released"]
 pub struct Reservation {
     keys: Vec<String>,
     estimate: u64,
+    /// Set until the reservation is settled or released.
+    ledger: Option<Ledger>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let Some(ledger) = self.ledger.take() else {
+            return;
+        };
+        let (keys, estimate) = (std::mem::take(&mut self.keys), self.estimate);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = ledger.take_back(&keys, estimate).await {
+                    tracing::warn!(error = %e, "could not release a dropped call's reservation");
+                }
+            });
+        }
+    }
 }
 
 /// The spend ledger of one deployment.
@@ -106,7 +126,7 @@ impl Ledger {
         let mut invocation = RESERVE.prepare_invoke();
         invocation.arg(estimate);
         for (key, _, limit, ttl) in &totals {
-            let limit = limit.map_or(-1, |usd| (usd * 1e6).ceil() as i64);
+            let limit = limit.map_or(-1, |usd| (usd.max(0.0) * 1e6).ceil() as i64);
             invocation.key(key).arg(limit).arg(ttl);
         }
         let spent: usize = invocation.invoke_async(&mut self.conn.clone()).await?;
@@ -125,12 +145,18 @@ impl Ledger {
         Ok(Reservation {
             keys: totals.into_iter().map(|(key, ..)| key).collect(),
             estimate,
+            ledger: Some(self.clone()),
         })
     }
 
     /// Replaces a reservation's estimate with the call's real `usage`, on the totals it
     /// was reserved on (the day the call started, even after midnight).
-    pub async fn settle(&self, reservation: Reservation, usage: Usage) -> redis::RedisResult<()> {
+    pub async fn settle(
+        &self,
+        mut reservation: Reservation,
+        usage: Usage,
+    ) -> redis::RedisResult<()> {
+        reservation.ledger = None;
         let mut pipe = redis::pipe();
         let correction = usage.cost_micros as i64 - reservation.estimate as i64;
         for key in &reservation.keys {
@@ -160,10 +186,16 @@ impl Ledger {
     }
 
     /// Takes back a reservation whose call never reached a provider.
-    pub async fn release(&self, reservation: Reservation) -> redis::RedisResult<()> {
+    pub async fn release(&self, mut reservation: Reservation) -> redis::RedisResult<()> {
+        reservation.ledger = None;
+        self.take_back(&reservation.keys, reservation.estimate)
+            .await
+    }
+
+    async fn take_back(&self, keys: &[String], estimate: u64) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        let estimate = -(reservation.estimate as i64);
-        for key in &reservation.keys {
+        let estimate = -(estimate as i64);
+        for key in keys {
             pipe.cmd("HINCRBY")
                 .arg(key)
                 .arg("cost_micros")

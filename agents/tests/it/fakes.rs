@@ -171,7 +171,9 @@ fn failure(status: StatusCode, body: Value, retry_after: Option<&str>) -> Respon
 /// A 401 whose JSON body, message and headers carry `key` back, as some providers and
 /// proxies do.
 fn echo_key(key: &str) -> Response {
-    let body = json!({"error": {"message": format!("Invalid API key: Bearer {key}"),
+    // Padded so the key straddles the 300th character, where failure texts are cut short.
+    let pad = "x".repeat(250);
+    let body = json!({"error": {"message": format!("{pad}Invalid API key: Bearer {key}"),
         "type": "invalid_request_error", "code": "invalid_api_key", "key": key}});
     Response::builder()
         .status(StatusCode::UNAUTHORIZED)
