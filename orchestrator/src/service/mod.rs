@@ -59,38 +59,71 @@ pub(crate) struct Orchestrator {
 pub(crate) struct Publisher {
     /// Stamped on its entries; its advisory lock is held for the process's life.
     pub number: i32,
-    /// The session holding the lock (held, never used).
-    _session: sqlx::PgConnection,
+    /// The session holding the lock (`None` after it dropped, until it is taken again).
+    session: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    url: String,
     /// Entries whose publish failed, for its own sweep to send again.
     pub failed: std::sync::Mutex<Vec<store::OutboxEntry>>,
 }
 
 impl Publisher {
-    /// A publisher number of its own, locked on a session of its own until the process ends
-    /// (retried until Postgres answers); `None` when `stop` fires first.
+    /// A publisher number of its own (another if one is taken), locked on a session of its
+    /// own (retried until Postgres answers); `None` when `stop` fires first.
     async fn claim(url: &str, stop: &CancellationToken) -> Option<Self> {
-        use sqlx::Connection as _;
-        let number = (uuid::Uuid::new_v4().as_u128() & 0x7fff_ffff) as i32;
         loop {
-            let locked = async {
-                let mut session = sqlx::PgConnection::connect(url).await?;
-                store::lock_publisher(&mut session, number).await?;
-                Ok::<_, sqlx::Error>(session)
-            };
-            match locked.await {
-                Ok(session) => {
+            let number = (uuid::Uuid::new_v4().as_u128() & 0x7fff_ffff) as i32;
+            match Self::lock(url, number).await {
+                Ok(Some(session)) => {
                     return Some(Self {
                         number,
-                        _session: session,
+                        session: tokio::sync::Mutex::new(Some(session)),
+                        url: url.to_owned(),
                         failed: std::sync::Mutex::default(),
                     });
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot take the publisher lock yet; retrying")
-                }
+                Ok(None) => continue,
+                Err(e) => tracing::warn!(error = %e, "cannot take a publisher lock yet; retrying"),
             }
             tokio::select! { _ = stop.cancelled() => return None, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
         }
+    }
+
+    async fn lock(url: &str, number: i32) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
+        use sqlx::Connection as _;
+        let mut session = sqlx::PgConnection::connect(url).await?;
+        Ok(store::lock_publisher(&mut session, number)
+            .await?
+            .then_some(session))
+    }
+
+    /// Checks that the lock's session lives, and takes the lock again on a new one if it
+    /// dropped (until then, other orchestrators may re-send what this one publishes; the
+    /// step commands' idempotency keys drop the second results).
+    pub(crate) async fn keep(&self) {
+        use sqlx::Connection as _;
+        let mut session = self.session.lock().await;
+        if let Some(conn) = session.as_mut()
+            && conn.ping().await.is_ok()
+        {
+            return;
+        }
+        *session = match Self::lock(&self.url, self.number).await {
+            Ok(Some(conn)) => {
+                tracing::info!(publisher = self.number, "publisher lock taken again");
+                Some(conn)
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    publisher = self.number,
+                    "publisher lock held elsewhere; retrying"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publisher lock lost; retrying");
+                None
+            }
+        };
     }
 }
 

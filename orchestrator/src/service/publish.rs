@@ -18,6 +18,9 @@ use crate::store::{self, CommandRow, OutboxEntry, RunRow};
 
 /// Entries re-sent per sweep.
 const SWEEP_BATCH: i64 = 500;
+/// Least age at which an orchestrator takes its own entries for stranded (a publish that
+/// never ran, or whose delete failed).
+const OWN_STRANDED_MS: i64 = 60_000;
 
 impl Orchestrator {
     /// Sends committed entries in one pipeline, then forgets them. On failure they stay in
@@ -43,6 +46,7 @@ impl Orchestrator {
     /// `resend_after_ms` left by an orchestrator that committed a transition and died
     /// before publishing it (never one still publishing). Returns how many.
     async fn sweep(&self) -> anyhow::Result<usize> {
+        self.publisher.keep().await;
         let failed = self
             .publisher
             .failed
@@ -57,7 +61,9 @@ impl Orchestrator {
         let mut tx = self.pool.begin().await?;
         let me = self.publisher.number;
         let older = self.config.resend_after_ms as i64;
-        let entries = store::take_stale(&mut tx, me, older, SWEEP_BATCH).await?;
+        // Its own entries are stranded only once no publish could still be going on.
+        let own = older.saturating_mul(30).max(OWN_STRANDED_MS);
+        let entries = store::take_stale(&mut tx, me, older, own, SWEEP_BATCH).await?;
         if entries.is_empty() {
             return Ok(0);
         }

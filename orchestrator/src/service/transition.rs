@@ -66,6 +66,21 @@ impl Effects<'_> {
     }
 }
 
+/// What `input` does to a run whose stored definition cannot be read: a cancel cancels it,
+/// anything else fails it naming why. Neither needs the definition, so a run can always be
+/// ended.
+fn unreadable(run: &mut RunRow, input: Input, why: &str) -> Vec<Action> {
+    if let Input::Cancel = input {
+        run.status = RunStatus::Canceled;
+        run.error = Some("canceled".into());
+        return Vec::new();
+    }
+    vec![Action::Fail {
+        step: None,
+        reason: format!("its workflow definition cannot be read by this orchestrator: {why}"),
+    }]
+}
+
 impl Orchestrator {
     /// Applies `input` to run `run_id` in one transaction and publishes what it produced.
     pub(crate) async fn advance(&self, run_id: Uuid, input: Input) -> anyhow::Result<Outcome> {
@@ -83,11 +98,15 @@ impl Orchestrator {
             }
             return Ok(Outcome::Ignored(format!("the run is {}", run.status)));
         }
-        let workflow = self.catalog.definition(&run.workflow, &run.definition)?;
         let before = run.state.clone();
-        let actions = match self.actions(&mut tx, &workflow, &mut run, input).await? {
-            Ok(actions) => actions,
-            Err(ignored) => return Ok(Outcome::Ignored(ignored)),
+        let actions = match self.catalog.definition(&run.workflow, &run.definition) {
+            Ok(workflow) => match self.actions(&mut tx, &workflow, &mut run, input).await? {
+                Ok(actions) => actions,
+                Err(ignored) => return Ok(Outcome::Ignored(ignored)),
+            },
+            // A definition this orchestrator cannot read (one written for a newer version,
+            // met during an upgrade): the run still ends, rather than failing every try.
+            Err(e) => unreadable(&mut run, input, &e.to_string()),
         };
         let mut effects = Effects {
             tx: &mut tx,

@@ -23,17 +23,17 @@ pub struct OutboxEntry {
 /// The advisory lock space of publishers (`pg_advisory_lock(PUBLISHERS, <publisher>)`).
 pub const PUBLISHERS: i32 = 0x4d42_4f42;
 
-/// Holds the publisher lock of `publisher` on `conn` for as long as that session lives.
+/// Takes the publisher lock of `publisher` on `conn`, held for as long as that session
+/// lives; `false` when another session holds it.
 pub async fn lock_publisher(
     conn: &mut sqlx::PgConnection,
     publisher: i32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
         .bind(PUBLISHERS)
         .bind(publisher)
-        .execute(conn)
-        .await?;
-    Ok(())
+        .fetch_one(conn)
+        .await
 }
 
 /// Stores an entry that `publisher` will publish after the transaction commits; returns it
@@ -69,20 +69,24 @@ pub async fn delete_sent(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> 
 }
 
 /// Locks and returns entries older than `older_ms` whose publisher is gone (an orchestrator
-/// that died between commit and publish: its publisher lock is free), skipping rows
-/// another sweep is sending, and deletes them in the same transaction; their commands
-/// count one more resend. Entries of a live publisher, `me` included, are never taken:
-/// it may still be publishing them.
+/// that died between commit and publish: its publisher lock is free), and `me`'s own older
+/// than `own_ms` (stranded: their publish never ran, or their delete failed), skipping
+/// rows another sweep is sending, and deletes them in the same transaction; their
+/// commands count one more resend. Other entries of a live publisher are never taken: it
+/// may still be publishing them.
 pub async fn take_stale(
     tx: &mut Tx,
     me: i32,
     older_ms: i64,
+    own_ms: i64,
     limit: i64,
 ) -> Result<Vec<OutboxEntry>, sqlx::Error> {
     let rows = sqlx::query(
         "DELETE FROM mindbus_outbox WHERE id IN (SELECT id FROM mindbus_outbox \
          WHERE created_at < now() - make_interval(secs => $1::float8 / 1000) \
-         AND (publisher IS NULL OR (publisher <> $3 AND pg_try_advisory_xact_lock($4, publisher))) \
+         AND (publisher IS NULL \
+              OR (publisher = $3 AND created_at < now() - make_interval(secs => $5::float8 / 1000)) \
+              OR (publisher <> $3 AND pg_try_advisory_xact_lock($4, publisher))) \
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
          RETURNING id, run_id, command_id, stream, maxlen, fields",
     )
@@ -90,6 +94,7 @@ pub async fn take_stale(
     .bind(limit)
     .bind(me)
     .bind(PUBLISHERS)
+    .bind(own_ms)
     .fetch_all(&mut **tx)
     .await?;
     let mut entries = rows

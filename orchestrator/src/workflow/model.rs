@@ -48,6 +48,22 @@ pub struct DynamicLimits {
     pub max_added_steps: u32,
     /// Most levels of steps adding steps.
     pub max_depth: u32,
+    /// Most deliveries an added step may ask for (`maxattempts`), and what it gets when it
+    /// names none.
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    /// Longest time an added step may ask for (`timeout_ms`), and what it gets when it
+    /// names none.
+    #[serde(default = "ten_minutes")]
+    pub max_timeout_ms: u64,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn ten_minutes() -> u64 {
+    600_000
 }
 
 /// One step.
@@ -58,6 +74,11 @@ pub struct Step {
     pub id: String,
     /// The agent role that runs it (or `approval`).
     pub role: Option<String>,
+    /// Whether its output's `add_steps` adds steps to the run (within the workflow's
+    /// `dynamic` limits). Another step's `add_steps` is only data: a model's answer cannot
+    /// turn a step into a planner.
+    #[serde(default)]
+    pub adds_steps: bool,
     /// The command type. Default: `<role>.<id>`.
     #[serde(rename = "type")]
     pub ty: Option<String>,

@@ -40,6 +40,7 @@ steps:
   - id: plan
     role: echo
     needs: [loop, never]
+    adds_steps: true
     input:
       note: planned
       add_steps:
@@ -168,6 +169,40 @@ async fn cancel_reaches_every_command_of_a_run_past_the_control_streams_length()
     .await;
     let ran = statuses.iter().filter(|s| *s != "canceled").count();
     assert_eq!(ran, 0, "commands of a cancelled run ran");
+}
+
+/// A run whose stored definition this orchestrator cannot read (as an older one meets a
+/// newer field during an upgrade) can still be cancelled, and its step's result fails it
+/// naming why, instead of failing on every try.
+#[tokio::test]
+async fn a_run_with_an_unreadable_definition_can_still_end() {
+    let brief = "name: brief\nsteps:\n  - id: wait\n    role: echo\n    input: {sleep_ms: 2000}\n";
+    let files = [("slow.yaml", SLOW), ("brief.yaml", brief)];
+    let (orch, _o) = Orch::up("unreadable", &files).await;
+    let newer =
+        "name: slow\nsteps:\n  - id: wait\n    role: echo\n    a_field_from_the_future: 1\n";
+    let mut runs = Vec::new();
+    for workflow in ["slow", "brief"] {
+        let run = orch.start(workflow, json!({})).await;
+        orch.wait_command(run).await;
+        sqlx::query("UPDATE mindbus_runs SET definition = $2 WHERE id = $1")
+            .bind(run)
+            .bind(newer)
+            .execute(&orch.pool)
+            .await
+            .unwrap();
+        runs.push(run);
+    }
+    let answer = orch
+        .ask(RunCommand::Cancel, json!({"run_id": runs[0]}))
+        .await;
+    assert!(completed(&answer), "{answer:?}");
+    // The other's step answers after two seconds, and fails it.
+    let ended = orch.wait_ended(&runs, Duration::from_secs(30)).await;
+    assert_eq!(ended[0].status, "canceled");
+    assert_eq!(ended[1].status, "failed");
+    let error = ended[1].error.clone().unwrap_or_default();
+    assert!(error.contains("definition cannot be read"), "{error}");
 }
 
 #[tokio::test]
