@@ -313,12 +313,13 @@ impl Orchestrator {
         if !store::open_commands(fx.tx, run.id).await?.is_empty() {
             fx.push(cancel_entry(&self.bus, run.id)).await?;
         }
-        let data = json!({
+        let mut data = json!({
             "status": run.status.as_str(),
             "workflow": run.workflow,
             "output": run.output,
             "error": run.error,
         });
+        bound_output(&mut data);
         let entry = event_entry(&self.bus, run, RunEventKind::Ended, None, data)?;
         fx.push(entry).await?;
         tracing::info!(run.id = %run.id, status = %run.status, "run ended");
@@ -344,5 +345,24 @@ fn step_news(
         data = json!({"state": "running", "round": round, "commands": outputs.len()});
     }
     data["step"] = json!(id);
+    bound_output(&mut data);
     Ok(Some(data))
+}
+
+/// Most bytes of an output an event carries; a bigger one is left out (`output_bytes`
+/// says how big it is) and read whole with `run.get`.
+pub(crate) const EVENT_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Leaves `data["output"]` out when it is over [`EVENT_OUTPUT_BYTES`]: an event stream
+/// entry (and every reader of it) stays small however much a step answered.
+fn bound_output(data: &mut Value) {
+    let Some(output) = data.get("output") else {
+        return;
+    };
+    let bytes = serde_json::to_vec(output).map_or(0, |b| b.len());
+    if bytes > EVENT_OUTPUT_BYTES {
+        data["output"] = Value::Null;
+        data["output_bytes"] = json!(bytes);
+        data["output_truncated"] = json!(true);
+    }
 }

@@ -20,6 +20,12 @@ pub enum Problem {
     /// The file is not valid YAML, or has a field of the wrong type or an unknown field.
     #[error("not a valid workflow: {0}")]
     Syntax(String),
+    /// The file is written for a newer workflow format than this orchestrator reads.
+    #[error(
+        "written for workflow format version {0}; this orchestrator reads versions up to {max} (upgrade it)",
+        max = crate::workflow::FORMAT_VERSION
+    )]
+    NewerVersion(u32),
     /// Two steps share an id, or an id has characters other than a-z, 0-9, `-`, `_`.
     #[error("bad step id: {0}")]
     BadId(String),

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
+use super::model::FormatVersion;
 use super::validate;
-use super::{Problem, Workflow, WorkflowError};
+use super::{FORMAT_VERSION, Problem, Workflow, WorkflowError};
 
 /// Parses and validates one workflow from `text`; `file` names it in errors. `roles` are the
 /// roles agents serve (empty: any role is accepted).
@@ -13,6 +14,11 @@ pub fn parse(file: &Path, text: &str, roles: &[&str]) -> Result<Workflow, Vec<Wo
         step,
         problem,
     };
+    if let Ok(found) = serde_saphyr::from_str::<FormatVersion>(text)
+        && found.version > FORMAT_VERSION
+    {
+        return Err(vec![error(None, Problem::NewerVersion(found.version))]);
+    }
     let workflow: Workflow = serde_saphyr::from_str(text)
         .map_err(|e| vec![error(None, Problem::Syntax(e.to_string()))])?;
     let problems = validate::check(&workflow, roles);

@@ -9,6 +9,11 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workflow {
+    /// The workflow format the file is written for (default 1). An orchestrator refuses a
+    /// file, or a stored run's definition, of a version newer than [`FORMAT_VERSION`],
+    /// naming it, rather than misreading it.
+    #[serde(default = "first_version")]
+    pub version: u32,
     /// The name runs are started by.
     pub name: String,
     /// What it does, for people.
@@ -25,6 +30,21 @@ pub struct Workflow {
     pub steps: Vec<Step>,
     /// The run's output: a template over inputs and steps. Default: the last step's output.
     pub output: Option<Value>,
+}
+
+/// The newest workflow format this orchestrator reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+fn first_version() -> u32 {
+    1
+}
+
+/// Only the format version of a workflow file, read before the rest so a newer file is
+/// named as newer, not as one with unknown fields.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FormatVersion {
+    #[serde(default = "first_version")]
+    pub version: u32,
 }
 
 /// One input of a run.

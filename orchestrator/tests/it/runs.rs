@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mindbus::wire::{RunCommand, Status};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{Orch, completed};
 
@@ -179,8 +179,7 @@ async fn a_run_with_an_unreadable_definition_can_still_end() {
     let brief = "name: brief\nsteps:\n  - id: wait\n    role: echo\n    input: {sleep_ms: 2000}\n";
     let files = [("slow.yaml", SLOW), ("brief.yaml", brief)];
     let (orch, _o) = Orch::up("unreadable", &files).await;
-    let newer =
-        "name: slow\nsteps:\n  - id: wait\n    role: echo\n    a_field_from_the_future: 1\n";
+    let newer = "version: 2\nname: slow\nsteps:\n  - id: wait\n    role: echo\n    a_field_from_the_future: 1\n";
     let mut runs = Vec::new();
     for workflow in ["slow", "brief"] {
         let run = orch.start(workflow, json!({})).await;
@@ -203,6 +202,39 @@ async fn a_run_with_an_unreadable_definition_can_still_end() {
     assert_eq!(ended[1].status, "failed");
     let error = ended[1].error.clone().unwrap_or_default();
     assert!(error.contains("definition cannot be read"), "{error}");
+    assert!(error.contains("format version 2"), "{error}");
+}
+
+/// A step's big output stays out of the run's events (they say how big it was); the run
+/// itself still has it whole.
+#[tokio::test]
+async fn events_carry_no_big_outputs() {
+    let big = "name: big\ninputs:\n  text: {}\nsteps:\n  - id: echo\n    role: echo\n    input: {text: \"{{ inputs.text }}\"}\n";
+    let (orch, _o) = Orch::up("bigout", &[("big.yaml", big)]).await;
+    let text = "x".repeat(100_000);
+    let run = orch.start("big", json!({"text": text})).await;
+    let ended = orch.wait_ended(&[run], Duration::from_secs(30)).await;
+    assert_eq!(ended[0].status, "completed");
+    let done: Vec<Value> = orch
+        .events("mindbus.run.step")
+        .await
+        .into_iter()
+        .filter(|(_, _, data)| data["state"] == "done")
+        .map(|(_, _, data)| data)
+        .collect();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["output_truncated"], json!(true));
+    assert!(done[0]["output_bytes"].as_u64().unwrap() > 100_000);
+    let ended_events = orch.events("mindbus.run.ended").await;
+    assert_eq!(ended_events[0].2["output_truncated"], json!(true));
+    let shown = orch.ask(RunCommand::Get, json!({"run_id": run})).await;
+    assert_eq!(
+        shown.envelope.data.value["steps"]["echo"]["output"]["text"]
+            .as_str()
+            .map(str::len),
+        Some(100_000),
+        "the run keeps the whole output"
+    );
 }
 
 #[tokio::test]
