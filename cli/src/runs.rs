@@ -93,6 +93,11 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
             }
             show_chunk(&event);
             if let Some(code) = show_event(&event)? {
+                if event.envelope.data.value["output_truncated"] == json!(true) {
+                    // Too big for the event: the run has it whole.
+                    let run = ask(bus, RunCommand::Get, json!({"run_id": run_id})).await?;
+                    println!("{}", serde_json::to_string_pretty(&run["output"])?);
+                }
                 show_usage(bus, &run_id).await;
                 std::process::exit(code);
             }
@@ -168,7 +173,9 @@ fn show_event(event: &Event) -> anyhow::Result<Option<i32>> {
             let status = data["status"].as_str().unwrap_or("?");
             eprintln!("run {status}");
             if status == "completed" {
-                println!("{}", serde_json::to_string_pretty(&data["output"])?);
+                if data["output_truncated"] != json!(true) {
+                    println!("{}", serde_json::to_string_pretty(&data["output"])?);
+                }
                 Ok(Some(0))
             } else {
                 eprintln!("{}", data["error"].as_str().unwrap_or(""));

@@ -3,6 +3,8 @@
 //! retries that honour `Retry-After`, and fallback to the next model. Every call that
 //! reached a provider is charged and reported, answered or not.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder as _;
@@ -181,7 +183,7 @@ impl Caller {
             }
             // Charged now that it may start: calls let through together see each other.
             let most = price.cost_micros(prompt_tokens, u64::from(prompt.max_tokens));
-            let reservation = self
+            let mut reservation = self
                 .ledger
                 .reserve(&config.budgets, payer, most)
                 .await
@@ -190,7 +192,17 @@ impl Caller {
                     BudgetError::Redis(e) => Attempted::Stop(e.into()),
                 })?;
             let started = Instant::now();
-            let mut progress = Progress::default();
+            // Dropped with its command once the provider took it, the call is charged its
+            // prompt.
+            let prompt_only = Usage {
+                tokens_in: prompt_tokens,
+                tokens_out: 0,
+                cost_micros: price.cost_micros(prompt_tokens, 0),
+            };
+            let mut progress = Progress {
+                sent: reservation.if_taken(prompt_only),
+                text: String::new(),
+            };
             let timeout = config.timeout(model);
             let streamed = tokio::time::timeout(
                 timeout,
@@ -215,7 +227,7 @@ impl Caller {
             // call it took (an answer cut off, cancelled or out of time).
             let spent = match &streamed {
                 Ok(answer) => Some((answer.usage, answer.estimated, false)),
-                Err(_) if progress.sent => {
+                Err(_) if progress.sent.load(Ordering::SeqCst) => {
                     let tokens_out = progress.text.len() as u64 / 4;
                     let usage = Usage {
                         tokens_in: prompt_tokens,
@@ -330,16 +342,24 @@ impl Caller {
                     // An answer that cannot be read came in a stream the provider opened (and
                     // bills); an error status or a failed connection took nothing.
                     let failure = classify(&e, scrubber);
-                    progress.sent |= matches!(failure, Failure::Malformed(_));
+                    if matches!(failure, Failure::Malformed(_)) {
+                        progress.sent.store(true, Ordering::SeqCst);
+                    }
                     return Err(Streamed::Failed(failure));
                 }
+                // `Start` comes before the request is even sent; anything after it means
+                // the provider is answering.
+                Some(Ok(ChatStreamEvent::Start)) => {}
                 Some(Ok(ChatStreamEvent::Chunk(chunk))) => {
-                    progress.sent = true;
+                    progress.sent.store(true, Ordering::SeqCst);
                     progress.text.push_str(&chunk.content);
                     observer.chunk(model, &chunk.content).await;
                 }
-                Some(Ok(ChatStreamEvent::End(stream_end))) => end = Some(stream_end),
-                Some(Ok(_)) => {}
+                Some(Ok(ChatStreamEvent::End(stream_end))) => {
+                    progress.sent.store(true, Ordering::SeqCst);
+                    end = Some(stream_end);
+                }
+                Some(Ok(_)) => progress.sent.store(true, Ordering::SeqCst),
             }
         }
         // An answer counts only when the provider ended it: a stream cut off midway (no
@@ -384,10 +404,11 @@ enum Streamed {
 }
 
 /// How far one call got.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Progress {
-    /// The provider took the call: its answer stream opened (and so it bills for it).
-    sent: bool,
+    /// The provider took the call: its answer is coming (and so it bills for it). Shared
+    /// with the call's reservation, which charges for it if the call is dropped.
+    sent: Arc<AtomicBool>,
     /// The text streamed so far.
     text: String,
 }

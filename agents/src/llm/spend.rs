@@ -11,7 +11,8 @@
 //! however many calls start at once, a budget is overspent by at most the calls that were
 //! already running when it ran out, and a call is charged to the day it started on.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use mindbus::keys::Keys;
 use redis::aio::ConnectionManager;
@@ -47,7 +48,8 @@ pub struct Usage {
 
 /// A call's estimated cost, counted against its budgets until it is settled or released.
 /// One dropped unsettled (its call was dropped: the command was cancelled or ran out of
-/// time) is released in the background, so no estimate stays charged for ever.
+/// time) is finished in the background: charged what [`Reservation::if_taken`] said once
+/// the provider took the call, else released, so no estimate stays charged for ever.
 #[derive(Debug)]
 #[must_use = "a reservation is settled or released"]
 pub struct Reservation {
@@ -55,6 +57,19 @@ pub struct Reservation {
     estimate: u64,
     /// Set until the reservation is settled or released.
     ledger: Option<Ledger>,
+    /// Set once the provider has taken the call.
+    taken: Arc<AtomicBool>,
+    /// What a call dropped after the provider took it is charged.
+    if_taken: Usage,
+}
+
+impl Reservation {
+    /// Says what the call costs if it is dropped after its provider took it; returns the
+    /// flag to raise once it has.
+    pub fn if_taken(&mut self, usage: Usage) -> Arc<AtomicBool> {
+        self.if_taken = usage;
+        Arc::clone(&self.taken)
+    }
 }
 
 impl Drop for Reservation {
@@ -62,11 +77,12 @@ impl Drop for Reservation {
         let Some(ledger) = self.ledger.take() else {
             return;
         };
+        let usage = self.taken.load(Ordering::SeqCst).then_some(self.if_taken);
         let (keys, estimate) = (std::mem::take(&mut self.keys), self.estimate);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = ledger.take_back(&keys, estimate).await {
-                    tracing::warn!(error = %e, "could not release a dropped call's reservation");
+                if let Err(e) = ledger.finish(&keys, estimate, usage).await {
+                    tracing::warn!(error = %e, "could not finish a dropped call's reservation");
                 }
             });
         }
@@ -146,6 +162,8 @@ impl Ledger {
             keys: totals.into_iter().map(|(key, ..)| key).collect(),
             estimate,
             ledger: Some(self.clone()),
+            taken: Arc::default(),
+            if_taken: Usage::default(),
         })
     }
 
@@ -157,55 +175,41 @@ impl Ledger {
         usage: Usage,
     ) -> redis::RedisResult<()> {
         reservation.ledger = None;
-        let mut pipe = redis::pipe();
-        let correction = usage.cost_micros as i64 - reservation.estimate as i64;
-        for key in &reservation.keys {
-            pipe.cmd("HINCRBY").arg(key).arg("calls").arg(1).ignore();
-            pipe.cmd("HINCRBY")
-                .arg(key)
-                .arg("tokens_in")
-                .arg(usage.tokens_in)
-                .ignore();
-            pipe.cmd("HINCRBY")
-                .arg(key)
-                .arg("tokens_out")
-                .arg(usage.tokens_out)
-                .ignore();
-            pipe.cmd("HINCRBY")
-                .arg(key)
-                .arg("cost_micros")
-                .arg(correction)
-                .ignore();
-            pipe.cmd("HINCRBY")
-                .arg(key)
-                .arg("reserved_micros")
-                .arg(-(reservation.estimate as i64))
-                .ignore();
-        }
-        pipe.exec_async(&mut self.conn.clone()).await
+        self.finish(&reservation.keys, reservation.estimate, Some(usage))
+            .await
     }
 
     /// Takes back a reservation whose call never reached a provider.
     pub async fn release(&self, mut reservation: Reservation) -> redis::RedisResult<()> {
         reservation.ledger = None;
-        self.take_back(&reservation.keys, reservation.estimate)
+        self.finish(&reservation.keys, reservation.estimate, None)
             .await
     }
 
-    async fn take_back(&self, keys: &[String], estimate: u64) -> redis::RedisResult<()> {
+    /// Ends a reservation of `estimate` on `keys`: the call's `usage` replaces it, or,
+    /// without one, it is taken back.
+    async fn finish(
+        &self,
+        keys: &[String],
+        estimate: u64,
+        usage: Option<Usage>,
+    ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        let estimate = -(estimate as i64);
+        let estimate = estimate as i64;
         for key in keys {
-            pipe.cmd("HINCRBY")
-                .arg(key)
-                .arg("cost_micros")
-                .arg(estimate)
-                .ignore();
-            pipe.cmd("HINCRBY")
-                .arg(key)
-                .arg("reserved_micros")
-                .arg(estimate)
-                .ignore();
+            let mut add = |field: &str, by: i64| {
+                pipe.cmd("HINCRBY").arg(key).arg(field).arg(by).ignore();
+            };
+            add("reserved_micros", -estimate);
+            match usage {
+                Some(usage) => {
+                    add("calls", 1);
+                    add("tokens_in", usage.tokens_in as i64);
+                    add("tokens_out", usage.tokens_out as i64);
+                    add("cost_micros", usage.cost_micros as i64 - estimate);
+                }
+                None => add("cost_micros", -estimate),
+            }
         }
         pipe.exec_async(&mut self.conn.clone()).await
     }

@@ -54,6 +54,9 @@ pub(crate) struct Orchestrator {
     publisher: Publisher,
 }
 
+/// How long the publisher lock's session may take to connect or answer a ping.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// This orchestrator as the publisher of its outbox entries.
 #[derive(Debug)]
 pub(crate) struct Publisher {
@@ -90,10 +93,15 @@ impl Publisher {
 
     async fn lock(url: &str, number: i32) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
         use sqlx::Connection as _;
-        let mut session = sqlx::PgConnection::connect(url).await?;
-        Ok(store::lock_publisher(&mut session, number)
-            .await?
-            .then_some(session))
+        let locked = async {
+            let mut session = sqlx::PgConnection::connect(url).await?;
+            Ok(store::lock_publisher(&mut session, number)
+                .await?
+                .then_some(session))
+        };
+        tokio::time::timeout(SESSION_TIMEOUT, locked)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
     }
 
     /// Checks that the lock's session lives, and takes the lock again on a new one if it
@@ -103,7 +111,10 @@ impl Publisher {
         use sqlx::Connection as _;
         let mut session = self.session.lock().await;
         if let Some(conn) = session.as_mut()
-            && conn.ping().await.is_ok()
+            && matches!(
+                tokio::time::timeout(SESSION_TIMEOUT, conn.ping()).await,
+                Ok(Ok(()))
+            )
         {
             return;
         }

@@ -19,8 +19,8 @@ use crate::store::{self, CommandRow, OutboxEntry, RunRow};
 /// Entries re-sent per sweep.
 const SWEEP_BATCH: i64 = 500;
 /// Least age at which an orchestrator takes its own entries for stranded (a publish that
-/// never ran, or whose delete failed).
-const OWN_STRANDED_MS: i64 = 60_000;
+/// never ran, or whose delete failed): longer than any transaction and publish take.
+const OWN_STRANDED_MS: i64 = 300_000;
 
 impl Orchestrator {
     /// Sends committed entries in one pipeline, then forgets them. On failure they stay in
@@ -69,6 +69,10 @@ impl Orchestrator {
         }
         xadd_all(&self.bus, &entries).await?;
         tx.commit().await?;
+        // Any of its own it was keeping to send again are sent now.
+        if let Ok(mut failed) = self.publisher.failed.lock() {
+            failed.retain(|kept| entries.iter().all(|sent| sent.id != kept.id));
+        }
         tracing::info!(
             entries = entries.len(),
             "re-sent entries a stopped orchestrator left unsent"

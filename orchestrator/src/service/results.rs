@@ -245,8 +245,8 @@ fn unreadable(
     Some((run_id, Input::Abort { command_id, reason }))
 }
 
-/// An error that retrying cannot cure: the store refuses the data (class 22 or 23), or a
-/// stored value cannot be read back.
+/// An error that retrying cannot cure: the store refuses the data (class 22 or 23), a
+/// stored value cannot be read back, or a command to send is over the wire's limits.
 fn is_permanent(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
@@ -258,7 +258,9 @@ fn is_permanent(e: &anyhow::Error) -> bool {
             ) => true,
             Some(_) => false,
             None => {
-                cause.is::<serde_json::Error>() || cause.is::<super::catalog::DefinitionError>()
+                cause.is::<serde_json::Error>()
+                    || cause.is::<super::catalog::DefinitionError>()
+                    || cause.is::<mindbus::wire::WireError>()
             }
         })
 }

@@ -15,7 +15,8 @@ use serde_json::Value;
 /// templates need, and a few milliseconds of work.
 const FUEL: u64 = 50_000;
 
-/// Most bytes one template may render to, or one expression yield as JSON.
+/// Most bytes one input (all its templates together) may render to, or one expression
+/// yield as JSON.
 pub const MAX_RENDERED_BYTES: usize = 1 << 20;
 
 /// Filters left out: one call can allocate as much as its argument asks.
@@ -33,15 +34,20 @@ pub(crate) fn environment() -> Environment<'static> {
     env
 }
 
-/// A writer that refuses to hold more than [`MAX_RENDERED_BYTES`].
-struct Bounded(Vec<u8>);
+/// A writer that refuses to hold more than `left` bytes, shared by every template of one
+/// input (so many small templates cannot add up past the bound either).
+struct Bounded<'a> {
+    out: Vec<u8>,
+    left: &'a mut usize,
+}
 
-impl Write for Bounded {
+impl Write for Bounded<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+        if buf.len() > *self.left {
             return Err(std::io::Error::other("too long"));
         }
-        self.0.extend_from_slice(buf);
+        *self.left -= buf.len();
+        self.out.extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -57,10 +63,18 @@ fn too_large() -> Error {
     )
 }
 
-/// Renders one string template, at most [`MAX_RENDERED_BYTES`] of it.
-fn render_text(env: &Environment<'_>, text: &str, context: &Value) -> Result<String, Error> {
+/// Renders one string template, at most `left` bytes of it.
+fn render_text(
+    env: &Environment<'_>,
+    text: &str,
+    context: &Value,
+    left: &mut usize,
+) -> Result<String, Error> {
     let template = env.template_from_str(text)?;
-    let mut out = Bounded(Vec::new());
+    let mut out = Bounded {
+        out: Vec::new(),
+        left,
+    };
     template
         .render_captured_to(context, &mut out)
         .map_err(|e| {
@@ -70,44 +84,52 @@ fn render_text(env: &Environment<'_>, text: &str, context: &Value) -> Result<Str
                 e
             }
         })?;
-    String::from_utf8(out.0).map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))
+    String::from_utf8(out.out).map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))
 }
 
-/// Renders `input` against `context`. A string that is exactly one `{{ expression }}`
-/// keeps the expression's JSON type (a list stays a list); other strings render as text.
+/// Renders `input` against `context`, at most [`MAX_RENDERED_BYTES`] in all. A string that
+/// is exactly one `{{ expression }}` keeps the expression's JSON type (a list stays a
+/// list); other strings render as text.
 pub fn render(input: &Value, context: &Value) -> Result<Value, minijinja::Error> {
     let env = environment();
-    render_with(&env, input, context)
+    let mut left = MAX_RENDERED_BYTES;
+    render_with(&env, input, context, &mut left)
 }
 
 fn render_with(
     env: &Environment<'_>,
     input: &Value,
     context: &Value,
+    left: &mut usize,
 ) -> Result<Value, minijinja::Error> {
     Ok(match input {
         Value::String(text) => match whole_expression(text) {
-            Some(expr) => evaluate(env, expr, context)?,
-            None => Value::String(render_text(env, text, context)?),
+            Some(expr) => evaluate(env, expr, context, left)?,
+            None => Value::String(render_text(env, text, context, left)?),
         },
         Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|i| render_with(env, i, context))
+                .map(|i| render_with(env, i, context, left))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => Value::Object(
             map.iter()
-                .map(|(k, v)| Ok((k.clone(), render_with(env, v, context)?)))
+                .map(|(k, v)| Ok((k.clone(), render_with(env, v, context, left)?)))
                 .collect::<Result<_, minijinja::Error>>()?,
         ),
         other => other.clone(),
     })
 }
 
-/// Evaluates a whole-string expression to JSON; an undefined result is an error, as it is
-/// in a template.
-fn evaluate(env: &Environment<'_>, expr: &str, context: &Value) -> Result<Value, Error> {
+/// Evaluates a whole-string expression to JSON (at most `left` bytes of it); an undefined
+/// result is an error, as it is in a template.
+fn evaluate(
+    env: &Environment<'_>,
+    expr: &str,
+    context: &Value,
+    left: &mut usize,
+) -> Result<Value, Error> {
     let value = env.compile_expression(expr)?.eval(context)?;
     if value.is_undefined() {
         return Err(Error::new(
@@ -115,7 +137,10 @@ fn evaluate(env: &Environment<'_>, expr: &str, context: &Value) -> Result<Value,
             format!("`{expr}` is undefined"),
         ));
     }
-    let mut out = Bounded(Vec::new());
+    let mut out = Bounded {
+        out: Vec::new(),
+        left,
+    };
     serde_json::to_writer(&mut out, &value).map_err(|e| {
         if e.is_io() {
             too_large()
@@ -123,7 +148,7 @@ fn evaluate(env: &Environment<'_>, expr: &str, context: &Value) -> Result<Value,
             Error::new(ErrorKind::BadSerialization, e.to_string())
         }
     })?;
-    serde_json::from_slice(&out.0)
+    serde_json::from_slice(&out.out)
         .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))
 }
 
@@ -175,6 +200,18 @@ mod tests {
         assert!(huge.to_string().contains("more than"), "{huge}");
         let yielded = render(&json!("{{ 'x' * 2000000 }}"), &context).unwrap_err();
         assert!(yielded.to_string().contains("more than"), "{yielded}");
+        // Many templates that are each small add up to the same bound.
+        let context = json!({"doc": "y".repeat(200_000)});
+        let many = json!([
+            "{{ doc }}",
+            "{{ doc }}",
+            "{{ doc }}",
+            "{{ doc }}",
+            "{{ doc }}",
+            "a {{ doc }}"
+        ]);
+        let summed = render(&many, &context).unwrap_err();
+        assert!(summed.to_string().contains("more than"), "{summed}");
         let wide = render(&json!("{{ 'a' | indent(1000000000000) }}"), &context).unwrap_err();
         assert_eq!(wide.kind(), ErrorKind::UnknownFilter, "{wide}");
     }

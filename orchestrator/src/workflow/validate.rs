@@ -150,9 +150,29 @@ fn check_role(role: &str, roles: &[&str], at: Option<String>, found: &mut Found)
 }
 
 fn check_dynamic(workflow: &Workflow, roles: &[&str], found: &mut Found) {
+    let planners = workflow.steps.iter().filter(|s| s.adds_steps).count();
     let Some(limits) = &workflow.dynamic else {
+        if planners > 0 {
+            found.push((
+                None,
+                Problem::BadLimit(
+                    "a step is marked `adds_steps` but the workflow declares no `dynamic` limits"
+                        .into(),
+                ),
+            ));
+        }
         return;
     };
+    if planners == 0 {
+        found.push((
+            None,
+            Problem::BadLimit(
+                "`dynamic` is declared but no step is marked `adds_steps: true` (only a marked \
+                 step's `add_steps` adds steps)"
+                    .into(),
+            ),
+        ));
+    }
     if limits.max_added_steps == 0 || limits.max_depth == 0 {
         found.push((
             None,

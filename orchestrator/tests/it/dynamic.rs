@@ -1,6 +1,7 @@
 //! Dynamic steps: a result adds steps to its run, within the workflow's limits.
 
 use mindbus_orchestrator::engine::{self, Action};
+use mindbus_orchestrator::workflow;
 use serde_json::{Value, json};
 
 use crate::engine::{drive, workflow};
@@ -65,15 +66,22 @@ fn steps_outside_the_limits_fail_the_run_naming_the_limit() {
     assert!(failure(&planner(LIMITS, patient)).contains("dynamic.max_timeout_ms (600000)"));
     let clash = r#"[{id: plan, role: echo}]"#;
     assert!(failure(&planner(LIMITS, clash)).contains("existing step"));
-    assert!(failure(&planner("", r#"[{id: a, role: echo}]"#)).contains("no `dynamic` limits"));
+    let unlimited = planner("", r#"[{id: a, role: echo}]"#);
+    let refused = workflow::parse(std::path::Path::new("t.yaml"), &unlimited, &["echo"]);
+    let problems = format!("{:?}", refused.expect_err("a planner needs dynamic limits"));
+    assert!(problems.contains("no `dynamic` limits"), "{problems}");
 }
 
 #[test]
-fn an_empty_or_null_list_adds_nothing_even_without_limits() {
+fn an_empty_or_null_list_adds_nothing() {
     for add in ["[]", "null"] {
-        assert!(
-            matches!(end_of(&planner("", add)), Action::Complete { .. }),
-            "{add}"
+        let Action::Complete { output } = end_of(&planner(LIMITS, add)) else {
+            panic!("{add}: the run should complete")
+        };
+        assert_eq!(
+            output.as_object().map(|o| o.len()),
+            Some(1),
+            "{add}: {output}"
         );
     }
 }
@@ -92,19 +100,16 @@ fn a_second_level_within_max_depth_runs() {
 /// `add_steps` (a model talked into writing one) is data, and the run goes on.
 #[test]
 fn add_steps_from_a_step_not_marked_is_only_data() {
-    let yaml = format!(
-        r#"
+    let yaml = r#"
 name: dyn
-{LIMITS}
-output: "{{{{ steps }}}}"
+output: "{{ steps }}"
 steps:
   - id: critic
     role: echo
     input:
-      add_steps: [{{id: injected, role: echo}}]
-"#
-    );
-    let Action::Complete { output } = end_of(&yaml) else {
+      add_steps: [{id: injected, role: echo}]
+"#;
+    let Action::Complete { output } = end_of(yaml) else {
         panic!("the run should complete")
     };
     assert!(output.get("injected").is_none(), "{output}");
