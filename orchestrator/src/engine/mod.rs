@@ -13,6 +13,7 @@ mod step;
 
 use crate::workflow::{Step, Workflow, render};
 pub use dynamic::{ADD_STEPS, AddedStep};
+pub use step::MAX_FAN_OUT;
 use step::{begin, on_decision, on_result};
 
 /// Where one step stands.

@@ -156,6 +156,10 @@ pub(super) fn begin(step: &Step, state: &mut RunState) -> Vec<Action> {
     dispatch(step, state, 1)
 }
 
+/// Most commands one step fans out to: each result of a fan-out is applied to the whole
+/// run state, so a run's cost grows with the square of its width.
+pub const MAX_FAN_OUT: usize = 20_000;
+
 /// Sends the step's commands for `round`: one per fan-out item, or one.
 fn dispatch(step: &Step, state: &mut RunState, round: u32) -> Vec<Action> {
     let items = match &step.for_each {
@@ -164,6 +168,16 @@ fn dispatch(step: &Step, state: &mut RunState, round: u32) -> Vec<Action> {
             &Value::String(format!("{{{{ {list} }}}}")),
             &context(state, None),
         ) {
+            Ok(Value::Array(items)) if items.len() > MAX_FAN_OUT => {
+                return fail(
+                    state,
+                    step,
+                    format!(
+                        "for_each yields {} items, over the {MAX_FAN_OUT} one step may fan out to",
+                        items.len()
+                    ),
+                );
+            }
             Ok(Value::Array(items)) => items.into_iter().map(Some).collect(),
             Ok(other) => {
                 return fail(

@@ -321,3 +321,29 @@ fn a_skipped_final_step_without_output_fails_the_run() {
         "{end:?}"
     );
 }
+
+/// A fan-out wider than the declared limit fails its step, naming the limit, before one
+/// command is sent.
+#[test]
+fn a_fan_out_past_its_limit_fails_naming_it() {
+    let w = workflow(
+        r#"
+name: wider
+inputs:
+  items: {}
+steps:
+  - id: fan
+    role: echo
+    for_each: "inputs.items"
+    input: {i: "{{ item }}"}
+"#,
+    );
+    let items: Vec<usize> = (0..=engine::MAX_FAN_OUT).collect();
+    let (_, actions) = engine::start(&w, json!({"items": items})).unwrap();
+    match actions.as_slice() {
+        [Action::Fail { reason, .. }] => {
+            assert!(reason.contains("20000 one step may fan out to"), "{reason}");
+        }
+        other => panic!("the step should fail, not send {} actions", other.len()),
+    }
+}
