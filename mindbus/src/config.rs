@@ -187,6 +187,11 @@ pub struct OrchestratorConfig {
     /// orchestrator; it is sent again, with the same id.
     #[schemars(range(min = 100))]
     pub resend_after_ms: u64,
+    /// Most bytes one run's state (its input and every finished step's output, as JSON)
+    /// may take; a transition that would grow it past this fails the run, naming the size.
+    /// Every transition of a run reads and writes its state whole.
+    #[schemars(range(min = 65_536, max = 134_217_728))]
+    pub max_state_bytes: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -201,6 +206,7 @@ impl Default for OrchestratorConfig {
             lease_ms: 10_000,
             tick_ms: 200,
             resend_after_ms: 2_000,
+            max_state_bytes: 64 << 20,
         }
     }
 }

@@ -24,11 +24,10 @@ pub enum StepState {
     Pending,
     /// Its condition was false.
     Skipped,
-    /// Commands are out: one per fan-out item (one in all for a plain step), in `round`.
-    Running {
-        round: u32,
-        outputs: Vec<Option<Value>>,
-    },
+    /// `commands` commands are out in `round`: one per fan-out item, or one. Their answers
+    /// are kept beside the run (one row each), not here, so that an answer costs the same
+    /// however wide the step is; the step's last answer brings them all back at once.
+    Running { round: u32, commands: usize },
     /// Waiting for a person.
     AwaitingApproval,
     /// Finished with this output.
@@ -47,26 +46,6 @@ pub struct RunState {
     /// Steps that results added at run time, in the order they were added.
     #[serde(default)]
     pub added: Vec<AddedStep>,
-}
-
-impl RunState {
-    /// The commands still out: (step, fan-out item, round) of every unanswered dispatch.
-    pub fn outstanding(&self) -> Vec<(String, usize, u32)> {
-        self.steps
-            .iter()
-            .filter_map(|(id, s)| match s {
-                StepState::Running { round, outputs } => Some((id, *round, outputs)),
-                _ => None,
-            })
-            .flat_map(|(id, round, outputs)| {
-                outputs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, o)| o.is_none())
-                    .map(move |(item, _)| (id.clone(), item, round))
-            })
-            .collect()
-    }
 }
 
 /// The run's steps: the workflow's, then those added at run time.
@@ -108,12 +87,12 @@ pub enum Action {
 /// What happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A step's command answered (`Err` with the failure when it did not complete).
+    /// Every command of a step's `round` answered (their outputs in fan-out item order, one
+    /// for a plain step), or one of them failed (`Err` with the failure).
     Result {
         step: String,
-        item: usize,
         round: u32,
-        output: Result<Value, String>,
+        output: Result<Vec<Value>, String>,
     },
     /// A person approved (`true`) or rejected (`false`) an approval step.
     Decided { step: String, approved: bool },
@@ -172,12 +151,7 @@ pub fn apply(workflow: &Workflow, state: &mut RunState, event: Event) -> Vec<Act
         return Vec::new();
     };
     let accepted = match event {
-        Event::Result {
-            item,
-            round,
-            output,
-            ..
-        } => on_result(workflow, step, state, item, round, output),
+        Event::Result { round, output, .. } => on_result(workflow, step, state, round, output),
         Event::Decided { approved, .. } => on_decision(step, state, approved),
         Event::ApprovalTimedOut { .. } => {
             let approve = step

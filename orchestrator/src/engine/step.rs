@@ -32,36 +32,44 @@ pub(super) fn on_decision(
     }
 }
 
-/// `None` when the step was not waiting for this result (late, repeated or unknown).
+/// `None` when the step was not waiting for these results (late, repeated, or of another
+/// round).
 pub(super) fn on_result(
     workflow: &Workflow,
     step: &Step,
     state: &mut RunState,
-    item: usize,
     round: u32,
-    output: Result<Value, String>,
+    output: Result<Vec<Value>, String>,
 ) -> Option<Vec<Action>> {
-    match state.steps.get(&step.id) {
-        Some(StepState::Running {
-            round: current,
-            outputs,
-        }) if *current == round && outputs.get(item).is_some_and(Option::is_none) => {}
-        _ => return None,
+    let Some(StepState::Running {
+        round: current,
+        commands,
+    }) = state.steps.get(&step.id)
+    else {
+        return None;
+    };
+    if *current != round {
+        return None;
     }
-    Some(record_result(workflow, step, state, item, round, output))
+    let output = match output {
+        Ok(outputs) if outputs.len() != *commands => Err(format!(
+            "internal: {} answers for {commands} commands",
+            outputs.len()
+        )),
+        output => output,
+    };
+    Some(record_result(workflow, step, state, round, output))
 }
 
 fn record_result(
     workflow: &Workflow,
     step: &Step,
     state: &mut RunState,
-    item: usize,
     round: u32,
-    output: Result<Value, String>,
+    output: Result<Vec<Value>, String>,
 ) -> Vec<Action> {
-    let context = context(state, None);
-    let output = match output {
-        Ok(output) => output,
+    let outputs = match output {
+        Ok(outputs) => outputs,
         Err(error) => {
             state.steps.insert(
                 step.id.clone(),
@@ -75,17 +83,6 @@ fn record_result(
             }];
         }
     };
-    let Some(StepState::Running { outputs, .. }) = state.steps.get_mut(&step.id) else {
-        return Vec::new();
-    };
-    outputs[item] = Some(output);
-    if outputs.iter().any(Option::is_none) {
-        return Vec::new();
-    }
-    let outputs: Vec<Value> = outputs
-        .iter_mut()
-        .map(|o| o.take().unwrap_or_default())
-        .collect();
     let output = if step.for_each.is_some() {
         Value::Array(outputs)
     } else {
@@ -94,7 +91,7 @@ fn record_result(
     let Some(repeat) = &step.repeat else {
         return done(workflow, state, step, output);
     };
-    let mut scope = context;
+    let mut scope = context(state, None);
     scope["output"] = output.clone();
     scope["round"] = json!(round);
     match truthy(&repeat.until, &scope) {
@@ -156,8 +153,9 @@ pub(super) fn begin(step: &Step, state: &mut RunState) -> Vec<Action> {
     dispatch(step, state, 1)
 }
 
-/// Most commands one step fans out to: each result of a fan-out is applied to the whole
-/// run state, so a run's cost grows with the square of its width.
+/// Most commands one step fans out to. An answer costs the same however wide the step is,
+/// but the step's output (every answer in one list) is part of the run's state, which
+/// every later transition of the run reads.
 pub const MAX_FAN_OUT: usize = 20_000;
 
 /// Sends the step's commands for `round`: one per fan-out item, or one.
@@ -192,10 +190,14 @@ fn dispatch(step: &Step, state: &mut RunState, round: u32) -> Vec<Action> {
     if items.is_empty() {
         return finish(state, step, json!([]));
     }
+    // The context is converted for the templates once, not once per item.
+    let base = minijinja::Value::from_serialize(context(state, None));
     let mut actions = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        let mut scope = context(state, item.clone());
-        scope["round"] = json!(round);
+    for (index, item) in items.into_iter().enumerate() {
+        let scope = match item {
+            Some(item) => minijinja::context! { item => item, round => round, ..base.clone() },
+            None => minijinja::context! { round => round, ..base.clone() },
+        };
         match render(&step.input, &scope) {
             Ok(input) => actions.push(Action::Dispatch {
                 step: step.id.clone(),
@@ -214,7 +216,7 @@ fn dispatch(step: &Step, state: &mut RunState, round: u32) -> Vec<Action> {
         step.id.clone(),
         StepState::Running {
             round,
-            outputs: vec![None; items.len()],
+            commands: actions.len(),
         },
     );
     actions

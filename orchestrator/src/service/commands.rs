@@ -125,6 +125,15 @@ impl Orchestrator {
         };
         let (state, actions) =
             engine::start(&workflow, start.input).map_err(HandlerError::fatal)?;
+        let bytes = serde_json::to_vec(&state).map_or(usize::MAX, |b| b.len());
+        if bytes > self.config.max_state_bytes {
+            return Err(HandlerError::fatal(format!(
+                "the run's input takes {bytes} bytes, over the {} one run may hold \
+                 (orchestrator.max_state_bytes)",
+                self.config.max_state_bytes
+            ))
+            .with_type(ErrorType::Malformed));
+        }
         let deadline_ms = [
             workflow.deadline_ms.map(super::millis_from_now),
             command.deadline.map(|d| d.as_millisecond()),
@@ -166,9 +175,14 @@ impl Orchestrator {
             .with_type(ErrorType::Other(OVER_QUOTA.into())));
         }
         if let Some(due) = deadline_ms {
-            store::set_timer(&mut tx, run.id, Timer::Deadline.as_str(), "", due)
-                .await
-                .map_err(retry)?;
+            store::set_timers(
+                &mut tx,
+                run.id,
+                Timer::Deadline.as_str(),
+                &[(String::new(), due)],
+            )
+            .await
+            .map_err(retry)?;
         }
         let started = json!({"workflow": run.workflow, "input": run.input});
         let entry =
@@ -178,7 +192,7 @@ impl Orchestrator {
             publisher: self.publisher.number,
             out: Vec::new(),
         };
-        fx.push(entry).await.map_err(retry)?;
+        fx.push(entry);
         let before = RunState {
             steps: run
                 .state

@@ -1,5 +1,6 @@
 //! Step results: read from the result stream through the `mindbus-orchestrator` consumer
-//! group, applied each in its own transaction, acknowledged only after it committed. Results
+//! group, applied run by run (a run's results in order, as many per transaction as go
+//! together), acknowledged only after they committed. Results
 //! a dead orchestrator left unacknowledged are taken over after the lease.
 
 use std::sync::Arc;
@@ -129,7 +130,8 @@ async fn reclaim(
     }
 }
 
-/// Applies a batch (up to `concurrency` at once) and acknowledges what was applied.
+/// Applies a batch and acknowledges what was applied. Each run's results are applied in
+/// their order, as many in one transaction as go together; up to `concurrency` runs at once.
 async fn apply_batch(
     this: &Orchestrator,
     acks: &mut ConnectionManager,
@@ -140,17 +142,25 @@ async fn apply_batch(
     if entries.is_empty() {
         return Ok(());
     }
-    let done: Vec<Option<EntryId>> = futures::stream::iter(entries)
-        .map(|entry| apply_one(this, stream, entry, stop))
+    let mut done = Vec::new();
+    let mut runs: Vec<(Uuid, Vec<(EntryId, Input)>)> = Vec::new();
+    for entry in entries {
+        match step_result(stream, &entry) {
+            None => done.push(entry.id),
+            Some((run_id, input)) => match runs.iter_mut().find(|(id, _)| *id == run_id) {
+                Some((_, results)) => results.push((entry.id, input)),
+                None => runs.push((run_id, vec![(entry.id, input)])),
+            },
+        }
+    }
+    let applied: Vec<Vec<EntryId>> = futures::stream::iter(runs)
+        .map(|(run_id, results)| apply_run(this, run_id, results, stop))
         .buffer_unordered(this.config.concurrency)
         .collect()
         .await;
-    let done: Vec<String> = done
-        .into_iter()
-        .flatten()
-        .map(|id| id.to_string())
-        .collect();
+    done.extend(applied.into_iter().flatten());
     if !done.is_empty() {
+        let done: Vec<String> = done.iter().map(ToString::to_string).collect();
         redis::cmd("XACK")
             .arg(stream)
             .arg(GROUP)
@@ -161,32 +171,65 @@ async fn apply_batch(
     Ok(())
 }
 
-/// Applies one entry, retrying while Postgres fails; returns its id once it may be
-/// acknowledged (`None` when stopped first: it stays pending for the next reader).
+/// Applies one run's results in order, retrying while Postgres fails; returns the ids of
+/// those applied, which may be acknowledged (the rest, when stopped first, stay pending
+/// for the next reader).
+async fn apply_run(
+    this: &Orchestrator,
+    run_id: Uuid,
+    results: Vec<(EntryId, Input)>,
+    stop: &CancellationToken,
+) -> Vec<EntryId> {
+    let (ids, inputs): (Vec<EntryId>, Vec<Input>) = results.into_iter().unzip();
+    let mut applied = 0;
+    let mut delays = mindbus::streams::retry_delays();
+    while applied < inputs.len() {
+        match this.advance_many(run_id, &inputs[applied..]).await {
+            Ok((taken, outcome)) => {
+                tracing::debug!(run.id = %run_id, results = taken, ?outcome, "results applied");
+                applied += taken;
+            }
+            // One of them cannot be stored: the first goes alone (failing the run if it is
+            // the one), then the rest go on together.
+            Err(e) if is_permanent(&e) => {
+                if !apply_one(this, run_id, &inputs[applied], stop).await {
+                    break;
+                }
+                applied += 1;
+            }
+            Err(e) => {
+                tracing::warn!(run.id = %run_id, error = %e, "applying results failed; retrying");
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+    ids.into_iter().take(applied).collect()
+}
+
+/// Applies one result alone, retrying while Postgres fails, and failing its run when it can
+/// never be stored; `false` when stopped first.
 async fn apply_one(
     this: &Orchestrator,
-    stream: &str,
-    entry: StreamEntry,
+    run_id: Uuid,
+    input: &Input,
     stop: &CancellationToken,
-) -> Option<EntryId> {
-    let Some((run_id, input)) = step_result(stream, &entry) else {
-        return Some(entry.id);
-    };
+) -> bool {
     let mut delays = mindbus::streams::retry_delays();
     loop {
         match this.advance(run_id, input.clone()).await {
             Ok(outcome) => {
                 tracing::debug!(run.id = %run_id, ?outcome, "result applied");
-                return Some(entry.id);
+                return true;
             }
             Err(e) if is_permanent(&e) => {
-                abort(this, run_id, &input, &e).await;
-                return Some(entry.id);
+                abort(this, run_id, input, &e).await;
+                return true;
             }
             Err(e) => {
                 tracing::warn!(run.id = %run_id, error = %e, "applying a result failed; retrying");
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tokio::select! { _ = stop.cancelled() => return None, _ = tokio::time::sleep(delay) => {} }
+                tokio::select! { _ = stop.cancelled() => return false, _ = tokio::time::sleep(delay) => {} }
             }
         }
     }
@@ -245,14 +288,15 @@ fn unreadable(
     Some((run_id, Input::Abort { command_id, reason }))
 }
 
-/// An error that retrying cannot cure: the store refuses the data (class 22 or 23), a
+/// An error that retrying cannot cure: the store refuses the data (class 22 or 23) or
+/// finds it past one of its limits (class 54), a
 /// stored value cannot be read back, or a command to send is over the wire's limits.
 fn is_permanent(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
             Some(sqlx::Error::Database(db)) => db
                 .code()
-                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+                .is_some_and(|c| ["22", "23", "54"].iter().any(|class| c.starts_with(class))),
             Some(
                 sqlx::Error::Decode(_) | sqlx::Error::Encode(_) | sqlx::Error::ColumnDecode { .. },
             ) => true,

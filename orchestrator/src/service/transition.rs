@@ -58,19 +58,30 @@ pub(crate) struct Effects<'a> {
 }
 
 impl Effects<'_> {
-    /// Stores `entry` in the outbox, to publish once the transaction commits.
-    pub async fn push(&mut self, entry: OutboxEntry) -> Result<(), sqlx::Error> {
-        let entry = store::push(self.tx, self.publisher, entry).await?;
+    /// Adds `entry` to the outbox, to publish once the transaction commits; stored by
+    /// [`Effects::store`].
+    pub fn push(&mut self, entry: OutboxEntry) {
         self.out.push(entry);
-        Ok(())
+    }
+
+    /// Writes the entries pushed into the transaction, all in one statement.
+    async fn store(&mut self) -> Result<(), sqlx::Error> {
+        store::push_all(self.tx, self.publisher, &mut self.out).await
     }
 }
 
-/// What `input` does to a run whose stored definition cannot be read: a cancel cancels it,
-/// anything else fails it naming why. Neither needs the definition, so a run can always be
-/// ended.
-fn unreadable(run: &mut RunRow, input: Input, why: &str) -> Vec<Action> {
-    if let Input::Cancel = input {
+/// What a transition applies: engine events already worked out (steps whose answers are
+/// all in, failures), or an input still to be turned into one.
+enum Applying {
+    Events(Vec<Event>),
+    Input(Input),
+}
+
+/// What `applying` does to a run whose stored definition cannot be read: a cancel cancels
+/// it, anything else fails it naming why. Neither needs the definition, so a run can always
+/// be ended.
+fn unreadable(run: &mut RunRow, applying: &Applying, why: &str) -> Vec<Action> {
+    if let Applying::Input(Input::Cancel) = applying {
         run.status = RunStatus::Canceled;
         run.error = Some("canceled".into());
         return Vec::new();
@@ -81,33 +92,85 @@ fn unreadable(run: &mut RunRow, input: Input, why: &str) -> Vec<Action> {
     }]
 }
 
+/// `Fail` instead of `actions` when they grew the run's state past `limit` bytes (every
+/// later transition reads and writes it whole, and Postgres refuses a jsonb value past
+/// 255 MiB, so a bigger state could never be saved); the state goes back to `before`. A
+/// transition that does not grow the state (a cancel, a failure) is never refused.
+fn bounded(run: &mut RunRow, before: &RunState, actions: Vec<Action>, limit: usize) -> Vec<Action> {
+    let size = |state: &RunState| serde_json::to_vec(state).map_or(usize::MAX, |b| b.len());
+    let bytes = size(&run.state);
+    if bytes <= limit || bytes <= size(before) {
+        return actions;
+    }
+    run.state = before.clone();
+    vec![Action::Fail {
+        step: None,
+        reason: format!(
+            "the run's state would take {bytes} bytes, over the {limit} one run may hold \
+             (orchestrator.max_state_bytes): fan out over fewer items, or have steps answer with less"
+        ),
+    }]
+}
+
 impl Orchestrator {
     /// Applies `input` to run `run_id` in one transaction and publishes what it produced.
     pub(crate) async fn advance(&self, run_id: Uuid, input: Input) -> anyhow::Result<Outcome> {
+        Ok(self
+            .advance_many(run_id, std::slice::from_ref(&input))
+            .await?
+            .1)
+    }
+
+    /// Applies a prefix of `inputs` to run `run_id` in one transaction, and says how many it
+    /// took: all the results at its head together (a wide fan-in commits once per batch of
+    /// answers, not once per answer), or else the one input at its head.
+    pub(crate) async fn advance_many(
+        &self,
+        run_id: Uuid,
+        inputs: &[Input],
+    ) -> anyhow::Result<(usize, Outcome)> {
+        let results = leading_results(inputs);
+        let taken = results.max(1).min(inputs.len());
         let mut tx = self.pool.begin().await?;
-        let Some(mut run) = store::lock_run(&mut tx, run_id).await? else {
-            return Ok(Outcome::NotFound);
+        let Some(status) = store::lock_status(&mut tx, run_id).await? else {
+            return Ok((taken, Outcome::NotFound));
         };
-        if run.status.is_final() {
-            if let Input::Result {
-                command_id, status, ..
-            } = &input
-            {
-                store::apply_command(&mut tx, run_id, *command_id, status.as_str()).await?;
+        if status.is_final() {
+            if results > 0 {
+                answers(&mut tx, run_id, &inputs[..results], false).await?;
                 tx.commit().await?;
             }
-            return Ok(Outcome::Ignored(format!("the run is {}", run.status)));
+            return Ok((taken, Outcome::Ignored(format!("the run is {status}"))));
         }
+        let applying = if results > 0 {
+            let events = answers(&mut tx, run_id, &inputs[..results], true).await?;
+            if events.is_empty() {
+                tx.commit().await?;
+                return Ok((taken, Outcome::Applied(RunStatus::Running)));
+            }
+            Applying::Events(events)
+        } else {
+            Applying::Input(inputs[0].clone())
+        };
+        let mut run = store::lock_run(&mut tx, run_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} vanished under its lock"))?;
         let before = run.state.clone();
         let actions = match self.catalog.definition(&run.workflow, &run.definition) {
-            Ok(workflow) => match self.actions(&mut tx, &workflow, &mut run, input).await? {
-                Ok(actions) => actions,
-                Err(ignored) => return Ok(Outcome::Ignored(ignored)),
+            Ok(workflow) => match applying {
+                Applying::Events(events) => apply_events(&workflow, &mut run.state, events),
+                Applying::Input(input) => {
+                    match self.actions(&mut tx, &workflow, &mut run, input).await? {
+                        Ok(actions) => actions,
+                        Err(ignored) => return Ok((taken, Outcome::Ignored(ignored))),
+                    }
+                }
             },
             // A definition this orchestrator cannot read (one written for a newer version,
             // met during an upgrade): the run still ends, rather than failing every try.
-            Err(e) => unreadable(&mut run, input, &e.to_string()),
+            Err(e) => unreadable(&mut run, &applying, &e.to_string()),
         };
+        let actions = bounded(&mut run, &before, actions, self.config.max_state_bytes);
         let mut effects = Effects {
             tx: &mut tx,
             publisher: self.publisher.number,
@@ -119,10 +182,10 @@ impl Orchestrator {
         store::save_run(&mut tx, &run).await?;
         tx.commit().await?;
         self.publish(out).await;
-        Ok(Outcome::Applied(run.status))
+        Ok((taken, Outcome::Applied(run.status)))
     }
 
-    /// The engine's actions for `input`, or why there are none.
+    /// The engine's actions for `input` (anything but a result), or why there are none.
     async fn actions(
         &self,
         tx: &mut Tx,
@@ -131,25 +194,7 @@ impl Orchestrator {
         input: Input,
     ) -> anyhow::Result<Result<Vec<Action>, String>> {
         let event = match input {
-            Input::Result {
-                command_id,
-                status,
-                output,
-            } => match store::apply_command(tx, run.id, command_id, status.as_str()).await? {
-                Some(CommandRow {
-                    step, item, round, ..
-                }) => {
-                    let timer = command_id.to_string();
-                    store::drop_timer(tx, run.id, Timer::Command.as_str(), &timer).await?;
-                    Event::Result {
-                        step,
-                        item,
-                        round,
-                        output,
-                    }
-                }
-                None => return Ok(Err("the result was applied before".into())),
-            },
+            Input::Result { .. } => unreachable!("results are applied by `answer`"),
             Input::Decided { step, approved } => {
                 if run.state.steps.get(&step) != Some(&StepState::AwaitingApproval) {
                     return Ok(Err(format!("step `{step}` is not waiting for an approval")));
@@ -167,15 +212,12 @@ impl Orchestrator {
                         let Ok(command_id) = step.parse::<Uuid>() else {
                             return Ok(Err(format!("`{step}` is not a command id")));
                         };
-                        match store::apply_command(tx, run.id, command_id, "failed").await? {
-                            Some(CommandRow {
-                                step, item, round, ..
-                            }) => Event::Result {
+                        match store::apply_command(tx, run.id, command_id, "failed", None).await? {
+                            Some(CommandRow { step, round, .. }) => Event::Result {
                                 output: Err(format!(
                                     "timeout: no result for command {command_id} by its deadline"
                                 )),
                                 step,
-                                item,
                                 round,
                             },
                             None => return Ok(Err("the command was answered".into())),
@@ -197,7 +239,7 @@ impl Orchestrator {
             Input::Abort { command_id, reason } => {
                 // Only a command of this run still waiting for its answer: a stray entry
                 // naming an answered (or unknown) command changes nothing.
-                if store::apply_command(tx, run.id, command_id, "failed")
+                if store::apply_command(tx, run.id, command_id, "failed", None)
                     .await?
                     .is_none()
                 {
@@ -217,6 +259,10 @@ impl Orchestrator {
         before: &RunState,
         actions: Vec<Action>,
     ) -> anyhow::Result<()> {
+        // Commands sent per (step, round), counted so their answers need not read the run.
+        let mut sent: std::collections::BTreeMap<(String, u32), usize> = Default::default();
+        let mut commands = Vec::new();
+        let mut command_timers = Vec::new();
         for action in actions {
             match action {
                 Action::Dispatch {
@@ -241,14 +287,12 @@ impl Orchestrator {
                         round,
                         role,
                     };
-                    store::insert_command(fx.tx, &row).await?;
+                    *sent.entry((row.step.clone(), row.round)).or_default() += 1;
                     if let Some(timeout_ms) = timeout_ms {
                         // The agent's own answer says more, so it gets a moment to arrive.
                         let due =
                             millis_from_now(timeout_ms).saturating_add(COMMAND_TIMER_GRACE_MS);
-                        let timer = row.command_id.to_string();
-                        store::set_timer(fx.tx, run.id, Timer::Command.as_str(), &timer, due)
-                            .await?;
+                        command_timers.push((row.command_id.to_string(), due));
                     }
                     let entry = command_entry(
                         &self.bus,
@@ -259,11 +303,12 @@ impl Orchestrator {
                         deadline,
                         maxattempts,
                     )?;
-                    fx.push(entry).await?;
+                    fx.push(entry);
+                    commands.push(row);
                 }
                 Action::AwaitApproval { step, timeout_ms } => {
-                    let due = millis_from_now(timeout_ms);
-                    store::set_timer(fx.tx, run.id, Timer::Approval.as_str(), &step, due).await?;
+                    let due = vec![(step, millis_from_now(timeout_ms))];
+                    store::set_timers(fx.tx, run.id, Timer::Approval.as_str(), &due).await?;
                 }
                 Action::Complete { output } => {
                     run.status = RunStatus::Completed;
@@ -275,15 +320,22 @@ impl Orchestrator {
                 }
             }
         }
-        self.step_events(fx, run, before).await?;
+        // Each kind of row in one statement, however wide the fan-out.
+        store::insert_commands(fx.tx, &commands).await?;
+        store::set_timers(fx.tx, run.id, Timer::Command.as_str(), &command_timers).await?;
+        for ((step, round), open) in sent {
+            store::open_step(fx.tx, run.id, &step, round, open).await?;
+        }
+        self.step_events(fx, run, before)?;
         if run.status.is_final() {
             self.end(fx, run).await?;
         }
+        fx.store().await?;
         Ok(())
     }
 
     /// One `mindbus.run.step` event per step whose state changed.
-    async fn step_events(
+    fn step_events(
         &self,
         fx: &mut Effects<'_>,
         run: &RunRow,
@@ -299,7 +351,7 @@ impl Orchestrator {
                 continue;
             };
             let entry = event_entry(&self.bus, run, RunEventKind::Step, Some(id), data)?;
-            fx.push(entry).await?;
+            fx.push(entry);
         }
         Ok(())
     }
@@ -308,10 +360,11 @@ impl Orchestrator {
     /// announced.
     async fn end(&self, fx: &mut Effects<'_>, run: &RunRow) -> anyhow::Result<()> {
         store::clear_timers(fx.tx, run.id).await?;
+        store::close_steps(fx.tx, run.id).await?;
         // One entry for the whole run, however many commands it has open (agents match it
         // against each command's `runid`).
         if !store::open_commands(fx.tx, run.id).await?.is_empty() {
-            fx.push(cancel_entry(&self.bus, run.id)).await?;
+            fx.push(cancel_entry(&self.bus, run.id));
         }
         let mut data = json!({
             "status": run.status.as_str(),
@@ -321,10 +374,116 @@ impl Orchestrator {
         });
         bound_output(&mut data);
         let entry = event_entry(&self.bus, run, RunEventKind::Ended, None, data)?;
-        fx.push(entry).await?;
+        fx.push(entry);
         tracing::info!(run.id = %run.id, status = %run.status, "run ended");
         Ok(())
     }
+}
+
+/// Most bytes of answers one transaction stores: far below what Postgres takes in one
+/// statement, however big a run's results are.
+const BATCH_OUTPUT_BYTES: usize = 16 << 20;
+
+/// How many results at the head of `inputs` go into one transaction: all of them, up to
+/// [`BATCH_OUTPUT_BYTES`] of outputs (and at least one).
+fn leading_results(inputs: &[Input]) -> usize {
+    let mut bytes = 0;
+    let mut count = 0;
+    for input in inputs {
+        let Input::Result { output, .. } = input else {
+            break;
+        };
+        bytes += output
+            .as_ref()
+            .map_or(0, |o| serde_json::to_vec(o).map_or(0, |b| b.len()));
+        if count > 0 && bytes > BATCH_OUTPUT_BYTES {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+/// The engine's actions for `events`, in order, until one ends the run; a run that fails
+/// sends none of the commands earlier events asked for.
+fn apply_events(workflow: &Workflow, state: &mut RunState, events: Vec<Event>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for event in events {
+        actions.extend(engine::apply(workflow, state, event));
+        if let Some(fail) = actions.iter().find(|a| matches!(a, Action::Fail { .. })) {
+            return vec![fail.clone()];
+        }
+        if actions.iter().any(|a| matches!(a, Action::Complete { .. })) {
+            break;
+        }
+    }
+    actions
+}
+
+/// Records `results` (all `Input::Result`) on their commands' rows, with the run's row lock
+/// held, without reading the run: a batch of answers costs the same however big the run
+/// is. A command answered twice in the batch keeps its first answer. When `counting`,
+/// returns what the engine must hear: each failure, and each step whose round is now fully
+/// answered, with its outputs.
+async fn answers(
+    tx: &mut Tx,
+    run_id: Uuid,
+    results: &[Input],
+    counting: bool,
+) -> anyhow::Result<Vec<Event>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut rows: Vec<store::AnswerRow<'_>> = Vec::with_capacity(results.len());
+    let mut failures: Vec<Option<&String>> = Vec::with_capacity(results.len());
+    for input in results {
+        if let Input::Result {
+            command_id,
+            status,
+            output,
+        } = input
+            && seen.insert(*command_id)
+        {
+            rows.push(store::AnswerRow {
+                command_id: *command_id,
+                status: status.as_str(),
+                output: output.as_ref().ok(),
+            });
+            failures.push(output.as_ref().err());
+        }
+    }
+    let applied = store::apply_answers(tx, run_id, Timer::Command.as_str(), &rows).await?;
+    if !counting {
+        return Ok(Vec::new());
+    }
+    let mut events = Vec::new();
+    let mut counts: Vec<(String, u32, usize)> = Vec::new();
+    for (index, row) in applied {
+        if let Some(error) = failures[index] {
+            events.push(Event::Result {
+                step: row.step,
+                round: row.round,
+                output: Err(error.clone()),
+            });
+            continue;
+        }
+        match counts
+            .iter_mut()
+            .find(|(s, r, _)| *s == row.step && *r == row.round)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => counts.push((row.step, row.round, 1)),
+        }
+    }
+    for (step, round, open) in store::count_answers(tx, run_id, &counts).await? {
+        if open <= 0 {
+            let outputs = store::step_outputs(tx, run_id, &step, round).await?;
+            events.push(Event::Result {
+                step,
+                round,
+                output: Ok(outputs),
+            });
+        }
+    }
+    Ok(events)
 }
 
 /// What a step event says about a step that went from `before` to `now`: `None` when
@@ -338,11 +497,8 @@ fn step_news(
         return Ok(None);
     }
     let mut data = serde_json::to_value(now)?;
-    if let StepState::Running { round, outputs } = now {
-        if matches!(before, Some(StepState::Running { round: r, .. }) if r == round) {
-            return Ok(None);
-        }
-        data = json!({"state": "running", "round": round, "commands": outputs.len()});
+    if let StepState::Running { round, commands } = now {
+        data = json!({"state": "running", "round": round, "commands": commands});
     }
     data["step"] = json!(id);
     bound_output(&mut data);

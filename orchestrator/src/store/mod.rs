@@ -13,13 +13,16 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
-pub use commands::{CommandRow, apply_command, insert_command, open_commands, resent_total};
+pub use commands::{
+    AnswerRow, CommandRow, apply_answers, apply_command, close_steps, count_answers,
+    insert_commands, open_commands, open_step, resent_total, step_outputs,
+};
 pub use outbox::{
-    OutboxEntry, clear_timers, delete_sent, drop_timer, due_timers, lock_publisher, push,
-    set_timer, take_stale, take_timer,
+    OutboxEntry, clear_timers, delete_sent, drop_timer, due_timers, lock_publisher, push_all,
+    set_timers, take_stale, take_timer,
 };
 pub use runs::{
-    RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, running_of, save_run,
+    RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, lock_status, running_of, save_run,
 };
 
 /// A transaction on the run store.

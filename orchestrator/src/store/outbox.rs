@@ -36,27 +36,51 @@ pub async fn lock_publisher(
         .await
 }
 
-/// Stores an entry that `publisher` will publish after the transaction commits; returns it
-/// with its row id.
-pub async fn push(
+/// Stores entries that `publisher` will publish after the transaction commits (two
+/// statements however many), giving each its row id.
+pub async fn push_all(
     tx: &mut Tx,
     publisher: i32,
-    mut entry: OutboxEntry,
-) -> Result<OutboxEntry, sqlx::Error> {
-    let fields = serde_json::to_value(&entry.fields).map_err(|e| sqlx::Error::Encode(e.into()))?;
-    entry.id = sqlx::query_scalar(
-        "INSERT INTO mindbus_outbox (run_id, command_id, stream, maxlen, fields, publisher) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    entries: &mut [OutboxEntry],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT nextval(pg_get_serial_sequence('mindbus_outbox', 'id')) FROM generate_series(1, $1)",
     )
-    .bind(entry.run_id)
-    .bind(entry.command_id)
-    .bind(&entry.stream)
-    .bind(entry.maxlen)
-    .bind(fields)
-    .bind(publisher)
-    .fetch_one(&mut **tx)
+    .bind(entries.len() as i64)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(entry)
+    for (entry, id) in entries.iter_mut().zip(&ids) {
+        entry.id = *id;
+    }
+    let fields = entries
+        .iter()
+        .map(|e| serde_json::to_value(&e.fields))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query(
+        "INSERT INTO mindbus_outbox (id, run_id, command_id, stream, maxlen, fields, publisher) \
+         SELECT id, run_id, command_id, stream, maxlen, fields, $7 \
+         FROM unnest($1::int8[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::jsonb[]) \
+         AS e(id, run_id, command_id, stream, maxlen, fields)",
+    )
+    .bind(&ids)
+    .bind(entries.iter().map(|e| e.run_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.command_id).collect::<Vec<_>>())
+    .bind(
+        entries
+            .iter()
+            .map(|e| e.stream.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(entries.iter().map(|e| e.maxlen).collect::<Vec<_>>())
+    .bind(&fields)
+    .bind(publisher)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Forgets entries that were published.
@@ -121,23 +145,27 @@ pub async fn take_stale(
     Ok(entries)
 }
 
-/// Sets (or moves) a timer.
-pub async fn set_timer(
+/// Sets (or moves) timers of one kind: `(step, due in Unix milliseconds)` each, in one
+/// statement however many.
+pub async fn set_timers(
     tx: &mut Tx,
     run_id: Uuid,
     kind: &str,
-    step: &str,
-    due_ms: i64,
+    timers: &[(String, i64)],
 ) -> Result<(), sqlx::Error> {
+    if timers.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO mindbus_run_timers (run_id, kind, step, due_at) \
-         VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000)) \
+         SELECT $1, $2, step, to_timestamp(due::float8 / 1000) \
+         FROM unnest($3::text[], $4::int8[]) AS t(step, due) \
          ON CONFLICT (run_id, kind, step) DO UPDATE SET due_at = EXCLUDED.due_at",
     )
     .bind(run_id)
     .bind(kind)
-    .bind(step)
-    .bind(due_ms)
+    .bind(timers.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>())
+    .bind(timers.iter().map(|(_, d)| *d).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -111,6 +111,19 @@ pub async fn lock_run(tx: &mut Tx, id: Uuid) -> Result<Option<RunRow>, sqlx::Err
     .transpose()
 }
 
+/// Locks a run's row for this transaction and reads only its status (not its state, which
+/// may be large).
+pub async fn lock_status(tx: &mut Tx, id: Uuid) -> Result<Option<RunStatus>, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM mindbus_runs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    status
+        .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
+        .transpose()
+}
+
 /// Reads a run without locking it.
 pub async fn get_run(pool: &PgPool, id: Uuid) -> Result<Option<RunRow>, sqlx::Error> {
     sqlx::query(&format!("SELECT {COLUMNS} FROM mindbus_runs WHERE id = $1"))

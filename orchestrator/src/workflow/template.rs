@@ -9,6 +9,7 @@
 use std::io::Write;
 
 use minijinja::{Environment, Error, ErrorKind};
+use serde::Serialize;
 use serde_json::Value;
 
 /// Instructions one template or expression may run: far more than any workflow's
@@ -64,10 +65,10 @@ fn too_large() -> Error {
 }
 
 /// Renders one string template, at most `left` bytes of it.
-fn render_text(
+fn render_text<S: Serialize + ?Sized>(
     env: &Environment<'_>,
     text: &str,
-    context: &Value,
+    context: &S,
     left: &mut usize,
 ) -> Result<String, Error> {
     let template = env.template_from_str(text)?;
@@ -89,17 +90,21 @@ fn render_text(
 
 /// Renders `input` against `context`, at most [`MAX_RENDERED_BYTES`] in all. A string that
 /// is exactly one `{{ expression }}` keeps the expression's JSON type (a list stays a
-/// list); other strings render as text.
-pub fn render(input: &Value, context: &Value) -> Result<Value, minijinja::Error> {
+/// list); other strings render as text. `context` is anything serializable: a
+/// [`minijinja::Value`] built once serves many renders without being converted again.
+pub fn render<S: Serialize + ?Sized>(
+    input: &Value,
+    context: &S,
+) -> Result<Value, minijinja::Error> {
     let env = environment();
     let mut left = MAX_RENDERED_BYTES;
     render_with(&env, input, context, &mut left)
 }
 
-fn render_with(
+fn render_with<S: Serialize + ?Sized>(
     env: &Environment<'_>,
     input: &Value,
-    context: &Value,
+    context: &S,
     left: &mut usize,
 ) -> Result<Value, minijinja::Error> {
     Ok(match input {
@@ -124,10 +129,10 @@ fn render_with(
 
 /// Evaluates a whole-string expression to JSON (at most `left` bytes of it); an undefined
 /// result is an error, as it is in a template.
-fn evaluate(
+fn evaluate<S: Serialize + ?Sized>(
     env: &Environment<'_>,
     expr: &str,
-    context: &Value,
+    context: &S,
     left: &mut usize,
 ) -> Result<Value, Error> {
     let value = env.compile_expression(expr)?.eval(context)?;

@@ -10,8 +10,9 @@ pub(crate) fn workflow(yaml: &str) -> Workflow {
     workflow::parse(Path::new("test.yaml"), yaml, &["echo"]).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
-/// Answers every dispatched command with its input (last first, to shake the order), until
-/// the run ends; returns the final action and how many commands were sent.
+/// Answers every dispatched command with its input, a step's round at a time (the last
+/// one dispatched first, to shake the order), until the run ends; returns the final action
+/// and how many commands were sent.
 pub(crate) fn drive(
     workflow: &Workflow,
     state: &mut RunState,
@@ -25,28 +26,35 @@ pub(crate) fn drive(
         {
             return (end.clone(), sent);
         }
-        let Some(Action::Dispatch {
-            step,
-            item,
-            round,
-            input,
-            ..
-        }) = actions.pop()
-        else {
+        let Some(Action::Dispatch { step, round, .. }) = actions.last().cloned() else {
             panic!("stuck with {actions:?}")
         };
-        sent += 1;
+        let mut answers = Vec::new();
+        actions.retain(|a| match a {
+            Action::Dispatch {
+                step: s,
+                round: r,
+                item,
+                input,
+                ..
+            } if *s == step && *r == round => {
+                answers.push((*item, input.clone()));
+                false
+            }
+            _ => true,
+        });
+        answers.sort_by_key(|(item, _)| *item);
+        sent += answers.len();
         let event = Event::Result {
-            step: step.clone(),
-            item,
+            step,
             round,
-            output: Ok(input.clone()),
+            output: Ok(answers.into_iter().map(|(_, input)| input).collect()),
         };
-        // A duplicate delivery of the same result changes nothing.
+        // A duplicate delivery of the same results changes nothing.
         let mut next = engine::apply(workflow, state, event.clone());
         assert!(
             engine::apply(workflow, state, event).is_empty(),
-            "a result counted twice"
+            "results counted twice"
         );
         actions.append(&mut next);
     }
@@ -151,7 +159,6 @@ fn a_failed_step_fails_the_run_and_late_results_change_nothing() {
         &mut state,
         Event::Result {
             step: "a".into(),
-            item: 0,
             round: 1,
             output: Err("boom".into()),
         },
@@ -163,9 +170,8 @@ fn a_failed_step_fails_the_run_and_late_results_change_nothing() {
             &mut state,
             Event::Result {
                 step: "a".into(),
-                item: 0,
                 round: 1,
-                output: Ok(json!(1))
+                output: Ok(vec![json!(1)])
             }
         )
         .is_empty()
@@ -176,9 +182,8 @@ fn a_failed_step_fails_the_run_and_late_results_change_nothing() {
             &mut state,
             Event::Result {
                 step: "b".into(),
-                item: 0,
                 round: 1,
-                output: Ok(json!(1))
+                output: Ok(vec![json!(1)])
             }
         )
         .is_empty(),
@@ -256,16 +261,17 @@ fn a_missing_required_input_is_refused() {
 
 #[test]
 fn state_survives_a_round_trip_through_json() {
-    let w = workflow("name: s\nsteps:\n  - id: a\n    role: echo\n    for_each: \"[1, 2]\"\n");
+    let w = workflow(
+        "name: s\noutput: \"{{ steps.b.output }}\"\nsteps:\n  - id: a\n    role: echo\n    for_each: \"[1, 2]\"\n  - id: b\n    role: echo\n",
+    );
     let (mut state, _) = engine::start(&w, Value::Null).unwrap();
     engine::apply(
         &w,
         &mut state,
         Event::Result {
-            step: "a".into(),
-            item: 1,
+            step: "b".into(),
             round: 1,
-            output: Ok(json!("two")),
+            output: Ok(vec![json!("one")]),
         },
     );
     let restored: RunState = serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
@@ -287,7 +293,6 @@ fn after_a_failure_parallel_results_change_nothing() {
         &mut state,
         Event::Result {
             step: "a".into(),
-            item: 0,
             round: 1,
             output: Err("boom".into()),
         },
@@ -298,9 +303,8 @@ fn after_a_failure_parallel_results_change_nothing() {
         &mut state,
         Event::Result {
             step: "b".into(),
-            item: 0,
             round: 1,
-            output: Ok(json!(1)),
+            output: Ok(vec![json!(1)]),
         },
     );
     assert!(

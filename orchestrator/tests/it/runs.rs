@@ -237,6 +237,92 @@ async fn events_carry_no_big_outputs() {
     );
 }
 
+/// A fan-out's answers are counted beside the run: the run's row (and its state, however
+/// big) is read and written again only when the last answer arrives, so an answer costs
+/// the same whatever the run's size. The step's output keeps the items' order.
+#[tokio::test]
+async fn fan_out_answers_leave_the_run_alone_until_the_last() {
+    let wide = "name: wide\nsteps:\n  - id: seed\n    role: echo\n    input: {pad: \"{{ 'x' * 200000 }}\"}\n  - id: fan\n    role: echo\n    needs: [seed]\n    for_each: \"range(10) | list\"\n    input: {i: \"{{ item }}\", sleep_ms: \"{{ 1500 if item == 0 else 0 }}\"}\n";
+    let (orch, _o) = Orch::up("fanin", &[("wide.yaml", wide)]).await;
+    let run = orch.start("wide", json!({})).await;
+    let count = |sql: &'static str| {
+        let pool = orch.pool.clone();
+        async move {
+            // Nothing yet while the orchestrator is still creating its tables.
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(run)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0)
+        }
+    };
+    let sent = "SELECT count(*) FROM mindbus_run_commands WHERE run_id = $1 AND step = 'fan'";
+    let answered = "SELECT count(*) FROM mindbus_run_commands WHERE run_id = $1 AND step = 'fan' AND applied_at IS NOT NULL";
+    let version =
+        "SELECT (extract(epoch FROM updated_at) * 1e6)::int8 FROM mindbus_runs WHERE id = $1";
+    crate::testenv::eventually(Duration::from_secs(20), "the fan-out was sent", || async {
+        (count(sent).await == 10).then_some(())
+    })
+    .await;
+    let dispatched = count(version).await;
+    crate::testenv::eventually(Duration::from_secs(20), "nine items answered", || async {
+        (count(answered).await == 9).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(version).await,
+        dispatched,
+        "answers before the last one did not rewrite the run"
+    );
+    let ended = orch.wait_ended(&[run], Duration::from_secs(30)).await;
+    assert_eq!(ended[0].status, "completed", "{:?}", ended[0].error);
+    let shown = orch.ask(RunCommand::Get, json!({"run_id": run})).await;
+    let items: Vec<i64> = shown.envelope.data.value["steps"]["fan"]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        items,
+        (0..10).collect::<Vec<_>>(),
+        "fan-in keeps item order"
+    );
+    let counters = "SELECT count(*) FROM mindbus_run_open_steps WHERE run_id = $1";
+    assert_eq!(count(counters).await, 0, "an ended run keeps no counters");
+}
+
+/// A run whose state would outgrow `orchestrator.max_state_bytes` fails naming the bound,
+/// rather than being retried forever against Postgres's own limit.
+#[tokio::test]
+async fn a_run_outgrowing_its_state_bound_fails_naming_it() {
+    let wide = "name: wide\nsteps:\n  - id: fan\n    role: echo\n    for_each: \"range(10) | list\"\n    input: {pad: \"{{ 'x' * 10000 }}\"}\n";
+    let orch = Orch::new("statebound", &[("wide.yaml", wide)]).await;
+    orch.agent();
+    let _o = orch
+        .orchestrator_command(2_000)
+        .env("MINDBUS_ORCHESTRATOR__MAX_STATE_BYTES", "65536")
+        .spawn()
+        .unwrap();
+    let run = orch.start("wide", json!({})).await;
+    let ended = orch.wait_ended(&[run], Duration::from_secs(30)).await;
+    assert_eq!(ended[0].status, "failed");
+    let error = ended[0].error.clone().unwrap_or_default();
+    assert!(error.contains("orchestrator.max_state_bytes"), "{error}");
+    // An input past the bound is refused at the start.
+    let refused = orch
+        .ask(
+            RunCommand::Start,
+            json!({"workflow": "wide", "input": {"pad": "x".repeat(70_000)}}),
+        )
+        .await;
+    let failure = refused.failure.expect("refused").error;
+    assert!(
+        failure.contains("orchestrator.max_state_bytes"),
+        "{failure}"
+    );
+}
+
 #[tokio::test]
 async fn approvals_are_decided_by_people_or_by_their_timeout() {
     let files = [

@@ -75,7 +75,14 @@ impl Orch {
     /// Starts a `mindbus-orchestrator` process; `resend_after_ms` is how long a committed,
     /// unsent command waits before another orchestrator sends it.
     pub fn orchestrator(&self, resend_after_ms: u64) -> Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-orchestrator"))
+        self.orchestrator_command(resend_after_ms).spawn().unwrap()
+    }
+
+    /// The command that starts a `mindbus-orchestrator` process on this mesh, for a test to
+    /// add settings to.
+    pub fn orchestrator_command(&self, resend_after_ms: u64) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-orchestrator"));
+        command
             .args(["--prefix", &self.prefix, "--redis-url", &redis_url()])
             .args(["--database-url", &self.db.url, "--lease-ms", "1000"])
             .arg("--workflows")
@@ -89,9 +96,8 @@ impl Orch {
             // Run commands a killed orchestrator was handling are taken over after 1 s.
             .env("MINDBUS_AGENT__LEASE_MS", "1000")
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
+            .kill_on_drop(true);
+        command
     }
 
     /// The `mindbus` CLI against this mesh.
