@@ -1,6 +1,8 @@
 //! `mindbus-run-bench`: what orchestration costs. Runs of a chain of S echo steps through a
 //! real `mindbus-orchestrator` and `mindbus-agent`, beside the same chains sent as plain
-//! commands straight to the same agent (each waiting for the last one's result), in one run.
+//! commands straight to the same agent (each waiting for the last one's result); then one
+//! run fanning out to N echo commands, beside the same N commands sent plainly at once.
+//! Both in one run.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -26,6 +28,9 @@ struct Args {
     /// Runs (and chains) one at a time in the latency part.
     #[arg(long, default_value_t = 100)]
     samples: usize,
+    /// Items of the fan-out part (one run with one step over this many items); 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    fan_out: usize,
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -59,12 +64,22 @@ async fn main() -> anyhow::Result<()> {
     let plain_one =
         mindbus::bench::one_at_a_time(args.samples, || plain_chains(&bus, 1, args.steps)).await?;
     let runs_one = mindbus::bench::one_at_a_time(args.samples, || runs(&bus, 1)).await?;
+    let fan = if args.fan_out > 0 {
+        let plain = timed(|| plain_batch(&bus, args.fan_out)).await?;
+        let run = timed(|| fan_out(&bus, args.fan_out)).await?;
+        Some((plain, run))
+    } else {
+        None
+    };
     for child in &mut children {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
     report(&args, plain_many, runs_many, &plain_one, &runs_one);
+    if let Some((plain, run)) = fan {
+        report_fan_out(args.fan_out, plain, run);
+    }
     Ok(())
 }
 
@@ -80,6 +95,10 @@ fn tempdir_with_chain(steps: usize) -> anyhow::Result<std::path::PathBuf> {
         ));
     }
     std::fs::write(dir.join("chain.yaml"), yaml)?;
+    std::fs::write(
+        dir.join("fan.yaml"),
+        "name: fan\ninputs:\n  n: {}\nsteps:\n  - id: fan\n    role: echo\n    for_each: \"range(inputs.n) | list\"\n    input: {i: \"{{ item }}\"}\n",
+    )?;
     Ok(dir)
 }
 
@@ -145,8 +164,71 @@ async fn plain_chains(bus: &Bus, chains: usize, steps: usize) -> anyhow::Result<
     results.into_iter().collect()
 }
 
+/// `count` echo commands sent at once (pipelined on one connection), then every result
+/// read from the result stream: the best the bus does for the same work as a fan-out.
+async fn plain_batch(bus: &Bus, count: usize) -> anyhow::Result<()> {
+    let mut follower = Follower::new(
+        bus,
+        vec![bus.keys().results()],
+        false,
+        Duration::from_millis(500),
+    )
+    .await?;
+    let commands: Vec<Command> = (0..count)
+        .map(|i| Command::new("echo.step", Payload::json(json!({"i": i}))))
+        .collect();
+    let mut open: HashSet<String> = commands.iter().map(|c| c.envelope.id.to_string()).collect();
+    let sent = futures::stream::iter(&commands)
+        .map(|command| bus.publish("echo", command))
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await;
+    sent.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !open.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} results never came",
+            open.len()
+        );
+        for (stream, entry) in follower.next().await? {
+            let Some(fields) = entry.fields else { continue };
+            let origin = Origin {
+                stream: &stream,
+                entry: entry.id,
+            };
+            if let Ok(result) = mindbus::wire::CommandResult::decode(fields, origin) {
+                open.remove(&result.correlationid.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One run whose one step fans out to `items` echo commands, until it ends.
+async fn fan_out(bus: &Bus, items: usize) -> anyhow::Result<()> {
+    let start = Command::new(
+        RunCommand::Start.as_str(),
+        Payload::json(json!({"workflow": "fan", "input": {"n": items}})),
+    );
+    wait_ended(bus, vec![start]).await
+}
+
 /// Starts `count` runs at once and waits for every one's end event.
 async fn runs(bus: &Bus, count: usize) -> anyhow::Result<()> {
+    let starts = (0..count)
+        .map(|_| {
+            Command::new(
+                RunCommand::Start.as_str(),
+                Payload::json(json!({"workflow": "chain"})),
+            )
+        })
+        .collect();
+    wait_ended(bus, starts).await
+}
+
+/// Sends `starts` and waits until every run they start completes.
+async fn wait_ended(bus: &Bus, starts: Vec<Command>) -> anyhow::Result<()> {
     let mut follower = Follower::new(
         bus,
         vec![bus.keys().events()],
@@ -154,14 +236,10 @@ async fn runs(bus: &Bus, count: usize) -> anyhow::Result<()> {
         Duration::from_millis(500),
     )
     .await?;
-    let mut open: HashSet<String> = HashSet::with_capacity(count);
-    for _ in 0..count {
-        let start = Command::new(
-            RunCommand::Start.as_str(),
-            Payload::json(json!({"workflow": "chain"})),
-        );
+    let mut open: HashSet<String> = HashSet::with_capacity(starts.len());
+    for start in &starts {
         open.insert(start.envelope.id.to_string());
-        bus.publish(ORCHESTRATOR_ROLE, &start).await?;
+        bus.publish(ORCHESTRATOR_ROLE, start).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     while !open.is_empty() {
@@ -182,7 +260,8 @@ async fn runs(bus: &Bus, count: usize) -> anyhow::Result<()> {
             {
                 anyhow::ensure!(
                     event.envelope.data.value["status"] == "completed",
-                    "run {run} did not complete"
+                    "run {run} did not complete: {}",
+                    event.envelope.data.value["error"]
                 );
                 open.remove(&run);
             }
@@ -228,5 +307,28 @@ fn report(
         "runs: {:.0}% of the baseline's throughput; {:.2} ms added per step at p50",
         100.0 * per_s(runs_many) / per_s(plain_many),
         added
+    );
+}
+
+fn report_fan_out(items: usize, plain: Duration, run: Duration) {
+    let per_s = |d: Duration| items as f64 / d.as_secs_f64();
+    println!();
+    println!("one fan-out of {items} echo commands");
+    println!("{:<34} {:>12} {:>10}", "", "items/s", "total s");
+    println!(
+        "{:<34} {:>12.0} {:>10.2}",
+        "plain commands at once (baseline)",
+        per_s(plain),
+        plain.as_secs_f64()
+    );
+    println!(
+        "{:<34} {:>12.0} {:>10.2}",
+        "one run, one fan-out step",
+        per_s(run),
+        run.as_secs_f64()
+    );
+    println!(
+        "fan-out: {:.0}% of the baseline's throughput",
+        100.0 * per_s(run) / per_s(plain)
     );
 }
