@@ -190,6 +190,7 @@ impl Caller {
                 .map_err(|e| match e {
                     BudgetError::Exceeded(why) => Attempted::Stop(CallError::BudgetExceeded(why)),
                     BudgetError::Redis(e) => Attempted::Stop(e.into()),
+                    BudgetError::Interrupted(_) => Attempted::Stop(CallError::Canceled),
                 })?;
             let started = Instant::now();
             // Dropped with its command once the provider took it, the call is charged its

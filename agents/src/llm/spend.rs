@@ -132,6 +132,10 @@ impl Ledger {
 
     /// Reserves `estimate` micro-USD for one call of `payer`, or `Err` naming the first of
     /// its budgets already spent (then nothing is reserved and the call is not made).
+    ///
+    /// The reservation is made in a task of its own: a caller dropped while the script
+    /// runs (its command cancelled) leaves the task's reservation unclaimed, and dropping
+    /// it takes the estimate back, rather than leaving it charged until the totals expire.
     pub async fn reserve(
         &self,
         budgets: &Budgets,
@@ -139,6 +143,17 @@ impl Ledger {
         estimate: u64,
     ) -> Result<Reservation, BudgetError> {
         let totals = self.totals(budgets, payer);
+        let ledger = self.clone();
+        tokio::spawn(async move { ledger.reserve_on(totals, estimate).await })
+            .await
+            .map_err(|e| BudgetError::Interrupted(e.to_string()))?
+    }
+
+    async fn reserve_on(
+        &self,
+        totals: Vec<(String, &'static str, Option<f64>, i64)>,
+        estimate: u64,
+    ) -> Result<Reservation, BudgetError> {
         let mut invocation = RESERVE.prepare_invoke();
         invocation.arg(estimate);
         for (key, _, limit, ttl) in &totals {
@@ -224,4 +239,7 @@ pub enum BudgetError {
     /// The ledger could not be read.
     #[error("reading the budget ledger: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The reservation's task ended without an answer (the process is shutting down).
+    #[error("reserving against the budget ledger: {0}")]
+    Interrupted(String),
 }

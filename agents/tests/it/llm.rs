@@ -854,3 +854,63 @@ roles:
         .await;
     assert_eq!(served.status, Status::Completed, "{served:?}");
 }
+
+/// A call dropped while its reservation's script waits in Redis (here: clients paused)
+/// leaves nothing charged: once the script runs, the reservation nobody claimed is taken
+/// back, rather than held until the totals expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_dropped_mid_script_is_taken_back() {
+    use mindbus_agents::llm::config::Budgets;
+    use mindbus_agents::llm::spend::{Ledger, Payer};
+    use mindbus_testkit::servers::{Persistence, PrivateRedis};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = PrivateRedis::start(dir.path(), Persistence::None);
+    let client = redis::Client::open(server.url()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    let ledger = Ledger::new(conn.clone(), "t");
+    let budgets = Budgets {
+        run_usd: Some(1.0),
+        ..Budgets::default()
+    };
+    let payer = Payer {
+        run: Some("r".into()),
+        tenant: "default".into(),
+    };
+    let mut pauser = conn.clone();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("WRITE")
+        .query_async::<()>(&mut pauser)
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        ledger.reserve(&budgets, &payer, 500_000),
+    )
+    .await;
+    assert!(dropped.is_err(), "the reservation waited for the pause");
+    let mut totals = conn.clone();
+    let mut reserved = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now: Option<i64> = redis::cmd("HGET")
+            .arg("t:llm:usage:run:r")
+            .arg("reserved_micros")
+            .query_async(&mut totals)
+            .await
+            .unwrap();
+        reserved = now;
+        if now == Some(0) {
+            break;
+        }
+    }
+    assert_eq!(
+        reserved,
+        Some(0),
+        "the dropped call's estimate was taken back"
+    );
+}
