@@ -42,9 +42,19 @@ pub enum RunsCommand {
         /// How many.
         #[arg(long, default_value_t = 20, env = "MINDBUS_RUNS_LIMIT")]
         limit: u32,
+        /// The `next` a page before ended with.
+        #[arg(long)]
+        after: Option<String>,
     },
-    /// One run's status, output and steps.
-    Show { run_id: Uuid },
+    /// One run's status, output and steps (values over 64 KiB left out), or one part of it
+    /// whole (`--part`).
+    Show {
+        run_id: Uuid,
+        /// `input`, `output` or `steps.<id>`: printed whole, however big, read a page at a
+        /// time.
+        #[arg(long)]
+        part: Option<String>,
+    },
     /// Stop a run and cancel its running commands.
     Cancel { run_id: Uuid },
     /// Approve (or `--reject`) a run's approval step.
@@ -95,8 +105,8 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
             if let Some(code) = show_event(&event)? {
                 if event.envelope.data.value["output_truncated"] == json!(true) {
                     // Too big for the event: the run has it whole.
-                    let run = ask(bus, RunCommand::Get, json!({"run_id": run_id})).await?;
-                    println!("{}", serde_json::to_string_pretty(&run["output"])?);
+                    let output = part(bus, run_id, "output").await?;
+                    println!("{}", serde_json::to_string_pretty(&output)?);
                 }
                 show_usage(bus, &run_id).await;
                 std::process::exit(code);
@@ -186,12 +196,41 @@ fn show_event(event: &Event) -> anyhow::Result<Option<i32>> {
     }
 }
 
+/// One part of a run (`input`, `output`, `steps.<id>`) whole: a list read a page at a time.
+async fn part(bus: &Bus, run_id: Uuid, part: &str) -> anyhow::Result<Value> {
+    let mut items = Vec::new();
+    let mut offset = Some(0);
+    while let Some(from) = offset {
+        let data = json!({"run_id": run_id, "part": part, "offset": from, "limit": 1000});
+        let mut page = ask(bus, RunCommand::Get, data).await?;
+        let Some(Value::Array(more)) = page.get_mut("items").map(Value::take) else {
+            return Ok(page["value"].take());
+        };
+        items.extend(more);
+        offset = page["next"].as_u64();
+    }
+    Ok(Value::Array(items))
+}
+
 pub async fn runs(bus: &Bus, command: RunsCommand) -> anyhow::Result<()> {
     let (kind, data) = match command {
-        RunsCommand::List { status, limit } => {
-            (RunCommand::List, json!({"status": status, "limit": limit}))
+        RunsCommand::List {
+            status,
+            limit,
+            after,
+        } => (
+            RunCommand::List,
+            json!({"status": status, "limit": limit, "after": after}),
+        ),
+        RunsCommand::Show {
+            run_id,
+            part: Some(name),
+        } => {
+            let value = part(bus, run_id, &name).await?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
         }
-        RunsCommand::Show { run_id } => (RunCommand::Get, json!({"run_id": run_id})),
+        RunsCommand::Show { run_id, part: None } => (RunCommand::Get, json!({"run_id": run_id})),
         RunsCommand::Cancel { run_id } => (RunCommand::Cancel, json!({"run_id": run_id})),
         RunsCommand::Approve {
             run_id,

@@ -7,7 +7,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use mindbus::wire::{Command, ORCHESTRATOR_ROLE, OVER_QUOTA, Payload, RunCommand, Status};
+use mindbus::wire::{
+    Command, ErrorType, ORCHESTRATOR_ROLE, OVER_QUOTA, Payload, RunCommand, Status,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -60,11 +62,13 @@ pub struct RunStarted {
     pub status: String,
 }
 
-/// Recent runs.
+/// Recent runs, newest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RunList {
     #[schema(value_type = Vec<Object>)]
     pub runs: Vec<Value>,
+    /// When the page is full: pass it as `after` for the next page.
+    pub next: Option<String>,
 }
 
 /// The orchestrator's answer about a run.
@@ -94,6 +98,10 @@ async fn ask(
         (_, Some(failure)) if !failure.retryable && failure.errortype.as_str() == OVER_QUOTA => {
             Err(AppError::OverQuota(failure.error))
         }
+        // Asked wrongly (a bad `part` or `after`), whatever the question.
+        (_, Some(failure)) if !failure.retryable && failure.errortype == ErrorType::Malformed => {
+            Err(AppError::Invalid(failure.error))
+        }
         (_, Some(failure)) if !failure.retryable => Err(refused(failure.error)),
         _ => Err(AppError::Unavailable(
             "the orchestrator could not answer; try again".into(),
@@ -122,10 +130,21 @@ fn scoped(caller: &Caller, mut data: Value) -> Value {
     data
 }
 
-/// The run, if this caller may see it (404 otherwise).
-async fn visible_run(state: &AppState, caller: &Caller, id: Uuid) -> Result<Value, AppError> {
+/// The run (or the part of it `query` names), if this caller may see it (404 otherwise).
+async fn visible_run(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    query: &ShowQuery,
+) -> Result<Value, AppError> {
     let not_found = |_| AppError::NotFound(format!("no run {id}"));
-    let data = scoped(caller, json!({"run_id": id}));
+    let mut data = json!({"run_id": id});
+    if let Some(part) = &query.part {
+        data["part"] = json!(part);
+        data["offset"] = json!(query.offset.unwrap_or(0));
+        data["limit"] = json!(query.limit.unwrap_or(100).clamp(1, 1000));
+    }
+    let data = scoped(caller, data);
     ask(state, run_command(RunCommand::Get, data), not_found).await
 }
 
@@ -210,6 +229,26 @@ pub struct ListQuery {
     /// At most this many, newest first (1 to 1000; default 20).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// The `next` of the page before.
+    #[param(max_length = 100)]
+    pub after: Option<String>,
+}
+
+/// Which part of a run to show: without `part`, the run with every value over 64 KiB
+/// left out (flagged `<field>_truncated`, with `<field>_bytes`).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ShowQuery {
+    /// `input`, `output` or `steps.<id>`: that value whole, or a list a page at a time
+    /// (`items`, `offset`, `total`, `next`).
+    #[param(max_length = 300)]
+    pub part: Option<String>,
+    /// A list part's first item (default 0).
+    #[param(minimum = 0)]
+    pub offset: Option<u64>,
+    /// A list part's items per page (1 to 1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
 }
 
 /// The most recent runs of the workflows this key may see.
@@ -228,7 +267,7 @@ pub async fn list(
 ) -> Result<Json<RunList>, AppError> {
     let data = scoped(
         &caller,
-        json!({"status": query.status, "limit": query.limit.map(|l| l.clamp(1, 1000))}),
+        json!({"status": query.status, "limit": query.limit.map(|l| l.clamp(1, 1000)), "after": query.after}),
     );
     let runs = ask(
         &state,
@@ -241,10 +280,11 @@ pub async fn list(
         .map_err(|e| AppError::Internal(anyhow::anyhow!("run.list answered {e}")))
 }
 
-/// A run's status, input, output and steps.
+/// A run's status, input, output and steps (values over 64 KiB left out and flagged), or
+/// one part of it, a page at a time.
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "runs", operation_id = "show_run",
-    params(("id" = Uuid, Path, description = "The run id")),
+    params(("id" = Uuid, Path, description = "The run id"), ShowQuery),
     responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = []), ("api_key_header" = []))
@@ -253,9 +293,10 @@ pub async fn show(
     State(state): State<AppState>,
     Authed(caller, ..): Authed,
     IdPath(id): IdPath<Uuid>,
+    QueryOf(query): QueryOf<ShowQuery>,
 ) -> Result<Json<RunView>, AppError> {
     Ok(Json(RunView {
-        run: visible_run(&state, &caller, id).await?,
+        run: visible_run(&state, &caller, id, &query).await?,
     }))
 }
 
@@ -277,7 +318,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let permits = sse::reserve(&state, &caller)?;
-    let run = visible_run(&state, &caller, id).await?;
+    let run = visible_run(&state, &caller, id, &ShowQuery::default()).await?;
     let ended = run["status"].as_str() != Some("running");
     sse::respond(
         &state,
@@ -303,7 +344,7 @@ pub async fn cancel(
     Authed(caller, ..): Authed,
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Json<RunView>, AppError> {
-    visible_run(&state, &caller, id).await?;
+    visible_run(&state, &caller, id, &ShowQuery::default()).await?;
     let data = scoped(&caller, json!({"run_id": id}));
     let run = ask(
         &state,
@@ -329,7 +370,7 @@ pub async fn approve(
     IdPath(id): IdPath<Uuid>,
     JsonBody(decision, _): JsonBody<Decision>,
 ) -> Result<Json<RunView>, AppError> {
-    visible_run(&state, &caller, id).await?;
+    visible_run(&state, &caller, id, &ShowQuery::default()).await?;
     let data = json!({"run_id": id, "step": decision.step, "approved": decision.approved});
     let data = scoped(&caller, data);
     let run = ask(

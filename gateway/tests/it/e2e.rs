@@ -153,6 +153,30 @@ async fn a_run_over_http_and_a_resumed_event_stream_loses_nothing() {
         .unwrap();
     assert_eq!(shown["status"], "completed");
     assert_eq!(shown["output"]["draft"], "A short piece on gateways");
+    // One part a page at a time; a part that is not one is the client's error.
+    let page: Value = stack
+        .get(
+            1,
+            &format!("/v1/runs/{run}?part=steps.expand&offset=1&limit=1"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (page["total"].clone(), page["next"].clone()),
+        (json!(3), json!(2)),
+        "{page}"
+    );
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    let bad = stack
+        .get(1, &format!("/v1/runs/{run}?part=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
     let again = stack
         .post(0, &format!("/v1/runs/{run}/cancel"))
         .send()

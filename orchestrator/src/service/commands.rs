@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::Orchestrator;
 use super::publish::event_entry;
 use super::timers::Timer;
-use super::transition::{Effects, Input, Outcome};
+use super::transition::{Effects, Input, Outcome, bound_field};
 use crate::engine::{self, RunState};
 use crate::store::{self, RunRow};
 
@@ -40,12 +40,52 @@ struct RunRef {
     workflows: Option<Vec<String>>,
 }
 
+/// `run.get`: the run with big values left out, or one part of it a page at a time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Get {
+    run_id: Uuid,
+    workflows: Option<Vec<String>>,
+    /// `input`, `output` or `steps.<id>` (a finished step's output).
+    part: Option<String>,
+    /// A list part's first item (default 0).
+    #[serde(default)]
+    offset: usize,
+    /// A list part's items per page (1 to 1000, default 100).
+    limit: Option<usize>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct List {
     status: Option<String>,
     limit: Option<i64>,
     workflows: Option<Vec<String>>,
+    /// The `next` of the page before.
+    after: Option<String>,
+}
+
+/// Most bytes of items one page of a part holds (a page has at least one item).
+const PAGE_BYTES: usize = 1 << 20;
+
+/// One page of a part: a list's items from `offset` (at most `limit`, and
+/// [`PAGE_BYTES`]), with `total` and the `next` offset; anything else whole.
+fn page(value: Value, offset: usize, limit: usize) -> Value {
+    let Value::Array(items) = value else {
+        return json!({"value": value});
+    };
+    let total = items.len();
+    let mut bytes = 0;
+    let mut page = Vec::new();
+    for item in items.into_iter().skip(offset).take(limit) {
+        bytes += serde_json::to_vec(&item).map_or(0, |b| b.len());
+        if !page.is_empty() && bytes > PAGE_BYTES {
+            break;
+        }
+        page.push(item);
+    }
+    let end = offset.saturating_add(page.len());
+    json!({"items": page, "offset": offset, "total": total, "next": (end < total).then_some(end)})
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,10 +113,7 @@ impl Handler for Commands {
         let this = &self.0;
         match kind {
             RunCommand::Start => this.start(&ctx.command, parse(ctx.data())?).await,
-            RunCommand::Get => {
-                let RunRef { run_id, workflows } = parse(ctx.data())?;
-                this.get(run_id, workflows.as_deref()).await
-            }
+            RunCommand::Get => this.get(parse(ctx.data())?).await,
             RunCommand::List => this.list(parse(ctx.data())?).await,
             RunCommand::Cancel => {
                 let RunRef { run_id, workflows } = parse(ctx.data())?;
@@ -95,6 +132,31 @@ impl Handler for Commands {
             }
         }
     }
+}
+
+/// A run as `run.get` shows it: every value over
+/// [`EVENT_OUTPUT_BYTES`](super::transition::EVENT_OUTPUT_BYTES) (the input, the output,
+/// each step's output) left out and flagged.
+fn view(run: RunRow) -> Value {
+    let mut steps = serde_json::to_value(&run.state.steps).unwrap_or_default();
+    if let Value::Object(steps) = &mut steps {
+        for step in steps.values_mut() {
+            bound_field(step, "output");
+        }
+    }
+    let mut view = json!({
+        "run_id": run.id,
+        "workflow": run.workflow,
+        "status": run.status.as_str(),
+        "input": run.input,
+        "output": run.output,
+        "error": run.error,
+        "steps": steps,
+        "added_steps": run.state.added.iter().map(|a| &a.step.id).collect::<Vec<_>>(),
+    });
+    bound_field(&mut view, "input");
+    bound_field(&mut view, "output");
+    view
 }
 
 /// Reads a command's data, or fails it naming what is wrong.
@@ -163,7 +225,7 @@ impl Orchestrator {
         if !store::insert_run(&mut tx, &run).await.map_err(retry)? {
             // A redelivered start: answer with the run it started.
             drop(tx);
-            return self.get(run.id, None).await;
+            return self.summary(run.id).await;
         }
         if let (Some(running), Some(max)) = (running, start.max_running)
             && running >= i64::from(max)
@@ -213,23 +275,53 @@ impl Orchestrator {
         Ok(json!({"run_id": run.id, "status": run.status.as_str()}))
     }
 
-    /// A run's whole state, if it is of one of `workflows` (when given).
-    async fn get(&self, run_id: Uuid, workflows: Option<&[String]>) -> HandlerResult {
+    /// The run (if it is of one of `workflows`, when given): with every value over
+    /// [`EVENT_OUTPUT_BYTES`](super::transition::EVENT_OUTPUT_BYTES) left out and flagged,
+    /// or, when `part` names one, that value (a list a page at a time).
+    async fn get(&self, get: Get) -> HandlerResult {
+        let run = store::get_run(&self.pool, get.run_id)
+            .await
+            .map_err(retry)?
+            .filter(|run| {
+                get.workflows
+                    .as_ref()
+                    .is_none_or(|w| w.contains(&run.workflow))
+            })
+            .ok_or_else(|| HandlerError::fatal(format!("no run {}", get.run_id)))?;
+        let Some(part) = get.part else {
+            return Ok(view(run));
+        };
+        let malformed = |e: String| HandlerError::fatal(e).with_type(ErrorType::Malformed);
+        let value = match part.as_str() {
+            "input" => run.input,
+            "output" => run.output.unwrap_or_default(),
+            other => {
+                let Some(step) = other.strip_prefix("steps.") else {
+                    return Err(malformed(format!(
+                        "part: `{other}` is not `input`, `output` or `steps.<id>`"
+                    )));
+                };
+                match run.state.steps.get(step) {
+                    Some(engine::StepState::Done { output }) => output.clone(),
+                    Some(_) => return Err(malformed(format!("part: step `{step}` has no output"))),
+                    None => return Err(malformed(format!("part: no step `{step}`"))),
+                }
+            }
+        };
+        let limit = get.limit.unwrap_or(100).clamp(1, 1000);
+        let mut answer = page(value, get.offset, limit);
+        answer["run_id"] = json!(run.id);
+        answer["part"] = json!(part);
+        Ok(answer)
+    }
+
+    /// The run with big values left out.
+    async fn summary(&self, run_id: Uuid) -> HandlerResult {
         let run = store::get_run(&self.pool, run_id)
             .await
             .map_err(retry)?
-            .filter(|run| workflows.is_none_or(|w| w.contains(&run.workflow)))
             .ok_or_else(|| HandlerError::fatal(format!("no run {run_id}")))?;
-        Ok(json!({
-            "run_id": run.id,
-            "workflow": run.workflow,
-            "status": run.status.as_str(),
-            "input": run.input,
-            "output": run.output,
-            "error": run.error,
-            "steps": run.state.steps,
-            "added_steps": run.state.added.iter().map(|a| &a.step.id).collect::<Vec<_>>(),
-        }))
+        Ok(view(run))
     }
 
     async fn list(&self, list: List) -> HandlerResult {
@@ -238,11 +330,20 @@ impl Orchestrator {
             .map(|s| s.parse::<RunStatus>())
             .transpose()
             .map_err(|e| HandlerError::fatal(format!("status: {e}")))?;
+        let after = list
+            .after
+            .as_deref()
+            .map(store::ListCursor::parse)
+            .transpose()
+            .map_err(|e| {
+                HandlerError::fatal(format!("after: {e}")).with_type(ErrorType::Malformed)
+            })?;
         let limit = list.limit.unwrap_or(20).clamp(1, 1000);
-        let runs = store::list_runs(&self.pool, status, list.workflows.as_deref(), limit)
-            .await
-            .map_err(retry)?;
-        Ok(json!({"runs": runs}))
+        let (runs, next) =
+            store::list_runs(&self.pool, status, list.workflows.as_deref(), after, limit)
+                .await
+                .map_err(retry)?;
+        Ok(json!({"runs": runs, "next": next.map(|c| c.to_string())}))
     }
 
     /// Cancels or decides a run of one of `workflows` (when given); answers with the run's

@@ -512,13 +512,20 @@ pub(crate) const EVENT_OUTPUT_BYTES: usize = 64 * 1024;
 /// Leaves `data["output"]` out when it is over [`EVENT_OUTPUT_BYTES`]: an event stream
 /// entry (and every reader of it) stays small however much a step answered.
 fn bound_output(data: &mut Value) {
-    let Some(output) = data.get("output") else {
+    bound_field(data, "output");
+}
+
+/// Leaves `data[field]` out when it is over [`EVENT_OUTPUT_BYTES`], saying how big it was
+/// (`<field>_bytes`) and that it was left out (`<field>_truncated`): it is read whole, or a
+/// page at a time, with `run.get`'s `part`.
+pub(crate) fn bound_field(data: &mut Value, field: &str) {
+    let Some(value) = data.get(field) else {
         return;
     };
-    let bytes = serde_json::to_vec(output).map_or(0, |b| b.len());
+    let bytes = serde_json::to_vec(value).map_or(0, |b| b.len());
     if bytes > EVENT_OUTPUT_BYTES {
-        data["output"] = Value::Null;
-        data["output_bytes"] = json!(bytes);
-        data["output_truncated"] = json!(true);
+        data[field] = Value::Null;
+        data[format!("{field}_bytes")] = json!(bytes);
+        data[format!("{field}_truncated")] = json!(true);
     }
 }

@@ -22,7 +22,8 @@ pub use outbox::{
     set_timers, take_stale, take_timer,
 };
 pub use runs::{
-    RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, lock_status, running_of, save_run,
+    ListCursor, RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, lock_status,
+    running_of, save_run,
 };
 
 /// A transaction on the run store.

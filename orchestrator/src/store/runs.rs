@@ -151,24 +151,63 @@ pub async fn save_run(tx: &mut Tx, run: &RunRow) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The most recent runs, optionally of one status and of some workflows only.
+/// Where a listing stopped: the last run's creation time (Unix microseconds) and id.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ListCursor {
+    micros: i64,
+    id: Uuid,
+}
+
+impl ListCursor {
+    /// Reads a cursor written by [`ListCursor`]'s `Display`: `<microseconds>_<run id>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a cursor a listing gave");
+        let (micros, id) = text.split_once('_').ok_or_else(bad)?;
+        Ok(Self {
+            micros: micros.parse().map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl std::fmt::Display for ListCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.micros, self.id)
+    }
+}
+
+/// The most recent runs (after `after`, when given), optionally of one status and of some
+/// workflows only, and the cursor of the next page when this one is full.
 pub async fn list_runs(
     pool: &PgPool,
     status: Option<RunStatus>,
     workflows: Option<&[String]>,
+    after: Option<ListCursor>,
     limit: i64,
-) -> Result<Vec<RunSummary>, sqlx::Error> {
+) -> Result<(Vec<RunSummary>, Option<ListCursor>), sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, workflow, status, created_at::text AS created_at, updated_at::text AS updated_at, error \
+        "SELECT id, workflow, status, created_at::text AS created_at, updated_at::text AS updated_at, error, \
+         (extract(epoch FROM created_at) * 1000000)::int8 AS micros \
          FROM mindbus_runs WHERE ($1::text IS NULL OR status = $1) AND ($2::text[] IS NULL OR workflow = ANY($2)) \
-         ORDER BY created_at DESC LIMIT $3",
+         AND ($4::int8 IS NULL OR (created_at, id) < ('epoch'::timestamptz + $4::float8 * interval '1 microsecond', $5::uuid)) \
+         ORDER BY created_at DESC, id DESC LIMIT $3",
     )
     .bind(status.map(RunStatus::as_str))
     .bind(workflows)
     .bind(limit)
+    .bind(after.map(|c| c.micros))
+    .bind(after.map(|c| c.id))
     .fetch_all(pool)
     .await?;
-    rows.iter()
+    let next = match rows.last() {
+        Some(last) if rows.len() as i64 == limit => Some(ListCursor {
+            micros: last.try_get("micros")?,
+            id: last.try_get("id")?,
+        }),
+        _ => None,
+    };
+    let runs = rows
+        .iter()
         .map(|row| {
             Ok(RunSummary {
                 run_id: row.try_get("id")?,
@@ -179,7 +218,8 @@ pub async fn list_runs(
                 error: row.try_get("error")?,
             })
         })
-        .collect()
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok((runs, next))
 }
 
 fn state_json(state: &RunState) -> Result<Value, sqlx::Error> {

@@ -228,13 +228,103 @@ async fn events_carry_no_big_outputs() {
     let ended_events = orch.events("mindbus.run.ended").await;
     assert_eq!(ended_events[0].2["output_truncated"], json!(true));
     let shown = orch.ask(RunCommand::Get, json!({"run_id": run})).await;
+    let shown = &shown.envelope.data.value;
+    assert_eq!(shown["steps"]["echo"]["output_truncated"], json!(true));
+    assert_eq!(shown["input_truncated"], json!(true), "{shown}");
+    let part = json!({"run_id": run, "part": "steps.echo"});
+    let whole = orch.ask(RunCommand::Get, part).await;
     assert_eq!(
-        shown.envelope.data.value["steps"]["echo"]["output"]["text"]
+        whole.envelope.data.value["value"]["text"]
             .as_str()
             .map(str::len),
         Some(100_000),
         "the run keeps the whole output"
     );
+}
+
+/// `run.get` leaves big values out and reads a list part a page at a time, in order;
+/// `run.list` pages newest first, each run once; `mindbus run` prints a big output whole.
+#[tokio::test]
+async fn big_runs_and_long_listings_are_read_a_page_at_a_time() {
+    let wide = "name: wide\nsteps:\n  - id: fan\n    role: echo\n    for_each: \"range(300) | list\"\n    input: {i: \"{{ item }}\", pad: \"{{ 'x' * 300 }}\"}\n";
+    let one = "name: one\nsteps:\n  - id: a\n    role: echo\n";
+    let (orch, _o) = Orch::up("pages", &[("wide.yaml", wide), ("one.yaml", one)]).await;
+    let run = orch.start("wide", json!({})).await;
+    let ended = orch.wait_ended(&[run], Duration::from_secs(30)).await;
+    assert_eq!(ended[0].status, "completed");
+    let shown = orch.ask(RunCommand::Get, json!({"run_id": run})).await;
+    let shown = &shown.envelope.data.value;
+    assert_eq!(shown["output_truncated"], json!(true), "{shown}");
+    assert_eq!(shown["steps"]["fan"]["output_truncated"], json!(true));
+    let mut items = Vec::new();
+    let mut offset = Some(0);
+    while let Some(from) = offset {
+        let ask = json!({"run_id": run, "part": "output", "offset": from, "limit": 128});
+        let page = orch.ask(RunCommand::Get, ask).await.envelope.data.value;
+        assert_eq!(page["total"], json!(300));
+        items.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["i"].clone()),
+        );
+        offset = page["next"].as_u64();
+    }
+    assert_eq!(items, (0..300).map(|i| json!(i)).collect::<Vec<_>>());
+    let bad = orch
+        .ask(
+            RunCommand::Get,
+            json!({"run_id": run, "part": "steps.nope"}),
+        )
+        .await;
+    assert!(bad.failure.unwrap().error.contains("no step `nope`"));
+
+    // The CLI reads the same parts whole.
+    let run_id = run.to_string();
+    let printed = orch
+        .cli_json(&["runs", "show", &run_id, "--part", "output"])
+        .await;
+    assert_eq!(printed.as_array().map(Vec::len), Some(300));
+    let printed = orch.cli_json(&["run", "wide"]).await;
+    assert_eq!(
+        printed.as_array().map(Vec::len),
+        Some(300),
+        "mindbus run prints it whole"
+    );
+
+    let mut started = vec![run];
+    for _ in 0..4 {
+        started.push(orch.start("one", json!({})).await);
+    }
+    orch.wait_ended(&started, Duration::from_secs(30)).await;
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = orch
+            .ask(RunCommand::List, json!({"limit": 2, "after": after}))
+            .await
+            .envelope
+            .data
+            .value;
+        listed.extend(
+            page["runs"].as_array().unwrap().iter().map(|r| {
+                r["created_at"].as_str().unwrap().to_owned() + r["run_id"].as_str().unwrap()
+            }),
+        );
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 6, "every run once: {listed:?}");
+    let mut newest_first = listed.clone();
+    newest_first.sort();
+    newest_first.reverse();
+    newest_first.dedup();
+    assert_eq!(listed, newest_first, "newest first, no repeats");
+    let bad = orch.ask(RunCommand::List, json!({"after": "nope"})).await;
+    assert!(bad.failure.unwrap().error.contains("after"));
 }
 
 /// A fan-out's answers are counted beside the run: the run's row (and its state, however

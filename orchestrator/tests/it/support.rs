@@ -113,6 +113,18 @@ impl Orch {
         cmd
     }
 
+    /// Runs the CLI with `args` to success and reads what it printed as JSON.
+    pub async fn cli_json(&self, args: &[&str]) -> Value {
+        let mut cli = self.cli();
+        cli.args(args);
+        let out = tokio::task::spawn_blocking(move || cli.output().unwrap())
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "mindbus {args:?}: {stderr}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("mindbus {args:?}: {e}"))
+    }
+
     /// Publishes a `run.start` (as any producer would, without waiting); the run's id is
     /// the command's id.
     pub async fn start(&self, workflow: &str, input: Value) -> Uuid {
