@@ -144,9 +144,11 @@ impl Ledger {
     ) -> Result<Reservation, BudgetError> {
         let totals = self.totals(budgets, payer);
         let ledger = self.clone();
-        tokio::spawn(async move { ledger.reserve_on(totals, estimate).await })
-            .await
-            .map_err(|e| BudgetError::Interrupted(e.to_string()))?
+        match tokio::spawn(async move { ledger.reserve_on(totals, estimate).await }).await {
+            Ok(reserved) => reserved,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(BudgetError::Interrupted(e.to_string())),
+        }
     }
 
     async fn reserve_on(
@@ -239,7 +241,7 @@ pub enum BudgetError {
     /// The ledger could not be read.
     #[error("reading the budget ledger: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The reservation's task ended without an answer (the process is shutting down).
+    /// The reservation's task was cancelled (the process is shutting down).
     #[error("reserving against the budget ledger: {0}")]
     Interrupted(String),
 }

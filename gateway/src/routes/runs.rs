@@ -140,6 +140,9 @@ async fn visible_run(
     let not_found = |_| AppError::NotFound(format!("no run {id}"));
     let mut data = json!({"run_id": id});
     if let Some(part) = &query.part {
+        if part.len() > 300 {
+            return Err(AppError::Invalid("part: longer than 300 bytes".into()));
+        }
         data["part"] = json!(part);
         data["offset"] = json!(query.offset.unwrap_or(0));
         data["limit"] = json!(query.limit.unwrap_or(100).clamp(1, 1000));
@@ -265,6 +268,9 @@ pub async fn list(
     Authed(caller, ..): Authed,
     QueryOf(query): QueryOf<ListQuery>,
 ) -> Result<Json<RunList>, AppError> {
+    if query.after.as_ref().is_some_and(|a| a.len() > 100) {
+        return Err(AppError::Invalid("after: longer than 100 bytes".into()));
+    }
     let data = scoped(
         &caller,
         json!({"status": query.status, "limit": query.limit.map(|l| l.clamp(1, 1000)), "after": query.after}),

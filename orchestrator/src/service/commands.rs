@@ -14,7 +14,7 @@ use super::publish::event_entry;
 use super::timers::Timer;
 use super::transition::{Effects, Input, Outcome, bound_field};
 use crate::engine::{self, RunState};
-use crate::store::{self, RunRow};
+use crate::store::{self, RunPart, RunRow};
 
 /// Serves run commands.
 #[derive(Debug)]
@@ -68,16 +68,16 @@ struct List {
 /// Most bytes of items one page of a part holds (a page has at least one item).
 const PAGE_BYTES: usize = 1 << 20;
 
-/// One page of a part: a list's items from `offset` (at most `limit`, and
-/// [`PAGE_BYTES`]), with `total` and the `next` offset; anything else whole.
-fn page(value: Value, offset: usize, limit: usize) -> Value {
-    let Value::Array(items) = value else {
-        return json!({"value": value});
+/// A page of a part as `run.get` answers it: a list's items from `offset` (fewer than asked
+/// when they pass [`PAGE_BYTES`]), with `total` and the `next` offset; anything else whole.
+fn page(part: RunPart, offset: usize) -> Value {
+    let (items, total) = match part {
+        RunPart::Whole(value) => return json!({"value": value}),
+        RunPart::Items { items, total } => (items, total),
     };
-    let total = items.len();
     let mut bytes = 0;
-    let mut page = Vec::new();
-    for item in items.into_iter().skip(offset).take(limit) {
+    let mut page = Vec::with_capacity(items.len());
+    for item in items {
         bytes += serde_json::to_vec(&item).map_or(0, |b| b.len());
         if !page.is_empty() && bytes > PAGE_BYTES {
             break;
@@ -142,6 +142,7 @@ fn view(run: RunRow) -> Value {
     if let Value::Object(steps) = &mut steps {
         for step in steps.values_mut() {
             bound_field(step, "output");
+            bound_field(step, "error");
         }
     }
     let mut view = json!({
@@ -154,8 +155,9 @@ fn view(run: RunRow) -> Value {
         "steps": steps,
         "added_steps": run.state.added.iter().map(|a| &a.step.id).collect::<Vec<_>>(),
     });
-    bound_field(&mut view, "input");
-    bound_field(&mut view, "output");
+    for field in ["input", "output", "error"] {
+        bound_field(&mut view, field);
+    }
     view
 }
 
@@ -279,38 +281,28 @@ impl Orchestrator {
     /// [`EVENT_OUTPUT_BYTES`](super::transition::EVENT_OUTPUT_BYTES) left out and flagged,
     /// or, when `part` names one, that value (a list a page at a time).
     async fn get(&self, get: Get) -> HandlerResult {
-        let run = store::get_run(&self.pool, get.run_id)
-            .await
-            .map_err(retry)?
-            .filter(|run| {
-                get.workflows
-                    .as_ref()
-                    .is_none_or(|w| w.contains(&run.workflow))
-            })
-            .ok_or_else(|| HandlerError::fatal(format!("no run {}", get.run_id)))?;
+        let missing = || HandlerError::fatal(format!("no run {}", get.run_id));
         let Some(part) = get.part else {
+            let run = store::get_run(&self.pool, get.run_id)
+                .await
+                .map_err(retry)?
+                .filter(|run| {
+                    get.workflows
+                        .as_ref()
+                        .is_none_or(|w| w.contains(&run.workflow))
+                })
+                .ok_or_else(missing)?;
             return Ok(view(run));
         };
-        let malformed = |e: String| HandlerError::fatal(e).with_type(ErrorType::Malformed);
-        let value = match part.as_str() {
-            "input" => run.input,
-            "output" => run.output.unwrap_or_default(),
-            other => {
-                let Some(step) = other.strip_prefix("steps.") else {
-                    return Err(malformed(format!(
-                        "part: `{other}` is not `input`, `output` or `steps.<id>`"
-                    )));
-                };
-                match run.state.steps.get(step) {
-                    Some(engine::StepState::Done { output }) => output.clone(),
-                    Some(_) => return Err(malformed(format!("part: step `{step}` has no output"))),
-                    None => return Err(malformed(format!("part: no step `{step}`"))),
-                }
-            }
-        };
         let limit = get.limit.unwrap_or(100).clamp(1, 1000);
-        let mut answer = page(value, get.offset, limit);
-        answer["run_id"] = json!(run.id);
+        let workflows = get.workflows.as_deref();
+        let found = store::run_part(&self.pool, get.run_id, workflows, &part, get.offset, limit)
+            .await
+            .map_err(retry)?
+            .ok_or_else(missing)?
+            .map_err(|e| HandlerError::fatal(e).with_type(ErrorType::Malformed))?;
+        let mut answer = page(found, get.offset);
+        answer["run_id"] = json!(get.run_id);
         answer["part"] = json!(part);
         Ok(answer)
     }

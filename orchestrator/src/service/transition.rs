@@ -506,7 +506,7 @@ fn step_news(
 }
 
 /// Most bytes of an output an event carries; a bigger one is left out (`output_bytes`
-/// says how big it is) and read whole with `run.get`.
+/// says how big it is) and read with `run.get`'s `part`.
 pub(crate) const EVENT_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// Leaves `data["output"]` out when it is over [`EVENT_OUTPUT_BYTES`]: an event stream

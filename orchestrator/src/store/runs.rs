@@ -151,6 +151,85 @@ pub async fn save_run(tx: &mut Tx, run: &RunRow) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// One part of a run as `run.get` reads it: a list's items from `offset` (at most
+/// `limit`) and its length, or any other value whole.
+#[derive(Debug)]
+pub enum RunPart {
+    Items { items: Vec<Value>, total: usize },
+    Whole(Value),
+}
+
+/// Reads one part of run `id` (its input, output or a finished step's output), sliced in
+/// Postgres, so a page costs neither the whole state's transfer nor its parsing here.
+/// `Ok(None)` when there is no such run of `workflows` (when given); `Err` naming what is
+/// wrong when the part is not there.
+pub async fn run_part(
+    pool: &PgPool,
+    id: Uuid,
+    workflows: Option<&[String]>,
+    part: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<Option<Result<RunPart, String>>, sqlx::Error> {
+    let (column, step) = match part {
+        "input" => ("input", None),
+        "output" => ("output", None),
+        other => match other.strip_prefix("steps.") {
+            Some(step) => ("state", Some(step)),
+            None => {
+                return Ok(Some(Err(format!(
+                    "part: `{other}` is not `input`, `output` or `steps.<id>`"
+                ))));
+            }
+        },
+    };
+    let value = if column == "state" {
+        "CASE WHEN state -> 'steps' -> $3 ->> 'state' = 'done' THEN state -> 'steps' -> $3 -> 'output' END"
+    } else {
+        column
+    };
+    let row = sqlx::query(&format!(
+        "SELECT (state -> 'steps' ? $3) AS known, v IS NOT NULL AS present, \
+         CASE WHEN jsonb_typeof(v) = 'array' THEN jsonb_array_length(v) END AS total, \
+         CASE WHEN jsonb_typeof(v) = 'array' THEN \
+             (SELECT COALESCE(jsonb_agg(e ORDER BY n), '[]') FROM jsonb_array_elements(v) WITH ORDINALITY AS x(e, n) \
+              WHERE n > $4 AND n <= $4 + $5) \
+         ELSE v END AS value \
+         FROM (SELECT state, {value} AS v FROM mindbus_runs \
+               WHERE id = $1 AND ($2::text[] IS NULL OR workflow = ANY($2))) r"
+    ))
+    .bind(id)
+    .bind(workflows)
+    .bind(step.unwrap_or(""))
+    .bind(offset as i64)
+    .bind(limit as i64)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if let Some(step) = step {
+        if !row.try_get::<bool, _>("known")? {
+            return Ok(Some(Err(format!("part: no step `{step}`"))));
+        }
+        if !row.try_get::<bool, _>("present")? {
+            return Ok(Some(Err(format!("part: step `{step}` has no output"))));
+        }
+    }
+    let value: Option<Value> = row.try_get("value")?;
+    let value = value.unwrap_or_default();
+    Ok(Some(Ok(match row.try_get::<Option<i32>, _>("total")? {
+        Some(total) => RunPart::Items {
+            items: match value {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            },
+            total: total as usize,
+        },
+        None => RunPart::Whole(value),
+    })))
+}
+
 /// Where a listing stopped: the last run's creation time (Unix microseconds) and id.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ListCursor {
@@ -159,12 +238,17 @@ pub struct ListCursor {
 }
 
 impl ListCursor {
-    /// Reads a cursor written by [`ListCursor`]'s `Display`: `<microseconds>_<run id>`.
+    /// Reads a cursor written by [`ListCursor`]'s `Display`: `<microseconds>_<run id>`,
+    /// a time between 1970 and about 2255 (exact as a float, as the query needs).
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("`{text}` is not a cursor a listing gave");
         let (micros, id) = text.split_once('_').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        if !(0..=1 << 53).contains(&micros) {
+            return Err(bad());
+        }
         Ok(Self {
-            micros: micros.parse().map_err(|_| bad())?,
+            micros,
             id: id.parse().map_err(|_| bad())?,
         })
     }

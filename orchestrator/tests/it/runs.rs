@@ -323,8 +323,16 @@ async fn big_runs_and_long_listings_are_read_a_page_at_a_time() {
     newest_first.reverse();
     newest_first.dedup();
     assert_eq!(listed, newest_first, "newest first, no repeats");
-    let bad = orch.ask(RunCommand::List, json!({"after": "nope"})).await;
-    assert!(bad.failure.unwrap().error.contains("after"));
+    for cursor in [
+        "nope",
+        "-9223372036854775808_00000000-0000-0000-0000-000000000000",
+        "9223372036854775807_00000000-0000-0000-0000-000000000000",
+    ] {
+        let bad = orch.ask(RunCommand::List, json!({"after": cursor})).await;
+        let failure = bad.failure.expect("refused");
+        assert!(!failure.retryable, "{cursor}: {failure:?}");
+        assert!(failure.error.contains("after"), "{cursor}: {failure:?}");
+    }
 }
 
 /// A fan-out's answers are counted beside the run: the run's row (and its state, however
