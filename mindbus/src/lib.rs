@@ -5,6 +5,7 @@
 //! - [`keys`]: the Redis key names under the configured prefix.
 //! - [`config`]: typed, layered, schema-checked configuration.
 //! - [`streams`]: Redis connections, consumer groups and reply parsing.
+//! - [`group`]: the consumer-group reader (own pending, reclaiming, new entries, acks).
 //! - [`bus`]: the client: publish, wait for results, follow streams, cancel.
 //! - [`runtime`]: the agent runtime, a [`runtime::Handler`] behind a consumer-group loop.
 //! - [`telemetry`]: logging setup for the binaries.
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod bus;
 pub mod config;
 mod error;
+pub mod group;
 pub mod keys;
 pub mod runtime;
 pub mod shutdown;

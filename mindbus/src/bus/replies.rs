@@ -97,6 +97,7 @@ impl Drop for Waiter {
 
 async fn follow(replies: Arc<Replies>, bus: Bus, mut follower: Follower, stop: CancellationToken) {
     let stream = bus.keys().results();
+    let mut delays = crate::streams::retry_delays();
     loop {
         let batch = tokio::select! {
             _ = stop.cancelled() => return,
@@ -104,6 +105,7 @@ async fn follow(replies: Arc<Replies>, bus: Bus, mut follower: Follower, stop: C
         };
         match batch {
             Ok(entries) => {
+                delays = crate::streams::retry_delays();
                 for (_, entry) in entries {
                     let Some(fields) = entry.fields else { continue };
                     let origin = Origin {
@@ -117,7 +119,8 @@ async fn follow(replies: Arc<Replies>, bus: Bus, mut follower: Follower, stop: C
             }
             Err(e) => {
                 tracing::warn!(error = %e, "following results failed; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
                 let after = follower.position(&stream).unwrap_or(EntryId::ZERO);
                 if let Ok(again) =
                     Follower::after(&bus, stream.clone(), after, Duration::from_secs(2)).await

@@ -23,7 +23,6 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -66,7 +65,7 @@ impl Agent {
         Ok(Self {
             redis: redis.clone(),
             role: role.into(),
-            consumer: unique_consumer_name(),
+            consumer: crate::group::consumer_name("agent"),
             config,
         })
     }
@@ -271,24 +270,4 @@ async fn hand_back_rest(
     } else {
         tracing::info!(entries = ids.len(), "handed unfinished entries back");
     }
-}
-
-/// A consumer name nobody used before: host, process id and 48 random bits.
-fn unique_consumer_name() -> String {
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
-    format!(
-        "{host}-{}-{:012x}",
-        std::process::id(),
-        rand::random::<u64>() & 0xffff_ffff_ffff
-    )
-}
-
-/// Backoff for reconnecting loops.
-pub(crate) fn retry_delays() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }

@@ -10,11 +10,13 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::Shared;
 use super::reclaim::Reclaimer;
 use super::worker::Delivery;
-use super::{Shared, retry_delays};
 use crate::Error;
-use crate::streams::{ReadConnection, Redis, ensure_role, parse_pending, parse_range};
+use crate::streams::{
+    ReadConnection, Redis, ensure_role, parse_pending, parse_range, retry_delays,
+};
 
 /// Reads commands until `stop` fires, reconnecting (and recreating the group) after errors.
 pub(crate) async fn read_loop(shared: Arc<Shared>, redis: Redis, stop: CancellationToken) {

@@ -92,13 +92,13 @@ impl Redis {
     }
 }
 
-/// Delays between reconnection (or retry) attempts: exponential from 100 ms to 5 s, with
-/// jitter, without end.
+/// The one retry policy: delays between reconnection (or retry) attempts, exponential
+/// from 50 ms to 2 s, with jitter, without end.
 pub fn retry_delays() -> impl Iterator<Item = Duration> {
     use backon::{BackoffBuilder, ExponentialBuilder};
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
         .with_jitter()
         .without_max_times()
         .build()

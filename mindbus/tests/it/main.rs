@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod bus;
+mod group;
 mod read_conn;
 mod schemas;

@@ -1,15 +1,15 @@
 //! Step results: read from the result stream through the `mindbus-orchestrator` consumer
-//! group, applied run by run (a run's results in order, as many per transaction as go
-//! together), acknowledged only after they committed. Results
-//! a dead orchestrator left unacknowledged are taken over after the lease.
+//! group (a [`GroupReader`], which also takes over results a stopped orchestrator left
+//! pending past the lease), applied run by run (a run's results in order, as many per
+//! transaction as go together), acknowledged only after they committed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
-use mindbus::streams::{StreamEntry, ensure_group, parse_autoclaim, parse_read};
+use mindbus::group::{Delivery, GroupOptions, GroupReader};
+use mindbus::streams::StreamEntry;
 use mindbus::wire::{CommandResult, EntryId, Origin, Status, field_text, without_nul};
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -19,156 +19,62 @@ use super::transition::Input;
 /// The consumer group every orchestrator reads results with.
 pub const GROUP: &str = "mindbus-orchestrator";
 
-/// Reads and applies results until `stop` fires, reconnecting after Redis failures.
+/// Reads and applies results until `stop` fires (reconnecting after Redis failures).
 pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) {
-    let consumer = format!(
-        "orchestrator-{}-{}",
-        std::process::id(),
-        &Uuid::now_v7().simple().to_string()[20..]
-    );
-    let mut delays = mindbus::streams::retry_delays();
-    while !stop.is_cancelled() {
-        match session(&this, &consumer, &stop).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "result reader lost redis; reconnecting");
-                let delay = delays.next().unwrap_or(Duration::from_secs(2));
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
-            }
-        }
-    }
-}
-
-/// One connection's worth of reading; `Ok` only when stopped.
-async fn session(
-    this: &Orchestrator,
-    consumer: &str,
-    stop: &CancellationToken,
-) -> anyhow::Result<()> {
     let config = &this.config;
-    let mut conn = this
-        .bus
-        .redis()
-        .dedicated(Duration::from_millis(config.block_ms))
-        .await?;
-    let mut acks = this.bus.redis().shared().await?;
+    let options = GroupOptions {
+        group: GROUP.into(),
+        kind: "orchestrator",
+        lease: Duration::from_millis(config.lease_ms),
+        block: Duration::from_millis(config.block_ms),
+    };
     let stream = this.bus.keys().results();
-    ensure_group(&mut conn, &stream, GROUP, "0").await?;
-    // Our own pending entries first (none for a fresh name, but a reconnect keeps the name).
-    let mut own = Some(EntryId::ZERO);
-    let lease = Duration::from_millis(config.lease_ms);
-    let mut reclaimed = Instant::now() - lease;
+    let mut reader = GroupReader::new(this.bus.redis().clone(), vec![stream], options);
     while !stop.is_cancelled() {
-        if reclaimed.elapsed() >= lease / 2 {
-            reclaim(this, &mut conn, &mut acks, &stream, consumer, stop).await?;
-            reclaimed = Instant::now();
+        let batch = reader.next(config.batch, &stop).await;
+        if batch.is_empty() {
+            continue;
         }
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(config.batch);
-        if own.is_none() {
-            cmd.arg("BLOCK").arg(config.block_ms);
-        }
-        cmd.arg("STREAMS")
-            .arg(&stream)
-            .arg(own.map_or(">".into(), |id| id.to_string()));
-        let reply = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            reply = cmd.query_async(&mut conn) => reply?,
+        let applied = apply_batch(&this, &batch, &stop).await;
+        let acked = match reader.acker().await {
+            Ok(acker) => acker.ack(&applied).await,
+            Err(e) => Err(e),
         };
-        let entries: Vec<StreamEntry> = parse_read(reply)?
-            .into_iter()
-            .flat_map(|(_, e)| e)
-            .collect();
-        if own.is_some() {
-            own = entries
-                .last()
-                .filter(|_| entries.len() >= config.batch)
-                .map(|e| e.id);
+        // Left pending, they are applied again (a no-op: each result is applied once)
+        // when this or another orchestrator takes them back.
+        if let Err(e) = acked {
+            tracing::warn!(error = %e, "acknowledging results failed");
         }
-        apply_batch(this, &mut acks, &stream, entries, stop).await?;
-    }
-    Ok(())
-}
-
-/// Takes over results idle longer than the lease (their orchestrator died), page by page.
-async fn reclaim(
-    this: &Orchestrator,
-    conn: &mut MultiplexedConnection,
-    acks: &mut ConnectionManager,
-    stream: &str,
-    consumer: &str,
-    stop: &CancellationToken,
-) -> anyhow::Result<()> {
-    let mut cursor = EntryId::ZERO;
-    loop {
-        let reply = redis::cmd("XAUTOCLAIM")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(this.config.lease_ms)
-            .arg(cursor.to_string())
-            .arg("COUNT")
-            .arg(this.config.batch)
-            .query_async(conn)
-            .await?;
-        let (next, entries) = parse_autoclaim(reply)?;
-        if !entries.is_empty() {
-            tracing::info!(
-                entries = entries.len(),
-                "took over results of a stopped orchestrator"
-            );
-            apply_batch(this, acks, stream, entries, stop).await?;
-        }
-        if next == EntryId::ZERO {
-            return Ok(());
-        }
-        cursor = next;
     }
 }
 
-/// Applies a batch and acknowledges what was applied. Each run's results are applied in
-/// their order, as many in one transaction as go together; up to `concurrency` runs at once.
-async fn apply_batch(
+/// Applies a batch; returns the deliveries applied (those to acknowledge). Each run's
+/// results are applied in their order, as many in one transaction as go together; up to
+/// `concurrency` runs at once.
+async fn apply_batch<'a>(
     this: &Orchestrator,
-    acks: &mut ConnectionManager,
-    stream: &str,
-    entries: Vec<StreamEntry>,
+    batch: &'a [Delivery],
     stop: &CancellationToken,
-) -> anyhow::Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
+) -> Vec<&'a Delivery> {
+    // By index in the batch, which outlives the applying.
     let mut done = Vec::new();
-    let mut runs: Vec<(Uuid, Vec<(EntryId, Input)>)> = Vec::new();
-    for entry in entries {
-        match step_result(stream, &entry) {
-            None => done.push(entry.id),
+    let mut runs: Vec<(Uuid, Vec<(usize, Input)>)> = Vec::new();
+    for (index, delivery) in batch.iter().enumerate() {
+        match step_result(&delivery.stream, &delivery.entry) {
+            None => done.push(index),
             Some((run_id, input)) => match runs.iter_mut().find(|(id, _)| *id == run_id) {
-                Some((_, results)) => results.push((entry.id, input)),
-                None => runs.push((run_id, vec![(entry.id, input)])),
+                Some((_, results)) => results.push((index, input)),
+                None => runs.push((run_id, vec![(index, input)])),
             },
         }
     }
-    let applied: Vec<Vec<EntryId>> = futures::stream::iter(runs)
+    let applied: Vec<Vec<usize>> = futures::stream::iter(runs)
         .map(|(run_id, results)| apply_run(this, run_id, results, stop))
         .buffer_unordered(this.config.concurrency)
         .collect()
         .await;
     done.extend(applied.into_iter().flatten());
-    if !done.is_empty() {
-        let done: Vec<String> = done.iter().map(ToString::to_string).collect();
-        redis::cmd("XACK")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(&done)
-            .query_async::<()>(acks)
-            .await?;
-    }
-    Ok(())
+    done.into_iter().map(|index| &batch[index]).collect()
 }
 
 /// Applies one run's results in order, retrying while Postgres fails; returns the ids of
@@ -177,10 +83,10 @@ async fn apply_batch(
 async fn apply_run(
     this: &Orchestrator,
     run_id: Uuid,
-    results: Vec<(EntryId, Input)>,
+    results: Vec<(usize, Input)>,
     stop: &CancellationToken,
-) -> Vec<EntryId> {
-    let (ids, inputs): (Vec<EntryId>, Vec<Input>) = results.into_iter().unzip();
+) -> Vec<usize> {
+    let (ids, inputs): (Vec<usize>, Vec<Input>) = results.into_iter().unzip();
     let mut applied = 0;
     let mut delays = mindbus::streams::retry_delays();
     while applied < inputs.len() {

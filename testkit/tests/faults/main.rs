@@ -161,7 +161,13 @@ struct Runs {
 
 impl Runs {
     async fn new(name: &str, admin: Option<&str>) -> Self {
-        let mesh = Mesh::on(&redis_url(), name).await;
+        Self::on(&redis_url(), name, admin).await
+    }
+
+    /// Runs on the Redis at `redis` (and the Postgres server `admin` names, or the shared
+    /// one).
+    async fn on(redis: &str, name: &str, admin: Option<&str>) -> Self {
+        let mesh = Mesh::on(redis, name).await;
         let db = match admin {
             Some(admin) => TestDb::on(admin, name).await,
             None => TestDb::new(name).await,
@@ -201,7 +207,8 @@ impl Runs {
             .spawn("mindbus-monitor", &["--database-url", &self.db.url], &env)
     }
 
-    /// Publishes `n` starts of `chain`, as any producer would; returns the run ids.
+    /// Publishes `n` starts of `chain`, as any producer would (trying again while Redis is
+    /// away); returns the run ids.
     async fn start(&self, n: usize) -> Vec<MessageId> {
         let mut runs = Vec::with_capacity(n);
         for _ in 0..n {
@@ -209,11 +216,15 @@ impl Runs {
                 RunCommand::Start.as_str(),
                 Payload::json(json!({"workflow": "chain", "input": {}})),
             );
-            self.mesh
+            while self
+                .mesh
                 .bus
                 .publish(ORCHESTRATOR_ROLE, &start)
                 .await
-                .unwrap();
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             runs.push(mindbus::wire::run_id(&start.envelope.id).into());
         }
         runs
@@ -261,6 +272,19 @@ impl Runs {
         .unwrap();
         tally.twice.extend(twice.into_iter().map(|(id,)| id.into()));
         tally
+    }
+
+    /// After the fault at `since`: every run of `started` completes, each step result is
+    /// applied once, and the monitor records every entry once; reports as `fault`.
+    async fn check_recovered(&self, started: &[MessageId], since: Instant, fault: &str) {
+        let recovery = self
+            .wait_completed(started, since, Duration::from_secs(120))
+            .await;
+        let tally = self.tally(started).await;
+        let recorded = self.wait_recorded(Duration::from_secs(120)).await;
+        let note = format!("{recorded} entries recorded by the monitor, each once");
+        tally.report(fault, "runs", Some(recovery), &note);
+        assert_none_lost_or_twice(&tally);
     }
 
     /// Waits until the monitor's table holds exactly the entries of every stream, each
@@ -313,19 +337,34 @@ async fn orchestrator_and_monitor_sigkill_during_200_runs() {
     signal(&monitor, Signal::SIGKILL);
     let killed = Instant::now();
     let _monitor = runs.monitor();
-    let recovery = runs
-        .wait_completed(&started, killed, Duration::from_secs(120))
+    runs.check_recovered(&started, killed, "orchestrator and monitor SIGKILL")
         .await;
-    let tally = runs.tally(&started).await;
-    let recorded = runs.wait_recorded(Duration::from_secs(120)).await;
-    let note = format!("{recorded} entries recorded by the monitor, each once");
-    tally.report(
-        "orchestrator and monitor SIGKILL",
-        "runs",
-        Some(recovery),
-        &note,
-    );
-    assert_none_lost_or_twice(&tally);
+}
+
+/// Redis killed with SIGKILL and restarted (AOF `always`: it loses nothing) under 100 runs:
+/// the orchestrator and the monitor reconnect and recreate nothing they should not; every
+/// run completes, every step result is applied once, and the monitor's record holds every
+/// entry exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_kill_9_and_restart_under_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = PrivateRedis::start(dir.path(), Persistence::AofAlways);
+    let runs = Runs::on(&redis.url(), "redisruns", None).await;
+    let _orchestrator = runs.orchestrator();
+    let _monitor = runs.monitor();
+    let _agents = runs.mesh.agents(2);
+    let mut started = runs.start(50).await;
+    let what = "ten runs completed";
+    testenv::eventually(Duration::from_secs(60), what, || async {
+        (runs.completed().await.len() >= 10).then_some(())
+    })
+    .await;
+    redis.kill();
+    let killed = Instant::now();
+    redis.restart();
+    started.extend(runs.start(50).await);
+    runs.check_recovered(&started, killed, "redis kill -9, AOF always")
+        .await;
 }
 
 /// How long the Postgres case keeps Postgres down (`MINDBUS_OUTAGE_SECS`, default 60).

@@ -1,0 +1,443 @@
+//! The one way a MindBus process takes entries from streams through a consumer group: the
+//! orchestrator its step results, the monitor every stream (agents have their own reader
+//! in `runtime`, for now). A [`GroupReader`] owns
+//!
+//! - the consumer's name (host, process id, random: never reused);
+//! - its own pending entries first after a reconnect (listed with `XPENDING`, fetched with
+//!   `XRANGE`, so their delivery counts stay as they are);
+//! - entries other consumers left idle past the lease, swept with `XAUTOCLAIM` every
+//!   quarter lease, the sweep going on while the caller has room and the pending list has
+//!   more to scan;
+//! - new entries, never more than the caller has room for, blocking no longer than until
+//!   the next sweep;
+//! - reconnecting (with the one retry policy) and recreating a group that vanished;
+//! - acknowledging in batches.
+//!
+//! Its caller decides what an entry means and acknowledges it once it is done with it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::streams::{
+    Redis, StreamEntry, ensure_group, is_nogroup, parse_autoclaim, parse_pending, parse_range,
+    parse_read, retry_delays,
+};
+use crate::wire::EntryId;
+
+/// A consumer name that is never reused: `<kind>-<host>-<pid>-<48 random bits>`.
+pub fn consumer_name(kind: &str) -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!(
+        "{kind}-{host}-{}-{:012x}",
+        std::process::id(),
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    )
+}
+
+/// One entry handed to the caller.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The stream it came from.
+    pub stream: String,
+    pub entry: StreamEntry,
+    /// Times it has been delivered, this one included (1 for a new entry).
+    pub deliveries: u32,
+}
+
+/// How a [`GroupReader`] reads.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// The consumer group.
+    pub group: String,
+    /// What the consumer's name starts with (`orchestrator`, `monitor`).
+    pub kind: &'static str,
+    /// Entries idle this long in another consumer's pending list are taken over.
+    pub lease: Duration,
+    /// Longest blocking read.
+    pub block: Duration,
+}
+
+/// Acknowledges entries of one group, in batches; cheap to clone.
+#[derive(Clone)]
+pub struct Acker {
+    conn: ConnectionManager,
+    group: String,
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acker {
+    /// Acknowledges the deliveries the caller is done with, in one round trip.
+    pub async fn ack(&self, done: &[&Delivery]) -> Result<(), Error> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut by_stream: HashMap<&str, Vec<String>> = HashMap::new();
+        for delivery in done {
+            by_stream
+                .entry(&delivery.stream)
+                .or_default()
+                .push(delivery.entry.id.to_string());
+        }
+        let mut pipe = redis::pipe();
+        for (stream, ids) in by_stream {
+            pipe.cmd("XACK")
+                .arg(stream)
+                .arg(&self.group)
+                .arg(ids)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+}
+
+/// One stream followed, and where this consumer's sweep of its pending list stands.
+#[derive(Debug)]
+struct Followed {
+    name: String,
+    /// The group exists (created from the stream's start when it did not).
+    joined: bool,
+    sweep: EntryId,
+}
+
+/// Reads a set of streams through one consumer group; see the module documentation.
+#[derive(Debug)]
+pub struct GroupReader {
+    redis: Redis,
+    options: GroupOptions,
+    consumer: String,
+    streams: Vec<Followed>,
+    read: Option<MultiplexedConnection>,
+    writes: Option<ConnectionManager>,
+    /// After a reconnect: own pending entries may have been delivered but never arrived.
+    recovering: bool,
+    sweep_due: Instant,
+    sweep_every: Duration,
+}
+
+impl GroupReader {
+    /// A reader of `streams` (more can be followed later); connects on first use.
+    pub fn new(redis: Redis, streams: Vec<String>, options: GroupOptions) -> Self {
+        let sweep_every =
+            (options.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut reader = Self {
+            redis,
+            consumer: consumer_name(options.kind),
+            options,
+            streams: Vec::new(),
+            read: None,
+            writes: None,
+            recovering: false,
+            // A new consumer looks at once: it may be replacing one that stopped.
+            sweep_due: Instant::now(),
+            sweep_every,
+        };
+        streams.into_iter().for_each(|s| reader.follow(s));
+        reader
+    }
+
+    /// This consumer's name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The streams followed.
+    pub fn streams(&self) -> impl Iterator<Item = &str> {
+        self.streams.iter().map(|s| s.name.as_str())
+    }
+
+    /// Follows one more stream (for example a role that appeared), from the start of its
+    /// group (created from the stream's start when it does not exist).
+    pub fn follow(&mut self, stream: String) {
+        if !self.streams.iter().any(|s| s.name == stream) {
+            self.streams.push(Followed {
+                name: stream,
+                joined: false,
+                sweep: EntryId::ZERO,
+            });
+        }
+    }
+
+    /// The next entries, at most `room` (of new entries, `room` from each stream): own
+    /// pending ones after a reconnect, then idle ones of other consumers, then new ones
+    /// (waiting up to the block for them). Empty
+    /// when nothing came or `stop` fired. Failures are retried (reconnecting) until `stop`.
+    pub async fn next(&mut self, room: usize, stop: &CancellationToken) -> Vec<Delivery> {
+        let mut delays = retry_delays();
+        while !stop.is_cancelled() {
+            match self.try_next(room, stop).await {
+                Ok(got) => return got,
+                Err(e) => {
+                    tracing::warn!(group = %self.options.group, error = %e, "reading streams failed; reconnecting");
+                    self.read = None;
+                    self.recovering = true;
+                    if is_nogroup(&e) {
+                        self.streams.iter_mut().for_each(|s| s.joined = false);
+                    }
+                    let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// What acknowledges this reader's entries, for tasks that finish them on their own.
+    pub async fn acker(&mut self) -> Result<Acker, Error> {
+        Ok(Acker {
+            conn: self.writes().await?,
+            group: self.options.group.clone(),
+        })
+    }
+
+    async fn writes(&mut self) -> Result<ConnectionManager, Error> {
+        if let Some(conn) = &self.writes {
+            return Ok(conn.clone());
+        }
+        let conn = self.redis.shared().await?;
+        self.writes = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn try_next(
+        &mut self,
+        room: usize,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Delivery>, Error> {
+        let mut writes = self.writes().await?;
+        for stream in self.streams.iter_mut().filter(|s| !s.joined) {
+            ensure_group(&mut writes, &stream.name, &self.options.group, "0").await?;
+            stream.joined = true;
+        }
+        if self.read.is_none() {
+            self.read = Some(self.redis.dedicated(self.options.block).await?);
+        }
+        let mut got = Vec::new();
+        if self.recovering {
+            self.recovering = !self.recover_own(&mut writes, room, &mut got).await?;
+        }
+        if got.len() < room && self.sweep_due <= Instant::now() {
+            self.sweep(&mut writes, room, &mut got).await?;
+        }
+        if !got.is_empty() || self.streams.is_empty() {
+            if self.streams.is_empty() {
+                // Nothing to read yet: wait as a read would.
+                tokio::select! { _ = stop.cancelled() => {}, _ = tokio::time::sleep(self.options.block) => {} }
+            }
+            return Ok(got);
+        }
+        self.read_new(room, stop).await
+    }
+
+    /// New entries, at most `room` from each stream; blocks no longer than until the next
+    /// sweep.
+    async fn read_new(
+        &mut self,
+        room: usize,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Delivery>, Error> {
+        let block = self
+            .sweep_due
+            .saturating_duration_since(Instant::now())
+            .min(self.options.block);
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.options.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(room);
+        // `BLOCK 0` would block forever: a read due now does not block at all.
+        if block.as_millis() > 0 {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS");
+        self.streams.iter().for_each(|s| {
+            cmd.arg(&s.name);
+        });
+        self.streams.iter().for_each(|_| {
+            cmd.arg(">");
+        });
+        let Some(conn) = self.read.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let reply = tokio::select! {
+            // Dropped mid-read, the connection may still get the reply: start afresh.
+            _ = stop.cancelled() => {
+                self.read = None;
+                return Ok(Vec::new());
+            }
+            reply = cmd.query_async(conn) => reply?,
+        };
+        let got: Vec<Delivery> = parse_read(reply)?
+            .into_iter()
+            .flat_map(|(stream, entries)| {
+                entries.into_iter().map(move |entry| Delivery {
+                    stream: stream.clone(),
+                    entry,
+                    deliveries: 1,
+                })
+            })
+            .collect();
+        Ok(got)
+    }
+
+    /// Adds this consumer's own pending entries (up to the room left) to `got`; whether
+    /// none is left to take.
+    async fn recover_own(
+        &mut self,
+        writes: &mut ConnectionManager,
+        room: usize,
+        got: &mut Vec<Delivery>,
+    ) -> Result<bool, Error> {
+        let mut done = true;
+        for stream in &self.streams {
+            let left = room - got.len();
+            if left == 0 {
+                return Ok(false);
+            }
+            let reply = redis::cmd("XPENDING")
+                .arg(&stream.name)
+                .arg(&self.options.group)
+                .arg("-")
+                .arg("+")
+                .arg(left + 1)
+                .arg(&self.consumer)
+                .query_async(writes)
+                .await?;
+            let mut pending = parse_pending(reply)?;
+            if pending.len() > left {
+                pending.truncate(left);
+                done = false;
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            // Fetched in one round trip.
+            let mut pipe = redis::pipe();
+            for (id, _, _) in &pending {
+                pipe.cmd("XRANGE")
+                    .arg(&stream.name)
+                    .arg(id.to_string())
+                    .arg(id.to_string());
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(writes).await?;
+            for ((id, _, deliveries), reply) in pending.into_iter().zip(replies) {
+                // Deleted while pending: handed over without fields.
+                let entry = parse_range(reply)?
+                    .pop()
+                    .unwrap_or(StreamEntry { id, fields: None });
+                got.push(Delivery {
+                    stream: stream.name.clone(),
+                    entry,
+                    deliveries,
+                });
+            }
+        }
+        if done && !got.is_empty() {
+            tracing::info!(group = %self.options.group, entries = got.len(), "own pending entries recovered after a reconnect");
+        }
+        Ok(done)
+    }
+
+    /// Takes over entries idle past the lease (up to the room left), stream by stream,
+    /// following each stream's `XAUTOCLAIM` cursor; the next sweep is due a period after
+    /// every cursor came back to the start.
+    async fn sweep(
+        &mut self,
+        writes: &mut ConnectionManager,
+        room: usize,
+        got: &mut Vec<Delivery>,
+    ) -> Result<(), Error> {
+        let lease_ms = self.options.lease.as_millis() as u64;
+        let mut finished = true;
+        for stream in &mut self.streams {
+            loop {
+                let left = room - got.len();
+                if left == 0 {
+                    finished = false;
+                    break;
+                }
+                let reply = redis::cmd("XAUTOCLAIM")
+                    .arg(&stream.name)
+                    .arg(&self.options.group)
+                    .arg(&self.consumer)
+                    .arg(lease_ms)
+                    .arg(stream.sweep.to_string())
+                    .arg("COUNT")
+                    .arg(left)
+                    .query_async(writes)
+                    .await;
+                let (next, entries) = match reply.map_err(Error::from).and_then(parse_autoclaim) {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        // Tried again next period, not at once.
+                        self.sweep_due = Instant::now() + self.sweep_every;
+                        return Err(e);
+                    }
+                };
+                stream.sweep = next;
+                if !entries.is_empty() {
+                    tracing::info!(stream = %stream.name, claimed = entries.len(), "took over idle entries of another consumer");
+                    let counts = delivery_counts(
+                        writes,
+                        stream,
+                        &self.options.group,
+                        &self.consumer,
+                        &entries,
+                    )
+                    .await?;
+                    got.extend(entries.into_iter().map(|entry| Delivery {
+                        deliveries: counts.get(&entry.id).copied().unwrap_or(2),
+                        stream: stream.name.clone(),
+                        entry,
+                    }));
+                }
+                if next == EntryId::ZERO {
+                    break;
+                }
+            }
+        }
+        if finished {
+            self.sweep_due = Instant::now() + self.sweep_every;
+        }
+        Ok(())
+    }
+}
+
+/// How many times each of `entries` (just claimed by `consumer`) has been delivered.
+async fn delivery_counts(
+    writes: &mut ConnectionManager,
+    stream: &Followed,
+    group: &str,
+    consumer: &str,
+    entries: &[StreamEntry],
+) -> Result<HashMap<EntryId, u32>, Error> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(HashMap::new());
+    };
+    let reply = redis::cmd("XPENDING")
+        .arg(&stream.name)
+        .arg(group)
+        .arg(first.id.to_string())
+        .arg(last.id.to_string())
+        .arg(entries.len())
+        .arg(consumer)
+        .query_async(writes)
+        .await?;
+    Ok(parse_pending(reply)?
+        .into_iter()
+        .map(|(id, _, count)| (id, count))
+        .collect())
+}

@@ -1,0 +1,113 @@
+//! The consumer-group reader against a real Redis, each test on streams of its own.
+
+use std::time::Duration;
+
+use mindbus::group::{Delivery, GroupOptions, GroupReader};
+use mindbus::streams::Redis;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn redis() -> Redis {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    Redis::open(&url.into()).unwrap()
+}
+
+fn reader(stream: &str, lease_ms: u64) -> GroupReader {
+    let options = GroupOptions {
+        group: "g".into(),
+        kind: "test",
+        lease: Duration::from_millis(lease_ms),
+        block: Duration::from_millis(100),
+    };
+    GroupReader::new(redis(), vec![stream.to_owned()], options)
+}
+
+async fn add(conn: &mut ConnectionManager, stream: &str, n: usize) {
+    for i in 0..n {
+        let _: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Reads until `want` entries came (or two seconds passed).
+async fn take(reader: &mut GroupReader, room: usize, want: usize) -> Vec<Delivery> {
+    let stop = CancellationToken::new();
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while got.len() < want && tokio::time::Instant::now() < until {
+        got.extend(reader.next(room, &stop).await);
+    }
+    got
+}
+
+/// A consumer that stops acknowledging leaves its entries to another after the lease: taken
+/// over never more than the taker has room for, with their delivery counts; what it
+/// acknowledges never comes back.
+#[tokio::test]
+async fn idle_entries_are_taken_over_within_the_room_and_counted() {
+    let stream = format!("t-group-{}", Uuid::now_v7().simple());
+    let mut conn = redis().shared().await.unwrap();
+    let mut a = reader(&stream, 200);
+    let mut b = reader(&stream, 200);
+    assert_ne!(a.consumer(), b.consumer());
+    assert!(a.consumer().starts_with("test-"), "{}", a.consumer());
+    // Joined before anything is added, so `a` gets everything.
+    assert!(take(&mut a, 10, 1).await.is_empty());
+    add(&mut conn, &stream, 5).await;
+    let first = take(&mut a, 10, 5).await;
+    assert_eq!(first.len(), 5);
+    assert!(first.iter().all(|d| d.deliveries == 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let two = b.next(2, &CancellationToken::new()).await;
+    assert_eq!(two.len(), 2, "no more than the room");
+    assert!(two.iter().all(|d| d.deliveries == 2), "{two:?}");
+    let rest = take(&mut b, 10, 3).await;
+    assert_eq!(rest.len(), 3);
+    let acker = b.acker().await.unwrap();
+    acker
+        .ack(&two.iter().chain(&rest).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        take(&mut a, 10, 1).await.is_empty(),
+        "acknowledged entries stay done"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// A stream deleted under the reader (its group with it) is joined again, and what is added
+/// afterwards is read.
+#[tokio::test]
+async fn a_vanished_group_is_recreated() {
+    let stream = format!("t-group-{}", Uuid::now_v7().simple());
+    let mut conn = redis().shared().await.unwrap();
+    let mut a = reader(&stream, 10_000);
+    assert!(take(&mut a, 10, 1).await.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Read at least once against the missing group, then give it something to read.
+    assert!(a.next(10, &CancellationToken::new()).await.is_empty());
+    add(&mut conn, &stream, 1).await;
+    let got = take(&mut a, 10, 1).await;
+    assert_eq!(got.len(), 1, "read after the group came back");
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
