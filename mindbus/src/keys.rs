@@ -100,6 +100,38 @@ impl Keys {
         format!("{}:llm:usage:run:{run_id}", self.prefix)
     }
 
+    /// `<prefix>:llm:usage:tenant:<tenant>:<UTC day>`: one tenant's LLM totals for a day.
+    pub fn tenant_usage(&self, tenant: &str, day: &str) -> String {
+        format!("{}:llm:usage:tenant:{tenant}:{day}", self.prefix)
+    }
+
+    /// `<prefix>:llm:usage:day:<UTC day>`: the deployment's LLM totals for a day.
+    pub fn daily_usage(&self, day: &str) -> String {
+        format!("{}:llm:usage:day:{day}", self.prefix)
+    }
+
+    /// `<prefix>:llm:limit:<scope>:<what>`: a shared rate limit's state (GCRA), `what`
+    /// being `requests` or `tokens`.
+    pub fn llm_limit(&self, scope: &str, what: &str) -> String {
+        format!("{}:llm:limit:{scope}:{what}", self.prefix)
+    }
+
+    /// `<prefix>:llm:cache:<digest>`: a cached LLM answer.
+    pub fn llm_cache(&self, digest: &str) -> String {
+        format!("{}:llm:cache:{digest}", self.prefix)
+    }
+
+    /// `<prefix>:idem:<caller>:<key digest>`: the gateway's slot for one API key's
+    /// `Idempotency-Key`.
+    pub fn idempotency(&self, caller: &str, key_digest: &str) -> String {
+        format!("{}:idem:{caller}:{key_digest}", self.prefix)
+    }
+
+    /// `<prefix>:sent:<command id>`: the role of a command the gateway published.
+    pub fn sent(&self, id: &str) -> String {
+        format!("{}:sent:{id}", self.prefix)
+    }
+
     /// The shared streams every deployment has, in display order.
     pub fn shared_streams(&self) -> [String; 3] {
         [self.results(), self.events(), self.dead_letters()]

@@ -3,6 +3,7 @@
 //! The key is a SHA-256 of everything that shapes the answer: the models in order, the
 //! rendered prompts, the token limit and the output schema.
 
+use mindbus::keys::Keys;
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ pub struct Cached {
 #[derive(Debug, Clone)]
 pub struct Cache {
     conn: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     ttl_secs: u64,
 }
 
@@ -31,7 +32,7 @@ impl Cache {
     pub fn new(conn: ConnectionManager, prefix: &str, ttl_secs: u64) -> Self {
         Self {
             conn,
-            prefix: prefix.to_string(),
+            keys: Keys::new(prefix),
             ttl_secs,
         }
     }
@@ -47,7 +48,7 @@ impl Cache {
     ) -> String {
         let shape = json!([models, system, prompt, max_tokens, schema]);
         let digest = Sha256::digest(shape.to_string().as_bytes());
-        format!("{}:llm:cache:{}", self.prefix, hex::encode(digest))
+        self.keys.llm_cache(&hex::encode(digest))
     }
 
     /// The cached answer, if any. A broken entry counts as a miss.

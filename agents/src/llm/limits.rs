@@ -2,6 +2,7 @@
 //! Redis: one GCRA (generic cell rate algorithm) state per limit, checked and updated by a
 //! script, so processes never race past a limit together.
 
+use mindbus::keys::Keys;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -34,7 +35,7 @@ return 0
 #[derive(Debug, Clone)]
 pub struct Limiter {
     conn: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     script: redis::Script,
 }
 
@@ -50,7 +51,7 @@ impl Limiter {
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
         Self {
             conn,
-            prefix: prefix.to_string(),
+            keys: Keys::new(prefix),
             script: redis::Script::new(GCRA),
         }
     }
@@ -102,14 +103,14 @@ impl Limiter {
             if let Some(rpm) = requests_per_minute.filter(|r| *r > 0) {
                 let per = 60_000_000 / u64::from(rpm);
                 charges.push(Charge {
-                    key: format!("{}:llm:limit:{scope}:requests", self.prefix),
+                    key: self.keys.llm_limit(&scope, "requests"),
                     increment_us: per,
                     tolerance_us: per * u64::from(burst.max(1) - 1),
                 });
             }
             if let Some(tpm) = tokens_per_minute.filter(|t| *t > 0) {
                 charges.push(Charge {
-                    key: format!("{}:llm:limit:{scope}:tokens", self.prefix),
+                    key: self.keys.llm_limit(&scope, "tokens"),
                     increment_us: 60_000_000 * tokens / u64::from(tpm),
                     tolerance_us: 0,
                 });

@@ -93,7 +93,7 @@ impl Drop for Reservation {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     conn: ConnectionManager,
-    prefix: String,
+    keys: Keys,
 }
 
 impl Ledger {
@@ -101,7 +101,7 @@ impl Ledger {
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
         Self {
             conn,
-            prefix: prefix.to_string(),
+            keys: Keys::new(prefix),
         }
     }
 
@@ -115,17 +115,17 @@ impl Ledger {
         let day = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
         let mut out = Vec::with_capacity(3);
         if let Some(run) = &payer.run {
-            let key = Keys::new(self.prefix.clone()).run_usage(run);
+            let key = self.keys.run_usage(run);
             out.push((key, "run", budgets.run_usd, RUN_TTL_SECS));
         }
-        let tenant = format!("{}:llm:usage:tenant:{}:{day}", self.prefix, payer.tenant);
+        let tenant = self.keys.tenant_usage(&payer.tenant, &day);
         out.push((
             tenant,
             "tenant daily",
             budgets.tenant_daily_usd,
             DAY_TTL_SECS,
         ));
-        let all = format!("{}:llm:usage:day:{day}", self.prefix);
+        let all = self.keys.daily_usage(&day);
         out.push((all, "daily", budgets.daily_usd, DAY_TTL_SECS));
         out
     }

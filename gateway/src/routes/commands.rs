@@ -175,7 +175,7 @@ pub async fn publish(
 /// keys are kept (whichever is longer), the role of a command it published: what tells a
 /// pending command from no command, and whether a key may see it.
 fn sent_key(state: &AppState, id: &MessageId) -> String {
-    format!("{}:sent:{id}", state.bus().keys().prefix())
+    state.bus().keys().sent(&id.to_string())
 }
 
 /// Notes the command's role, then publishes it (the note goes first, so a command that

@@ -63,12 +63,7 @@ pub(crate) async fn idempotent(
         .ok_or_else(|| {
             AppError::Invalid("Idempotency-Key header: must be 1 to 200 visible characters".into())
         })?;
-    let slot_key = format!(
-        "{}:idem:{}:{}",
-        state.bus().keys().prefix(),
-        caller.id,
-        hash_key(key)
-    );
+    let slot_key = state.bus().keys().idempotency(&caller.id, &hash_key(key));
     let ours = Slot {
         id: fresh.to_string(),
         route: route.to_owned(),
