@@ -110,6 +110,9 @@ struct Followed {
     /// The group exists (created from the stream's start when it did not).
     joined: bool,
     sweep: EntryId,
+    /// While recovering: the last own pending entry handed over (`None`: from the
+    /// start), so each is handed over once; `Some(MAX)` once the list is done.
+    recovered: Option<EntryId>,
 }
 
 /// Reads a set of streams through one consumer group; see the module documentation.
@@ -166,6 +169,7 @@ impl GroupReader {
                 name: stream,
                 joined: false,
                 sweep: EntryId::ZERO,
+                recovered: None,
             });
         }
     }
@@ -182,7 +186,7 @@ impl GroupReader {
                 Err(e) => {
                     tracing::warn!(group = %self.options.group, error = %e, "reading streams failed; reconnecting");
                     self.read = None;
-                    self.recovering = true;
+                    self.recover();
                     if is_nogroup(&e) {
                         self.streams.iter_mut().for_each(|s| s.joined = false);
                     }
@@ -192,6 +196,20 @@ impl GroupReader {
             }
         }
         Vec::new()
+    }
+
+    /// Hands this consumer's own pending entries over again on the next reads (for
+    /// example after acknowledging some failed), each once.
+    pub fn recover(&mut self) {
+        self.recovering = true;
+        self.streams.iter_mut().for_each(|s| s.recovered = None);
+    }
+
+    /// Whether the next read sweeps the pending list for idle entries, which takes over
+    /// this consumer's own entries too once they are idle past the lease: a caller still
+    /// working on entries it was handed finishes them first.
+    pub fn sweep_is_due(&self) -> bool {
+        self.sweep_due <= Instant::now()
     }
 
     /// What acknowledges this reader's entries, for tasks that finish them on their own.
@@ -276,6 +294,7 @@ impl GroupReader {
             // Dropped mid-read, the connection may still get the reply: start afresh.
             _ = stop.cancelled() => {
                 self.read = None;
+                self.recover();
                 return Ok(Vec::new());
             }
             reply = cmd.query_async(conn) => reply?,
@@ -302,25 +321,34 @@ impl GroupReader {
         got: &mut Vec<Delivery>,
     ) -> Result<bool, Error> {
         let mut done = true;
-        for stream in &self.streams {
+        for stream in &mut self.streams {
+            if stream.recovered == Some(EntryId::MAX) {
+                continue;
+            }
             let left = room - got.len();
             if left == 0 {
                 return Ok(false);
             }
+            let from = stream
+                .recovered
+                .map_or("-".to_owned(), |id| format!("({id}"));
             let reply = redis::cmd("XPENDING")
                 .arg(&stream.name)
                 .arg(&self.options.group)
-                .arg("-")
+                .arg(from)
                 .arg("+")
-                .arg(left + 1)
+                .arg(left)
                 .arg(&self.consumer)
                 .query_async(writes)
                 .await?;
-            let mut pending = parse_pending(reply)?;
-            if pending.len() > left {
-                pending.truncate(left);
-                done = false;
-            }
+            let pending = parse_pending(reply)?;
+            stream.recovered = match pending.last() {
+                Some((last, _, _)) if pending.len() == left => {
+                    done = false;
+                    Some(*last)
+                }
+                _ => Some(EntryId::MAX),
+            };
             if pending.is_empty() {
                 continue;
             }
@@ -388,14 +416,23 @@ impl GroupReader {
                     }
                 };
                 stream.sweep = next;
+                // Own entries just recovered may be idle past the lease too: once is enough.
+                let entries: Vec<StreamEntry> = entries
+                    .into_iter()
+                    .filter(|e| {
+                        !got.iter()
+                            .any(|d| d.stream == stream.name && d.entry.id == e.id)
+                    })
+                    .collect();
                 if !entries.is_empty() {
-                    tracing::info!(stream = %stream.name, claimed = entries.len(), "took over idle entries of another consumer");
+                    tracing::info!(stream = %stream.name, claimed = entries.len(), "took over idle entries");
                     let counts = delivery_counts(
                         writes,
                         stream,
                         &self.options.group,
                         &self.consumer,
                         &entries,
+                        room,
                     )
                     .await?;
                     got.extend(entries.into_iter().map(|entry| Delivery {
@@ -416,13 +453,15 @@ impl GroupReader {
     }
 }
 
-/// How many times each of `entries` (just claimed by `consumer`) has been delivered.
+/// How many times each of `entries` (just claimed by `consumer`, which was handed at most
+/// `room` more) has been delivered.
 async fn delivery_counts(
     writes: &mut ConnectionManager,
     stream: &Followed,
     group: &str,
     consumer: &str,
     entries: &[StreamEntry],
+    room: usize,
 ) -> Result<HashMap<EntryId, u32>, Error> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(HashMap::new());
@@ -432,7 +471,8 @@ async fn delivery_counts(
         .arg(group)
         .arg(first.id.to_string())
         .arg(last.id.to_string())
-        .arg(entries.len())
+        // Entries this consumer still holds may lie in the same range: count them in.
+        .arg(entries.len() + room)
         .arg(consumer)
         .query_async(writes)
         .await?;

@@ -66,15 +66,22 @@ impl Ingest {
                 }
                 discovered = Instant::now();
             }
+            // A sweep takes over this monitor's own entries too once idle past the lease:
+            // batches still being written are finished first.
+            if reader.sweep_is_due() {
+                while let Some(handle) = writing.pop_front() {
+                    let _ = handle.await;
+                }
+            }
             let batch = reader.next(self.config.batch, &stop).await;
             if batch.is_empty() {
                 continue;
             }
             let acker = match reader.acker().await {
                 Ok(acker) => acker,
-                // Left pending: read again after the reconnect.
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot acknowledge; the batch waits");
+                    tracing::warn!(error = %e, "cannot acknowledge; the batch is read again");
+                    reader.recover();
                     continue;
                 }
             };

@@ -15,6 +15,11 @@ pub struct EntryId {
 impl EntryId {
     /// The smallest id, `0-0`.
     pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+    /// The largest id.
+    pub const MAX: EntryId = EntryId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
 }
 
 impl fmt::Display for EntryId {

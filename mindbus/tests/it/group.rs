@@ -111,3 +111,37 @@ async fn a_vanished_group_is_recreated() {
         .await
         .unwrap();
 }
+
+/// Own pending entries handed over again (after a reconnect, or a failed acknowledgement)
+/// come each once, a room at a time, their delivery counts untouched; then new entries
+/// come again.
+#[tokio::test]
+async fn own_pending_entries_are_recovered_each_once() {
+    let stream = format!("t-group-{}", Uuid::now_v7().simple());
+    let mut conn = redis().shared().await.unwrap();
+    let mut a = reader(&stream, 60_000);
+    assert!(take(&mut a, 10, 1).await.is_empty());
+    add(&mut conn, &stream, 5).await;
+    let first = take(&mut a, 10, 5).await;
+    assert_eq!(first.len(), 5);
+    a.recover();
+    let stop = CancellationToken::new();
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let page = a.next(2, &stop).await;
+        assert!(page.len() <= 2, "{page:?}");
+        again.extend(page);
+    }
+    let ids = |d: &[Delivery]| d.iter().map(|d| d.entry.id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&first), "each once, in order");
+    assert!(again.iter().all(|d| d.deliveries == 1), "{again:?}");
+    add(&mut conn, &stream, 1).await;
+    let new = take(&mut a, 10, 1).await;
+    assert_eq!(new.len(), 1);
+    assert!(!ids(&first).contains(&new[0].entry.id));
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

@@ -40,10 +40,11 @@ pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) 
             Ok(acker) => acker.ack(&applied).await,
             Err(e) => Err(e),
         };
-        // Left pending, they are applied again (a no-op: each result is applied once)
-        // when this or another orchestrator takes them back.
+        // Left pending, they are handed over again (applying them again changes nothing:
+        // each result is applied once).
         if let Err(e) = acked {
             tracing::warn!(error = %e, "acknowledging results failed");
+            reader.recover();
         }
     }
 }
