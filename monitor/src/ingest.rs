@@ -47,6 +47,7 @@ impl Ingest {
         let options = GroupOptions {
             group: GROUP.into(),
             kind: "monitor",
+            registry: None,
             lease: Duration::from_millis(self.config.lease_ms),
             block: Duration::from_millis(self.config.block_ms),
         };
@@ -101,6 +102,8 @@ impl Ingest {
         while let Some(handle) = writing.pop_front() {
             let _ = handle.await;
         }
+        // What was read but not recorded goes to the other monitors at once.
+        reader.leave().await;
     }
 
     /// Follows every role's command stream that appeared since the last look.

@@ -1,22 +1,20 @@
-//! The agent runtime: a [`Handler`] served by a consumer-group loop.
+//! The agent runtime: a [`Handler`] served through a consumer group.
 //!
-//! One [`Agent`] is one consumer in the group named after its role. It reads no more
-//! entries than it has free slots, renews the leases of running commands, reclaims entries
-//! idle longer than a lease, retries retryable failures with backoff, dead-letters poison
-//! and malformed entries, honours deadlines and cancellations, and writes every finished
-//! command atomically with its acknowledgement (see `writer`).
+//! One [`Agent`] is one consumer in the group named after its role, reading through a
+//! [`GroupReader`] (its own pending entries after a reconnect, entries others left idle
+//! past the lease, then new ones, never more than it has free slots). The runtime renews
+//! the leases of running commands, retries retryable failures with backoff, dead-letters
+//! poison and malformed entries, honours deadlines and cancellations, and writes every
+//! finished command atomically with its acknowledgement (see `writer`).
 //!
-//! Layout: `reader` (read loop: own pending after a reconnect, reclaimed, then new entries),
-//! `reclaim` (XAUTOCLAIM sweeps and lease renewal), `worker` (one
-//! entry), `outcome` (the entries a finished command leaves), `writer` (ordered, batched
-//! writes), `lease` (ownership-checked XCLAIM), `control` (cancellations).
+//! Layout: `reader` (slots to deliveries, and lease renewal), `worker` (one entry),
+//! `outcome` (the entries a finished command leaves), `writer` (ordered, batched writes),
+//! `control` (cancellations).
 
 mod control;
 mod handler;
-mod lease;
 mod outcome;
 mod reader;
-mod reclaim;
 mod worker;
 mod writer;
 
@@ -32,11 +30,11 @@ pub use handler::{Context, Handler, HandlerError, HandlerResult};
 
 use crate::Error;
 use crate::config::{AgentConfig, RedisConfig};
+use crate::group::{GroupOptions, GroupReader, Leases};
 use crate::keys::{Keys, validate_role};
-use crate::streams::{Redis, ensure_role, parse_pending, until_up};
+use crate::streams::{Redis, until_up};
 use control::Cancellations;
 use handler::{DynHandler, Progress};
-use lease::Leases;
 use writer::Write;
 
 /// Queued writes before producers wait (backpressure on a slow Redis).
@@ -45,9 +43,10 @@ const WRITE_QUEUE: usize = 8192;
 /// One consumer of one role's command stream.
 #[derive(Debug)]
 pub struct Agent {
-    redis: RedisConfig,
+    redis: Redis,
+    keys: Keys,
     role: String,
-    consumer: String,
+    reader: GroupReader,
     config: AgentConfig,
 }
 
@@ -62,17 +61,28 @@ impl Agent {
                 "agent.dedup_ttl_secs and agent.reply_ttl_secs must be at least 1".into(),
             ));
         }
+        let keys = Keys::new(redis.prefix.clone());
+        let redis = Redis::open(&redis.url)?;
+        let options = GroupOptions {
+            group: role.into(),
+            kind: "agent",
+            registry: Some(keys.roles()),
+            lease: Duration::from_millis(config.lease_ms),
+            block: Duration::from_millis(config.block_ms),
+        };
+        let reader = GroupReader::new(redis.clone(), vec![keys.commands(role)], options);
         Ok(Self {
-            redis: redis.clone(),
+            redis,
+            keys,
             role: role.into(),
-            consumer: crate::group::consumer_name("agent"),
+            reader,
             config,
         })
     }
 
     /// This consumer's name in the group: host, process id and a random part.
     pub fn consumer(&self) -> &str {
-        &self.consumer
+        self.reader.consumer()
     }
 
     /// Serves commands with `handler` until `shutdown` fires, then stops reading, lets
@@ -82,67 +92,51 @@ impl Agent {
         handler: H,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let redis = Redis::open(&self.redis.url)?;
-        let keys = Keys::new(self.redis.prefix.clone());
-        let stream = keys.commands(&self.role);
         // An agent started before Redis (or while it restarts) waits for it.
-        let connected = until_up(&shutdown, || async {
-            let mut conn = redis.shared().await?;
-            ensure_role(&mut conn, &keys, &self.role).await?;
-            Ok(conn)
-        });
-        let Some(conn) = connected.await else {
+        let Some(conn) = until_up(&shutdown, || self.redis.shared()).await else {
             return Ok(());
         };
+        let stream = self.keys.commands(&self.role);
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let abort = CancellationToken::new();
         let targets = writer::Targets {
             commands: stream.clone(),
             group: self.role.clone(),
-            results: keys.results(),
-            events: keys.events(),
-            dead_letters: keys.dead_letters(),
+            results: self.keys.results(),
+            events: self.keys.events(),
+            dead_letters: self.keys.dead_letters(),
             maxlen: self.config.stream_maxlen,
             dedup_ttl_secs: self.config.dedup_ttl_secs,
             reply_ttl_secs: self.config.reply_ttl_secs,
         };
         let writer = tokio::spawn(writer::run(conn.clone(), targets, rx, abort.clone()));
-        let shared = Arc::new(self.shared(conn, keys, stream, handler, writes, abort.clone()));
+        let shared = Arc::new(self.shared(conn, stream, handler, writes, abort.clone()));
         tracing::info!(role = %shared.role, consumer = %shared.consumer, concurrency = shared.config.concurrency, "agent started");
 
-        let loops = TaskTracker::new();
-        loops.spawn(reader::read_loop(
+        let reading = tokio::spawn(reader::read_loop(
             Arc::clone(&shared),
-            redis.clone(),
+            self.reader,
             shutdown.clone(),
         ));
-        loops.spawn(control::listen(
-            redis.clone(),
+        let listening = tokio::spawn(control::listen(
+            self.redis.clone(),
             shared.keys.control(),
             Arc::clone(&shared.cancellations),
             shutdown.clone(),
         ));
         let renewing = CancellationToken::new();
-        let renewer = tokio::spawn(reclaim::renew_loop(Arc::clone(&shared), renewing.clone()));
+        let renewer = tokio::spawn(reader::renew_loop(Arc::clone(&shared), renewing.clone()));
 
         shutdown.cancelled().await;
         tracing::info!(
             running = shared.cancellations.running().len(),
             "stopping: no more reads, finishing in-flight commands"
         );
-        loops.close();
-        loops.wait().await;
+        let reader = reading.await;
+        let _ = listening.await;
         shared.drain().await;
         renewing.cancel();
         let _ = renewer.await;
-        let leases = shared.leases.clone();
-        let lease = Duration::from_millis(shared.config.lease_ms);
-        let (mut conn, stream, group, consumer) = (
-            shared.conn.clone(),
-            shared.stream.clone(),
-            shared.role.clone(),
-            shared.consumer.clone(),
-        );
         drop(shared);
         let mut writer = writer;
         if tokio::time::timeout(Duration::from_secs(10), &mut writer)
@@ -153,7 +147,12 @@ impl Agent {
             abort.cancel();
             let _ = writer.await;
         }
-        hand_back_rest(&mut conn, &leases, &stream, &group, &consumer, lease).await;
+        match reader {
+            Ok(mut reader) => reader.leave().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "the read loop failed; pending entries are taken over after the lease")
+            }
+        }
         tracing::info!("agent stopped");
         Ok(())
     }
@@ -161,24 +160,24 @@ impl Agent {
     fn shared<H: Handler>(
         &self,
         conn: ConnectionManager,
-        keys: Keys,
         stream: String,
         handler: H,
         writes: mpsc::Sender<Write>,
         abort: CancellationToken,
     ) -> Shared {
-        let source = format!("mindbus-agent/{}/{}", self.role, self.consumer);
+        let consumer = self.reader.consumer().to_owned();
+        let source = format!("mindbus-agent/{}/{}", self.role, consumer);
         let progress = Progress {
             writes: writes.clone(),
             source: source.as_str().into(),
             role: self.role.as_str().into(),
         };
         Shared {
-            leases: Leases::new(conn.clone(), &stream, &self.role, &self.consumer),
+            leases: Leases::new(conn.clone(), &stream, &self.role, &consumer),
             role: self.role.clone(),
-            consumer: self.consumer.clone(),
+            consumer,
             source,
-            keys,
+            keys: self.keys.clone(),
             stream,
             config: self.config.clone(),
             handler: Arc::new(handler),
@@ -188,7 +187,6 @@ impl Agent {
             slots: Arc::new(Semaphore::new(self.config.concurrency)),
             abort,
             workers: TaskTracker::new(),
-            conn,
         }
     }
 }
@@ -210,7 +208,6 @@ pub(crate) struct Shared {
     /// Fires when the grace period is over: running handlers are dropped and handed back.
     pub abort: CancellationToken,
     pub workers: TaskTracker,
-    pub conn: ConnectionManager,
 }
 
 impl Shared {
@@ -229,45 +226,5 @@ impl Shared {
             self.abort.cancel();
             self.workers.wait().await;
         }
-    }
-}
-
-/// Hands every entry still pending for this consumer to the others (they can claim it at
-/// once), or, when none is left, removes the consumer from the group.
-async fn hand_back_rest(
-    conn: &mut ConnectionManager,
-    leases: &Leases,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    lease: Duration,
-) {
-    let pending = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg("-")
-        .arg("+")
-        .arg(10_000)
-        .arg(consumer)
-        .query_async(conn)
-        .await;
-    let ids: Vec<_> = match pending.map_err(Error::from).and_then(parse_pending) {
-        Ok(rows) => rows.into_iter().map(|(id, _, _)| id).collect(),
-        Err(e) => {
-            return tracing::warn!(error = %e, "could not list pending entries at shutdown; they will be reclaimed after the lease");
-        }
-    };
-    if ids.is_empty() {
-        let _: Result<i64, _> = redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(stream)
-            .arg(group)
-            .arg(consumer)
-            .query_async(conn)
-            .await;
-    } else if let Err(e) = leases.hand_back(&ids, lease).await {
-        tracing::warn!(error = %e, entries = ids.len(), "could not hand entries back; they will be reclaimed after the lease");
-    } else {
-        tracing::info!(entries = ids.len(), "handed unfinished entries back");
     }
 }

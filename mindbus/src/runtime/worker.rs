@@ -14,18 +14,11 @@ use super::Shared;
 use super::handler::{Context, HandlerError};
 use super::outcome::Ending;
 use super::writer::{Finish, Write};
-use crate::streams::StreamEntry;
+use crate::group::Delivery;
 use crate::wire::{
     Command, EntryId, ErrorType, EventKind, Failure, Fields, Origin, Payload, derived_id,
     field_text,
 };
-
-/// An entry handed to this consumer and how many times it has been delivered.
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    pub entry: StreamEntry,
-    pub deliveries: u32,
-}
 
 enum Invocation {
     Done(Result<Value, HandlerError>),

@@ -1,4 +1,4 @@
-//! The agent's read connection: one RESP2 connection of its own per read loop, whose
+//! The consumer-group read connection: one RESP2 connection of its own per read loop, whose
 //! `XREADGROUP` replies are decoded by `redis-protocol` straight into stream entries.
 //! Reading commands is an agent's hottest path, and redis-rs's parser spent about four
 //! times as long per entry; every other request still goes through redis-rs.
@@ -71,9 +71,13 @@ impl ReadConnection {
         Ok(conn)
     }
 
-    /// Runs an `XREADGROUP` or `XREAD` of one or more streams and returns their entries.
-    pub async fn read_entries(&mut self, cmd: &Cmd) -> Result<Vec<StreamEntry>, Error> {
-        entries_of(self.call(cmd).await?)
+    /// Runs an `XREADGROUP` or `XREAD` of one or more streams and returns their entries,
+    /// by stream.
+    pub async fn read_streams(
+        &mut self,
+        cmd: &Cmd,
+    ) -> Result<Vec<(String, Vec<StreamEntry>)>, Error> {
+        streams_of(self.call(cmd).await?)
     }
 
     /// Sends `cmd` and reads its reply; an error reply is an error.
@@ -162,26 +166,35 @@ fn unexpected(what: &str, frame: &BytesFrame) -> Error {
     Error::Protocol(format!("unexpected {what} reply: {frame:?}"))
 }
 
-/// The entries of a read reply: `[[stream, [[id, fields], ...]], ...]`, or null on timeout.
-fn entries_of(frame: BytesFrame) -> Result<Vec<StreamEntry>, Error> {
+/// The entries of a read reply by stream: `[[stream, [[id, fields], ...]], ...]`, or null
+/// on timeout.
+fn streams_of(frame: BytesFrame) -> Result<Vec<(String, Vec<StreamEntry>)>, Error> {
     let streams = match frame {
         BytesFrame::Null => return Ok(Vec::new()),
         BytesFrame::Array(streams) => streams,
         other => return Err(unexpected("read", &other)),
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(streams.len());
     for stream in streams {
-        let BytesFrame::Array(mut pair) = stream else {
+        let BytesFrame::Array(pair) = stream else {
             return Err(unexpected("stream", &stream));
         };
-        match pair.pop() {
-            Some(BytesFrame::Array(entries)) if pair.len() == 1 => {
-                out.reserve(entries.len());
-                for entry in entries {
-                    out.push(entry_of(entry)?);
-                }
+        let mut pair = pair.into_iter();
+        match (pair.next(), pair.next(), pair.next()) {
+            (Some(BytesFrame::BulkString(name)), Some(BytesFrame::Array(entries)), None) => {
+                let name = String::from_utf8(name.to_vec())
+                    .map_err(|_| Error::Protocol(format!("bad stream name {name:?}")))?;
+                let entries = entries
+                    .into_iter()
+                    .map(entry_of)
+                    .collect::<Result<_, _>>()?;
+                out.push((name, entries));
             }
-            other => return Err(unexpected("stream", &other.unwrap_or(BytesFrame::Null))),
+            (name, entries, _) => {
+                return Err(Error::Protocol(format!(
+                    "unexpected stream reply: {name:?} {entries:?}"
+                )));
+            }
         }
     }
     Ok(out)
@@ -244,13 +257,16 @@ mod tests {
     }
 
     #[test]
-    fn a_read_reply_becomes_entries_with_deleted_ones_and_odd_names_kept() {
+    fn a_read_reply_becomes_entries_by_stream_with_deleted_ones_and_odd_names_kept() {
         let reply = decode(
             b"*1\r\n*2\r\n$3\r\ncmd\r\n*2\r\n\
               *2\r\n$3\r\n1-0\r\n*4\r\n$4\r\ntype\r\n$4\r\necho\r\n$2\r\n\xff\xfe\r\n$1\r\nx\r\n\
               *2\r\n$3\r\n2-5\r\n*-1\r\n",
         );
-        let entries = entries_of(reply).unwrap();
+        let mut streams = streams_of(reply).unwrap();
+        assert_eq!(streams.len(), 1);
+        let (name, entries) = streams.pop().unwrap();
+        assert_eq!(name, "cmd");
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id.to_string(), "1-0");
         let fields = entries[0].fields.as_ref().unwrap();
@@ -265,17 +281,17 @@ mod tests {
 
     #[test]
     fn a_timed_out_read_is_empty() {
-        assert!(entries_of(decode(b"*-1\r\n")).unwrap().is_empty());
+        assert!(streams_of(decode(b"*-1\r\n")).unwrap().is_empty());
     }
 
     #[test]
     fn a_malformed_reply_is_an_error_naming_what_was_wrong() {
-        let err = entries_of(decode(
+        let err = streams_of(decode(
             b"*1\r\n*2\r\n$3\r\ncmd\r\n*1\r\n*2\r\n$2\r\nxx\r\n*0\r\n",
         ))
         .unwrap_err();
         assert!(err.to_string().contains("bad entry id"), "{err}");
-        let err = entries_of(decode(b":3\r\n")).unwrap_err();
+        let err = streams_of(decode(b":3\r\n")).unwrap_err();
         assert!(err.to_string().contains("unexpected read reply"), "{err}");
     }
 

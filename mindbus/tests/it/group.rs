@@ -17,6 +17,7 @@ fn reader(stream: &str, lease_ms: u64) -> GroupReader {
     let options = GroupOptions {
         group: "g".into(),
         kind: "test",
+        registry: None,
         lease: Duration::from_millis(lease_ms),
         block: Duration::from_millis(100),
     };
@@ -139,6 +140,146 @@ async fn own_pending_entries_are_recovered_each_once() {
     let new = take(&mut a, 10, 1).await;
     assert_eq!(new.len(), 1);
     assert!(!ids(&first).contains(&new[0].entry.id));
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The consumers `XINFO CONSUMERS` lists in group `g` of `stream`, with their pending counts.
+async fn consumers(conn: &mut ConnectionManager, stream: &str) -> Vec<(String, u64)> {
+    let reply: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg("g")
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply
+        .into_iter()
+        .map(|consumer| {
+            let info = mindbus::streams::info_map(consumer);
+            let name = mindbus::streams::reply_text(info.get("name")).unwrap();
+            let pending = mindbus::streams::reply_text(info.get("pending")).unwrap();
+            (name, pending.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A consumer is listed in its group (and the group in the registry) before it reads
+/// anything; leaving hands its pending entries to another at once, long before the lease,
+/// and a consumer that leaves with nothing pending is removed.
+#[tokio::test]
+async fn a_consumer_joins_listed_and_leaves_handing_its_entries_back() {
+    let stream = format!("t-group-{}", Uuid::now_v7().simple());
+    let registry = format!("{stream}-registry");
+    let mut conn = redis().shared().await.unwrap();
+    let options = GroupOptions {
+        group: "g".into(),
+        kind: "test",
+        registry: Some(registry.clone()),
+        lease: Duration::from_secs(60),
+        block: Duration::from_millis(100),
+    };
+    let mut a = GroupReader::new(redis(), vec![stream.clone()], options);
+    let mut b = reader(&stream, 60_000);
+    assert!(take(&mut a, 10, 1).await.is_empty());
+    assert_eq!(
+        consumers(&mut conn, &stream).await,
+        [(a.consumer().to_owned(), 0)]
+    );
+    let listed: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&registry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(listed, ["g"]);
+
+    add(&mut conn, &stream, 3).await;
+    assert_eq!(take(&mut a, 10, 3).await.len(), 3);
+    a.leave().await;
+    // A minute's lease, and yet `b` takes them over at once, as a second delivery.
+    let handed = take(&mut b, 10, 3).await;
+    assert_eq!(handed.len(), 3, "{handed:?}");
+    assert!(handed.iter().all(|d| d.deliveries == 2), "{handed:?}");
+    b.acker()
+        .await
+        .unwrap()
+        .ack(&handed.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    b.leave().await;
+    let left = consumers(&mut conn, &stream).await;
+    assert!(
+        left.iter().all(|(name, _)| name != b.consumer()),
+        "a consumer with nothing pending is removed: {left:?}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .arg(&registry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// After a reconnect (an outage longer than the lease), an own pending entry another
+/// consumer took over meanwhile is that consumer's; the rest are handed over again with
+/// their leases renewed, so no sweep takes them away while they are worked on.
+#[tokio::test]
+async fn recovery_renews_own_entries_and_leaves_those_taken_over() {
+    let stream = format!("t-group-{}", Uuid::now_v7().simple());
+    let mut conn = redis().shared().await.unwrap();
+    let mut a = reader(&stream, 1_000);
+    let mut b = reader(&stream, 1_000);
+    assert!(take(&mut a, 10, 1).await.is_empty());
+    assert!(take(&mut b, 10, 1).await.is_empty());
+    add(&mut conn, &stream, 3).await;
+    let first = take(&mut a, 10, 3).await;
+    assert_eq!(first.len(), 3);
+    // Idle past the lease, as after a long outage.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("g")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .arg(a.consumer())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if pending.iter().all(|(_, _, idle, _)| *idle > 1_000) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "{pending:?}");
+        tokio::task::yield_now().await;
+    }
+    // Meanwhile `b` took one over.
+    let taken = first[1].entry.id.to_string();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&stream)
+        .arg("g")
+        .arg(b.consumer())
+        .arg(0)
+        .arg(&taken)
+        .arg("JUSTID")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    a.recover();
+    // Room for the two only, so `a` does not sweep (which would reset them too).
+    let again = a.next(2, &CancellationToken::new()).await;
+    let ids: Vec<String> = again.iter().map(|d| d.entry.id.to_string()).collect();
+    assert_eq!(
+        ids,
+        [first[0].entry.id.to_string(), first[2].entry.id.to_string()],
+        "the entry `b` took is left to it"
+    );
+    // `b` sweeps at once: the renewed entries are not idle any more.
+    let swept = b.next(10, &CancellationToken::new()).await;
+    assert!(swept.is_empty(), "{swept:?}");
     let _: () = redis::cmd("DEL")
         .arg(&stream)
         .query_async(&mut conn)

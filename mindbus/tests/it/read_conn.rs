@@ -85,13 +85,15 @@ async fn reads_entries_from_the_urls_database_after_authenticating() {
         .read_connection(Duration::from_millis(100))
         .await
         .unwrap();
-    let entries = reader.read_entries(&read(10, None)).await.unwrap();
+    let mut streams = reader.read_streams(&read(10, None)).await.unwrap();
+    let (stream, entries) = streams.pop().unwrap();
+    assert_eq!(stream, "s");
     assert_eq!(entries.len(), 1, "the entry is in database 2 only");
     assert_eq!(entries[0].id.to_string(), id);
     let fields = entries[0].fields.clone().unwrap();
     assert_eq!(fields[0], ("type".to_owned(), b"echo.say".to_vec()));
 
-    let none = reader.read_entries(&read(10, Some(100))).await.unwrap();
+    let none = reader.read_streams(&read(10, Some(100))).await.unwrap();
     assert!(none.is_empty(), "a blocked read that times out is empty");
 
     let _: () = redis::cmd("XGROUP")
@@ -99,7 +101,7 @@ async fn reads_entries_from_the_urls_database_after_authenticating() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let err = reader.read_entries(&read(10, None)).await.unwrap_err();
+    let err = reader.read_streams(&read(10, None)).await.unwrap_err();
     assert!(is_nogroup(&err), "{err}");
 }
 

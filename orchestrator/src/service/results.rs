@@ -25,6 +25,7 @@ pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) 
     let options = GroupOptions {
         group: GROUP.into(),
         kind: "orchestrator",
+        registry: None,
         lease: Duration::from_millis(config.lease_ms),
         block: Duration::from_millis(config.block_ms),
     };
@@ -47,6 +48,8 @@ pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) 
             reader.recover();
         }
     }
+    // What was read but not applied goes to the other orchestrators at once.
+    reader.leave().await;
 }
 
 /// Applies a batch; returns the deliveries applied (those to acknowledge). Each run's

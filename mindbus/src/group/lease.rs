@@ -1,5 +1,5 @@
-//! Leases on in-flight entries: renewing them while handlers run, setting the delivery count
-//! on in-process retries, and handing entries back on shutdown.
+//! Leases on a consumer's own pending entries: renewing them while they are worked on,
+//! setting the delivery count on in-process retries, and handing them back on shutdown.
 //!
 //! Each operation goes through one script that first checks the entry is still ours, so a
 //! consumer that stalled never steals back an entry another consumer has reclaimed.
@@ -14,7 +14,7 @@ use crate::wire::EntryId;
 
 /// Operations on our own pending entries.
 #[derive(Debug, Clone)]
-pub(crate) struct Leases {
+pub struct Leases {
     conn: ConnectionManager,
     script: Script,
     stream: String,
@@ -23,6 +23,7 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
+    /// Leases of `consumer`'s entries of `stream` in `group`.
     pub fn new(conn: ConnectionManager, stream: &str, group: &str, consumer: &str) -> Self {
         Self {
             conn,

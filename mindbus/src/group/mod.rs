@@ -1,33 +1,44 @@
-//! The one way a MindBus process takes entries from streams through a consumer group: the
-//! orchestrator its step results, the monitor every stream (agents have their own reader
-//! in `runtime`, for now). A [`GroupReader`] owns
+//! The one way a MindBus process takes entries from streams through a consumer group:
+//! agents their commands, the orchestrator its step results, the monitor every stream. A
+//! [`GroupReader`] owns
 //!
-//! - the consumer's name (host, process id, random: never reused);
+//! - the consumer's name (host, process id, random: never reused), listed in each group
+//!   from the start;
 //! - its own pending entries first after a reconnect (listed with `XPENDING`, fetched with
-//!   `XRANGE`, so their delivery counts stay as they are);
+//!   `XRANGE`, so their delivery counts stay as they are; those another consumer took over
+//!   meanwhile are left to it);
 //! - entries other consumers left idle past the lease, swept with `XAUTOCLAIM` every
 //!   quarter lease, the sweep going on while the caller has room and the pending list has
 //!   more to scan;
 //! - new entries, never more than the caller has room for, blocking no longer than until
 //!   the next sweep;
 //! - reconnecting (with the one retry policy) and recreating a group that vanished;
-//! - acknowledging in batches.
+//! - acknowledging in batches, and handing back what is left when the consumer leaves.
 //!
-//! Its caller decides what an entry means and acknowledges it once it is done with it.
+//! Its caller decides what an entry means and acknowledges it once it is done with it; a
+//! caller that works on entries for longer than a lease renews them with [`Leases`].
 
-use std::collections::HashMap;
+mod lease;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::streams::{
-    Redis, StreamEntry, ensure_group, is_nogroup, parse_autoclaim, parse_pending, parse_range,
-    parse_read, retry_delays,
+    ReadConnection, Redis, StreamEntry, ensure_group, is_nogroup, parse_autoclaim, parse_pending,
+    parse_range, retry_delays,
 };
 use crate::wire::EntryId;
+
+pub use lease::Leases;
+
+/// Most entries handed back in one go when a consumer leaves.
+const HAND_BACK_MAX: usize = 10_000;
 
 /// A consumer name that is never reused: `<kind>-<host>-<pid>-<48 random bits>`.
 pub fn consumer_name(kind: &str) -> String {
@@ -43,7 +54,7 @@ pub fn consumer_name(kind: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The stream it came from.
-    pub stream: String,
+    pub stream: Arc<str>,
     pub entry: StreamEntry,
     /// Times it has been delivered, this one included (1 for a new entry).
     pub deliveries: u32,
@@ -54,8 +65,11 @@ pub struct Delivery {
 pub struct GroupOptions {
     /// The consumer group.
     pub group: String,
-    /// What the consumer's name starts with (`orchestrator`, `monitor`).
+    /// What the consumer's name starts with (`agent`, `orchestrator`, `monitor`).
     pub kind: &'static str,
+    /// A set the group's name is added to whenever it joins a stream (the agents' registry
+    /// of roles, which comes back this way after Redis loses its data).
+    pub registry: Option<String>,
     /// Entries idle this long in another consumer's pending list are taken over.
     pub lease: Duration,
     /// Longest blocking read.
@@ -83,7 +97,7 @@ impl Acker {
         if done.is_empty() {
             return Ok(());
         }
-        let mut by_stream: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut by_stream: HashMap<&Arc<str>, Vec<String>> = HashMap::new();
         for delivery in done {
             by_stream
                 .entry(&delivery.stream)
@@ -93,7 +107,7 @@ impl Acker {
         let mut pipe = redis::pipe();
         for (stream, ids) in by_stream {
             pipe.cmd("XACK")
-                .arg(stream)
+                .arg(&**stream)
                 .arg(&self.group)
                 .arg(ids)
                 .ignore();
@@ -106,7 +120,7 @@ impl Acker {
 /// One stream followed, and where this consumer's sweep of its pending list stands.
 #[derive(Debug)]
 struct Followed {
-    name: String,
+    name: Arc<str>,
     /// The group exists (created from the stream's start when it did not).
     joined: bool,
     sweep: EntryId,
@@ -122,7 +136,7 @@ pub struct GroupReader {
     options: GroupOptions,
     consumer: String,
     streams: Vec<Followed>,
-    read: Option<MultiplexedConnection>,
+    read: Option<ReadConnection>,
     writes: Option<ConnectionManager>,
     /// After a reconnect: own pending entries may have been delivered but never arrived.
     recovering: bool,
@@ -158,15 +172,15 @@ impl GroupReader {
 
     /// The streams followed.
     pub fn streams(&self) -> impl Iterator<Item = &str> {
-        self.streams.iter().map(|s| s.name.as_str())
+        self.streams.iter().map(|s| &*s.name)
     }
 
     /// Follows one more stream (for example a role that appeared), from the start of its
     /// group (created from the stream's start when it does not exist).
     pub fn follow(&mut self, stream: String) {
-        if !self.streams.iter().any(|s| s.name == stream) {
+        if !self.streams.iter().any(|s| *s.name == *stream) {
             self.streams.push(Followed {
-                name: stream,
+                name: stream.into(),
                 joined: false,
                 sweep: EntryId::ZERO,
                 recovered: None,
@@ -220,6 +234,26 @@ impl GroupReader {
         })
     }
 
+    /// Leaves the group: every entry still pending for this consumer is handed to the others
+    /// (who may take it at once), or, when none is left, the consumer is removed from the
+    /// group. Entries it cannot hand back are taken over after the lease, as a crashed
+    /// consumer's would be.
+    pub async fn leave(&mut self) {
+        let mut writes = match self.writes().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return tracing::warn!(error = %e, "could not leave the group; pending entries are taken over after the lease");
+            }
+        };
+        for stream in &self.streams {
+            if let Err(e) =
+                hand_back(&mut writes, &stream.name, &self.options, &self.consumer).await
+            {
+                tracing::warn!(stream = %stream.name, error = %e, "could not hand entries back; they are taken over after the lease");
+            }
+        }
+    }
+
     async fn writes(&mut self) -> Result<ConnectionManager, Error> {
         if let Some(conn) = &self.writes {
             return Ok(conn.clone());
@@ -236,11 +270,11 @@ impl GroupReader {
     ) -> Result<Vec<Delivery>, Error> {
         let mut writes = self.writes().await?;
         for stream in self.streams.iter_mut().filter(|s| !s.joined) {
-            ensure_group(&mut writes, &stream.name, &self.options.group, "0").await?;
+            join(&mut writes, &stream.name, &self.options, &self.consumer).await?;
             stream.joined = true;
         }
         if self.read.is_none() {
-            self.read = Some(self.redis.dedicated(self.options.block).await?);
+            self.read = Some(self.redis.read_connection(self.options.block).await?);
         }
         let mut got = Vec::new();
         if self.recovering {
@@ -282,7 +316,7 @@ impl GroupReader {
         }
         cmd.arg("STREAMS");
         self.streams.iter().for_each(|s| {
-            cmd.arg(&s.name);
+            cmd.arg(&*s.name);
         });
         self.streams.iter().for_each(|_| {
             cmd.arg(">");
@@ -297,23 +331,26 @@ impl GroupReader {
                 self.recover();
                 return Ok(Vec::new());
             }
-            reply = cmd.query_async(conn) => reply?,
+            reply = conn.read_streams(&cmd) => reply?,
         };
-        let got: Vec<Delivery> = parse_read(reply)?
-            .into_iter()
-            .flat_map(|(stream, entries)| {
-                entries.into_iter().map(move |entry| Delivery {
-                    stream: stream.clone(),
-                    entry,
-                    deliveries: 1,
-                })
-            })
-            .collect();
+        let mut got = Vec::new();
+        for (name, entries) in reply {
+            let stream = match self.streams.iter().find(|s| *s.name == *name) {
+                Some(followed) => Arc::clone(&followed.name),
+                None => name.into(),
+            };
+            got.extend(entries.into_iter().map(|entry| Delivery {
+                stream: Arc::clone(&stream),
+                entry,
+                deliveries: 1,
+            }));
+        }
         Ok(got)
     }
 
     /// Adds this consumer's own pending entries (up to the room left) to `got`; whether
-    /// none is left to take.
+    /// none is left to take. Each is renewed first: after an outage longer than the lease,
+    /// another consumer may have taken it over, and then it is that consumer's.
     async fn recover_own(
         &mut self,
         writes: &mut ConnectionManager,
@@ -333,7 +370,7 @@ impl GroupReader {
                 .recovered
                 .map_or("-".to_owned(), |id| format!("({id}"));
             let reply = redis::cmd("XPENDING")
-                .arg(&stream.name)
+                .arg(&*stream.name)
                 .arg(&self.options.group)
                 .arg(from)
                 .arg("+")
@@ -352,11 +389,23 @@ impl GroupReader {
             if pending.is_empty() {
                 continue;
             }
+            let ids: Vec<EntryId> = pending.iter().map(|(id, _, _)| *id).collect();
+            let leases = Leases::new(
+                writes.clone(),
+                &stream.name,
+                &self.options.group,
+                &self.consumer,
+            );
+            let taken: HashSet<EntryId> = leases.renew(&ids).await?.into_iter().collect();
+            let pending: Vec<_> = pending
+                .into_iter()
+                .filter(|(id, _, _)| !taken.contains(id))
+                .collect();
             // Fetched in one round trip.
             let mut pipe = redis::pipe();
             for (id, _, _) in &pending {
                 pipe.cmd("XRANGE")
-                    .arg(&stream.name)
+                    .arg(&*stream.name)
                     .arg(id.to_string())
                     .arg(id.to_string());
             }
@@ -367,7 +416,7 @@ impl GroupReader {
                     .pop()
                     .unwrap_or(StreamEntry { id, fields: None });
                 got.push(Delivery {
-                    stream: stream.name.clone(),
+                    stream: Arc::clone(&stream.name),
                     entry,
                     deliveries,
                 });
@@ -398,7 +447,7 @@ impl GroupReader {
                     break;
                 }
                 let reply = redis::cmd("XAUTOCLAIM")
-                    .arg(&stream.name)
+                    .arg(&*stream.name)
                     .arg(&self.options.group)
                     .arg(&self.consumer)
                     .arg(lease_ms)
@@ -437,7 +486,7 @@ impl GroupReader {
                     .await?;
                     got.extend(entries.into_iter().map(|entry| Delivery {
                         deliveries: counts.get(&entry.id).copied().unwrap_or(2),
-                        stream: stream.name.clone(),
+                        stream: Arc::clone(&stream.name),
                         entry,
                     }));
                 }
@@ -451,6 +500,70 @@ impl GroupReader {
         }
         Ok(())
     }
+}
+
+/// Creates the group on `stream` unless it exists (from the stream's start), lists its name
+/// in the registry if any, and lists the consumer in it, so an idle consumer shows too.
+async fn join(
+    writes: &mut ConnectionManager,
+    stream: &str,
+    options: &GroupOptions,
+    consumer: &str,
+) -> Result<(), Error> {
+    ensure_group(writes, stream, &options.group, "0").await?;
+    let mut pipe = redis::pipe();
+    if let Some(registry) = &options.registry {
+        pipe.cmd("SADD").arg(registry).arg(&options.group).ignore();
+    }
+    pipe.cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(stream)
+        .arg(&options.group)
+        .arg(consumer)
+        .ignore();
+    pipe.query_async::<()>(writes).await?;
+    Ok(())
+}
+
+/// Hands `consumer`'s pending entries of `stream` back, or removes it when it has none.
+async fn hand_back(
+    writes: &mut ConnectionManager,
+    stream: &str,
+    options: &GroupOptions,
+    consumer: &str,
+) -> Result<(), Error> {
+    let reply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(&options.group)
+        .arg("-")
+        .arg("+")
+        .arg(HAND_BACK_MAX)
+        .arg(consumer)
+        .query_async(writes)
+        .await?;
+    let ids: Vec<EntryId> = parse_pending(reply)?
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    if ids.is_empty() {
+        redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(stream)
+            .arg(&options.group)
+            .arg(consumer)
+            .query_async::<()>(writes)
+            .await?;
+        return Ok(());
+    }
+    Leases::new(writes.clone(), stream, &options.group, consumer)
+        .hand_back(&ids, options.lease)
+        .await?;
+    tracing::info!(
+        stream,
+        entries = ids.len(),
+        "handed unfinished entries back"
+    );
+    Ok(())
 }
 
 /// How many times each of `entries` (just claimed by `consumer`, which was handed at most
@@ -467,7 +580,7 @@ async fn delivery_counts(
         return Ok(HashMap::new());
     };
     let reply = redis::cmd("XPENDING")
-        .arg(&stream.name)
+        .arg(&*stream.name)
         .arg(group)
         .arg(first.id.to_string())
         .arg(last.id.to_string())
