@@ -71,7 +71,7 @@ pub enum RunsCommand {
 pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
     let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
     let mut follower = Follower::new(
-        bus,
+        bus.redis(),
         vec![bus.keys().events()],
         false,
         Duration::from_secs(1),

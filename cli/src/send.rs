@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use mindbus::bus::{Bus, ResultWaiter};
+use mindbus::bus::Bus;
 use mindbus::wire::{Command, ContentType, Payload, Status};
 
 #[derive(Debug, Args)]
@@ -65,16 +65,12 @@ pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
         println!("{id}");
         return Ok(());
     }
-    let mut waiter = ResultWaiter::new(bus).await?;
-    let entry = bus
-        .publish(&args.role, &command)
+    let wait = bus.results().await?.register(&id);
+    bus.publish(&args.role, &command)
         .await
         .context("publishing")?;
     eprintln!("sent {id}; waiting for its result");
-    let Some(result) = waiter
-        .wait_result(entry, &id, Duration::from_millis(args.wait_ms))
-        .await?
-    else {
+    let Some(result) = wait.wait(Duration::from_millis(args.wait_ms)).await else {
         eprintln!("no result for {id} within {} ms", args.wait_ms);
         std::process::exit(2);
     };

@@ -40,8 +40,13 @@ pub async fn run(bus: &Bus, args: TailArgs) -> anyhow::Result<()> {
         streams = command_streams(bus).await?;
         streams.extend(bus.keys().shared_streams());
     }
-    let mut follower =
-        Follower::new(bus, streams, args.from_start, Duration::from_millis(500)).await?;
+    let mut follower = Follower::new(
+        bus.redis(),
+        streams,
+        args.from_start,
+        Duration::from_millis(500),
+    )
+    .await?;
     let started = Instant::now();
     let mut rescanned = Instant::now();
     let mut printed = 0;

@@ -136,8 +136,13 @@ pub async fn respond(
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let start = first_read(id, resume, now_ms, state.reply_ttl_secs());
     let stream = state.bus().keys().events();
-    let follower =
-        Follower::after(state.bus(), stream.clone(), start, Duration::from_secs(5)).await?;
+    let follower = Follower::after(
+        state.bus().redis(),
+        stream.clone(),
+        start,
+        Duration::from_secs(5),
+    )
+    .await?;
     let following = Following {
         follower,
         stream,

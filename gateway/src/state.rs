@@ -3,7 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use mindbus::bus::{Bus, Replies};
+use mindbus::bus::{Bus, Results};
 use mindbus::config::{Config, GatewayConfig};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ struct Inner {
     config: GatewayConfig,
     /// How long agents keep results on reply streams, in seconds.
     reply_ttl_secs: u64,
-    replies: Arc<Replies>,
+    results: Arc<Results>,
     streams: Arc<Semaphore>,
     metrics: PrometheusHandle,
     stop: CancellationToken,
@@ -51,7 +51,7 @@ impl AppState {
         stop: CancellationToken,
     ) -> Result<Self, mindbus::Error> {
         let bus = Bus::connect(&config.redis).await?;
-        let replies = Replies::start(bus.clone(), stop.clone()).await?;
+        let results = bus.results().await?;
         let gateway = config.gateway.clone();
         Ok(Self(Arc::new(Inner {
             keys: KeyRing::new(&gateway, admin_key),
@@ -60,7 +60,7 @@ impl AppState {
             streams: Arc::new(Semaphore::new(gateway.max_streams)),
             config: gateway,
             bus,
-            replies,
+            results,
             metrics: metrics_handle(),
             stop,
         })))
@@ -88,8 +88,9 @@ impl AppState {
         &self.0.config
     }
 
-    pub fn replies(&self) -> &Arc<Replies> {
-        &self.0.replies
+    /// Where the results of the commands this gateway serves are waited for.
+    pub fn results(&self) -> &Arc<Results> {
+        &self.0.results
     }
 
     /// Permits for open event streams.

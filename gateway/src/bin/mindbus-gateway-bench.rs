@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use futures::StreamExt as _;
-use mindbus::bus::{Bus, Replies};
+use mindbus::bus::Bus;
 use mindbus::config::RedisConfig;
 use mindbus::wire::{Command, Payload};
 use serde_json::json;
@@ -69,8 +69,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::ensure!(registered, "the echo agent did not start");
-    let replies = Replies::start(bus.clone(), tokio_util::sync::CancellationToken::new()).await?;
-    let direct = || async { over_bus(&bus, &replies).await };
+    let direct = || async { over_bus(&bus).await };
     let gateway = || async { over_http(&http, &base).await };
     let bus_many = throughput(args.commands, args.concurrency, direct).await?;
     let http_many = throughput(args.commands, args.concurrency, gateway).await?;
@@ -143,13 +142,10 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     anyhow::bail!("the gateway did not become ready")
 }
 
-async fn over_bus(bus: &Bus, replies: &std::sync::Arc<Replies>) -> anyhow::Result<()> {
+async fn over_bus(bus: &Bus) -> anyhow::Result<()> {
     let command = Command::new("echo.say", Payload::json(json!({"text": "hi"})));
-    let waiter = replies.register(&command.envelope.id);
-    bus.publish("echo", &command).await?;
-    waiter
-        .wait(Duration::from_secs(30))
-        .await
+    bus.call("echo", command, Duration::from_secs(30))
+        .await?
         .context("no result")?;
     Ok(())
 }

@@ -128,7 +128,7 @@ pub async fn publish(
         command.set_tenant(tenant);
     }
     // Registered before the command goes out, so a quick result is not missed.
-    let fresh_waiter = state.replies().register(&command.envelope.id);
+    let fresh_wait = state.results().register(&command.envelope.id);
     // In a task of its own: a client that goes away cannot leave its Idempotency-Key
     // claimed for a command that was never sent.
     let task = {
@@ -156,13 +156,13 @@ pub async fn publish(
         return Ok((StatusCode::ACCEPTED, Json(CommandView::pending(id))).into_response());
     }
     let result = if claim.first {
-        fresh_waiter.wait(Duration::from_millis(wait)).await
+        fresh_wait.wait(Duration::from_millis(wait)).await
     } else {
         // A repeat may come after the result, which is stored with the command.
-        let waiter = state.replies().register(&id);
+        let wait_again = state.results().register(&id);
         match stored_result(&state, &id).await? {
             Some(result) => Some(result),
-            None => waiter.wait(Duration::from_millis(wait)).await,
+            None => wait_again.wait(Duration::from_millis(wait)).await,
         }
     };
     Ok(match result {

@@ -86,12 +86,10 @@ async fn ask(
     command: Command,
     refused: impl FnOnce(String) -> AppError,
 ) -> Result<Value, AppError> {
-    // Answers come on the result stream, through the gateway's one follower of it.
-    let waiter = state.replies().register(&command.envelope.id);
-    state.bus().publish(ORCHESTRATOR_ROLE, &command).await?;
-    let result = waiter
-        .wait(ANSWER_WITHIN)
-        .await
+    let result = state
+        .bus()
+        .call(ORCHESTRATOR_ROLE, command, ANSWER_WITHIN)
+        .await?
         .ok_or_else(|| AppError::Unavailable("the orchestrator did not answer in time".into()))?;
     match (result.status, result.failure) {
         (Status::Completed, _) => Ok(result.envelope.data.value),

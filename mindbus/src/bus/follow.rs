@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use super::Bus;
 use crate::Error;
-use crate::streams::{StreamEntry, parse_range, parse_read};
+use crate::streams::{Redis, StreamEntry, parse_range, parse_read};
 use crate::wire::EntryId;
 
 /// Reads new entries from a set of streams, remembering where it stands in each.
@@ -22,12 +21,12 @@ impl Follower {
     /// The end is resolved to a real entry id once: sending `$` on every read would skip
     /// whatever a quiet stream received between two reads.
     pub async fn new(
-        bus: &Bus,
+        redis: &Redis,
         streams: Vec<String>,
         from_start: bool,
         block: Duration,
     ) -> Result<Self, Error> {
-        let mut conn = bus.redis().dedicated(block).await?;
+        let mut conn = redis.dedicated(block).await?;
         let mut positions = Vec::with_capacity(streams.len());
         for stream in streams {
             let start = if from_start {
@@ -46,13 +45,13 @@ impl Follower {
 
     /// Follows `stream` from just after `after` (for example a client's `Last-Event-ID`).
     pub async fn after(
-        bus: &Bus,
+        redis: &Redis,
         stream: String,
         after: EntryId,
         block: Duration,
     ) -> Result<Self, Error> {
         Ok(Self {
-            conn: bus.redis().dedicated(block).await?,
+            conn: redis.dedicated(block).await?,
             positions: vec![(stream, after.to_string())],
             block,
         })

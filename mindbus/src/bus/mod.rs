@@ -1,20 +1,20 @@
-//! The bus client: publish commands, wait for their results (one at a time, or many at once
-//! through [`Replies`]), follow streams, cancel.
+//! The bus client: publish commands, wait for their results (through [`Results`], however
+//! many at once), follow streams, cancel.
 
 mod follow;
 mod overview;
-mod replies;
-mod wait;
+mod results;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::wire::MessageId;
 use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
 
 pub use follow::Follower;
 pub use overview::{GroupInfo, StreamInfo};
-pub use replies::{Replies, Waiter};
-pub use wait::ResultWaiter;
+pub use results::{ResultWait, Results};
 
 use crate::Error;
 use crate::config::RedisConfig;
@@ -31,6 +31,8 @@ pub struct Bus {
     redis: Redis,
     keys: Keys,
     conn: ConnectionManager,
+    /// Started on first use, shared by every clone, stopped with the last.
+    results: Arc<OnceCell<Arc<Results>>>,
 }
 
 impl Bus {
@@ -42,6 +44,7 @@ impl Bus {
             redis,
             keys: Keys::new(config.prefix.clone()),
             conn,
+            results: Arc::default(),
         })
     }
 
@@ -73,26 +76,26 @@ impl Bus {
         .await
     }
 
-    /// Publishes `command` with a private `replyto` stream and waits up to `timeout` for its
-    /// result. `None` when the wait ran out (the command may still complete later).
+    /// Where results are waited for: the result stream, followed from the first call on.
+    pub async fn results(&self) -> Result<Arc<Results>, Error> {
+        let results = self
+            .results
+            .get_or_try_init(|| Results::start(&self.redis, self.keys.results()))
+            .await?;
+        Ok(Arc::clone(results))
+    }
+
+    /// Publishes `command` and waits up to `timeout` for its result. `None` when the wait
+    /// ran out (the command may still complete later).
     pub async fn call(
         &self,
         role: &str,
-        mut command: Command,
+        command: Command,
         timeout: Duration,
     ) -> Result<Option<crate::wire::CommandResult>, Error> {
-        let reply = self.keys.reply(&MessageId::new().to_string());
-        command.replyto = Some(reply.clone());
-        let mut waiter = ResultWaiter::new(self).await?;
+        let wait = self.results().await?.register(&command.envelope.id);
         self.publish(role, &command).await?;
-        let result = waiter
-            .wait_reply(&reply, &command.envelope.id, timeout)
-            .await;
-        let _: Result<(), _> = redis::cmd("DEL")
-            .arg(&reply)
-            .query_async(&mut self.conn.clone())
-            .await;
-        result
+        Ok(wait.wait(timeout).await)
     }
 
     /// Cancels a command: one that has not started will not start, a running one is stopped

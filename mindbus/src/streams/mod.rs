@@ -4,8 +4,8 @@
 //! connection for writes, and a dedicated connection for each blocking read loop (a blocking
 //! read on a multiplexed connection stalls every clone of it).
 
+mod parse;
 mod read_conn;
-mod reply;
 
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, RedisError};
 use secrecy::{ExposeSecret, SecretString};
 
+pub use parse::{StreamEntry, parse_autoclaim, parse_pending, parse_range, parse_read};
 pub use read_conn::ReadConnection;
-pub use reply::{StreamEntry, parse_autoclaim, parse_pending, parse_range, parse_read};
 
 use crate::Error;
 
@@ -75,7 +75,7 @@ impl Redis {
             .map_err(|e| self.unreachable(e))
     }
 
-    /// Like [`Redis::dedicated`], for an agent's read loop: the connection only reads
+    /// Like [`Redis::dedicated`], for a consumer-group read loop: the connection only reads
     /// streams, and decodes their entries faster than a general-purpose one.
     pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, Error> {
         ReadConnection::connect(

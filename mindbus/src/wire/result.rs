@@ -121,6 +121,12 @@ impl CommandResult {
         out
     }
 
+    /// The command a result entry answers, read without decoding the rest (for a reader
+    /// that skips the results nobody waits for).
+    pub fn answers(fields: &[(String, Vec<u8>)]) -> Option<MessageId> {
+        super::field_text(fields, "correlationid")?.parse().ok()
+    }
+
     /// Decodes a result from stream fields.
     pub fn decode(
         fields: impl AsRef<[(String, Vec<u8>)]>,

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use mindbus::bus::{Bus, ResultWaiter};
+use mindbus::bus::Bus;
 use mindbus::config::RedisConfig;
-use mindbus::wire::{CommandResult, EntryId, Payload, Status};
+use mindbus::wire::{Command, CommandResult, EntryId, MessageId, Origin, Payload, Status};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -34,35 +34,85 @@ async fn cleanup(bus: &Bus) {
     }
 }
 
-#[tokio::test]
-async fn a_result_in_the_same_millisecond_as_its_command_is_found() {
-    let bus = bus("samems").await;
+/// Answers every `echo` command published under `bus`'s prefix, a batch at a time and in
+/// reverse order, after a result for a command nobody waits for.
+async fn answer_echo(bus: Bus, count: usize) {
     let mut conn = bus.connection();
-    // Ids of different streams are not ordered within a millisecond: the result can carry
-    // a lower sequence number than its command.
-    let command = EntryId {
-        ms: 1_800_000_000_000,
-        seq: 5,
-    };
-    let id = mindbus::wire::MessageId::new();
-    let result = CommandResult::new(
-        id.clone(),
-        Status::Completed,
-        "test",
-        Payload::json(json!({"ok": true})),
-    );
-    let mut add = redis::cmd("XADD");
-    add.arg(bus.keys().results()).arg("1800000000000-0");
-    for (name, value) in result.encode().unwrap() {
-        add.arg(name).arg(value);
+    let (commands, results) = (bus.keys().commands("echo"), bus.keys().results());
+    let mut after = EntryId::ZERO;
+    let mut answered = 0;
+    while answered < count {
+        let reply = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&commands)
+            .arg(after.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut batch = Vec::new();
+        for (_, entries) in mindbus::streams::parse_read(reply).unwrap() {
+            for entry in entries {
+                after = entry.id;
+                let origin = Origin {
+                    stream: &commands,
+                    entry: entry.id,
+                };
+                batch.push(Command::decode(entry.fields.unwrap(), origin).unwrap());
+            }
+        }
+        let stray = CommandResult::new(
+            MessageId::new(),
+            Status::Completed,
+            "test",
+            Payload::json(json!(null)),
+        );
+        for result in std::iter::once(stray).chain(batch.iter().rev().map(|command| {
+            CommandResult::new(
+                command.envelope.id.clone(),
+                Status::Completed,
+                "test",
+                command.envelope.data.clone(),
+            )
+        })) {
+            let mut add = redis::cmd("XADD");
+            add.arg(&results).arg("*");
+            for (name, value) in result.encode().unwrap() {
+                add.arg(name).arg(value);
+            }
+            let _: String = add.query_async(&mut conn).await.unwrap();
+        }
+        answered += batch.len();
     }
-    let _: String = add.query_async(&mut conn).await.unwrap();
+}
 
-    let mut waiter = ResultWaiter::new(&bus).await.unwrap();
-    let found = waiter
-        .wait_result(command, &id, Duration::from_secs(2))
+/// Many calls at once wait through the bus's one follower of the result stream, each for
+/// its own result, whatever order the results come in and whatever else is on the stream.
+#[tokio::test]
+async fn concurrent_calls_each_get_their_own_result() {
+    let bus = bus("calls").await;
+    let answering = tokio::spawn(answer_echo(bus.clone(), 50));
+    let calls = (0..50).map(|i| {
+        let bus = bus.clone();
+        async move {
+            let command = Command::new("echo.say", Payload::json(json!({ "i": i })));
+            let result = bus
+                .call("echo", command, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .expect("a result within the wait");
+            assert_eq!(result.envelope.data.value, json!({ "i": i }));
+        }
+    });
+    futures::future::join_all(calls).await;
+    answering.await.unwrap();
+    // Nobody answers this one: the wait runs out and says so.
+    let lonely = Command::new("echo.say", Payload::json(json!({})));
+    let none = bus
+        .call("nobody", lonely, Duration::from_millis(300))
         .await
         .unwrap();
-    assert_eq!(found.map(|r| r.correlationid), Some(id));
+    assert!(none.is_none());
     cleanup(&bus).await;
 }

@@ -168,7 +168,7 @@ async fn plain_chains(bus: &Bus, chains: usize, steps: usize) -> anyhow::Result<
 /// read from the result stream: the best the bus does for the same work as a fan-out.
 async fn plain_batch(bus: &Bus, count: usize) -> anyhow::Result<()> {
     let mut follower = Follower::new(
-        bus,
+        bus.redis(),
         vec![bus.keys().results()],
         false,
         Duration::from_millis(500),
@@ -230,7 +230,7 @@ async fn runs(bus: &Bus, count: usize) -> anyhow::Result<()> {
 /// Sends `starts` and waits until every run they start completes.
 async fn wait_ended(bus: &Bus, starts: Vec<Command>) -> anyhow::Result<()> {
     let mut follower = Follower::new(
-        bus,
+        bus.redis(),
         vec![bus.keys().events()],
         false,
         Duration::from_millis(500),

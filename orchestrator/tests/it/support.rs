@@ -205,18 +205,36 @@ impl Orch {
         .await
     }
 
-    /// Waits for the result of a command on the result stream.
+    /// Waits for the result of a command (published by the orchestrator, perhaps answered
+    /// already) on the result stream.
     pub async fn wait_result(&self, command: Uuid) -> CommandResult {
-        let mut waiter = mindbus::bus::ResultWaiter::new(&self.bus).await.unwrap();
-        waiter
-            .wait_result(
-                mindbus::wire::EntryId::ZERO,
-                &command.into(),
-                Duration::from_secs(20),
-            )
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("no result for {command}"))
+        let stream = self.bus.keys().results();
+        let id = mindbus::wire::MessageId::from(command);
+        eventually(
+            Duration::from_secs(20),
+            &format!("a result for {command}"),
+            || async {
+                let entries = redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut self.bus.connection())
+                    .await
+                    .ok()?;
+                mindbus::streams::parse_range(entries)
+                    .ok()?
+                    .into_iter()
+                    .filter_map(|entry| {
+                        let origin = mindbus::wire::Origin {
+                            stream: &stream,
+                            entry: entry.id,
+                        };
+                        CommandResult::decode(entry.fields?, origin).ok()
+                    })
+                    .find(|result| result.correlationid == id)
+            },
+        )
+        .await
     }
 
     /// Every entry of `<prefix>:<suffix>`, as its fields.

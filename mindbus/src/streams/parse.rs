@@ -1,5 +1,5 @@
-//! Parsing stream replies (`XREAD`, `XREADGROUP`, `XAUTOCLAIM`, `XPENDING`) from raw values,
-//! keeping `data` as bytes and noticing entries that were deleted while pending.
+//! Parsing what Redis answers to stream commands (`XREAD`, `XREADGROUP`, `XAUTOCLAIM`,
+//! `XPENDING`), keeping `data` as bytes and noticing entries deleted while pending.
 
 use redis::Value;
 
