@@ -377,7 +377,10 @@ impl std::fmt::Display for Problem {
 pub enum ConfigError {
     /// The layers could not be read or merged (a YAML syntax error, an unreadable file).
     #[error("{0}")]
-    Read(String),
+    Read(#[source] Box<figment::Error>),
+    /// The schema the configuration is checked against could not be built (a bug).
+    #[error("the configuration schema: {0}")]
+    Schema(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The merged configuration breaks the schema; every problem is listed.
     #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
@@ -470,7 +473,7 @@ impl ConnectArgs {
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     let merged: Value = figment(file)
         .extract()
-        .map_err(|e| ConfigError::Read(e.to_string()))?;
+        .map_err(|e| ConfigError::Read(Box::new(e)))?;
     parse(merged)
 }
 
@@ -498,18 +501,18 @@ pub fn check_file(file: &Path) -> Vec<Problem> {
     match parse(value) {
         Ok(_) => Vec::new(),
         Err(ConfigError::Invalid(problems)) => problems,
-        Err(ConfigError::Read(message)) => vec![Problem {
+        Err(e) => vec![Problem {
             path: String::new(),
-            message,
+            message: e.to_string(),
         }],
     }
 }
 
 fn parse(value: Value) -> Result<Config, ConfigError> {
     let schema =
-        serde_json::to_value(config_schema()).map_err(|e| ConfigError::Read(e.to_string()))?;
+        serde_json::to_value(config_schema()).map_err(|e| ConfigError::Schema(Box::new(e)))?;
     let validator =
-        jsonschema::validator_for(&schema).map_err(|e| ConfigError::Read(e.to_string()))?;
+        jsonschema::validator_for(&schema).map_err(|e| ConfigError::Schema(Box::new(e)))?;
     let problems: Vec<Problem> = validator
         .iter_errors(&value)
         .map(|e| Problem {

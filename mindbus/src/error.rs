@@ -23,10 +23,16 @@ pub enum Error {
     /// The configuration could not be loaded.
     #[error("{0}")]
     LoadConfig(#[from] ConfigError),
-    /// A setting is unusable (bad URL, bad role name).
+    /// The Redis URL cannot be used.
+    #[error("configuration: redis url: {0}")]
+    RedisUrl(#[source] redis::RedisError),
+    /// A setting is unusable (a bad role name, a zero TTL).
     #[error("configuration: {0}")]
     Config(String),
-    /// Redis answered in a shape MindBus does not expect.
+    /// Redis answered in a shape MindBus does not expect (the message says what it was).
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// A reply from Redis could not be decoded at all.
+    #[error("unreadable reply from redis: {0}")]
+    Decode(#[from] redis_protocol::error::RedisProtocolError),
 }

@@ -32,8 +32,7 @@ pub struct Redis {
 impl Redis {
     /// Parses the URL; connects lazily.
     pub fn open(url: &SecretString) -> Result<Self, Error> {
-        let client = redis::Client::open(url.expose_secret())
-            .map_err(|e| Error::Config(format!("redis url: {e}")))?;
+        let client = redis::Client::open(url.expose_secret()).map_err(Error::RedisUrl)?;
         Ok(Self { client })
     }
 

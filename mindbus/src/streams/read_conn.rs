@@ -104,8 +104,7 @@ impl ReadConnection {
 
     async fn reply(&mut self) -> Result<BytesFrame, Error> {
         loop {
-            let decoded =
-                decode_bytes_mut(&mut self.buf).map_err(|e| Error::Protocol(e.to_string()))?;
+            let decoded = decode_bytes_mut(&mut self.buf)?;
             if let Some((frame, _, _)) = decoded {
                 return Ok(frame);
             }
