@@ -1,4 +1,5 @@
-//! `mindbus trace ID` and `mindbus events`: reading the monitor's event log in Postgres.
+//! `mindbus trace ID` and `mindbus events`: the monitor's event log (read with
+//! `mindbus_monitor::history`) as tables or JSON lines.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -6,33 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use comfy_table::Table;
+use mindbus_monitor::history::{self, Filter};
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-
-/// The monitor keeps each entry's fields as written, so the documented defaults that writers
-/// leave out are filled in here: a result's `attempt` is 1, and absent `data` is no detail.
-const COLUMNS: &str = "stream, entry_ms, entry_seq, kind, type, id::text, correlation_id::text, run_id, status, role, \
-                       time::text, coalesce(fields->>'attempt', CASE WHEN kind = 'result' THEN '1' END), \
-                       nullif(data, 'null'::jsonb)::text, malformed";
-
-type Row = (
-    String,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
 
 /// How long connecting to Postgres may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,36 +30,29 @@ async fn connect(config: &mindbus::config::Config) -> anyhow::Result<PgConnectio
         .with_context(context)
 }
 
-/// Prints the whole timeline of a command (by id) or a run (by run id), oldest first. Entries
-/// of different streams in the same millisecond are ordered by their `time`, which the
-/// process that wrote them set in the order things happened.
+/// Prints the whole timeline of a command (by id) or a run (by run id), oldest first.
 pub async fn trace(config: &mindbus::config::Config, id: &str) -> anyhow::Result<()> {
     let mut conn = connect(config).await?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $1 ORDER BY entry_ms, time, entry_seq"
-    );
-    let rows: Vec<Row> = sqlx::query_as(&sql).bind(id).fetch_all(&mut conn).await?;
-    anyhow::ensure!(
-        !rows.is_empty(),
-        "nothing recorded for {id} (is the monitor running?)"
-    );
-    let start = rows[0].1;
+    let entries = history::timeline(&mut conn, id).await?;
+    let Some(start) = entries.first().map(|e| e.entry_ms) else {
+        anyhow::bail!("nothing recorded for {id} (is the monitor running?)");
+    };
     let mut table = Table::new();
     table.set_header(["+ms", "kind", "type", "role", "attempt", "status", "detail"]);
-    for row in &rows {
-        let detail = row
-            .13
-            .clone()
+    for entry in &entries {
+        let detail = entry
+            .malformed
+            .as_ref()
             .map(|m| format!("malformed: {m}"))
-            .or_else(|| row.12.clone())
+            .or_else(|| entry.data.as_ref().map(|d| d.to_string()))
             .unwrap_or_default();
         table.add_row([
-            (row.1 - start).to_string(),
-            row.3.clone(),
-            row.4.clone().unwrap_or_default(),
-            row.9.clone().unwrap_or_default(),
-            row.11.clone().unwrap_or_default(),
-            row.8.clone().unwrap_or_default(),
+            (entry.entry_ms - start).to_string(),
+            entry.kind.clone(),
+            entry.ty.clone().unwrap_or_default(),
+            entry.role.clone().unwrap_or_default(),
+            entry.attempt.clone().unwrap_or_default(),
+            entry.status.clone().unwrap_or_default(),
             truncate(&detail, 80),
         ]);
     }
@@ -117,24 +88,17 @@ pub struct EventsArgs {
 /// Lists recorded entries, filtered.
 pub async fn events(config: &mindbus::config::Config, args: EventsArgs) -> anyhow::Result<()> {
     let mut conn = connect(config).await?;
-    let sql = format!(
-        "SELECT * FROM (SELECT {COLUMNS} FROM mindbus_entries WHERE ($1::text IS NULL OR type LIKE $1 || '%') \
-         AND ($2::text IS NULL OR role = $2) AND ($3::text IS NULL OR status = $3) \
-         AND ($4::text IS NULL OR time >= $4::timestamptz) AND ($5::text IS NULL OR time < $5::timestamptz) \
-         ORDER BY entry_ms DESC, entry_seq DESC LIMIT $6) newest ORDER BY entry_ms, entry_seq"
-    );
-    let rows: Vec<Row> = sqlx::query_as(&sql)
-        .bind(&args.ty)
-        .bind(&args.role)
-        .bind(&args.status)
-        .bind(&args.since)
-        .bind(&args.until)
-        .bind(args.limit)
-        .fetch_all(&mut conn)
-        .await?;
+    let filter = Filter {
+        type_prefix: args.ty,
+        role: args.role,
+        status: args.status,
+        since: args.since,
+        until: args.until,
+    };
+    let entries = history::recent(&mut conn, &filter, args.limit).await?;
     if args.json {
-        for row in &rows {
-            println!("{}", row_json(row));
+        for entry in &entries {
+            println!("{}", serde_json::to_string(entry)?);
         }
         return Ok(());
     }
@@ -150,29 +114,21 @@ pub async fn events(config: &mindbus::config::Config, args: EventsArgs) -> anyho
         "status",
         "time",
     ]);
-    for row in &rows {
+    for entry in entries {
         table.add_row([
-            format!("{}-{}", row.1, row.2),
-            row.0.clone(),
-            row.3.clone(),
-            row.4.clone().unwrap_or_default(),
-            row.5.clone().unwrap_or_default(),
-            row.6.clone().unwrap_or_default(),
-            row.9.clone().unwrap_or_default(),
-            row.8.clone().unwrap_or_default(),
-            row.10.clone().unwrap_or_default(),
+            entry.entry,
+            entry.stream,
+            entry.kind,
+            entry.ty.unwrap_or_default(),
+            entry.id.unwrap_or_default(),
+            entry.correlation_id.unwrap_or_default(),
+            entry.role.unwrap_or_default(),
+            entry.status.unwrap_or_default(),
+            entry.time.unwrap_or_default(),
         ]);
     }
     println!("{table}");
     Ok(())
-}
-
-fn row_json(row: &Row) -> Value {
-    json!({
-        "stream": row.0, "entry": format!("{}-{}", row.1, row.2), "kind": row.3, "type": row.4, "id": row.5,
-        "correlationid": row.6, "runid": row.7, "status": row.8, "role": row.9, "time": row.10, "attempt": row.11,
-        "data": row.12.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()), "malformed": row.13,
-    })
 }
 
 fn truncate(text: &str, max: usize) -> String {

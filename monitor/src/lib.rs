@@ -6,12 +6,14 @@
 //! - [`store`]: migrations and idempotent batch inserts.
 //! - [`ingest`]: the consumer-group loop: read a batch, insert it, then acknowledge it.
 //! - [`trim`]: retention by length or age, bounded by every group's progress.
+//! - [`history`]: reading the event log (timelines, filtered listings).
 //!
 //! # Invariant
 //! An entry is acknowledged only after the transaction holding its row has committed, and
 //! rows are unique by stream and entry id, so a crash at any point loses nothing and
 //! duplicates nothing.
 
+pub mod history;
 pub mod ingest;
 pub mod record;
 pub mod store;
