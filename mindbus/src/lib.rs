@@ -10,14 +10,12 @@
 //! - [`runtime`]: the agent runtime, a [`runtime::Handler`] behind a consumer-group loop.
 //! - [`telemetry`]: logging setup for the binaries.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token, for the binaries.
-//! - [`bench`]: measuring helpers for the benchmark binaries.
 //!
 //! # Invariant
 //! Processes talk only through streams: everything one process tells another is an entry
 //! that [`wire`] can decode, and a command entry's result is accepted at most once (and a
 //! command with an `idempotencykey`, once per key and role).
 
-pub mod bench;
 pub mod bus;
 pub mod config;
 mod error;

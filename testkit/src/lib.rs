@@ -1,11 +1,13 @@
 //! What MindBus's tests need to run real parts: private Redis and PostgreSQL servers they
 //! may kill or stop ([`servers`]), the mesh's own processes ([`binary`]), every entry of a
-//! stream ([`entries`]), and the fault suite's checker ([`Tally`]). The fault suite itself is
+//! stream ([`entries`]), the shared servers' helpers ([`testenv`]), and the fault suite's
+//! checker ([`Tally`]). The fault suite itself is
 //! this crate's integration test, `tests/faults`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod servers;
 mod tally;
+pub mod testenv;
 
 use std::path::PathBuf;
 

@@ -12,5 +12,4 @@ mod operations;
 mod poison;
 mod restart;
 mod round_trip;
-#[path = "../../../monitor/tests/it/testenv.rs"]
-mod testenv;
+use mindbus_testkit::testenv;

@@ -8,5 +8,4 @@ mod routes;
 mod scope;
 mod stack;
 mod support;
-#[path = "../../../monitor/tests/it/testenv.rs"]
-mod testenv;
+use mindbus_testkit::testenv;

@@ -2,7 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-mod testenv;
+
+use mindbus_testkit::testenv;
 
 mod exactly_once;
 mod history;

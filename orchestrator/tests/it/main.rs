@@ -8,6 +8,5 @@ mod dynamic;
 mod engine;
 mod runs;
 mod support;
-#[path = "../../../monitor/tests/it/testenv.rs"]
-mod testenv;
+use mindbus_testkit::testenv;
 mod workflows;

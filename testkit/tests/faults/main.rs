@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod mesh;
-#[path = "../../../monitor/tests/it/testenv.rs"]
-mod testenv;
+use mindbus_testkit::testenv;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -62,8 +62,8 @@ async fn main() -> anyhow::Result<()> {
     let plain_many = timed(|| plain_chains(&bus, args.runs, args.steps)).await?;
     let runs_many = timed(|| runs(&bus, args.runs)).await?;
     let plain_one =
-        mindbus::bench::one_at_a_time(args.samples, || plain_chains(&bus, 1, args.steps)).await?;
-    let runs_one = mindbus::bench::one_at_a_time(args.samples, || runs(&bus, 1)).await?;
+        mindbus_bench::one_at_a_time(args.samples, || plain_chains(&bus, 1, args.steps)).await?;
+    let runs_one = mindbus_bench::one_at_a_time(args.samples, || runs(&bus, 1)).await?;
     let fan = if args.fan_out > 0 {
         let plain = timed(|| plain_batch(&bus, args.fan_out)).await?;
         let run = timed(|| fan_out(&bus, args.fan_out)).await?;
@@ -107,7 +107,7 @@ fn spawn(name: &str, extra: &[&str], args: &Args, prefix: &str) -> anyhow::Resul
         ("DATABASE_URL", args.database_url.as_str()),
         ("MINDBUS_AGENT__CONCURRENCY", "512"),
     ];
-    Ok(mindbus::bench::spawn_sibling(
+    Ok(mindbus_bench::spawn_sibling(
         name,
         extra,
         &args.redis_url,
@@ -290,18 +290,18 @@ fn report(
         "{:<34} {:>12.1} {:>10.2} {:>10.2}",
         "plain commands (baseline)",
         per_s(plain_many),
-        mindbus::bench::percentile_ms(plain_one, 0.5),
-        mindbus::bench::percentile_ms(plain_one, 0.99)
+        mindbus_bench::percentile_ms(plain_one, 0.5),
+        mindbus_bench::percentile_ms(plain_one, 0.99)
     );
     println!(
         "{:<34} {:>12.1} {:>10.2} {:>10.2}",
         "workflow runs (orchestrator)",
         per_s(runs_many),
-        mindbus::bench::percentile_ms(runs_one, 0.5),
-        mindbus::bench::percentile_ms(runs_one, 0.99)
+        mindbus_bench::percentile_ms(runs_one, 0.5),
+        mindbus_bench::percentile_ms(runs_one, 0.99)
     );
-    let added = (mindbus::bench::percentile_ms(runs_one, 0.5)
-        - mindbus::bench::percentile_ms(plain_one, 0.5))
+    let added = (mindbus_bench::percentile_ms(runs_one, 0.5)
+        - mindbus_bench::percentile_ms(plain_one, 0.5))
         / args.steps as f64;
     println!(
         "runs: {:.0}% of the baseline's throughput; {:.2} ms added per step at p50",

@@ -73,8 +73,8 @@ async fn main() -> anyhow::Result<()> {
     let gateway = || async { over_http(&http, &base).await };
     let bus_many = throughput(args.commands, args.concurrency, direct).await?;
     let http_many = throughput(args.commands, args.concurrency, gateway).await?;
-    let bus_one = mindbus::bench::one_at_a_time(args.samples, direct).await?;
-    let http_one = mindbus::bench::one_at_a_time(args.samples, gateway).await?;
+    let bus_one = mindbus_bench::one_at_a_time(args.samples, direct).await?;
+    let http_one = mindbus_bench::one_at_a_time(args.samples, gateway).await?;
     for child in &mut children {
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -97,17 +97,16 @@ async fn main() -> anyhow::Result<()> {
     ] {
         println!(
             "{name:<28} {many:>12.0} {:>10.2} {:>10.2}",
-            mindbus::bench::percentile_ms(one, 0.5),
-            mindbus::bench::percentile_ms(one, 0.99)
+            mindbus_bench::percentile_ms(one, 0.5),
+            mindbus_bench::percentile_ms(one, 0.99)
         );
     }
     println!(
         "gateway: {:.0}% of the bus's throughput; p50 x{:.2}, p99 x{:.2}",
         100.0 * http_many / bus_many,
-        mindbus::bench::percentile_ms(&http_one, 0.5)
-            / mindbus::bench::percentile_ms(&bus_one, 0.5),
-        mindbus::bench::percentile_ms(&http_one, 0.99)
-            / mindbus::bench::percentile_ms(&bus_one, 0.99)
+        mindbus_bench::percentile_ms(&http_one, 0.5) / mindbus_bench::percentile_ms(&bus_one, 0.5),
+        mindbus_bench::percentile_ms(&http_one, 0.99)
+            / mindbus_bench::percentile_ms(&bus_one, 0.99)
     );
     Ok(())
 }
@@ -118,7 +117,7 @@ fn spawn(name: &str, extra: &[&str], args: &Args, prefix: &str) -> anyhow::Resul
         ("MINDBUS_AGENT__CONCURRENCY", "256"),
         ("MINDBUS_GATEWAY__METRICS_LISTEN", "127.0.0.1:0"),
     ];
-    Ok(mindbus::bench::spawn_sibling(
+    Ok(mindbus_bench::spawn_sibling(
         name,
         extra,
         &args.redis_url,

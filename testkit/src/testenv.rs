@@ -1,8 +1,6 @@
 //! What every test against the shared servers needs: their URLs, unique names, a database
-//! of its own per test, and cleaning a key prefix. Shared by the integration tests of the
-//! monitor, the agents, the orchestrator and the gateway (they include this file by path),
-//! each using a part of it.
-#![allow(dead_code)]
+//! of its own per test, waiting on state, cleaning a key prefix, and an echo agent in the
+//! test's own process.
 
 use std::process::Stdio;
 
@@ -25,6 +23,7 @@ pub fn unique(name: &str) -> String {
 }
 
 /// A fresh database, dropped with the test.
+#[derive(Debug)]
 pub struct TestDb {
     pub url: String,
     admin: String,
