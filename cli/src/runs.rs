@@ -8,10 +8,11 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use mindbus::bus::{Bus, Follower};
 use mindbus::wire::{
-    Command, CommandResult, Event, EventKind, ORCHESTRATOR_ROLE, Origin, Payload, RunCommand,
-    RunEventKind, Status,
+    Approval, CommandResult, Event, EventKind, GetRun, ListRuns, ORCHESTRATOR_ROLE, Origin,
+    PartPage, RunChange, RunEnded, RunEventKind, RunPartPage, RunRef, RunRequest, RunStatus,
+    StartRun, Status,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// How long the orchestrator has to answer a run command.
@@ -78,10 +79,15 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
     )
     .await
     .context("following events")?;
-    let data = json!({"workflow": args.workflow, "input": input});
-    let answer = ask(bus, RunCommand::Start, data).await?;
-    let run_id: Uuid = serde_json::from_value(answer["run_id"].clone())
-        .context("the orchestrator's answer has no run_id")?;
+    let start = StartRun {
+        workflow: args.workflow,
+        input,
+        owner: None,
+        max_running: None,
+    };
+    let answer = ask(bus, RunRequest::Start(start)).await?;
+    let RunChange { run_id, .. } =
+        serde_json::from_value(answer).context("the orchestrator's answer to run.start")?;
     if args.detach {
         println!("{run_id}");
         return Ok(());
@@ -102,14 +108,18 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
                 continue;
             }
             show_chunk(&event);
-            if let Some(code) = show_event(&event)? {
-                if event.envelope.data.value["output_truncated"] == json!(true) {
+            if let Some(ended) = show_event(&event)? {
+                if ended.output_truncated {
                     // Too big for the event: the run has it whole.
                     let output = part(bus, run_id, "output").await?;
                     println!("{}", serde_json::to_string_pretty(&output)?);
                 }
                 show_usage(bus, &run_id).await;
-                std::process::exit(code);
+                std::process::exit(if ended.status == RunStatus::Completed {
+                    0
+                } else {
+                    1
+                });
             }
         }
     }
@@ -159,8 +169,8 @@ async fn show_usage(bus: &Bus, run_id: &Uuid) {
     }
 }
 
-/// Prints one run event; `Some(exit code)` when the run ended.
-fn show_event(event: &Event) -> anyhow::Result<Option<i32>> {
+/// Prints one run event; the run's end when it ended.
+fn show_event(event: &Event) -> anyhow::Result<Option<RunEnded>> {
     let data = &event.envelope.data.value;
     let kind = event.envelope.ty.parse::<RunEventKind>();
     if kind.is_ok() {
@@ -180,17 +190,15 @@ fn show_event(event: &Event) -> anyhow::Result<Option<i32>> {
             Ok(None)
         }
         Ok(RunEventKind::Ended) => {
-            let status = data["status"].as_str().unwrap_or("?");
-            eprintln!("run {status}");
-            if status == "completed" {
-                if data["output_truncated"] != json!(true) {
-                    println!("{}", serde_json::to_string_pretty(&data["output"])?);
-                }
-                Ok(Some(0))
-            } else {
-                eprintln!("{}", data["error"].as_str().unwrap_or(""));
-                Ok(Some(1))
+            let ended: RunEnded =
+                serde_json::from_value(data.clone()).context("a run.ended event")?;
+            eprintln!("run {}", ended.status);
+            if ended.status != RunStatus::Completed {
+                eprintln!("{}", ended.error.as_deref().unwrap_or(""));
+            } else if !ended.output_truncated {
+                println!("{}", serde_json::to_string_pretty(&ended.output)?);
             }
+            Ok(Some(ended))
         }
         _ => Ok(None),
     }
@@ -201,27 +209,41 @@ async fn part(bus: &Bus, run_id: Uuid, part: &str) -> anyhow::Result<Value> {
     let mut items = Vec::new();
     let mut offset = Some(0);
     while let Some(from) = offset {
-        let data = json!({"run_id": run_id, "part": part, "offset": from, "limit": 1000});
-        let mut page = ask(bus, RunCommand::Get, data).await?;
-        let Some(Value::Array(more)) = page.get_mut("items").map(Value::take) else {
-            return Ok(page["value"].take());
+        let get = GetRun {
+            run_id,
+            workflows: None,
+            part: Some(part.to_owned()),
+            offset: from,
+            limit: Some(1000),
         };
-        items.extend(more);
-        offset = page["next"].as_u64();
+        let answer = ask(bus, RunRequest::Get(get)).await?;
+        let page: RunPartPage =
+            serde_json::from_value(answer).context("the orchestrator's answer to run.get")?;
+        match page.page {
+            PartPage::Whole { value } => return Ok(value),
+            PartPage::Items {
+                items: more, next, ..
+            } => {
+                items.extend(more);
+                offset = next;
+            }
+        }
     }
     Ok(Value::Array(items))
 }
 
 pub async fn runs(bus: &Bus, command: RunsCommand) -> anyhow::Result<()> {
-    let (kind, data) = match command {
+    let request = match command {
         RunsCommand::List {
             status,
             limit,
             after,
-        } => (
-            RunCommand::List,
-            json!({"status": status, "limit": limit, "after": after}),
-        ),
+        } => RunRequest::List(ListRuns {
+            status,
+            limit: Some(limit.into()),
+            workflows: None,
+            after,
+        }),
         RunsCommand::Show {
             run_id,
             part: Some(name),
@@ -230,26 +252,37 @@ pub async fn runs(bus: &Bus, command: RunsCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }
-        RunsCommand::Show { run_id, part: None } => (RunCommand::Get, json!({"run_id": run_id})),
-        RunsCommand::Cancel { run_id } => (RunCommand::Cancel, json!({"run_id": run_id})),
+        RunsCommand::Show { run_id, part: None } => RunRequest::Get(GetRun {
+            run_id,
+            workflows: None,
+            part: None,
+            offset: 0,
+            limit: None,
+        }),
+        RunsCommand::Cancel { run_id } => RunRequest::Cancel(RunRef {
+            run_id,
+            workflows: None,
+        }),
         RunsCommand::Approve {
             run_id,
             step,
             reject,
-        } => (
-            RunCommand::Approve,
-            json!({"run_id": run_id, "step": step, "approved": !reject}),
-        ),
+        } => RunRequest::Approve(Approval {
+            run_id,
+            workflows: None,
+            step,
+            approved: !reject,
+        }),
     };
-    let answer = ask(bus, kind, data).await?;
+    let answer = ask(bus, request).await?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 
 /// Sends a run command to the orchestrator and returns its answer; a failure is printed and
 /// exits 1.
-async fn ask(bus: &Bus, kind: RunCommand, data: Value) -> anyhow::Result<Value> {
-    let mut command = Command::new(kind.as_str(), Payload::json(data));
+async fn ask(bus: &Bus, request: RunRequest) -> anyhow::Result<Value> {
+    let mut command = request.to_command();
     command.envelope.source = "urn:mindbus:cli".into();
     let Some(result) = bus
         .call(ORCHESTRATOR_ROLE, command, ANSWER_WITHIN)

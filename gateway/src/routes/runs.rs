@@ -8,10 +8,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use mindbus::wire::{
-    Command, ErrorType, ORCHESTRATOR_ROLE, OVER_QUOTA, Payload, RunCommand, Status,
+    Approval, Command, ErrorType, GetRun, ListRuns, ORCHESTRATOR_ROLE, OVER_QUOTA, RunChange,
+    RunRef, RunRequest, RunStatus, StartRun, Status,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -107,25 +108,23 @@ async fn ask(
     }
 }
 
-fn run_command(kind: RunCommand, data: Value) -> Command {
-    let mut command = Command::new(kind.as_str(), Payload::json(data));
+/// The command asking `request` of the orchestrator for `caller`: limited to the caller's
+/// workflows when it may not see every workflow (the orchestrator then answers a run of
+/// another workflow as it answers a missing one: the same answer, in the same time, so ids
+/// of other scopes stay unknown).
+fn run_command(caller: &Caller, request: RunRequest) -> Command {
+    let request = match &caller.workflows {
+        Scope::Only(workflows) => request.scoped(workflows.iter().cloned().collect()),
+        _ => request,
+    };
+    let mut command = request.to_command();
     command.envelope.source = SOURCE.into();
     // A question nobody waits for any more is skipped, not answered into the result
     // stream. (Not a start: its deadline would become the run's.)
-    if kind != RunCommand::Start {
+    if !matches!(request, RunRequest::Start(_)) {
         command.deadline = Some(jiff::Timestamp::now() + ANSWER_WITHIN);
     }
     command
-}
-
-/// `data` with the caller's workflows added, when it may not see every workflow: the
-/// orchestrator then answers a run of another workflow as it answers a missing one (the
-/// same answer, in the same time, so ids of other scopes stay unknown).
-fn scoped(caller: &Caller, mut data: Value) -> Value {
-    if let (Scope::Only(workflows), Value::Object(map)) = (&caller.workflows, &mut data) {
-        map.insert("workflows".into(), json!(workflows));
-    }
-    data
 }
 
 /// The run (or the part of it `query` names), if this caller may see it (404 otherwise).
@@ -136,17 +135,23 @@ async fn visible_run(
     query: &ShowQuery,
 ) -> Result<Value, AppError> {
     let not_found = |_| AppError::NotFound(format!("no run {id}"));
-    let mut data = json!({"run_id": id});
+    let mut get = GetRun {
+        run_id: id,
+        workflows: None,
+        part: None,
+        offset: 0,
+        limit: None,
+    };
     if let Some(part) = &query.part {
         if part.len() > 300 {
             return Err(AppError::Invalid("part: longer than 300 bytes".into()));
         }
-        data["part"] = json!(part);
-        data["offset"] = json!(query.offset.unwrap_or(0));
-        data["limit"] = json!(query.limit.unwrap_or(100).clamp(1, 1000));
+        get.part = Some(part.clone());
+        let within = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        get.offset = within(query.offset.unwrap_or(0));
+        get.limit = Some(within(query.limit.unwrap_or(100).clamp(1, 1000)));
     }
-    let data = scoped(caller, data);
-    ask(state, run_command(RunCommand::Get, data), not_found).await
+    ask(state, run_command(caller, RunRequest::Get(get)), not_found).await
 }
 
 /// Starts a run of a workflow: 201 with the run id and status. A repeated
@@ -181,13 +186,13 @@ pub async fn start(
             "input: holds {items} array items, more than the {max_items} a run may fan out over"
         )));
     }
-    let data = json!({
-        "workflow": new.workflow,
-        "input": new.input,
-        "owner": caller.id,
-        "max_running": caller.max_runs,
-    });
-    let mut command = run_command(RunCommand::Start, data);
+    let start = StartRun {
+        workflow: new.workflow,
+        input: new.input,
+        owner: Some(caller.id.clone()),
+        max_running: Some(caller.max_runs),
+    };
+    let mut command = run_command(&caller, RunRequest::Start(start));
     if let Some(trace) = traceparent(&headers)? {
         command.envelope.traceparent = trace;
     }
@@ -269,13 +274,15 @@ pub async fn list(
     if query.after.as_ref().is_some_and(|a| a.len() > 100) {
         return Err(AppError::Invalid("after: longer than 100 bytes".into()));
     }
-    let data = scoped(
-        &caller,
-        json!({"status": query.status, "limit": query.limit.map(|l| l.clamp(1, 1000)), "after": query.after}),
-    );
+    let list = ListRuns {
+        status: query.status,
+        limit: query.limit.map(|l| l.clamp(1, 1000)),
+        workflows: None,
+        after: query.after,
+    };
     let runs = ask(
         &state,
-        run_command(RunCommand::List, data),
+        run_command(&caller, RunRequest::List(list)),
         AppError::Invalid,
     )
     .await?;
@@ -323,7 +330,10 @@ pub async fn events(
 ) -> Result<Response, AppError> {
     let permits = sse::reserve(&state, &caller)?;
     let run = visible_run(&state, &caller, id, &ShowQuery::default()).await?;
-    let ended = run["status"].as_str() != Some("running");
+    let ended = serde_json::from_value::<RunChange>(run)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("run.get answered {e}")))?
+        .status
+        != RunStatus::Running;
     sse::respond(
         &state,
         permits,
@@ -349,10 +359,13 @@ pub async fn cancel(
     IdPath(id): IdPath<Uuid>,
 ) -> Result<Json<RunView>, AppError> {
     visible_run(&state, &caller, id, &ShowQuery::default()).await?;
-    let data = scoped(&caller, json!({"run_id": id}));
+    let cancel = RunRef {
+        run_id: id,
+        workflows: None,
+    };
     let run = ask(
         &state,
-        run_command(RunCommand::Cancel, data),
+        run_command(&caller, RunRequest::Cancel(cancel)),
         AppError::Conflict,
     )
     .await?;
@@ -375,11 +388,15 @@ pub async fn approve(
     JsonBody(decision, _): JsonBody<Decision>,
 ) -> Result<Json<RunView>, AppError> {
     visible_run(&state, &caller, id, &ShowQuery::default()).await?;
-    let data = json!({"run_id": id, "step": decision.step, "approved": decision.approved});
-    let data = scoped(&caller, data);
+    let approval = Approval {
+        run_id: id,
+        workflows: None,
+        step: decision.step,
+        approved: decision.approved,
+    };
     let run = ask(
         &state,
-        run_command(RunCommand::Approve, data),
+        run_command(&caller, RunRequest::Approve(approval)),
         AppError::Conflict,
     )
     .await?;

@@ -31,5 +31,9 @@ pub use event::{Event, EventKind};
 pub use fields::{Fields, PackedFields, field_text};
 pub use id::{MAX_ID_BYTES, MessageId};
 pub use result::{CommandResult, Failure, RESULT_TYPE, Status};
-pub use run::{ORCHESTRATOR_ROLE, OVER_QUOTA, RunCommand, RunEventKind, RunStatus, run_id};
+pub use run::{
+    Approval, GetRun, ListRuns, ORCHESTRATOR_ROLE, OVER_QUOTA, PartPage, RunChange, RunCommand,
+    RunEnded, RunEventKind, RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted,
+    RunStatus, StartRun, run_id,
+};
 pub use trace::TraceParent;

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use mindbus::runtime::{Context, Handler, HandlerError, HandlerResult};
-use mindbus::wire::{Command, ErrorType, OVER_QUOTA, RunCommand, RunEventKind, RunStatus};
-use serde::Deserialize;
+use mindbus::wire::{
+    Approval, Command, ErrorType, GetRun, ListRuns, OVER_QUOTA, PartPage, RunChange, RunEventKind,
+    RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted, RunStatus, StartRun,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -20,59 +22,14 @@ use crate::store::{self, RunPart, RunRow};
 #[derive(Debug)]
 pub(crate) struct Commands(pub Arc<Orchestrator>);
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Start {
-    workflow: String,
-    #[serde(default)]
-    input: Value,
-    /// Who starts it, for `max_running`.
-    owner: Option<String>,
-    /// Runs `owner` may have running at once, this one included.
-    max_running: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunRef {
-    run_id: Uuid,
-    /// The workflows the asker may see; a run of another is answered as missing.
-    workflows: Option<Vec<String>>,
-}
-
-/// `run.get`: the run with big values left out, or one part of it a page at a time.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Get {
-    run_id: Uuid,
-    workflows: Option<Vec<String>>,
-    /// `input`, `output` or `steps.<id>` (a finished step's output).
-    part: Option<String>,
-    /// A list part's first item (default 0).
-    #[serde(default)]
-    offset: usize,
-    /// A list part's items per page (1 to 1000, default 100).
-    limit: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct List {
-    status: Option<String>,
-    limit: Option<i64>,
-    workflows: Option<Vec<String>>,
-    /// The `next` of the page before.
-    after: Option<String>,
-}
-
 /// Most bytes of items one page of a part holds (a page has at least one item).
 const PAGE_BYTES: usize = 1 << 20;
 
 /// A page of a part as `run.get` answers it: a list's items from `offset` (fewer than asked
 /// when they pass [`PAGE_BYTES`]), with `total` and the `next` offset; anything else whole.
-fn page(part: RunPart, offset: usize) -> Value {
+fn page(part: RunPart, offset: usize) -> PartPage {
     let (items, total) = match part {
-        RunPart::Whole(value) => return json!({"value": value}),
+        RunPart::Whole(value) => return PartPage::Whole { value },
         RunPart::Items { items, total } => (items, total),
     };
     let mut bytes = 0;
@@ -85,48 +42,38 @@ fn page(part: RunPart, offset: usize) -> Value {
         page.push(item);
     }
     let end = offset.saturating_add(page.len());
-    json!({"items": page, "offset": offset, "total": total, "next": (end < total).then_some(end)})
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Approve {
-    run_id: Uuid,
-    workflows: Option<Vec<String>>,
-    step: String,
-    #[serde(default = "yes")]
-    approved: bool,
-}
-
-fn yes() -> bool {
-    true
+    PartPage::Items {
+        items: page,
+        offset,
+        total,
+        next: (end < total).then_some(end),
+    }
 }
 
 impl Handler for Commands {
     async fn handle(&self, ctx: Context) -> HandlerResult {
-        let kind: RunCommand = ctx
-            .command
-            .envelope
-            .ty
-            .parse()
-            .map_err(|e: String| HandlerError::fatal(e).with_type(ErrorType::UnknownType))?;
+        let request = RunRequest::from_command(&ctx.command).map_err(|e| {
+            let kind = match e {
+                RunRequestError::UnknownType(_) => ErrorType::UnknownType,
+                RunRequestError::Data(_) => ErrorType::Malformed,
+            };
+            HandlerError::fatal(e.to_string()).with_type(kind)
+        })?;
         let this = &self.0;
-        match kind {
-            RunCommand::Start => this.start(&ctx.command, parse(ctx.data())?).await,
-            RunCommand::Get => this.get(parse(ctx.data())?).await,
-            RunCommand::List => this.list(parse(ctx.data())?).await,
-            RunCommand::Cancel => {
-                let RunRef { run_id, workflows } = parse(ctx.data())?;
+        match request {
+            RunRequest::Start(start) => this.start(&ctx.command, start).await,
+            RunRequest::Get(get) => this.get(get).await,
+            RunRequest::List(list) => this.list(list).await,
+            RunRequest::Cancel(RunRef { run_id, workflows }) => {
                 this.steer(run_id, workflows.as_deref(), Input::Cancel)
                     .await
             }
-            RunCommand::Approve => {
-                let Approve {
-                    run_id,
-                    workflows,
-                    step,
-                    approved,
-                } = parse(ctx.data())?;
+            RunRequest::Approve(Approval {
+                run_id,
+                workflows,
+                step,
+                approved,
+            }) => {
                 let input = Input::Decided { step, approved };
                 this.steer(run_id, workflows.as_deref(), input).await
             }
@@ -161,15 +108,9 @@ fn view(run: RunRow) -> Value {
     view
 }
 
-/// Reads a command's data, or fails it naming what is wrong.
-fn parse<T: for<'de> Deserialize<'de>>(data: &Value) -> Result<T, HandlerError> {
-    let data = if data.is_null() {
-        json!({})
-    } else {
-        data.clone()
-    };
-    serde_json::from_value(data)
-        .map_err(|e| HandlerError::fatal(format!("data: {e}")).with_type(ErrorType::Malformed))
+/// A typed answer as the command's result data.
+fn answer(value: &impl serde::Serialize) -> HandlerResult {
+    serde_json::to_value(value).map_err(|e| HandlerError::fatal(format!("answer: {e}")))
 }
 
 /// A store failure is worth retrying (Postgres may be back soon).
@@ -179,7 +120,7 @@ fn retry(e: impl std::fmt::Display) -> HandlerError {
 
 impl Orchestrator {
     /// Starts a run whose id is the command's id, so a redelivered start starts nothing new.
-    async fn start(&self, command: &Command, start: Start) -> HandlerResult {
+    async fn start(&self, command: &Command, start: StartRun) -> HandlerResult {
         let Some((workflow, source)) = self.catalog.get(&start.workflow) else {
             // Not the names it knows: an asker may not be allowed to know them.
             return Err(HandlerError::fatal(format!(
@@ -248,7 +189,11 @@ impl Orchestrator {
             .await
             .map_err(retry)?;
         }
-        let started = json!({"workflow": run.workflow, "input": run.input});
+        let started = RunStarted {
+            workflow: run.workflow.clone(),
+            input: run.input.clone(),
+        };
+        let started = serde_json::to_value(started).map_err(retry)?;
         let entry =
             event_entry(&self.bus, &run, RunEventKind::Started, None, started).map_err(retry)?;
         let mut fx = Effects {
@@ -274,13 +219,16 @@ impl Orchestrator {
         tx.commit().await.map_err(retry)?;
         self.publish(out).await;
         tracing::info!(run.id = %run.id, workflow = %run.workflow, "run started");
-        Ok(json!({"run_id": run.id, "status": run.status.as_str()}))
+        answer(&RunChange {
+            run_id: run.id,
+            status: run.status,
+        })
     }
 
     /// The run (if it is of one of `workflows`, when given): with every value over
     /// [`EVENT_OUTPUT_BYTES`](super::transition::EVENT_OUTPUT_BYTES) left out and flagged,
     /// or, when `part` names one, that value (a list a page at a time).
-    async fn get(&self, get: Get) -> HandlerResult {
+    async fn get(&self, get: GetRun) -> HandlerResult {
         let missing = || HandlerError::fatal(format!("no run {}", get.run_id));
         let Some(part) = get.part else {
             let run = store::get_run(&self.pool, get.run_id)
@@ -301,10 +249,11 @@ impl Orchestrator {
             .map_err(retry)?
             .ok_or_else(missing)?
             .map_err(|e| HandlerError::fatal(e).with_type(ErrorType::Malformed))?;
-        let mut answer = page(found, get.offset);
-        answer["run_id"] = json!(get.run_id);
-        answer["part"] = json!(part);
-        Ok(answer)
+        answer(&RunPartPage {
+            run_id: get.run_id,
+            part,
+            page: page(found, get.offset),
+        })
     }
 
     /// The run with big values left out.
@@ -316,7 +265,7 @@ impl Orchestrator {
         Ok(view(run))
     }
 
-    async fn list(&self, list: List) -> HandlerResult {
+    async fn list(&self, list: ListRuns) -> HandlerResult {
         let status = list
             .status
             .map(|s| s.parse::<RunStatus>())
@@ -353,7 +302,7 @@ impl Orchestrator {
             }
         }
         match self.advance(run_id, input).await.map_err(retry)? {
-            Outcome::Applied(status) => Ok(json!({"run_id": run_id, "status": status.as_str()})),
+            Outcome::Applied(status) => answer(&RunChange { run_id, status }),
             Outcome::Ignored(why) => Err(HandlerError::fatal(why)),
             Outcome::NotFound => Err(HandlerError::fatal(format!("no run {run_id}"))),
         }

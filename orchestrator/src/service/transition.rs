@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mindbus::wire::{RunEventKind, RunStatus, Status};
+use mindbus::wire::{RunEnded, RunEventKind, RunStatus, Status};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -366,13 +366,16 @@ impl Orchestrator {
         if !store::open_commands(fx.tx, run.id).await?.is_empty() {
             fx.push(cancel_entry(&self.bus, run.id));
         }
-        let mut data = json!({
-            "status": run.status.as_str(),
-            "workflow": run.workflow,
-            "output": run.output,
-            "error": run.error,
-        });
-        bound_output(&mut data);
+        let (output, output_bytes) = within_event(run.output.clone());
+        let ended = RunEnded {
+            status: run.status,
+            workflow: run.workflow.clone(),
+            output,
+            output_truncated: output_bytes.is_some(),
+            output_bytes,
+            error: run.error.clone(),
+        };
+        let data = serde_json::to_value(ended)?;
         let entry = event_entry(&self.bus, run, RunEventKind::Ended, None, data)?;
         fx.push(entry);
         tracing::info!(run.id = %run.id, status = %run.status, "run ended");
@@ -513,6 +516,18 @@ pub(crate) const EVENT_OUTPUT_BYTES: usize = 64 * 1024;
 /// entry (and every reader of it) stays small however much a step answered.
 fn bound_output(data: &mut Value) {
     bound_field(data, "output");
+}
+
+/// `value`, unless it is over [`EVENT_OUTPUT_BYTES`]: then nothing, and how big it was.
+fn within_event(value: Option<Value>) -> (Option<Value>, Option<usize>) {
+    let bytes = value
+        .as_ref()
+        .map_or(0, |v| serde_json::to_vec(v).map_or(0, |b| b.len()));
+    if bytes > EVENT_OUTPUT_BYTES {
+        (None, Some(bytes))
+    } else {
+        (value, None)
+    }
 }
 
 /// Leaves `data[field]` out when it is over [`EVENT_OUTPUT_BYTES`], saying how big it was
