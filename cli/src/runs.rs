@@ -10,7 +10,7 @@ use mindbus::bus::{Bus, Follower};
 use mindbus::wire::{
     Approval, CommandResult, Event, EventKind, GetRun, ListRuns, ORCHESTRATOR_ROLE, Origin,
     PartPage, RunChange, RunEnded, RunEventKind, RunPartPage, RunRef, RunRequest, RunStatus,
-    StartRun, Status,
+    StartRun, Status, TextChunk,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -135,8 +135,8 @@ fn show_chunk(event: &Event) {
     if event.kind() != Some(EventKind::Progress) {
         return;
     }
-    if let Some(chunk) = event.envelope.data.value["chunk"].as_str() {
-        eprint!("{chunk}");
+    if let Ok(text) = serde_json::from_value::<TextChunk>(event.envelope.data.value.clone()) {
+        eprint!("{}", text.chunk);
         MID_LINE.store(true, Ordering::Relaxed);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use mindbus::runtime::{Context, Handler, HandlerError};
-use mindbus::wire::{ErrorType, EventKind};
+use mindbus::wire::{ErrorType, EventKind, TextChunk};
 use serde_json::{Value, json};
 
 use super::cache::{Cache, Cached};
@@ -185,7 +185,12 @@ impl Handler for LlmRole {
             && let Ok(Some(hit)) = cache.get(key).await
             && let Ok(json) = self.check(&hit.text)
         {
-            ctx.progress(json!({ "chunk": hit.text, "model": hit.model, "cached": true }))
+            let chunk = TextChunk {
+                chunk: hit.text.clone(),
+                model: Some(hit.model.clone()),
+                cached: true,
+            };
+            ctx.progress(serde_json::to_value(chunk).unwrap_or_default())
                 .await;
             let hit_usage = UsageEvent {
                 model: &hit.model,
@@ -271,8 +276,13 @@ struct Reporter<'a>(&'a Context);
 impl Observer for Reporter<'_> {
     async fn chunk(&self, model: &ModelRef, text: &str) {
         if !text.is_empty() {
+            let chunk = TextChunk {
+                chunk: text.to_owned(),
+                model: Some(model.to_string()),
+                cached: false,
+            };
             self.0
-                .progress(json!({ "chunk": text, "model": model.to_string() }))
+                .progress(serde_json::to_value(chunk).unwrap_or_default())
                 .await;
         }
     }

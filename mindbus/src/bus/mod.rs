@@ -20,7 +20,7 @@ use crate::Error;
 use crate::config::RedisConfig;
 use crate::keys::{Keys, validate_role};
 use crate::streams::Redis;
-use crate::wire::{Command, EntryId, Fields};
+use crate::wire::{Cancel, Command, EntryId, Fields};
 
 /// Approximate length the control stream is kept to.
 pub const CONTROL_MAXLEN: u64 = 10_000;
@@ -101,35 +101,27 @@ impl Bus {
     /// Cancels a command: one that has not started will not start, a running one is stopped
     /// and reports `canceled`.
     pub async fn cancel(&self, command_id: &MessageId) -> Result<(), Error> {
-        self.control_cancel("correlationid", &command_id.to_string())
-            .await
+        self.control(Cancel::Command(command_id.clone())).await
     }
 
     /// Cancels every command of a run, however many: one control entry, which agents match
     /// against each command's `runid`.
     pub async fn cancel_run(&self, run_id: &str) -> Result<(), Error> {
-        self.control_cancel("runid", run_id).await
+        self.control(Cancel::Run(run_id.to_owned())).await
     }
 
-    async fn control_cancel(&self, field: &str, value: &str) -> Result<(), Error> {
-        redis::cmd("XADD")
-            .arg(self.keys.control())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(CONTROL_MAXLEN)
-            .arg("*")
-            .arg("type")
-            .arg(CONTROL_CANCEL)
-            .arg(field)
-            .arg(value)
-            .query_async::<()>(&mut self.conn.clone())
-            .await?;
+    async fn control(&self, cancel: Cancel) -> Result<(), Error> {
+        let stream = self.keys.control();
+        xadd(
+            &mut self.conn.clone(),
+            &stream,
+            Some(CONTROL_MAXLEN),
+            &cancel.encode(),
+        )
+        .await?;
         Ok(())
     }
 }
-
-/// The control-stream entry `type` that cancels a command.
-pub const CONTROL_CANCEL: &str = "mindbus.cancel";
 
 /// `XADD stream [MAXLEN ~ n] * fields...`.
 pub(crate) async fn xadd(

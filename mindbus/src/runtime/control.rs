@@ -10,9 +10,8 @@ use std::time::Duration;
 use crate::wire::MessageId;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::CONTROL_CANCEL;
 use crate::streams::{Redis, parse_read};
-use crate::wire::{EntryId, Origin};
+use crate::wire::{Cancel, EntryId};
 
 /// How far back a starting agent reads the control stream for cancellations.
 const LOOKBACK: Duration = Duration::from_secs(86_400);
@@ -20,15 +19,6 @@ const LOOKBACK: Duration = Duration::from_secs(86_400);
 const READ_COUNT: usize = 1000;
 /// Most cancellations remembered.
 const REMEMBERED: usize = 10_000;
-
-/// What a control entry cancels.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum Target {
-    /// One command, by id.
-    Command(MessageId),
-    /// Every command of a run, by run id.
-    Run(String),
-}
 
 /// What a running command is: its id and its run.
 #[derive(Debug, Default)]
@@ -39,10 +29,10 @@ struct Running {
 }
 
 impl Running {
-    fn is(&self, target: &Target) -> bool {
+    fn is(&self, target: &Cancel) -> bool {
         match target {
-            Target::Command(id) => self.command.as_ref() == Some(id),
-            Target::Run(run) => self.run.as_ref() == Some(run),
+            Cancel::Command(id) => self.command.as_ref() == Some(id),
+            Cancel::Run(run) => self.run.as_ref() == Some(run),
         }
     }
 }
@@ -51,7 +41,7 @@ impl Running {
 #[derive(Debug, Default)]
 pub(crate) struct Cancellations {
     running: Mutex<HashMap<EntryId, Running>>,
-    seen: Mutex<(HashSet<Target>, VecDeque<Target>)>,
+    seen: Mutex<(HashSet<Cancel>, VecDeque<Cancel>)>,
     /// Fires once the listener has read the control stream's history.
     caught_up: CancellationToken,
 }
@@ -95,8 +85,8 @@ impl Cancellations {
             slot.run = run.map(str::to_owned);
         }
         let seen = lock(&self.seen);
-        seen.0.contains(&Target::Command(command.clone()))
-            || run.is_some_and(|run| seen.0.contains(&Target::Run(run.to_owned())))
+        seen.0.contains(&Cancel::Command(command.clone()))
+            || run.is_some_and(|run| seen.0.contains(&Cancel::Run(run.to_owned())))
     }
 
     /// Forgets a command that is done with.
@@ -110,7 +100,7 @@ impl Cancellations {
     }
 
     /// Records a cancellation and stops what it names that runs here.
-    pub fn cancel(&self, target: Target) {
+    pub fn cancel(&self, target: Cancel) {
         {
             let mut seen = lock(&self.seen);
             if seen.0.insert(target.clone()) {
@@ -164,23 +154,11 @@ pub(crate) async fn listen(
             }
             for entry in entries {
                 position = entry.id;
-                if let Some(target) = cancelled(&stream, entry.id, entry.fields) {
-                    cancellations.cancel(target);
+                if let Some(cancel) = entry.fields.as_deref().and_then(Cancel::decode) {
+                    cancellations.cancel(cancel);
                 }
             }
         }
-    }
-}
-
-fn cancelled(stream: &str, id: EntryId, fields: Option<crate::wire::Fields>) -> Option<Target> {
-    let event = crate::wire::Event::decode(fields?, Origin { stream, entry: id }).ok()?;
-    if event.envelope.ty != CONTROL_CANCEL {
-        return None;
-    }
-    match (event.correlationid, event.runid) {
-        (Some(command), _) => Some(Target::Command(command)),
-        (None, Some(run)) => Some(Target::Run(run)),
-        (None, None) => None,
     }
 }
 
@@ -192,7 +170,7 @@ mod tests {
     fn cancel_before_start_is_seen_at_start() {
         let c = Cancellations::default();
         let id = MessageId::new();
-        c.cancel(Target::Command(id.clone()));
+        c.cancel(Cancel::Command(id.clone()));
         assert!(c.claim(EntryId::ZERO, CancellationToken::new()));
         assert!(c.start(EntryId::ZERO, &id, None));
     }
@@ -203,7 +181,7 @@ mod tests {
         let token = CancellationToken::new();
         assert!(c.claim(EntryId::ZERO, token.clone()));
         assert!(!c.start(EntryId::ZERO, &MessageId::new(), Some("run-1")));
-        c.cancel(Target::Run("run-1".into()));
+        c.cancel(Cancel::Run("run-1".into()));
         assert!(token.is_cancelled(), "a running command of the run");
         let later = EntryId { ms: 1, seq: 0 };
         assert!(c.claim(later, CancellationToken::new()));
@@ -230,7 +208,7 @@ mod tests {
             "claimed twice"
         );
         assert!(!c.start(EntryId::ZERO, &id, None));
-        c.cancel(Target::Command(id));
+        c.cancel(Cancel::Command(id));
         assert!(token.is_cancelled());
     }
 }

@@ -1,12 +1,12 @@
 //! Building the entries a finished command leaves behind: result, events, dead letter.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Shared;
 use super::writer::Finish;
 use crate::wire::{
-    Command, CommandResult, DeadLetter, EntryId, ErrorType, Event, EventKind, Failure, Fields,
-    PackedFields, Payload, Status,
+    Command, CommandResult, DeadLetter, DeadLettered, EntryId, ErrorType, Event, EventKind, Failed,
+    Failure, Fields, PackedFields, Payload, Status,
 };
 
 /// A lifecycle event about `command`, carrying its trace context and run ids.
@@ -74,10 +74,13 @@ impl Shared {
             Status::Failed => EventKind::Failed,
             Status::Canceled => EventKind::Canceled,
         };
-        let detail = failure.as_ref().map_or(
-            Value::Null,
-            |f| json!({"errortype": f.errortype.as_str(), "error": f.error}),
-        );
+        let detail = failure.as_ref().map_or(Value::Null, |f| {
+            let failed = Failed {
+                errortype: f.errortype.as_str().to_owned(),
+                error: f.error.clone(),
+            };
+            serde_json::to_value(failed).unwrap_or_default()
+        });
         let result = self.result(command, attempt, status, data, failure);
         Finish {
             entry: Some(entry),
@@ -164,8 +167,12 @@ impl Shared {
             original,
         };
         finish.dead_letter = PackedFields::from(&letter.encode());
-        let detail =
-            json!({"errortype": errortype.as_str(), "reason": reason, "deliveries": deliveries});
+        let detail = DeadLettered {
+            errortype: errortype.as_str().to_owned(),
+            reason: reason.clone(),
+            deliveries,
+        };
+        let detail = serde_json::to_value(detail).unwrap_or_default();
         finish.event = self
             .event_fields(EventKind::DeadLettered, command, deliveries, detail)
             .unwrap_or_default();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +16,7 @@ use super::outcome::Ending;
 use super::writer::{Finish, Write};
 use crate::group::Delivery;
 use crate::wire::{
-    Command, EntryId, ErrorType, EventKind, Failure, Fields, Origin, Payload, derived_id,
+    Command, EntryId, ErrorType, EventKind, Failure, Fields, Origin, Payload, Retried, derived_id,
     field_text,
 };
 
@@ -208,7 +208,12 @@ impl Shared {
             let delay = delays
                 .next()
                 .unwrap_or(Duration::from_millis(self.config.retry_max_ms));
-            let detail = json!({"errortype": failure.errortype.as_str(), "error": failure.message, "delay_ms": delay.as_millis() as u64});
+            let detail = Retried {
+                errortype: failure.errortype.as_str().to_owned(),
+                error: failure.message.clone(),
+                delay_ms: delay.as_millis() as u64,
+            };
+            let detail = serde_json::to_value(detail).unwrap_or_default();
             self.emit(EventKind::Retried, &command, attempt, detail)
                 .await;
             tokio::select! {

@@ -166,11 +166,70 @@ impl Event {
     }
 }
 
+/// The `data` of a `mindbus.command.retried` event: what failed, and when the next attempt
+/// starts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Retried {
+    pub errortype: String,
+    pub error: String,
+    pub delay_ms: u64,
+}
+
+/// The `data` of a `mindbus.command.failed` or `.canceled` event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Failed {
+    pub errortype: String,
+    pub error: String,
+}
+
+/// The `data` of a `mindbus.command.dead_lettered` event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLettered {
+    pub errortype: String,
+    pub reason: String,
+    pub deliveries: u32,
+}
+
+/// The `data` of a `mindbus.command.progress` event carrying streamed text (an LLM role's
+/// answer as it is generated, or whole from the cache).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TextChunk {
+    pub chunk: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn event_details_keep_their_wire_names() {
+        let chunk = TextChunk {
+            chunk: "hi".into(),
+            model: None,
+            cached: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&chunk).unwrap(),
+            serde_json::json!({"chunk": "hi"})
+        );
+        let cached = serde_json::json!({"chunk": "hi", "model": "m", "cached": true});
+        assert!(serde_json::from_value::<TextChunk>(cached).unwrap().cached);
+        let retried = Retried {
+            errortype: "timeout".into(),
+            error: "slow".into(),
+            delay_ms: 50,
+        };
+        assert_eq!(
+            serde_json::to_value(&retried).unwrap(),
+            serde_json::json!({"errortype": "timeout", "error": "slow", "delay_ms": 50})
+        );
+    }
     use crate::wire::{ContentType, EntryId, derived_id};
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod codec;
 mod command;
+mod control;
 mod dead_letter;
 mod entry_id;
 mod envelope;
@@ -22,12 +23,13 @@ mod trace;
 
 pub use codec::{Codec, ContentType, Json, MsgPack, without_nul};
 pub use command::{Command, MAX_COMMAND_BYTES, MAX_COMMAND_FIELDS, TENANT_FIELD};
+pub use control::{CANCEL_TYPE, Cancel};
 pub use dead_letter::{DLQ_FIELD_PREFIX, DeadLetter};
 pub use entry_id::EntryId;
 pub use envelope::{ANONYMOUS_SOURCE, Envelope, Extensions, Origin, Payload, derived_id};
 pub use error::WireError;
 pub use error_type::ErrorType;
-pub use event::{Event, EventKind};
+pub use event::{DeadLettered, Event, EventKind, Failed, Retried, TextChunk};
 pub use fields::{Fields, PackedFields, field_text};
 pub use id::{MAX_ID_BYTES, MessageId};
 pub use result::{CommandResult, Failure, RESULT_TYPE, Status};

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mindbus::bus::{Bus, CONTROL_CANCEL, CONTROL_MAXLEN};
-use mindbus::wire::MessageId;
+use mindbus::bus::{Bus, CONTROL_MAXLEN};
+use mindbus::wire::{Cancel, MessageId};
 use mindbus::wire::{
     Command, Envelope, Event, Extensions, Fields, Payload, RunEventKind, TraceParent,
 };
@@ -177,10 +177,11 @@ pub(crate) fn cancel_entry(bus: &Bus, run_id: Uuid) -> OutboxEntry {
         command_id: None,
         stream: bus.keys().control(),
         maxlen: Some(CONTROL_MAXLEN as i64),
-        fields: vec![
-            ("type".into(), CONTROL_CANCEL.into()),
-            ("runid".into(), run_id.to_string()),
-        ],
+        fields: Cancel::Run(run_id.to_string())
+            .encode()
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect(),
     }
 }
 
