@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::streams::{
-    ReadConnection, Redis, StreamEntry, ensure_group, is_nogroup, parse_autoclaim, parse_pending,
+    ReadConnection, Redis, StreamEntry, ensure_group, is_wrongtype, parse_autoclaim, parse_pending,
     parse_range, retry_delays,
 };
 use crate::wire::EntryId;
@@ -39,6 +39,8 @@ pub use lease::Leases;
 
 /// Most entries handed back in one go when a consumer leaves.
 const HAND_BACK_MAX: usize = 10_000;
+/// How long a key that stopped being a stream is left out of reads before it is tried again.
+const WRONG_TYPE_PAUSE: Duration = Duration::from_secs(10);
 
 /// A consumer name that is never reused: `<kind>-<host>-<pid>-<48 random bits>`.
 pub fn consumer_name(kind: &str) -> String {
@@ -127,6 +129,16 @@ struct Followed {
     /// While recovering: the last own pending entry handed over (`None`: from the
     /// start), so each is handed over once; `Some(MAX)` once the list is done.
     recovered: Option<EntryId>,
+    /// The key holds another type (someone replaced the stream): left out until then, so
+    /// it does not fail every read of the other streams.
+    paused_until: Option<Instant>,
+}
+
+impl Followed {
+    fn is_active(&self) -> bool {
+        self.paused_until
+            .is_none_or(|until| until <= Instant::now())
+    }
 }
 
 /// Reads a set of streams through one consumer group; see the module documentation.
@@ -184,6 +196,7 @@ impl GroupReader {
                 joined: false,
                 sweep: EntryId::ZERO,
                 recovered: None,
+                paused_until: None,
             });
         }
     }
@@ -201,8 +214,11 @@ impl GroupReader {
                     tracing::warn!(group = %self.options.group, error = %e, "reading streams failed; reconnecting");
                     self.read = None;
                     self.recover();
-                    if is_nogroup(&e) {
-                        self.streams.iter_mut().for_each(|s| s.joined = false);
+                    // Joined again (the group, the registry, the consumer): Redis may have
+                    // lost any of them, not only the group a NOGROUP names.
+                    self.streams.iter_mut().for_each(|s| s.joined = false);
+                    if is_wrongtype(&e) {
+                        self.pause_non_streams().await;
                     }
                     let delay = delays.next().unwrap_or(Duration::from_secs(2));
                     tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
@@ -217,6 +233,13 @@ impl GroupReader {
     pub fn recover(&mut self) {
         self.recovering = true;
         self.streams.iter_mut().for_each(|s| s.recovered = None);
+    }
+
+    /// Whether the next read hands this consumer's own pending entries over again: a
+    /// caller still working on some of them takes note of which before reading, and
+    /// skips those (they may finish, and leave `running`, while the listing is under way).
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
     }
 
     /// Whether the next read sweeps the pending list for idle entries, which takes over
@@ -254,6 +277,28 @@ impl GroupReader {
         }
     }
 
+    /// Leaves keys that are no longer streams out of reads for a while (each is tried again
+    /// after [`WRONG_TYPE_PAUSE`]), so the other streams go on being read.
+    async fn pause_non_streams(&mut self) {
+        let Ok(mut writes) = self.writes().await else {
+            return;
+        };
+        for stream in &mut self.streams {
+            let kind: Result<String, _> = redis::cmd("TYPE")
+                .arg(&*stream.name)
+                .query_async(&mut writes)
+                .await;
+            if let Ok(kind) = kind
+                && kind != "stream"
+                && kind != "none"
+            {
+                tracing::warn!(stream = %stream.name, kind, "the key is no longer a stream; left out of reads for now");
+                stream.paused_until = Some(Instant::now() + WRONG_TYPE_PAUSE);
+                stream.joined = false;
+            }
+        }
+    }
+
     async fn writes(&mut self) -> Result<ConnectionManager, Error> {
         if let Some(conn) = &self.writes {
             return Ok(conn.clone());
@@ -269,7 +314,11 @@ impl GroupReader {
         stop: &CancellationToken,
     ) -> Result<Vec<Delivery>, Error> {
         let mut writes = self.writes().await?;
-        for stream in self.streams.iter_mut().filter(|s| !s.joined) {
+        for stream in self
+            .streams
+            .iter_mut()
+            .filter(|s| !s.joined && s.is_active())
+        {
             join(&mut writes, &stream.name, &self.options, &self.consumer).await?;
             stream.joined = true;
         }
@@ -283,8 +332,9 @@ impl GroupReader {
         if got.len() < room && self.sweep_due <= Instant::now() {
             self.sweep(&mut writes, room, &mut got).await?;
         }
-        if !got.is_empty() || self.streams.is_empty() {
-            if self.streams.is_empty() {
+        let idle = !self.streams.iter().any(Followed::is_active);
+        if !got.is_empty() || idle {
+            if idle {
                 // Nothing to read yet: wait as a read would.
                 tokio::select! { _ = stop.cancelled() => {}, _ = tokio::time::sleep(self.options.block) => {} }
             }
@@ -315,10 +365,11 @@ impl GroupReader {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS");
-        self.streams.iter().for_each(|s| {
+        let active = || self.streams.iter().filter(|s| s.is_active());
+        active().for_each(|s| {
             cmd.arg(&*s.name);
         });
-        self.streams.iter().for_each(|_| {
+        active().for_each(|_| {
             cmd.arg(">");
         });
         let Some(conn) = self.read.as_mut() else {
@@ -358,7 +409,7 @@ impl GroupReader {
         got: &mut Vec<Delivery>,
     ) -> Result<bool, Error> {
         let mut done = true;
-        for stream in &mut self.streams {
+        for stream in self.streams.iter_mut().filter(|s| s.is_active()) {
             if stream.recovered == Some(EntryId::MAX) {
                 continue;
             }
@@ -439,7 +490,7 @@ impl GroupReader {
     ) -> Result<(), Error> {
         let lease_ms = self.options.lease.as_millis() as u64;
         let mut finished = true;
-        for stream in &mut self.streams {
+        for stream in self.streams.iter_mut().filter(|s| s.is_active()) {
             loop {
                 let left = room - got.len();
                 if left == 0 {
@@ -481,7 +532,6 @@ impl GroupReader {
                         &self.options.group,
                         &self.consumer,
                         &entries,
-                        room,
                     )
                     .await?;
                     got.extend(entries.into_iter().map(|entry| Delivery {
@@ -566,31 +616,35 @@ async fn hand_back(
     Ok(())
 }
 
-/// How many times each of `entries` (just claimed by `consumer`, which was handed at most
-/// `room` more) has been delivered.
+/// How many times each of `entries` (just claimed by `consumer`) has been delivered, each
+/// asked for by its own id: a range would also hold entries the consumer is still working
+/// on, however many they are.
 async fn delivery_counts(
     writes: &mut ConnectionManager,
     stream: &Followed,
     group: &str,
     consumer: &str,
     entries: &[StreamEntry],
-    room: usize,
 ) -> Result<HashMap<EntryId, u32>, Error> {
-    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-        return Ok(HashMap::new());
-    };
-    let reply = redis::cmd("XPENDING")
-        .arg(&*stream.name)
-        .arg(group)
-        .arg(first.id.to_string())
-        .arg(last.id.to_string())
-        // Entries this consumer still holds may lie in the same range: count them in.
-        .arg(entries.len() + room)
-        .arg(consumer)
-        .query_async(writes)
-        .await?;
-    Ok(parse_pending(reply)?
-        .into_iter()
-        .map(|(id, _, count)| (id, count))
-        .collect())
+    let mut pipe = redis::pipe();
+    for entry in entries {
+        let id = entry.id.to_string();
+        pipe.cmd("XPENDING")
+            .arg(&*stream.name)
+            .arg(group)
+            .arg(&id)
+            .arg(&id)
+            .arg(1)
+            .arg(consumer);
+    }
+    let replies: Vec<redis::Value> = pipe.query_async(writes).await?;
+    let mut counts = HashMap::with_capacity(entries.len());
+    for reply in replies {
+        counts.extend(
+            parse_pending(reply)?
+                .into_iter()
+                .map(|(id, _, count)| (id, count)),
+        );
+    }
+    Ok(counts)
 }

@@ -2,6 +2,7 @@
 //! delivery gets one slot, and the leases of running commands are renewed so nobody takes
 //! them over while they run.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::group::GroupReader;
+use crate::wire::EntryId;
 
 /// Reads commands until `stop` fires; returns the reader, to leave the group with once the
 /// commands still running are done.
@@ -29,9 +31,18 @@ pub(crate) async fn read_loop(
             // The slots are closed only when the agent stops.
             break;
         };
+        // After a reconnect, own pending entries come back, some of them still running here.
+        // Taken before the read: one that finishes meanwhile leaves `running` but is still
+        // skipped (`dispatch` alone would start it again).
+        let running: HashSet<EntryId> = if reader.is_recovering() {
+            shared.cancellations.running().into_iter().collect()
+        } else {
+            HashSet::new()
+        };
         for delivery in reader.next(permits.num_permits(), &stop).await {
-            // An entry still running here (handed over again after a reconnect) is not
-            // started twice: `dispatch` drops it, and its slot comes back.
+            if running.contains(&delivery.entry.id) {
+                continue;
+            }
             let Some(permit) = permits.split(1) else {
                 break;
             };

@@ -171,6 +171,12 @@ pub fn is_nogroup(err: &Error) -> bool {
     matches!(err, Error::Redis(e) if e.code() == Some("NOGROUP"))
 }
 
+/// Whether an error means a key holds another type than the command expects (a stream
+/// replaced by a string, say).
+pub fn is_wrongtype(err: &Error) -> bool {
+    matches!(err, Error::Redis(e) if e.code() == Some("WRONGTYPE"))
+}
+
 /// Every role's command stream under `keys`, found with `SCAN` (sorted). New roles appear
 /// here as soon as their first command is published.
 pub async fn command_streams<C>(

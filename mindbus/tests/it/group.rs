@@ -286,3 +286,127 @@ async fn recovery_renews_own_entries_and_leaves_those_taken_over() {
         .await
         .unwrap();
 }
+
+/// A followed key replaced by another type (a string where a stream was) does not stop the
+/// other streams: it is left out of reads, and they go on being read.
+#[tokio::test]
+async fn a_key_that_stops_being_a_stream_does_not_hold_up_the_others() {
+    let good = format!("t-group-{}", Uuid::now_v7().simple());
+    let bad = format!("{good}-bad");
+    let mut conn = redis().shared().await.unwrap();
+    let options = GroupOptions {
+        group: "g".into(),
+        kind: "test",
+        registry: None,
+        lease: Duration::from_secs(60),
+        block: Duration::from_millis(100),
+    };
+    let mut reader = GroupReader::new(redis(), vec![good.clone(), bad.clone()], options);
+    assert!(take(&mut reader, 10, 1).await.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&bad)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&bad)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    add(&mut conn, &good, 3).await;
+    // A read of both would fail, and be retried, for ever.
+    let got = tokio::time::timeout(Duration::from_secs(10), take(&mut reader, 10, 3))
+        .await
+        .expect("the good stream is read");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|d| *d.stream == *good));
+    let _: () = redis::cmd("DEL")
+        .arg(&good)
+        .arg(&bad)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Takes over idle entries with their true delivery counts even when the taker holds many
+/// entries of its own between them (a range of the pending list would stop at those).
+#[tokio::test]
+async fn taken_over_entries_are_counted_past_the_takers_own() {
+    let stream = format!("t-group-{}", Uuid::now_v7().simple());
+    let mut conn = redis().shared().await.unwrap();
+    let mut b = reader(&stream, 200);
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", &stream, "g", "0", "MKSTREAM"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    add(&mut conn, &stream, 19).await;
+    let read = |consumer: &str, count: usize| {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg(&["GROUP", "g", consumer, "COUNT"][..])
+            .arg(count)
+            .arg(&["STREAMS", &stream, ">"][..]);
+        cmd
+    };
+    let ids = |reply: redis::Value| -> Vec<String> {
+        mindbus::streams::parse_read(reply)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .map(|e| e.id.to_string())
+            .collect()
+    };
+    let first = ids(read("a", 1).query_async(&mut conn).await.unwrap());
+    let held = ids(read(b.consumer(), 17).query_async(&mut conn).await.unwrap());
+    let last = ids(read("a", 1).query_async(&mut conn).await.unwrap());
+    // The last counts five deliveries (the takeover makes six).
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(
+            &[
+                &stream,
+                "g",
+                "a",
+                "0",
+                &last[0],
+                "RETRYCOUNT",
+                "5",
+                "JUSTID",
+            ][..],
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&[&stream, "g", "-", "+", "10", "a"][..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if pending.iter().all(|(_, _, idle, _)| *idle > 200) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "{pending:?}");
+        tokio::task::yield_now().await;
+    }
+    // `b`'s own are fresh, so only `a`'s are idle.
+    let mut renew = redis::cmd("XCLAIM");
+    renew
+        .arg(&[&stream, "g", b.consumer(), "0"][..])
+        .arg(&held)
+        .arg("JUSTID");
+    let _: redis::Value = renew.query_async(&mut conn).await.unwrap();
+
+    let got = b.next(2, &CancellationToken::new()).await;
+    let counts: Vec<(String, u32)> = got
+        .iter()
+        .map(|d| (d.entry.id.to_string(), d.deliveries))
+        .collect();
+    assert_eq!(counts, [(first[0].clone(), 2), (last[0].clone(), 6)]);
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
