@@ -147,6 +147,23 @@ async fn own_pending_entries_are_recovered_each_once() {
         .unwrap();
 }
 
+/// Waits until every entry `consumer` holds in `stream` has been idle over `ms`.
+async fn wait_idle(conn: &mut ConnectionManager, stream: &str, consumer: &str, ms: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&[stream, "g", "-", "+", "100", consumer][..])
+            .query_async(conn)
+            .await
+            .unwrap();
+        if pending.iter().all(|(_, _, idle, _)| *idle > ms) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < until, "{pending:?}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The consumers `XINFO CONSUMERS` lists in group `g` of `stream`, with their pending counts.
 async fn consumers(conn: &mut ConnectionManager, stream: &str) -> Vec<(String, u64)> {
     let reply: Vec<redis::Value> = redis::cmd("XINFO")
@@ -238,24 +255,7 @@ async fn recovery_renews_own_entries_and_leaves_those_taken_over() {
     let first = take(&mut a, 10, 3).await;
     assert_eq!(first.len(), 3);
     // Idle past the lease, as after a long outage.
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg("g")
-            .arg("-")
-            .arg("+")
-            .arg(10)
-            .arg(a.consumer())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if pending.iter().all(|(_, _, idle, _)| *idle > 1_000) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "{pending:?}");
-        tokio::task::yield_now().await;
-    }
+    wait_idle(&mut conn, &stream, a.consumer(), 1_000).await;
     // Meanwhile `b` took one over.
     let taken = first[1].entry.id.to_string();
     let _: redis::Value = redis::cmd("XCLAIM")
@@ -377,19 +377,7 @@ async fn taken_over_entries_are_counted_past_the_takers_own() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(&[&stream, "g", "-", "+", "10", "a"][..])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if pending.iter().all(|(_, _, idle, _)| *idle > 200) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "{pending:?}");
-        tokio::task::yield_now().await;
-    }
+    wait_idle(&mut conn, &stream, "a", 200).await;
     // `b`'s own are fresh, so only `a`'s are idle.
     let mut renew = redis::cmd("XCLAIM");
     renew
