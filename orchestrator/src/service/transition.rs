@@ -194,7 +194,7 @@ impl Orchestrator {
         input: Input,
     ) -> anyhow::Result<Result<Vec<Action>, String>> {
         let event = match input {
-            Input::Result { .. } => unreachable!("results are applied by `answer`"),
+            Input::Result { .. } => unreachable!("results are applied by `answers`"),
             Input::Decided { step, approved } => {
                 if run.state.steps.get(&step) != Some(&StepState::AwaitingApproval) {
                     return Ok(Err(format!("step `{step}` is not waiting for an approval")));
