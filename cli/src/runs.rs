@@ -10,7 +10,7 @@ use mindbus::bus::{Bus, Follower};
 use mindbus::wire::{
     Approval, CommandResult, Event, EventKind, GetRun, ListRuns, ORCHESTRATOR_ROLE, Origin,
     PartPage, RunChange, RunEnded, RunEventKind, RunPartPage, RunRef, RunRequest, RunStatus,
-    StartRun, Status, TextChunk,
+    RunStep, StartRun, Status, TextChunk,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -178,15 +178,12 @@ fn show_event(event: &Event) -> anyhow::Result<Option<RunEnded>> {
     }
     match kind {
         Ok(RunEventKind::Step) => {
-            let round = data
-                .get("round")
+            let news: RunStep = serde_json::from_value(data.clone()).context("a run.step event")?;
+            let round = news
+                .round
                 .map(|r| format!(" (round {r})"))
                 .unwrap_or_default();
-            eprintln!(
-                "step {}: {}{round}",
-                data["step"].as_str().unwrap_or("?"),
-                data["state"].as_str().unwrap_or("?")
-            );
+            eprintln!("step {}: {}{round}", news.step, news.state);
             Ok(None)
         }
         Ok(RunEventKind::Ended) => {

@@ -36,6 +36,6 @@ pub use result::{CommandResult, Failure, RESULT_TYPE, Status};
 pub use run::{
     Approval, GetRun, ListRuns, ORCHESTRATOR_ROLE, OVER_QUOTA, PartPage, RunChange, RunCommand,
     RunEnded, RunEventKind, RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted,
-    RunStatus, StartRun, run_id,
+    RunStatus, RunStep, StartRun, run_id,
 };
 pub use trace::TraceParent;

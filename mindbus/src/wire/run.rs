@@ -274,6 +274,31 @@ pub struct RunStarted {
     pub input: Value,
 }
 
+/// The data of a `mindbus.run.step` event: a step's new state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RunStep {
+    pub step: String,
+    /// `pending`, `skipped`, `running`, `awaiting_approval`, `done` or `failed`.
+    pub state: String,
+    /// The round a running step's commands are out in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    /// How many commands a running step has out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<usize>,
+    /// A done step's output (`null` when it was left out for its size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// The output was left out for its size (`output_bytes`); `run.get`'s `part` reads it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<usize>,
+    /// Why a failed step failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The data of a `mindbus.run.ended` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunEnded {

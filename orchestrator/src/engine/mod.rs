@@ -36,6 +36,20 @@ pub enum StepState {
     Failed { error: String },
 }
 
+impl StepState {
+    /// The state's name, as stored and as step events say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Skipped => "skipped",
+            StepState::Running { .. } => "running",
+            StepState::AwaitingApproval => "awaiting_approval",
+            StepState::Done { .. } => "done",
+            StepState::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// Where a run stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mindbus::wire::{RunEnded, RunEventKind, RunStatus, Status};
+use mindbus::wire::{RunEnded, RunEventKind, RunStatus, RunStep, Status};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -347,9 +347,10 @@ impl Orchestrator {
             if started && run.status.is_final() {
                 continue;
             }
-            let Some(data) = step_news(id, before.steps.get(id), state)? else {
+            let Some(news) = step_news(id, before.steps.get(id), state) else {
                 continue;
             };
+            let data = serde_json::to_value(news)?;
             let entry = event_entry(&self.bus, run, RunEventKind::Step, Some(id), data)?;
             fx.push(entry);
         }
@@ -491,32 +492,35 @@ async fn answers(
 
 /// What a step event says about a step that went from `before` to `now`: `None` when
 /// nothing worth telling changed (a fan-out item answered, but the step still runs).
-fn step_news(
-    id: &str,
-    before: Option<&StepState>,
-    now: &StepState,
-) -> serde_json::Result<Option<Value>> {
+fn step_news(id: &str, before: Option<&StepState>, now: &StepState) -> Option<RunStep> {
     if before == Some(now) {
-        return Ok(None);
+        return None;
     }
-    let mut data = serde_json::to_value(now)?;
-    if let StepState::Running { round, commands } = now {
-        data = json!({"state": "running", "round": round, "commands": commands});
+    let mut news = RunStep {
+        step: id.to_owned(),
+        state: now.name().to_owned(),
+        ..RunStep::default()
+    };
+    match now {
+        StepState::Running { round, commands } => {
+            news.round = Some(*round);
+            news.commands = Some(*commands);
+        }
+        StepState::Done { output } => {
+            let (output, bytes) = within_event(Some(output.clone()));
+            news.output = Some(output.unwrap_or(Value::Null));
+            news.output_truncated = bytes.is_some();
+            news.output_bytes = bytes;
+        }
+        StepState::Failed { error } => news.error = Some(error.clone()),
+        StepState::Pending | StepState::Skipped | StepState::AwaitingApproval => {}
     }
-    data["step"] = json!(id);
-    bound_output(&mut data);
-    Ok(Some(data))
+    Some(news)
 }
 
 /// Most bytes of an output an event carries; a bigger one is left out (`output_bytes`
 /// says how big it is) and read with `run.get`'s `part`.
 pub(crate) const EVENT_OUTPUT_BYTES: usize = 64 * 1024;
-
-/// Leaves `data["output"]` out when it is over [`EVENT_OUTPUT_BYTES`]: an event stream
-/// entry (and every reader of it) stays small however much a step answered.
-fn bound_output(data: &mut Value) {
-    bound_field(data, "output");
-}
 
 /// `value`, unless it is over [`EVENT_OUTPUT_BYTES`]: then nothing, and how big it was.
 fn within_event(value: Option<Value>) -> (Option<Value>, Option<usize>) {
