@@ -6,12 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A free TCP port on the loopback interface.
+/// A free TCP port on the loopback interface for a server to listen on, picked at random
+/// below the range the kernel hands out for outgoing connections (32768 and up): a port
+/// the kernel picked (`bind :0`) can be taken by any test's client connection before the
+/// server binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..1000 {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 /// How a private Redis keeps its data.

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{ADMIN, SAMPLE};
 use crate::testenv::{TestDb, delete_prefix, eventually, redis_url, spawn_echo, unique};
+use mindbus_testkit::servers::free_port;
 
 /// Runs one key may have running at once in the stack.
 pub const RUNS_PER_KEY: u32 = 2;
@@ -32,14 +33,6 @@ fn binary(name: &str) -> PathBuf {
         "run the tests with `cargo nextest run --workspace`"
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Stack {

@@ -1,11 +1,11 @@
 //! The agent's read connection against a private `redis-server` with a password: it
 //! authenticates, selects the URL's database, reads entries, and keeps `NOGROUP`.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mindbus::streams::{Redis, is_nogroup};
+use mindbus_testkit::servers::free_port;
 use secrecy::SecretString;
 
 struct PrivateRedis(Child);
@@ -32,14 +32,6 @@ fn start(port: u16) -> PrivateRedis {
         .spawn()
         .expect("redis-server is installed");
     PrivateRedis(child)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn connected(url: &str) -> redis::aio::MultiplexedConnection {
