@@ -13,15 +13,23 @@ fn redis() -> Redis {
     Redis::open(&url.into()).unwrap()
 }
 
-fn reader(stream: &str, lease_ms: u64) -> GroupReader {
-    let options = GroupOptions {
+fn options(lease_ms: u64) -> GroupOptions {
+    GroupOptions {
         group: "g".into(),
         kind: "test",
         registry: None,
         lease: Duration::from_millis(lease_ms),
         block: Duration::from_millis(100),
-    };
-    GroupReader::new(redis(), vec![stream.to_owned()], options)
+    }
+}
+
+fn reader(stream: &str, lease_ms: u64) -> GroupReader {
+    GroupReader::new(redis(), vec![stream.to_owned()], options(lease_ms))
+}
+
+/// Deletes a test's keys.
+async fn delete(conn: &mut ConnectionManager, keys: &[&String]) {
+    let _: () = redis::cmd("DEL").arg(keys).query_async(conn).await.unwrap();
 }
 
 async fn add(conn: &mut ConnectionManager, stream: &str, n: usize) {
@@ -81,11 +89,7 @@ async fn idle_entries_are_taken_over_within_the_room_and_counted() {
         take(&mut a, 10, 1).await.is_empty(),
         "acknowledged entries stay done"
     );
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream]).await;
 }
 
 /// A stream deleted under the reader (its group with it) is joined again, and what is added
@@ -96,21 +100,13 @@ async fn a_vanished_group_is_recreated() {
     let mut conn = redis().shared().await.unwrap();
     let mut a = reader(&stream, 10_000);
     assert!(take(&mut a, 10, 1).await.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream]).await;
     // Read at least once against the missing group, then give it something to read.
     assert!(a.next(10, &CancellationToken::new()).await.is_empty());
     add(&mut conn, &stream, 1).await;
     let got = take(&mut a, 10, 1).await;
     assert_eq!(got.len(), 1, "read after the group came back");
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream]).await;
 }
 
 /// Own pending entries handed over again (after a reconnect, or a failed acknowledgement)
@@ -140,11 +136,7 @@ async fn own_pending_entries_are_recovered_each_once() {
     let new = take(&mut a, 10, 1).await;
     assert_eq!(new.len(), 1);
     assert!(!ids(&first).contains(&new[0].entry.id));
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream]).await;
 }
 
 /// Waits until every entry `consumer` holds in `stream` has been idle over `ms`.
@@ -193,11 +185,8 @@ async fn a_consumer_joins_listed_and_leaves_handing_its_entries_back() {
     let registry = format!("{stream}-registry");
     let mut conn = redis().shared().await.unwrap();
     let options = GroupOptions {
-        group: "g".into(),
-        kind: "test",
         registry: Some(registry.clone()),
-        lease: Duration::from_secs(60),
-        block: Duration::from_millis(100),
+        ..options(60_000)
     };
     let mut a = GroupReader::new(redis(), vec![stream.clone()], options);
     let mut b = reader(&stream, 60_000);
@@ -232,12 +221,7 @@ async fn a_consumer_joins_listed_and_leaves_handing_its_entries_back() {
         left.iter().all(|(name, _)| name != b.consumer()),
         "a consumer with nothing pending is removed: {left:?}"
     );
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .arg(&registry)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream, &registry]).await;
 }
 
 /// After a reconnect (an outage longer than the lease), an own pending entry another
@@ -280,11 +264,7 @@ async fn recovery_renews_own_entries_and_leaves_those_taken_over() {
     // `b` sweeps at once: the renewed entries are not idle any more.
     let swept = b.next(10, &CancellationToken::new()).await;
     assert!(swept.is_empty(), "{swept:?}");
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream]).await;
 }
 
 /// A followed key replaced by another type (a string where a stream was) does not stop the
@@ -294,20 +274,9 @@ async fn a_key_that_stops_being_a_stream_does_not_hold_up_the_others() {
     let good = format!("t-group-{}", Uuid::now_v7().simple());
     let bad = format!("{good}-bad");
     let mut conn = redis().shared().await.unwrap();
-    let options = GroupOptions {
-        group: "g".into(),
-        kind: "test",
-        registry: None,
-        lease: Duration::from_secs(60),
-        block: Duration::from_millis(100),
-    };
-    let mut reader = GroupReader::new(redis(), vec![good.clone(), bad.clone()], options);
+    let mut reader = GroupReader::new(redis(), vec![good.clone(), bad.clone()], options(60_000));
     assert!(take(&mut reader, 10, 1).await.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&bad)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&bad]).await;
     let _: () = redis::cmd("SET")
         .arg(&bad)
         .arg("not a stream")
@@ -321,12 +290,7 @@ async fn a_key_that_stops_being_a_stream_does_not_hold_up_the_others() {
         .expect("the good stream is read");
     assert_eq!(got.len(), 3, "{got:?}");
     assert!(got.iter().all(|d| *d.stream == *good));
-    let _: () = redis::cmd("DEL")
-        .arg(&good)
-        .arg(&bad)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&good, &bad]).await;
 }
 
 /// Takes over idle entries with their true delivery counts even when the taker holds many
@@ -392,9 +356,5 @@ async fn taken_over_entries_are_counted_past_the_takers_own() {
         .map(|d| (d.entry.id.to_string(), d.deliveries))
         .collect();
     assert_eq!(counts, [(first[0].clone(), 2), (last[0].clone(), 6)]);
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream]).await;
 }

@@ -11,13 +11,15 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mindbus::wire::{Command, MessageId, ORCHESTRATOR_ROLE, Payload, RunCommand};
+use mindbus::streams::until_up;
+use mindbus::wire::{MessageId, ORCHESTRATOR_ROLE, RunRequest, StartRun};
 use mindbus_testkit::servers::{Persistence, PrivatePostgres, PrivateRedis};
 use mindbus_testkit::{Tally, entries};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use mesh::{Mesh, agent_lease, echo, shipped_defaults, signal};
 use testenv::{TestDb, redis_url};
@@ -121,9 +123,8 @@ async fn redis_kill_9_and_restart_from_aof_everysec() {
             for i in 0..3_000 {
                 let mut command = echo(i, 1);
                 command.idempotencykey = Some(command.envelope.id.to_string());
-                while bus.publish("echo", &command).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                // Through the restart: retried with the one retry policy until Redis is back.
+                until_up(&CancellationToken::new(), || bus.publish("echo", &command)).await;
                 acked.push(command.envelope.id);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -211,19 +212,18 @@ impl Runs {
     async fn start(&self, n: usize) -> Vec<MessageId> {
         let mut runs = Vec::with_capacity(n);
         for _ in 0..n {
-            let start = Command::new(
-                RunCommand::Start.as_str(),
-                Payload::json(json!({"workflow": "chain", "input": {}})),
-            );
-            while self
-                .mesh
-                .bus
-                .publish(ORCHESTRATOR_ROLE, &start)
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let start = RunRequest::Start(StartRun {
+                workflow: "chain".into(),
+                input: json!({}),
+                owner: None,
+                max_running: None,
+            })
+            .to_command();
+            let bus = &self.mesh.bus;
+            until_up(&CancellationToken::new(), || {
+                bus.publish(ORCHESTRATOR_ROLE, &start)
+            })
+            .await;
             runs.push(mindbus::wire::run_id(&start.envelope.id).into());
         }
         runs
