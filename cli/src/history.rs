@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use comfy_table::Table;
+use mindbus_monitor::config::MonitorConfig;
 use mindbus_monitor::history::{self, Filter};
 use secrecy::ExposeSecret;
 use sqlx::Connection as _;
@@ -17,8 +18,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection to the event log; fails within seconds, naming the server and the cause
 /// (a pool would retry a refused connection until it timed out, losing the cause).
-async fn connect(config: &mindbus::config::Config) -> anyhow::Result<PgConnection> {
-    let url = config.monitor.database_url.expose_secret();
+async fn connect(monitor: &MonitorConfig) -> anyhow::Result<PgConnection> {
+    let url = monitor.database_url.expose_secret();
     let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a postgres URL")?;
     let server = format!("{}:{}", options.get_host(), options.get_port());
     let context =
@@ -31,8 +32,8 @@ async fn connect(config: &mindbus::config::Config) -> anyhow::Result<PgConnectio
 }
 
 /// Prints the whole timeline of a command (by id) or a run (by run id), oldest first.
-pub async fn trace(config: &mindbus::config::Config, id: &str) -> anyhow::Result<()> {
-    let mut conn = connect(config).await?;
+pub async fn trace(monitor: &MonitorConfig, id: &str) -> anyhow::Result<()> {
+    let mut conn = connect(monitor).await?;
     let entries = history::timeline(&mut conn, id).await?;
     let Some(start) = entries.first().map(|e| e.entry_ms) else {
         anyhow::bail!("nothing recorded for {id} (is the monitor running?)");
@@ -86,8 +87,8 @@ pub struct EventsArgs {
 }
 
 /// Lists recorded entries, filtered.
-pub async fn events(config: &mindbus::config::Config, args: EventsArgs) -> anyhow::Result<()> {
-    let mut conn = connect(config).await?;
+pub async fn events(monitor: &MonitorConfig, args: EventsArgs) -> anyhow::Result<()> {
+    let mut conn = connect(monitor).await?;
     let filter = Filter {
         type_prefix: args.ty,
         role: args.role,

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mindbus::bus::Bus;
-use mindbus::config::Config;
+use mindbus::config::{Config, checked};
+use mindbus_monitor::config::MonitorConfig;
 
 /// The MindBus command line.
 #[derive(Debug, Parser)]
@@ -78,11 +79,11 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Config(ConfigCommand::Check { files }) = &cli.command {
         return check(files);
     }
-    let config = load(&cli)?;
+    let (config, monitor) = load(&cli)?;
     mindbus::telemetry::init(&config.log);
     match cli.command {
-        Command::Trace { id } => return history::trace(&config, &id).await,
-        Command::Events(args) => return history::events(&config, args).await,
+        Command::Trace { id } => return history::trace(&monitor, &id).await,
+        Command::Events(args) => return history::events(&monitor, args).await,
         _ => {}
     }
     let bus = Bus::connect(&config.redis)
@@ -108,12 +109,16 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn load(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config = cli.connect.load().context("loading configuration")?;
+/// The shared configuration, and the monitor's (where its event log is).
+fn load(cli: &Cli) -> anyhow::Result<(Config, MonitorConfig)> {
+    let (config, mut monitor) = cli
+        .connect
+        .load_with::<MonitorConfig>()
+        .context("loading configuration")?;
     if let Some(url) = &cli.database_url {
-        config.monitor.database_url = url.clone().into();
+        monitor.database_url = url.clone().into();
     }
-    Ok(config)
+    Ok((config, monitor))
 }
 
 fn check(files: &[PathBuf]) -> anyhow::Result<()> {
@@ -136,13 +141,18 @@ fn check(files: &[PathBuf]) -> anyhow::Result<()> {
 }
 
 /// Every problem of one file: the LLM roles' loader for a file with `roles` at its top,
-/// the mesh's checker for any other.
+/// the mesh's checker for any other, with each process's section checked by its crate's type.
 fn problems(file: &std::path::Path) -> Vec<String> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let roles = serde_saphyr::from_str::<serde_json::Value>(&text)
         .is_ok_and(|yaml| yaml.get("roles").is_some());
     if !roles {
-        return mindbus::config::check_file(file)
+        let sections = [
+            checked::<mindbus_gateway::config::GatewayConfig>(),
+            checked::<MonitorConfig>(),
+            checked::<mindbus_orchestrator::config::OrchestratorConfig>(),
+        ];
+        return mindbus::config::check_file(file, &sections)
             .iter()
             .map(ToString::to_string)
             .collect();

@@ -64,6 +64,17 @@ fn trace_fails_fast_naming_the_postgres_it_tried() {
     );
 }
 
+/// What `mindbus config check FILE` prints, asserting that it fails.
+fn check_failing(file: &std::path::Path) -> String {
+    let out = mindbus()
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `mindbus config check` checks the LLM roles' file too (with no file named: both shipped
 /// files), naming a model without a price.
 #[test]
@@ -85,15 +96,52 @@ fn config_check_checks_the_llm_roles_file_too() {
         "roles:\n  writer:\n    model: openai/unpriced\n    system: Write.\n    prompt: Hi.\n",
     )
     .unwrap();
-    let out = mindbus()
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = check_failing(&file);
     assert!(
         text.contains("/roles/writer/model: `openai/unpriced` has no price"),
         "{text}"
     );
+}
+
+/// `mindbus config check` checks every process's section by its own type, naming each bad
+/// field by its path, and refuses a section no process owns.
+#[test]
+fn config_check_names_every_bad_field_of_every_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mindbus.yaml");
+    std::fs::write(
+        &file,
+        "gateway:
+  api_keys:
+    - name: a
+      sha256: not-a-hash
+      tenant: 'bad tenant!'
+    - name: b
+      sha256: '0000000000000000000000000000000000000000000000000000000000000000'
+      tenant: acme
+monitor:
+  batch: 0
+orchestrator:
+  concurrency: many
+gatway: {}
+",
+    )
+    .unwrap();
+    let text = check_failing(&file);
+    let paths: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/gateway/api_keys/0/sha256",
+            "/gateway/api_keys/0/tenant",
+            "/monitor/batch",
+            "/orchestrator/concurrency",
+            "/",
+        ],
+        "{text}"
+    );
+    assert!(text.contains("gatway"), "{text}");
 }

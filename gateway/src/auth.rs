@@ -6,11 +6,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use crate::config::{ApiKeyConfig, GatewayConfig};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use mindbus::config::{ApiKeyConfig, GatewayConfig};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`routes`]: the handlers (`commands`, `runs`, `ops`).
+//! - [`config`]: the gateway's section of the config file.
 //! - [`auth`]: API keys (hashed, scoped, rate-limited per key).
 //! - `body`: JSON bodies with size and depth limits, errors naming the field.
 //! - `mesh`: the registry of roles and a short-lived overview of the streams.
@@ -18,6 +19,7 @@
 
 pub mod auth;
 mod body;
+pub mod config;
 pub mod error;
 mod extract;
 mod mesh;
@@ -43,6 +45,7 @@ use tower_http::trace::TraceLayer;
 
 pub use state::AppState;
 
+use config::GatewayConfig;
 use error::AppError;
 use routes::{commands, ops, runs};
 
@@ -121,15 +124,15 @@ pub fn metrics_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `config.gateway.listen`, and the metrics on `gateway.metrics_listen`
+/// Serves the API on `gateway.listen`, and the metrics on `gateway.metrics_listen`
 /// (unless empty), until `shutdown` fires.
 pub async fn run(
     config: &Config,
+    gateway: &GatewayConfig,
     admin_key: Option<&str>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(config, admin_key, shutdown.clone()).await?;
-    let gateway = &config.gateway;
+    let state = AppState::new(config, gateway.clone(), admin_key, shutdown.clone()).await?;
     let limits = serve::Limits {
         connections: gateway.max_connections,
         header_timeout: Duration::from_millis(gateway.header_timeout_ms),

@@ -48,13 +48,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run => {}
     }
-    let mut config = args.connect.load().context("loading configuration")?;
+    let (config, mut gateway) = args
+        .connect
+        .load_with::<mindbus_gateway::config::GatewayConfig>()
+        .context("loading configuration")?;
     if let Some(listen) = args.listen {
-        config.gateway.listen = listen;
+        gateway.listen = listen;
     }
     mindbus::telemetry::init(&config.log);
     // A plain key from the environment, allowed everything (for development and demos).
     let admin_key = std::env::var("MINDBUS_GATEWAY_API_KEY").ok();
     let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
-    mindbus_gateway::run(&config, admin_key.as_deref(), shutdown).await
+    mindbus_gateway::run(&config, &gateway, admin_key.as_deref(), shutdown).await
 }

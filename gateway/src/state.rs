@@ -4,7 +4,9 @@ use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use mindbus::bus::{Bus, Results};
-use mindbus::config::{Config, GatewayConfig};
+use mindbus::config::Config;
+
+use crate::config::GatewayConfig;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -47,12 +49,12 @@ impl AppState {
     /// environment allowed everything.
     pub async fn new(
         config: &Config,
+        gateway: GatewayConfig,
         admin_key: Option<&str>,
         stop: CancellationToken,
     ) -> Result<Self, mindbus::Error> {
         let bus = Bus::connect(&config.redis).await?;
         let results = bus.results().await?;
-        let gateway = config.gateway.clone();
         Ok(Self(Arc::new(Inner {
             keys: KeyRing::new(&gateway, admin_key),
             mesh: Mesh::default(),

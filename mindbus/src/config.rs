@@ -2,9 +2,11 @@
 //!
 //! The file is YAML (`config/mindbus.yaml`). The environment overrides it with
 //! `MINDBUS_<SECTION>__<KEY>` (for example `MINDBUS_AGENT__CONCURRENCY=8`), `REDIS_URL` and
-//! `DATABASE_URL` (the monitor's and the orchestrator's).
-//! Every file is checked against the JSON Schema generated from these types, so a bad file
-//! gets every problem reported with its path, not just the first.
+//! the variables a section names (`DATABASE_URL` for the monitor's and the orchestrator's).
+//! This module owns the shared sections (`redis`, `agent`, `log`) and the file's layout; each
+//! process crate owns its own section's type. Every file is checked against the JSON Schema
+//! generated from these types, so a bad file gets every problem reported with its path, not
+//! just the first.
 
 use std::path::Path;
 
@@ -13,22 +15,18 @@ use figment::providers::{Env, Format};
 use schemars::JsonSchema;
 use secrecy::SecretString;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// The whole configuration of a MindBus process.
+/// The sections every MindBus process shares; a process's own section (`gateway:`,
+/// `monitor:`, `orchestrator:`) is its crate's [`Section`], loaded beside this.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where Redis is and how MindBus names its keys.
     pub redis: RedisConfig,
-    /// How agents consume commands.
+    /// How agents consume commands (the orchestrator is an agent too).
     pub agent: AgentConfig,
-    /// How the monitor records entries and trims streams.
-    pub monitor: MonitorConfig,
-    /// How the orchestrator runs workflows.
-    pub orchestrator: OrchestratorConfig,
-    /// The HTTP gateway.
-    pub gateway: GatewayConfig,
     /// How processes log.
     pub log: LogConfig,
 }
@@ -110,219 +108,6 @@ impl Default for AgentConfig {
     }
 }
 
-/// The monitor: Postgres, batching and stream retention.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct MonitorConfig {
-    /// Postgres URL; may hold a password, so it is never logged. Env: `DATABASE_URL`.
-    #[schemars(with = "String")]
-    pub database_url: SecretString,
-    /// Entries read and written per batch (per stream).
-    #[schemars(range(min = 1, max = 100_000))]
-    pub batch: usize,
-    /// Longest blocking read, in milliseconds.
-    #[schemars(range(min = 10, max = 60_000))]
-    pub block_ms: u64,
-    /// Entries of a dead monitor idle this long (ms) are reclaimed by a live one.
-    #[schemars(range(min = 100))]
-    pub lease_ms: u64,
-    /// Keep about this many entries per stream (0: no length limit). Trimming never passes
-    /// an entry that any consumer group has not yet acknowledged.
-    pub retain_entries: u64,
-    /// Keep entries this many seconds (0: no age limit), with the same guarantee.
-    pub retain_secs: u64,
-    /// How often streams are trimmed, in milliseconds.
-    #[schemars(range(min = 100))]
-    pub trim_every_ms: u64,
-    /// An entry larger than this (names and values, in bytes) is recorded as a flagged
-    /// preview: its field names and the start of each value. Batches are also cut to a few
-    /// times this size, so Postgres never refuses one for its size.
-    #[schemars(range(min = 1024))]
-    pub max_row_bytes: usize,
-}
-
-impl Default for MonitorConfig {
-    fn default() -> Self {
-        Self {
-            database_url: SecretString::from("postgres://localhost/mindbus"),
-            batch: 2_000,
-            block_ms: 1_000,
-            lease_ms: 30_000,
-            retain_entries: 100_000,
-            retain_secs: 0,
-            trim_every_ms: 10_000,
-            max_row_bytes: 16 << 20,
-        }
-    }
-}
-
-/// The orchestrator: where runs are kept, which workflows it knows, how it reads results.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct OrchestratorConfig {
-    /// Postgres URL of the run store; may hold a password, so it is never logged.
-    /// Env: `DATABASE_URL`.
-    #[schemars(with = "String")]
-    pub database_url: SecretString,
-    /// The folder of workflow files (`*.yaml`), all validated on start.
-    pub workflows: String,
-    /// The roles workflows may call; empty accepts any role.
-    pub roles: Vec<String>,
-    /// Results read per batch.
-    #[schemars(range(min = 1, max = 10_000))]
-    pub batch: usize,
-    /// Results applied at once (each in its own transaction).
-    #[schemars(range(min = 1, max = 1_000))]
-    pub concurrency: usize,
-    /// Longest blocking read, in milliseconds.
-    #[schemars(range(min = 10, max = 60_000))]
-    pub block_ms: u64,
-    /// Results a dead orchestrator left unacknowledged this long (ms) are taken over.
-    #[schemars(range(min = 100))]
-    pub lease_ms: u64,
-    /// How often due timers (approvals, deadlines) and unsent commands are looked for (ms).
-    #[schemars(range(min = 10))]
-    pub tick_ms: u64,
-    /// A command committed this long ago (ms) and still unsent was left by a crashed
-    /// orchestrator; it is sent again, with the same id.
-    #[schemars(range(min = 100))]
-    pub resend_after_ms: u64,
-    /// Most bytes one run's state (its input and every finished step's output, as JSON)
-    /// may take; a transition that would grow it past this fails the run, naming the size.
-    /// Every transition of a run reads and writes its state whole.
-    #[schemars(range(min = 65_536, max = 134_217_728))]
-    pub max_state_bytes: usize,
-}
-
-impl Default for OrchestratorConfig {
-    fn default() -> Self {
-        Self {
-            database_url: SecretString::from("postgres://localhost/mindbus"),
-            workflows: "config/workflows".into(),
-            roles: Vec::new(),
-            batch: 200,
-            concurrency: 16,
-            block_ms: 1_000,
-            lease_ms: 10_000,
-            tick_ms: 200,
-            resend_after_ms: 2_000,
-            max_state_bytes: 64 << 20,
-        }
-    }
-}
-
-/// The HTTP gateway: where it listens, who may call it and how much.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct GatewayConfig {
-    /// Address and port to listen on.
-    pub listen: String,
-    /// The API keys, stored as SHA-256 hashes (`mindbus-gateway hash-key KEY` prints one).
-    pub api_keys: Vec<ApiKeyConfig>,
-    /// Largest request body, in bytes (413 above).
-    #[schemars(range(min = 64))]
-    pub max_body_bytes: usize,
-    /// Deepest JSON nesting accepted in a body (422 above).
-    #[schemars(range(min = 2, max = 128))]
-    pub max_json_depth: usize,
-    /// Longest `wait` a request may ask for, in milliseconds.
-    pub max_wait_ms: u64,
-    /// Server-sent event streams open at once, per gateway (503 above).
-    #[schemars(range(min = 1))]
-    pub max_streams: usize,
-    /// Connections open at once; one past this is closed at once (a client holding many
-    /// cannot take every file descriptor).
-    #[schemars(range(min = 1))]
-    pub max_connections: usize,
-    /// Longest a client may take to send a request's headers, or to start its next request
-    /// on a kept-alive connection, in milliseconds; then the connection is closed.
-    #[schemars(range(min = 100))]
-    pub header_timeout_ms: u64,
-    /// Longest a response may wait for a client to take the next bytes, in milliseconds;
-    /// then the connection is closed (a client that stops reading loses its event stream).
-    #[schemars(range(min = 100))]
-    pub write_timeout_ms: u64,
-    /// Where Prometheus scrapes the gateway's metrics; apart from the API, so the metrics
-    /// (which name keys and roles) need no key and are not served to API clients. Empty:
-    /// no metrics endpoint.
-    pub metrics_listen: String,
-    /// Server-sent event streams one key may hold open at once, unless the key says (429
-    /// above).
-    #[schemars(range(min = 1))]
-    pub streams_per_key: usize,
-    /// Requests one key may have in flight at once, waits and body uploads included (429
-    /// above): no key can hold every connection.
-    #[schemars(range(min = 1))]
-    pub requests_per_key: usize,
-    /// Runs one key may have running at once, unless the key says (429 above).
-    #[schemars(range(min = 1))]
-    pub runs_per_key: u32,
-    /// Array items a run's input may hold, counted over every array in it (422 above): a
-    /// workflow fans out over them, so this bounds the work one request can start.
-    #[schemars(range(min = 1))]
-    pub max_run_items: usize,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            api_keys: Vec::new(),
-            max_body_bytes: 256 * 1024,
-            max_json_depth: 32,
-            max_wait_ms: 60_000,
-            max_streams: 1_000,
-            max_connections: 2_048,
-            header_timeout_ms: 10_000,
-            write_timeout_ms: 30_000,
-            metrics_listen: "127.0.0.1:9464".into(),
-            streams_per_key: 16,
-            requests_per_key: 64,
-            runs_per_key: 32,
-            max_run_items: 1_000,
-        }
-    }
-}
-
-/// One API key: its hash, what it may reach, and how fast.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyConfig {
-    /// A name for logs and metrics (the key itself is never logged).
-    pub name: String,
-    /// The key's SHA-256, in lower-case hex.
-    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
-    pub sha256: String,
-    /// Roles it may send commands to; `*` for all.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// Workflows it may start and steer; `*` for all.
-    #[serde(default)]
-    pub workflows: Vec<String>,
-    /// Requests per minute (429 with `Retry-After` above).
-    #[serde(default = "default_rate")]
-    #[schemars(range(min = 1))]
-    pub requests_per_minute: u32,
-    /// The tenant this key's commands and runs spend for (per-tenant LLM budgets); it
-    /// replaces any tenant a request could name. Default: none, which agents count as
-    /// `default`.
-    #[serde(default)]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,64}$"))]
-    pub tenant: Option<String>,
-    /// Event streams it may hold open at once; default: the gateway's `streams_per_key`.
-    #[serde(default)]
-    #[schemars(range(min = 1))]
-    pub max_streams: Option<usize>,
-    /// Runs it may have running at once; default: the gateway's `runs_per_key`.
-    #[serde(default)]
-    #[schemars(range(min = 1))]
-    pub max_runs: Option<u32>,
-}
-
-fn default_rate() -> u32 {
-    600
-}
-
 /// Log output.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -386,12 +171,55 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
-/// The JSON Schema of the configuration file.
-pub fn config_schema() -> schemars::Schema {
-    schemars::generate::SchemaSettings::draft2020_12()
-        .with_transform(schemars::transform::RecursiveTransform(consts_to_enum))
-        .into_generator()
-        .into_root_schema_for::<Config>()
+/// The top-level sections of the file that each belong to one process. The process's crate
+/// owns its section's type (a [`Section`]); any process accepts the file with all of them,
+/// checking its own, and `mindbus config check` checks them all.
+pub const SECTIONS: &[&str] = &["gateway", "monitor", "orchestrator"];
+
+/// One process's own section of the file.
+pub trait Section: DeserializeOwned + JsonSchema + Default {
+    /// Its key at the top of the file: one of [`SECTIONS`].
+    const NAME: &'static str;
+    /// Plain environment variables that set one of its keys, as (variable, key).
+    const ENV: &'static [(&'static str, &'static str)] = &[];
+}
+
+/// How one process section is checked: its name and its type's schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    name: &'static str,
+    schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    env: &'static [(&'static str, &'static str)],
+}
+
+/// The check of section `S`, for [`check_file`].
+pub fn checked<S: Section>() -> Checked {
+    Checked {
+        name: S::NAME,
+        schema: |generator| generator.subschema_for::<S>(),
+        env: S::ENV,
+    }
+}
+
+/// The JSON Schema of a file whose process sections in `sections` are checked by type; any
+/// other of [`SECTIONS`] may be present, unchecked, and nothing else.
+fn schema(sections: &[Checked]) -> schemars::Schema {
+    let mut transform = schemars::transform::RecursiveTransform(consts_to_enum);
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let own: Vec<(&str, schemars::Schema)> = sections
+        .iter()
+        .map(|section| (section.name, (section.schema)(&mut generator)))
+        .collect();
+    let mut root = generator.into_root_schema_for::<Config>();
+    if let Some(Value::Object(properties)) = root.ensure_object().get_mut("properties") {
+        for name in SECTIONS {
+            let checked = own.iter().find(|(own, _)| own == name);
+            let schema = checked.map_or(Value::Bool(true), |(_, schema)| schema.clone().to_value());
+            properties.insert((*name).into(), schema);
+        }
+    }
+    schemars::transform::Transform::transform(&mut transform, &mut root);
+    root
 }
 
 /// An enum whose variants carry docs comes out as a `oneOf` of `const`s, which a validator
@@ -411,12 +239,12 @@ fn consts_to_enum(schema: &mut schemars::Schema) {
     }
 }
 
-fn figment(file: Option<&Path>) -> Figment {
+fn figment(file: Option<&Path>, sections: &[Checked]) -> Figment {
     let mut figment = Figment::new();
     if let Some(file) = file {
         figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(file));
     }
-    figment
+    figment = figment
         .merge(
             Env::prefixed("MINDBUS_")
                 // MINDBUS_LLM__... configures the LLM roles' own file (config/agents.yaml).
@@ -426,17 +254,18 @@ fn figment(file: Option<&Path>) -> Figment {
                 })
                 .split("__"),
         )
-        .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
-        .merge(
-            Env::raw()
-                .only(&["DATABASE_URL"])
-                .map(|_| "monitor.database_url".into()),
-        )
-        .merge(
-            Env::raw()
-                .only(&["DATABASE_URL"])
-                .map(|_| "orchestrator.database_url".into()),
-        )
+        .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()));
+    for section in sections {
+        for (variable, key) in section.env {
+            let path = format!("{}.{key}", section.name);
+            figment = figment.merge(
+                Env::raw()
+                    .only(&[*variable])
+                    .map(move |_| path.clone().into()),
+            );
+        }
+    }
+    figment
 }
 
 /// The flags every MindBus binary shares: the config file, then the Redis URL and key
@@ -455,30 +284,55 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    /// The configuration: file, environment, then these flags.
+    /// The shared configuration: file, environment, then these flags.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = load(self.config.as_deref())?;
+        Ok(self.load_with::<NoSection>()?.0)
+    }
+
+    /// The shared configuration and process section `S`: file, environment, then these flags.
+    pub fn load_with<S: Section>(&self) -> Result<(Config, S), ConfigError> {
+        let (mut config, section) = load_with::<S>(self.config.as_deref())?;
         if let Some(url) = &self.redis_url {
             config.redis.url = url.clone().into();
         }
         if let Some(prefix) = &self.prefix {
             config.redis.prefix = prefix.clone();
         }
-        Ok(config)
+        Ok((config, section))
     }
 }
 
-/// Loads the configuration: the file (if any), then the environment. Flags are applied by
-/// the caller on the returned value.
-pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-    let merged: Value = figment(file)
-        .extract()
-        .map_err(|e| ConfigError::Read(Box::new(e)))?;
-    parse(merged)
+/// No process section: what a process reading only the shared sections loads.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct NoSection {}
+
+impl Section for NoSection {
+    const NAME: &'static str = "";
 }
 
-/// Checks one file on its own (no environment) and returns every problem in it.
-pub fn check_file(file: &Path) -> Vec<Problem> {
+/// Loads the shared configuration and section `S`: the file (if any), then the environment.
+/// Flags are applied by the caller on the returned values.
+pub fn load_with<S: Section>(file: Option<&Path>) -> Result<(Config, S), ConfigError> {
+    let sections = own_check::<S>();
+    let merged: Value = figment(file, &sections)
+        .extract()
+        .map_err(|e| ConfigError::Read(Box::new(e)))?;
+    validate(&merged, &sections)?;
+    split(merged)
+}
+
+/// The checks a process reading section `S` makes: that section's, or none.
+fn own_check<S: Section>() -> Vec<Checked> {
+    if S::NAME.is_empty() {
+        Vec::new()
+    } else {
+        vec![checked::<S>()]
+    }
+}
+
+/// Checks one file on its own (no environment), its process sections by `sections`, and
+/// returns every problem in it.
+pub fn check_file(file: &Path, sections: &[Checked]) -> Vec<Problem> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) => {
@@ -498,8 +352,8 @@ pub fn check_file(file: &Path) -> Vec<Problem> {
             }];
         }
     };
-    match parse(value) {
-        Ok(_) => Vec::new(),
+    match validate(&value, sections) {
+        Ok(()) => Vec::new(),
         Err(ConfigError::Invalid(problems)) => problems,
         Err(e) => vec![Problem {
             path: String::new(),
@@ -508,27 +362,46 @@ pub fn check_file(file: &Path) -> Vec<Problem> {
     }
 }
 
-fn parse(value: Value) -> Result<Config, ConfigError> {
-    let schema =
-        serde_json::to_value(config_schema()).map_err(|e| ConfigError::Schema(Box::new(e)))?;
+/// Every problem of `value` against the schema with `sections`.
+fn validate(value: &Value, sections: &[Checked]) -> Result<(), ConfigError> {
+    let schema = schema(sections).to_value();
     let validator =
         jsonschema::validator_for(&schema).map_err(|e| ConfigError::Schema(Box::new(e)))?;
     let problems: Vec<Problem> = validator
-        .iter_errors(&value)
+        .iter_errors(value)
         .map(|e| Problem {
             path: e.instance_path().to_string(),
             message: e.to_string(),
         })
         .collect();
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(problems))
     }
-    serde_json::from_value(value).map_err(|e| {
+}
+
+/// A checked value as the shared configuration and section `S` (absent: its defaults).
+fn split<S: Section>(mut value: Value) -> Result<(Config, S), ConfigError> {
+    let invalid = |e: serde_json::Error| {
         ConfigError::Invalid(vec![Problem {
             path: String::new(),
             message: e.to_string(),
         }])
-    })
+    };
+    let mut own = None;
+    if let Value::Object(object) = &mut value {
+        own = object.remove(S::NAME);
+        for name in SECTIONS {
+            object.remove(*name);
+        }
+    }
+    let config = serde_json::from_value(value).map_err(invalid)?;
+    let own = own
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(invalid)?;
+    Ok((config, own.unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -536,33 +409,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn check_names_every_bad_field_of_an_api_key_by_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("mindbus.yaml");
-        std::fs::write(
-            &file,
-            "gateway:
-  api_keys:
-    - name: a
-      sha256: not-a-hash
-      tenant: 'bad tenant!'
-    - name: b
-      sha256: '0000000000000000000000000000000000000000000000000000000000000000'
-      tenant: acme
-",
-        )
-        .unwrap();
-        let paths: Vec<String> = check_file(&file).into_iter().map(|p| p.path).collect();
-        assert_eq!(
-            paths,
-            ["/gateway/api_keys/0/sha256", "/gateway/api_keys/0/tenant"]
-        );
-    }
-
-    #[test]
     fn a_bad_choice_names_the_allowed_values() {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/broken.yaml");
-        let problems = check_file(&file);
+        let problems = check_file(&file, &[]);
         let format = problems
             .iter()
             .find(|p| p.path == "/log/format")
@@ -572,5 +421,52 @@ mod tests {
             "{}",
             format.message
         );
+    }
+
+    /// A process checks its own section and the shared ones; another process's section
+    /// is left to that process, but a name that is no section at all is refused by every one.
+    #[derive(Debug, Default, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields, default)]
+    struct Gateway {
+        #[schemars(range(min = 1))]
+        max_streams: usize,
+    }
+
+    impl Section for Gateway {
+        const NAME: &'static str = "gateway";
+        const ENV: &'static [(&'static str, &'static str)] = &[];
+    }
+
+    #[test]
+    fn a_process_checks_its_own_section_and_refuses_unknown_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mindbus.yaml");
+        let write = |text: &str| std::fs::write(&file, text).unwrap();
+
+        write("gateway:\n  max_streams: 3\nmonitor:\n  anything: at all\n");
+        let (config, gateway) = load_with::<Gateway>(Some(&file)).unwrap();
+        assert_eq!(gateway.max_streams, 3);
+        assert_eq!(config.agent.concurrency, AgentConfig::default().concurrency);
+
+        write("gateway:\n  max_streams: 0\n");
+        let Err(ConfigError::Invalid(problems)) = load_with::<Gateway>(Some(&file)) else {
+            panic!("a bad own section is refused");
+        };
+        assert_eq!(problems[0].path, "/gateway/max_streams");
+        assert!(
+            load_with::<NoSection>(Some(&file)).is_ok(),
+            "not the CLI's business"
+        );
+
+        write("gatway:\n  max_streams: 3\n");
+        for problems in [
+            check_file(&file, &[checked::<Gateway>()]),
+            match load_with::<NoSection>(Some(&file)) {
+                Err(ConfigError::Invalid(problems)) => problems,
+                other => panic!("a misspelt section is refused: {other:?}"),
+            },
+        ] {
+            assert!(problems[0].message.contains("gatway"), "{}", problems[0]);
+        }
     }
 }

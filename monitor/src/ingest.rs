@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use mindbus::config::MonitorConfig;
+use crate::config::MonitorConfig;
 use mindbus::group::{Acker, Delivery, GroupOptions, GroupReader};
 use mindbus::keys::Keys;
 use mindbus::streams::Redis;

@@ -2,6 +2,7 @@
 //! once, and trims streams without ever passing an entry some group still needs.
 //!
 //! # Layout
+//! - [`config`]: the monitor's section of the config file.
 //! - [`record`]: a stream entry to a row (no IO); malformed entries become flagged rows.
 //! - [`store`]: migrations and idempotent batch inserts.
 //! - [`ingest`]: the consumer-group loop: read a batch, insert it, then acknowledge it.
@@ -13,6 +14,7 @@
 //! rows are unique by stream and entry id, so a crash at any point loses nothing and
 //! duplicates nothing.
 
+pub mod config;
 pub mod history;
 pub mod ingest;
 pub mod record;
@@ -29,10 +31,16 @@ use mindbus::keys::Keys;
 use mindbus::streams::Redis;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::MonitorConfig;
+
 /// Runs a monitor until `shutdown` fires: migrations (retried until Postgres answers),
 /// the ingest loop, and periodic trimming.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = store::connect(&config.monitor.database_url)?;
+pub async fn run(
+    config: &Config,
+    monitor: &MonitorConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = store::connect(&monitor.database_url)?;
     let mut tries = 0u32;
     while let Err(e) = store::migrate(&pool).await {
         tries += 1;
@@ -44,10 +52,10 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
     let trimmer = tokio::spawn(trim_loop(
         redis.clone(),
         keys.clone(),
-        config.monitor.clone(),
+        monitor.clone(),
         shutdown.clone(),
     ));
-    let ingest = ingest::Ingest::new(redis, keys, pool.clone(), config.monitor.clone());
+    let ingest = ingest::Ingest::new(redis, keys, pool.clone(), monitor.clone());
     tracing::info!("monitor started");
     ingest.run(shutdown).await;
     let _ = trimmer.await;
@@ -56,12 +64,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
-async fn trim_loop(
-    redis: Redis,
-    keys: Keys,
-    config: mindbus::config::MonitorConfig,
-    stop: CancellationToken,
-) {
+async fn trim_loop(redis: Redis, keys: Keys, config: MonitorConfig, stop: CancellationToken) {
     let every = Duration::from_millis(config.trim_every_ms);
     loop {
         tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(every) => {} }

@@ -30,17 +30,20 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = args.connect.load().context("loading configuration")?;
+    let (config, mut monitor) = args
+        .connect
+        .load_with::<mindbus_monitor::config::MonitorConfig>()
+        .context("loading configuration")?;
     if let Some(url) = args.database_url {
-        config.monitor.database_url = url.into();
+        monitor.database_url = url.into();
     }
     if let Some(lease) = args.lease_ms {
-        config.monitor.lease_ms = lease;
+        monitor.lease_ms = lease;
     }
     mindbus::telemetry::init(&config.log);
     match args.command.unwrap_or(Command::Run) {
         Command::Migrate => {
-            let pool = mindbus_monitor::store::connect(&config.monitor.database_url)?;
+            let pool = mindbus_monitor::store::connect(&monitor.database_url)?;
             mindbus_monitor::store::migrate(&pool)
                 .await
                 .context("applying migrations")?;
@@ -49,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run => {
             let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
-            mindbus_monitor::run(&config, shutdown).await
+            mindbus_monitor::run(&config, &monitor, shutdown).await
         }
     }
 }

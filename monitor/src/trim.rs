@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mindbus::config::MonitorConfig;
+use crate::config::MonitorConfig;
 use mindbus::streams::reply_text;
 use mindbus::wire::EntryId;
 use redis::Value;

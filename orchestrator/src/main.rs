@@ -36,18 +36,20 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = args.connect.load().context("loading configuration")?;
+    let (config, mut settings) = args
+        .connect
+        .load_with::<mindbus_orchestrator::config::OrchestratorConfig>()
+        .context("loading configuration")?;
     if let Some(url) = args.database_url {
-        config.orchestrator.database_url = url.into();
+        settings.database_url = url.into();
     }
     if let Some(dir) = args.workflows {
-        config.orchestrator.workflows = dir;
+        settings.workflows = dir;
     }
     if let Some(lease) = args.lease_ms {
-        config.orchestrator.lease_ms = lease;
+        settings.lease_ms = lease;
     }
     mindbus::telemetry::init(&config.log);
-    let settings = &config.orchestrator;
     match args.command.unwrap_or(Command::Run) {
         Command::Migrate => {
             let pool = mindbus_orchestrator::store::connect(&settings.database_url, 1)?;
@@ -60,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Check => check(&settings.workflows, &settings.roles),
         Command::Run => {
             let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
-            mindbus_orchestrator::service::run(&config, shutdown).await
+            mindbus_orchestrator::service::run(&config, &settings, shutdown).await
         }
     }
 }

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mindbus::config::MonitorConfig;
 use mindbus::keys::Keys;
 use mindbus::streams::Redis;
 use mindbus::wire::{Command, Event, EventKind, Payload};
+use mindbus_monitor::config::MonitorConfig;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

@@ -4,9 +4,10 @@
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
-use mindbus::config::{ApiKeyConfig, Config, RedisConfig};
+use mindbus::config::{Config, RedisConfig};
 use mindbus_gateway::AppState;
 use mindbus_gateway::auth::hash_key;
+use mindbus_gateway::config::{ApiKeyConfig, GatewayConfig};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -26,8 +27,9 @@ pub const STREAMS_PER_KEY: usize = 2;
 /// Requests one key may have in flight in these tests.
 pub const REQUESTS_PER_KEY: usize = 4;
 
-pub fn config(prefix: &str, redis_url: &str) -> Config {
-    let mut config = Config {
+/// The shared configuration on `prefix`, and the gateway's with the tests' keys and limits.
+pub fn config(prefix: &str, redis_url: &str) -> (Config, GatewayConfig) {
+    let config = Config {
         redis: RedisConfig {
             url: redis_url.into(),
             prefix: prefix.into(),
@@ -44,17 +46,20 @@ pub fn config(prefix: &str, redis_url: &str) -> Config {
         max_streams: None,
         max_runs: None,
     };
-    config.gateway.api_keys = vec![
-        key("echo", ECHO, &["echo"], &["sample"], 10_000),
-        key("echo", ECHO_TWIN, &["echo"], &["sample"], 10_000),
-        key("slow", SLOW, &["*"], &["*"], 2),
-        key("sample", SAMPLE, &["*"], &["sample"], 10_000),
-    ];
-    config.gateway.streams_per_key = STREAMS_PER_KEY;
-    config.gateway.requests_per_key = REQUESTS_PER_KEY;
-    config.gateway.max_body_bytes = 4096;
-    config.gateway.max_json_depth = 8;
-    config
+    let gateway = GatewayConfig {
+        api_keys: vec![
+            key("echo", ECHO, &["echo"], &["sample"], 10_000),
+            key("echo", ECHO_TWIN, &["echo"], &["sample"], 10_000),
+            key("slow", SLOW, &["*"], &["*"], 2),
+            key("sample", SAMPLE, &["*"], &["sample"], 10_000),
+        ],
+        streams_per_key: STREAMS_PER_KEY,
+        requests_per_key: REQUESTS_PER_KEY,
+        max_body_bytes: 4096,
+        max_json_depth: 8,
+        ..GatewayConfig::default()
+    };
+    (config, gateway)
 }
 
 /// The app in this process, on its own prefix (deleted on drop), where agents have
@@ -75,7 +80,7 @@ impl Gw {
     /// The app over the Redis at `redis_url`.
     pub async fn on(name: &str, redis_url: &str) -> Self {
         let prefix = format!("t-gw-{name}-{}", uuid::Uuid::now_v7().simple());
-        let config = config(&prefix, redis_url);
+        let (config, gateway) = config(&prefix, redis_url);
         let bus = mindbus::bus::Bus::connect(&config.redis).await.unwrap();
         for role in ["echo", "writer"] {
             mindbus::streams::ensure_role(&mut bus.connection(), bus.keys(), role)
@@ -83,7 +88,7 @@ impl Gw {
                 .unwrap();
         }
         let stop = CancellationToken::new();
-        let state = AppState::new(&config, Some(ADMIN), stop.clone())
+        let state = AppState::new(&config, gateway, Some(ADMIN), stop.clone())
             .await
             .unwrap();
         Self {

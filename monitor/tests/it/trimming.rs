@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use mindbus::config::MonitorConfig;
 use mindbus::wire::{Command, EntryId, Payload};
+use mindbus_monitor::config::MonitorConfig;
 use serde_json::json;
 
 use crate::support::Mesh;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use mindbus::bus::Bus;
-use mindbus::config::{Config, OrchestratorConfig};
+use mindbus::config::Config;
 use mindbus::runtime::Agent;
 use mindbus::wire::ORCHESTRATOR_ROLE;
 use secrecy::ExposeSecret as _;
@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 pub use catalog::Catalog;
 
+use crate::config::OrchestratorConfig;
 use crate::store;
 
 /// The `source` of every entry the orchestrator writes.
@@ -140,8 +141,12 @@ impl Publisher {
 
 /// Runs an orchestrator until `shutdown` fires: migrations (retried until Postgres answers),
 /// then the command handler, the result reader, the timers and the outbox sweeper.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let settings = config.orchestrator.clone();
+pub async fn run(
+    config: &Config,
+    settings: &OrchestratorConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = settings.clone();
     let catalog =
         Catalog::load(Path::new(&settings.workflows), &settings.roles).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
