@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use mindbus::runtime::{Context, Handler, HandlerError};
+use mindbus::wire::TextChunk;
 use serde_json::Value;
 
 /// The echo handler.
@@ -28,7 +29,15 @@ impl Handler for Echo {
         }
         if let Some(chunks) = data.get("chunks").and_then(Value::as_array) {
             for chunk in chunks {
-                ctx.progress(serde_json::json!({ "chunk": chunk })).await;
+                let chunk = TextChunk {
+                    chunk: chunk
+                        .as_str()
+                        .map_or_else(|| chunk.to_string(), str::to_owned),
+                    model: None,
+                    cached: false,
+                };
+                ctx.progress(serde_json::to_value(chunk).unwrap_or_default())
+                    .await;
             }
         }
         if data

@@ -180,10 +180,11 @@ fn show_event(event: &Event) -> anyhow::Result<Option<RunEnded>> {
         Ok(RunEventKind::Step) => {
             let news: RunStep = serde_json::from_value(data.clone()).context("a run.step event")?;
             let round = news
+                .view
                 .round
                 .map(|r| format!(" (round {r})"))
                 .unwrap_or_default();
-            eprintln!("step {}: {}{round}", news.step, news.state);
+            eprintln!("step {}: {}{round}", news.step, news.view.state);
             Ok(None)
         }
         Ok(RunEventKind::Ended) => {

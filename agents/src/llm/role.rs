@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use mindbus::runtime::{Context, Handler, HandlerError};
-use mindbus::wire::{ErrorType, EventKind, TextChunk};
+use mindbus::wire::{ErrorType, EventKind, LlmUsage, TextChunk, UsageReport};
 use serde_json::{Value, json};
 
 use super::cache::{Cache, Cached};
@@ -233,17 +233,8 @@ fn output(text: &str, model: &str, usage: Usage, cached: bool, json: Option<Valu
     out["text"] = json!(text);
     out["model"] = json!(model);
     out["cached"] = json!(cached);
-    out["usage"] = usage_json(usage);
+    out["usage"] = serde_json::to_value(UsageReport::from(usage)).unwrap_or_default();
     out
-}
-
-fn usage_json(usage: Usage) -> Value {
-    json!({
-        "tokens_in": usage.tokens_in,
-        "tokens_out": usage.tokens_out,
-        "cost_micros": usage.cost_micros,
-        "cost_usd": usage.cost_micros as f64 / 1e6,
-    })
 }
 
 /// One `mindbus.llm.usage` event: a call that reached a provider (answered, or `failed`
@@ -259,13 +250,19 @@ struct UsageEvent<'a> {
 
 impl UsageEvent<'_> {
     async fn emit(&self, ctx: &Context) {
-        let mut data = usage_json(self.usage);
-        data["model"] = json!(self.model);
-        data["latency_ms"] = json!(self.latency_ms);
-        data["cachehit"] = json!(self.cachehit);
-        data["estimated"] = json!(self.estimated);
-        data["failed"] = json!(self.failed);
-        ctx.emit(EventKind::LlmUsage, data).await;
+        let data = LlmUsage {
+            report: self.usage.into(),
+            model: self.model.to_owned(),
+            latency_ms: self.latency_ms,
+            cachehit: self.cachehit,
+            estimated: self.estimated,
+            failed: self.failed,
+        };
+        ctx.emit(
+            EventKind::LlmUsage,
+            serde_json::to_value(data).unwrap_or_default(),
+        )
+        .await;
     }
 }
 

@@ -35,16 +35,8 @@ pub struct Payer {
     pub tenant: String,
 }
 
-/// One call's usage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub tokens_in: u64,
-    /// Answer tokens.
-    pub tokens_out: u64,
-    /// Cost in micro-USD.
-    pub cost_micros: u64,
-}
+/// One call's usage, as events report it.
+pub use mindbus::wire::Usage;
 
 /// A call's estimated cost, counted against its budgets until it is settled or released.
 /// One dropped unsettled (its call was dropped: the command was cancelled or ran out of

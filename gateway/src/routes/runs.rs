@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use mindbus::wire::{
     Approval, Command, ErrorType, GetRun, ListRuns, ORCHESTRATOR_ROLE, OVER_QUOTA, RunChange,
-    RunRef, RunRequest, RunStatus, StartRun, Status,
+    RunRef, RunRequest, RunStatus, RunSummary, StartRun, Status,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -67,7 +67,7 @@ pub struct RunStarted {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RunList {
     #[schema(value_type = Vec<Object>)]
-    pub runs: Vec<Value>,
+    pub runs: Vec<RunSummary>,
     /// When the page is full: pass it as `after` for the next page.
     pub next: Option<String>,
 }

@@ -201,6 +201,52 @@ pub struct TextChunk {
     pub cached: bool,
 }
 
+/// What LLM calls used: tokens each way and their cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub tokens_in: u64,
+    /// Answer tokens.
+    pub tokens_out: u64,
+    /// Cost in micro-USD.
+    pub cost_micros: u64,
+}
+
+/// [`Usage`] as results and events report it: with the cost in USD too, for people reading
+/// it (`cost_micros` is exact).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UsageReport {
+    #[serde(flatten)]
+    pub usage: Usage,
+    pub cost_usd: f64,
+}
+
+impl From<Usage> for UsageReport {
+    fn from(usage: Usage) -> Self {
+        Self {
+            usage,
+            cost_usd: usage.cost_micros as f64 / 1e6,
+        }
+    }
+}
+
+/// The data of a `mindbus.llm.usage` event: one call that reached a provider (answered, or
+/// `failed` after the provider took it), or a cache hit.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LlmUsage {
+    #[serde(flatten)]
+    pub report: UsageReport,
+    /// The model that answered, as `provider/name`.
+    pub model: String,
+    pub latency_ms: u64,
+    /// Answered from the cache: nothing was spent.
+    pub cachehit: bool,
+    /// The provider reported no usage; tokens were estimated from the text.
+    pub estimated: bool,
+    /// The call failed after the provider took it.
+    pub failed: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
@@ -228,6 +274,25 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&retried).unwrap(),
             serde_json::json!({"errortype": "timeout", "error": "slow", "delay_ms": 50})
+        );
+        let usage = LlmUsage {
+            report: Usage {
+                tokens_in: 3,
+                tokens_out: 4,
+                cost_micros: 1_500,
+            }
+            .into(),
+            model: "openai/m".into(),
+            latency_ms: 9,
+            cachehit: false,
+            estimated: true,
+            failed: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&usage).unwrap(),
+            serde_json::json!({"tokens_in": 3, "tokens_out": 4, "cost_micros": 1_500,
+                "cost_usd": 0.0015, "model": "openai/m", "latency_ms": 9, "cachehit": false,
+                "estimated": true, "failed": false})
         );
     }
     use crate::wire::{ContentType, EntryId, derived_id};

@@ -29,13 +29,15 @@ pub use entry_id::EntryId;
 pub use envelope::{ANONYMOUS_SOURCE, Envelope, Extensions, Origin, Payload, derived_id};
 pub use error::WireError;
 pub use error_type::ErrorType;
-pub use event::{DeadLettered, Event, EventKind, Failed, Retried, TextChunk};
+pub use event::{
+    DeadLettered, Event, EventKind, Failed, LlmUsage, Retried, TextChunk, Usage, UsageReport,
+};
 pub use fields::{Fields, PackedFields, field_text};
 pub use id::{MAX_ID_BYTES, MessageId};
 pub use result::{CommandResult, Failure, RESULT_TYPE, Status};
 pub use run::{
     Approval, GetRun, ListRuns, ORCHESTRATOR_ROLE, OVER_QUOTA, PartPage, RunChange, RunCommand,
-    RunEnded, RunEventKind, RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted,
-    RunStatus, RunStep, StartRun, run_id,
+    RunEnded, RunEventKind, RunList, RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted,
+    RunStatus, RunStep, RunSummary, RunView, StartRun, StepView, run_id,
 };
 pub use trace::TraceParent;

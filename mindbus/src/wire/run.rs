@@ -278,6 +278,15 @@ pub struct RunStarted {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RunStep {
     pub step: String,
+    #[serde(flatten)]
+    pub view: StepView,
+}
+
+/// Where one step stands, as `run.get` and `mindbus.run.step` events show it. A value over
+/// the events' bound is left out, with `<field>_truncated` and `<field>_bytes`; `run.get`'s
+/// `part` reads it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepView {
     /// `pending`, `skipped`, `running`, `awaiting_approval`, `done` or `failed`.
     pub state: String,
     /// The round a running step's commands are out in.
@@ -296,6 +305,58 @@ pub struct RunStep {
     pub output_bytes: Option<usize>,
     /// Why a failed step failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub error_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_bytes: Option<usize>,
+}
+
+/// What `run.get` without a `part` answers: the run, every value over the events' bound
+/// left out (`null`) with `<field>_truncated` and `<field>_bytes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    pub run_id: Uuid,
+    pub workflow: String,
+    pub status: RunStatus,
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub input_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_bytes: Option<usize>,
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<usize>,
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub error_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_bytes: Option<usize>,
+    /// Every step, by id, added steps included.
+    pub steps: std::collections::BTreeMap<String, StepView>,
+    /// The steps results added at run time, in the order they were added.
+    pub added_steps: Vec<String>,
+}
+
+/// What `run.list` answers: runs newest first, and the cursor of the next page (pass it as
+/// `after`) when this one is full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+    pub next: Option<String>,
+}
+
+/// A run in a [`RunList`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: Uuid,
+    pub workflow: String,
+    pub status: RunStatus,
+    /// When it started and when it last changed, as Postgres prints a timestamp.
+    pub created_at: String,
+    pub updated_at: String,
     pub error: Option<String>,
 }
 
@@ -534,5 +595,38 @@ mod tests {
         let data = serde_json::to_value(&ended).unwrap();
         assert_eq!(data["status"], "completed");
         assert_eq!(serde_json::from_value::<RunEnded>(data).unwrap(), ended);
+    }
+
+    #[test]
+    fn views_keep_their_wire_names() {
+        let run_id = Uuid::now_v7();
+        let step = RunStep {
+            step: "draft".into(),
+            view: StepView {
+                state: "done".into(),
+                output: Some(Value::Null),
+                output_truncated: true,
+                output_bytes: Some(70_000),
+                ..StepView::default()
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&step).unwrap(),
+            serde_json::json!({"step": "draft", "state": "done", "output": null,
+                "output_truncated": true, "output_bytes": 70_000})
+        );
+        let view = serde_json::json!({"run_id": run_id, "workflow": "w", "status": "failed",
+            "input": {"a": 1}, "output": null, "error": null, "error_truncated": true,
+            "error_bytes": 70_000, "steps": {"draft": {"state": "pending"}},
+            "added_steps": []});
+        let typed: RunView = serde_json::from_value(view.clone()).unwrap();
+        assert!(typed.error_truncated && !typed.input_truncated);
+        assert_eq!(serde_json::to_value(&typed).unwrap(), view);
+        let list = serde_json::json!({"runs": [{"run_id": run_id, "workflow": "w",
+            "status": "running", "created_at": "t0", "updated_at": "t1", "error": null}],
+            "next": null});
+        let typed: RunList = serde_json::from_value(list.clone()).unwrap();
+        assert_eq!(typed.runs[0].status, RunStatus::Running);
+        assert_eq!(serde_json::to_value(&typed).unwrap(), list);
     }
 }

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use mindbus::runtime::{Context, Handler, HandlerError, HandlerResult};
 use mindbus::wire::{
     Approval, Command, ErrorType, GetRun, ListRuns, OVER_QUOTA, PartPage, RunChange, RunEventKind,
-    RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted, RunStatus, StartRun,
+    RunList, RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted, RunStatus, RunView,
+    StartRun,
 };
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Orchestrator;
 use super::publish::event_entry;
 use super::timers::Timer;
-use super::transition::{Effects, Input, Outcome, bound_field};
+use super::transition::{Effects, Input, Outcome, step_view, within_event};
 use crate::engine::{self, RunState};
 use crate::store::{self, RunPart, RunRow};
 
@@ -83,29 +83,29 @@ impl Handler for Commands {
 
 /// A run as `run.get` shows it: every value over
 /// [`EVENT_OUTPUT_BYTES`](super::transition::EVENT_OUTPUT_BYTES) (the input, the output,
-/// each step's output) left out and flagged.
-fn view(run: RunRow) -> Value {
-    let mut steps = serde_json::to_value(&run.state.steps).unwrap_or_default();
-    if let Value::Object(steps) = &mut steps {
-        for step in steps.values_mut() {
-            bound_field(step, "output");
-            bound_field(step, "error");
-        }
+/// the error, each step's output and error) left out and flagged.
+fn view(run: RunRow) -> RunView {
+    let (input, input_bytes) = within_event(Some(run.input));
+    let (output, output_bytes) = within_event(run.output);
+    let (error, error_bytes) = within_event(run.error);
+    RunView {
+        run_id: run.id,
+        workflow: run.workflow,
+        status: run.status,
+        input,
+        input_truncated: input_bytes.is_some(),
+        input_bytes,
+        output,
+        output_truncated: output_bytes.is_some(),
+        output_bytes,
+        error,
+        error_truncated: error_bytes.is_some(),
+        error_bytes,
+        steps: (run.state.steps.iter())
+            .map(|(id, state)| (id.clone(), step_view(state)))
+            .collect(),
+        added_steps: run.state.added.iter().map(|a| a.step.id.clone()).collect(),
     }
-    let mut view = json!({
-        "run_id": run.id,
-        "workflow": run.workflow,
-        "status": run.status.as_str(),
-        "input": run.input,
-        "output": run.output,
-        "error": run.error,
-        "steps": steps,
-        "added_steps": run.state.added.iter().map(|a| &a.step.id).collect::<Vec<_>>(),
-    });
-    for field in ["input", "output", "error"] {
-        bound_field(&mut view, field);
-    }
-    view
 }
 
 /// A typed answer as the command's result data.
@@ -240,7 +240,7 @@ impl Orchestrator {
                         .is_none_or(|w| w.contains(&run.workflow))
                 })
                 .ok_or_else(missing)?;
-            return Ok(view(run));
+            return answer(&view(run));
         };
         let limit = get.limit.unwrap_or(100).clamp(1, 1000);
         let workflows = get.workflows.as_deref();
@@ -262,7 +262,7 @@ impl Orchestrator {
             .await
             .map_err(retry)?
             .ok_or_else(|| HandlerError::fatal(format!("no run {run_id}")))?;
-        Ok(view(run))
+        answer(&view(run))
     }
 
     async fn list(&self, list: ListRuns) -> HandlerResult {
@@ -284,7 +284,10 @@ impl Orchestrator {
             store::list_runs(&self.pool, status, list.workflows.as_deref(), after, limit)
                 .await
                 .map_err(retry)?;
-        Ok(json!({"runs": runs, "next": next.map(|c| c.to_string())}))
+        answer(&RunList {
+            runs,
+            next: next.map(|c| c.to_string()),
+        })
     }
 
     /// Cancels or decides a run of one of `workflows` (when given); answers with the run's

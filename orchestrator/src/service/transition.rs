@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use mindbus::wire::{RunEnded, RunEventKind, RunStatus, RunStep, Status};
-use serde_json::{Value, json};
+use mindbus::wire::{RunEnded, RunEventKind, RunStatus, RunStep, Status, StepView};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::publish::{cancel_entry, command_entry, event_entry};
@@ -496,26 +496,39 @@ fn step_news(id: &str, before: Option<&StepState>, now: &StepState) -> Option<Ru
     if before == Some(now) {
         return None;
     }
-    let mut news = RunStep {
+    Some(RunStep {
         step: id.to_owned(),
-        state: now.name().to_owned(),
-        ..RunStep::default()
+        view: step_view(now),
+    })
+}
+
+/// Where a step stands, as events and `run.get` show it: an output or an error over
+/// [`EVENT_OUTPUT_BYTES`] left out.
+pub(crate) fn step_view(state: &StepState) -> StepView {
+    let mut view = StepView {
+        state: state.name().to_owned(),
+        ..StepView::default()
     };
-    match now {
+    match state {
         StepState::Running { round, commands } => {
-            news.round = Some(*round);
-            news.commands = Some(*commands);
+            view.round = Some(*round);
+            view.commands = Some(*commands);
         }
         StepState::Done { output } => {
             let (output, bytes) = within_event(Some(output.clone()));
-            news.output = Some(output.unwrap_or(Value::Null));
-            news.output_truncated = bytes.is_some();
-            news.output_bytes = bytes;
+            view.output = Some(output.unwrap_or(Value::Null));
+            view.output_truncated = bytes.is_some();
+            view.output_bytes = bytes;
         }
-        StepState::Failed { error } => news.error = Some(error.clone()),
+        StepState::Failed { error } => {
+            let (error, bytes) = within_event(Some(error.clone()));
+            view.error = error;
+            view.error_truncated = bytes.is_some();
+            view.error_bytes = bytes;
+        }
         StepState::Pending | StepState::Skipped | StepState::AwaitingApproval => {}
     }
-    Some(news)
+    view
 }
 
 /// Most bytes of an output an event carries; a bigger one is left out (`output_bytes`
@@ -523,7 +536,7 @@ fn step_news(id: &str, before: Option<&StepState>, now: &StepState) -> Option<Ru
 pub(crate) const EVENT_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// `value`, unless it is over [`EVENT_OUTPUT_BYTES`]: then nothing, and how big it was.
-fn within_event(value: Option<Value>) -> (Option<Value>, Option<usize>) {
+pub(crate) fn within_event<T: serde::Serialize>(value: Option<T>) -> (Option<T>, Option<usize>) {
     let bytes = value
         .as_ref()
         .map_or(0, |v| serde_json::to_vec(v).map_or(0, |b| b.len()));
@@ -531,20 +544,5 @@ fn within_event(value: Option<Value>) -> (Option<Value>, Option<usize>) {
         (None, Some(bytes))
     } else {
         (value, None)
-    }
-}
-
-/// Leaves `data[field]` out when it is over [`EVENT_OUTPUT_BYTES`], saying how big it was
-/// (`<field>_bytes`) and that it was left out (`<field>_truncated`): it is read whole, or a
-/// page at a time, with `run.get`'s `part`.
-pub(crate) fn bound_field(data: &mut Value, field: &str) {
-    let Some(value) = data.get(field) else {
-        return;
-    };
-    let bytes = serde_json::to_vec(value).map_or(0, |b| b.len());
-    if bytes > EVENT_OUTPUT_BYTES {
-        data[field] = Value::Null;
-        data[format!("{field}_bytes")] = json!(bytes);
-        data[format!("{field}_truncated")] = json!(true);
     }
 }

@@ -22,8 +22,8 @@ pub use outbox::{
     set_timers, take_stale, take_timer,
 };
 pub use runs::{
-    ListCursor, RunPart, RunRow, RunSummary, get_run, insert_run, list_runs, lock_run, lock_status,
-    run_part, running_of, save_run,
+    ListCursor, RunPart, RunRow, get_run, insert_run, list_runs, lock_run, lock_status, run_part,
+    running_of, save_run,
 };
 
 /// A transaction on the run store.

@@ -1,6 +1,6 @@
 //! Run rows.
 
-use mindbus::wire::RunStatus;
+use mindbus::wire::{RunStatus, RunSummary};
 use serde_json::Value;
 use sqlx::{PgPool, Row, postgres::PgRow};
 use uuid::Uuid;
@@ -28,17 +28,6 @@ pub struct RunRow {
     /// Who started it, for a per-owner limit on running runs (the gateway names the API
     /// key); `None` for runs started without one.
     pub owner: Option<String>,
-}
-
-/// A run in a listing.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RunSummary {
-    pub run_id: Uuid,
-    pub workflow: String,
-    pub status: String,
-    pub created_at: String,
-    pub updated_at: String,
-    pub error: Option<String>,
 }
 
 const COLUMNS: &str = "id, workflow, definition, status, input, state, output, error, traceparent, tenant, owner, \
@@ -296,7 +285,9 @@ pub async fn list_runs(
             Ok(RunSummary {
                 run_id: row.try_get("id")?,
                 workflow: row.try_get("workflow")?,
-                status: row.try_get("status")?,
+                status: (row.try_get::<String, _>("status")?)
+                    .parse()
+                    .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
                 error: row.try_get("error")?,
