@@ -217,3 +217,26 @@ async fn a_producers_own_id_is_answered_as_it_is() {
         refused.failure
     );
 }
+
+/// With `agent.events: outcomes`, a command writes no `received` or `started` event, but a
+/// retry and the outcome are still told.
+#[tokio::test]
+async fn outcome_events_only_still_tell_retries_and_outcomes() {
+    let mesh = Mesh::new("outcomes").await;
+    let _agent = mesh.agent_with_env(&[("MINDBUS_AGENT__EVENTS", "outcomes")]);
+    mesh.xadd_cli(&["type", "echo.say", "data", r#"{"fail_attempts":1}"#]);
+    let results = mesh.wait_results(1, Duration::from_secs(20)).await;
+    assert_eq!(results[0].status, Status::Completed);
+    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(10))
+        .await;
+    let kinds: Vec<String> = mesh
+        .events()
+        .await
+        .into_iter()
+        .map(|e| e.envelope.ty)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["mindbus.command.retried", "mindbus.command.completed"]
+    );
+}

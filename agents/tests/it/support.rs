@@ -46,6 +46,14 @@ impl Mesh {
         self.agent_command(extra).spawn().expect("agent starts")
     }
 
+    /// Like [`Mesh::agent`], with environment variables set.
+    pub fn agent_with_env(&self, env: &[(&str, &str)]) -> Child {
+        self.agent_command(&[])
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("agent starts")
+    }
+
     /// Like [`Mesh::agent`], writing its warnings to `log`.
     pub fn agent_logging(&self, extra: &[&str], log: std::fs::File) -> Child {
         self.agent_command(extra)

@@ -14,6 +14,7 @@ use super::Shared;
 use super::handler::{Context, HandlerError};
 use super::outcome::Ending;
 use super::writer::{Finish, Write};
+use crate::config::LifecycleEvents;
 use crate::group::Delivery;
 use crate::wire::{
     Command, EntryId, ErrorType, EventKind, Failure, Fields, Origin, Payload, Retried, derived_id,
@@ -76,6 +77,13 @@ impl Shared {
         }
     }
 
+    /// A `received` or `started` event, when the agent writes them (`agent.events`).
+    async fn emit_lifecycle(&self, kind: EventKind, command: &Command, attempt: u32) {
+        if self.config.events == LifecycleEvents::All {
+            self.emit(kind, command, attempt, Value::Null).await;
+        }
+    }
+
     async fn handle_entry(
         &self,
         id: EntryId,
@@ -131,7 +139,7 @@ impl Shared {
             return Some(self.finish(id, &command, deliveries, Ending::Failed(failure)));
         }
         // The delivery count is the event's `attempt`.
-        self.emit(EventKind::Received, &command, deliveries, Value::Null)
+        self.emit_lifecycle(EventKind::Received, &command, deliveries)
             .await;
         self.attempts(id, command, deliveries, max, fields, token)
             .await
@@ -166,7 +174,7 @@ impl Shared {
             .build();
         let mut attempt = first;
         loop {
-            self.emit(EventKind::Started, &command, attempt, Value::Null)
+            self.emit_lifecycle(EventKind::Started, &command, attempt)
                 .await;
             let failure = match self.invoke(&command, attempt, &token).await {
                 Invocation::Done(Ok(value)) => {
