@@ -40,6 +40,7 @@ pub async fn run(bus: &Bus, args: TailArgs) -> anyhow::Result<()> {
         streams = command_streams(bus).await?;
         streams.extend(bus.keys().shared_streams());
     }
+    let count = streams.len();
     let mut follower = Follower::new(
         bus.redis(),
         streams,
@@ -47,6 +48,8 @@ pub async fn run(bus: &Bus, args: TailArgs) -> anyhow::Result<()> {
         Duration::from_millis(500),
     )
     .await?;
+    // On stderr, so stdout holds entries only: from here on, nothing written is missed.
+    eprintln!("following {count} stream(s)");
     let started = Instant::now();
     let mut rescanned = Instant::now();
     let mut printed = 0;

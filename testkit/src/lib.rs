@@ -36,6 +36,24 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The entries of `stream` pending in `group`: (entry, consumer, deliveries).
+pub async fn pending<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> Vec<(EntryId, String, u32)> {
+    let reply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(100_000)
+        .query_async(conn)
+        .await
+        .expect("XPENDING");
+    mindbus::streams::parse_pending(reply).expect("pending entries")
+}
+
 /// Every entry of `stream`, oldest first, read in pages (deleted ones left out).
 pub async fn entries<C: ConnectionLike + Send>(
     conn: &mut C,

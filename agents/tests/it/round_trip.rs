@@ -162,13 +162,21 @@ async fn cli_send_wait_prints_the_result() {
 async fn tail_prints_entries_of_a_quiet_stream() {
     let mesh = Mesh::new("tail").await;
     let _agent = mesh.agent(&[]);
-    let tail = mesh
+    mesh.wait_consumers(1).await;
+    let mut tail = mesh
         .cli()
         .args(["tail", "--count", "5", "--for-ms", "20000"])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut started = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(tail.stderr.take().unwrap()),
+        &mut started,
+    )
+    .unwrap();
+    assert!(started.starts_with("following"), "{started}");
     // One command: its entry, received, started, result, completed; the dead-letter stream
     // stays quiet and must not make tail skip anything.
     mesh.xadd_cli(&["type", "echo.say", "data", "{}"]);

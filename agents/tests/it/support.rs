@@ -97,16 +97,8 @@ impl Mesh {
 
     /// The echo group's pending entries: (entry, consumer, deliveries).
     pub async fn pending(&self) -> Vec<(EntryId, String, u32)> {
-        let reply = redis::cmd("XPENDING")
-            .arg(self.stream("cmd:{echo}"))
-            .arg("echo")
-            .arg("-")
-            .arg("+")
-            .arg(100_000)
-            .query_async(&mut self.bus.connection())
-            .await
-            .unwrap();
-        mindbus::streams::parse_pending(reply).unwrap()
+        let stream = self.stream("cmd:{echo}");
+        mindbus_testkit::pending(&mut self.bus.connection(), &stream, "echo").await
     }
 
     /// Whether any command's handler ever started.

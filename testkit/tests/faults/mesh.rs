@@ -120,18 +120,10 @@ impl Mesh {
     /// Entries of the echo group pending for the agent with process id `pid` (consumer
     /// names carry the pid).
     pub async fn pending_of(&self, pid: u32) -> usize {
-        let reply = redis::cmd("XPENDING")
-            .arg(self.stream("cmd:{echo}"))
-            .arg("echo")
-            .arg("-")
-            .arg("+")
-            .arg(100_000)
-            .query_async(&mut self.bus.connection())
-            .await
-            .unwrap();
+        let stream = self.stream("cmd:{echo}");
         let marker = format!("-{pid}-");
-        mindbus::streams::parse_pending(reply)
-            .unwrap()
+        mindbus_testkit::pending(&mut self.bus.connection(), &stream, "echo")
+            .await
             .iter()
             .filter(|(_, consumer, _)| consumer.contains(&marker))
             .count()
