@@ -171,11 +171,9 @@ async fn tail_prints_entries_of_a_quiet_stream() {
         .spawn()
         .unwrap();
     let mut started = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(tail.stderr.take().unwrap()),
-        &mut started,
-    )
-    .unwrap();
+    // Kept open until tail exits, so a later line on stderr cannot break its pipe.
+    let mut stderr = std::io::BufReader::new(tail.stderr.take().unwrap());
+    std::io::BufRead::read_line(&mut stderr, &mut started).unwrap();
     assert!(started.starts_with("following"), "{started}");
     // One command: its entry, received, started, result, completed; the dead-letter stream
     // stays quiet and must not make tail skip anything.

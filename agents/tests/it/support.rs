@@ -75,6 +75,8 @@ impl Mesh {
             ])
             .args(extra)
             .env("RUST_LOG", "warn")
+            // The tests assert the default lifecycle events, whatever the shell exports.
+            .env_remove("MINDBUS_AGENT__EVENTS")
             .stdout(Stdio::null())
             .kill_on_drop(true);
         command

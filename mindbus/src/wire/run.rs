@@ -282,8 +282,8 @@ pub struct RunStep {
     pub view: StepView,
 }
 
-/// Where one step stands, as `run.get` and `mindbus.run.step` events show it. A value over
-/// the events' bound is left out, with `<field>_truncated` and `<field>_bytes`; `run.get`'s
+/// Where one step stands, as `run.get` and `mindbus.run.step` events show it. An output over
+/// the events' bound is left out, with `output_truncated` and `output_bytes`; `run.get`'s
 /// `part` reads it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StepView {
@@ -306,10 +306,6 @@ pub struct StepView {
     /// Why a failed step failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub error_truncated: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_bytes: Option<usize>,
 }
 
 /// What `run.get` without a `part` answers: the run, every value over the events' bound

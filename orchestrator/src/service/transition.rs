@@ -502,7 +502,7 @@ fn step_news(id: &str, before: Option<&StepState>, now: &StepState) -> Option<Ru
     })
 }
 
-/// Where a step stands, as events and `run.get` show it: an output or an error over
+/// Where a step stands, as events and `run.get` show it: an output over
 /// [`EVENT_OUTPUT_BYTES`] left out.
 pub(crate) fn step_view(state: &StepState) -> StepView {
     let mut view = StepView {
@@ -520,12 +520,7 @@ pub(crate) fn step_view(state: &StepState) -> StepView {
             view.output_truncated = bytes.is_some();
             view.output_bytes = bytes;
         }
-        StepState::Failed { error } => {
-            let (error, bytes) = within_event(Some(error.clone()));
-            view.error = error;
-            view.error_truncated = bytes.is_some();
-            view.error_bytes = bytes;
-        }
+        StepState::Failed { error } => view.error = Some(error.clone()),
         StepState::Pending | StepState::Skipped | StepState::AwaitingApproval => {}
     }
     view

@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// The agents' `agent.events`: `all` (the default) or `outcomes`.
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", value_parser = ["all", "outcomes"])]
     events: String,
 }
 
