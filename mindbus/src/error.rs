@@ -23,6 +23,16 @@ pub enum Error {
     /// The configuration could not be loaded.
     #[error("{0}")]
     LoadConfig(#[from] ConfigError),
+    /// The server is a node of a Redis Cluster, which MindBus does not run on yet: its
+    /// scripts and shared streams span keys that a cluster puts in different slots.
+    #[error(
+        "redis at {address} is a node of a Redis Cluster (cluster_enabled:1): MindBus runs on \
+         one Redis (with or without replicas), not yet on a cluster"
+    )]
+    Cluster {
+        /// The node's address, without credentials.
+        address: String,
+    },
     /// The Redis URL cannot be used.
     #[error("configuration: redis url: {0}")]
     RedisUrl(#[source] redis::RedisError),
@@ -35,4 +45,11 @@ pub enum Error {
     /// A reply from Redis could not be decoded at all.
     #[error("unreadable reply from redis: {0}")]
     Decode(#[from] redis_protocol::error::RedisProtocolError),
+}
+
+impl Error {
+    /// Whether trying again cannot help (waiting for Redis should give up and say why).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Cluster { .. })
+    }
 }

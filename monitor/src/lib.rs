@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use mindbus::config::Config;
 use mindbus::keys::Keys;
-use mindbus::streams::Redis;
+use mindbus::streams::{Redis, until_up};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MonitorConfig;
@@ -48,6 +48,10 @@ pub async fn run(
         tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
     }
     let redis = Redis::open(&config.redis.url)?;
+    // Waits for Redis, and refuses one it cannot run on.
+    if until_up(&shutdown, || redis.shared()).await?.is_none() {
+        return Ok(());
+    }
     let keys = Keys::new(config.redis.prefix.clone());
     let trimmer = tokio::spawn(trim_loop(
         redis.clone(),

@@ -72,17 +72,7 @@ impl PrivateRedis {
     }
 
     fn wait_ready(&self) {
-        for _ in 0..400 {
-            if redis::Client::open(self.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("private redis-server did not start");
+        wait_answering(&self.url());
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -106,6 +96,108 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits until the Redis at `url` answers `PING`.
+fn wait_answering(url: &str) {
+    for _ in 0..400 {
+        if redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("private redis-server at {url} did not start");
+}
+
+/// A Redis Cluster of the test's own: `masters` nodes (three at least) on free ports, the
+/// slots spread over them by `redis-cli --cluster create`, no replicas, nothing on disk but
+/// the nodes' cluster files. Stopped when dropped.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// Starts the nodes, joins them into one cluster and waits until it serves every slot.
+    pub fn start(masters: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        for _ in 0..masters {
+            let port = free_port();
+            let node = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                ])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .arg("--dir")
+                .arg(cluster.dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            cluster.nodes.push(node);
+            cluster.ports.push(port);
+            wait_answering(&format!("redis://127.0.0.1:{port}"));
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status();
+        assert!(
+            created.is_ok_and(|s| s.success()),
+            "redis-cli --cluster create"
+        );
+        for port in &cluster.ports {
+            cluster.wait_serving(*port);
+        }
+        cluster
+    }
+
+    /// Waits until the node on `port` says the cluster serves every slot.
+    fn wait_serving(&self, port: u16) {
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..400 {
+            let info = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
+            if info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the cluster's node on {port} never served every slot");
+    }
+
+    /// The URL of one of its nodes (any node is a way in).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
     }
 }
 

@@ -52,7 +52,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let llm = Arc::new(LlmConfig::load(file)?);
     // Started before Redis (or while it restarts): wait for it.
-    let Some(bus) = until_up(&shutdown, || Bus::connect(&config.redis)).await else {
+    let Some(bus) = until_up(&shutdown, || Bus::connect(&config.redis)).await? else {
         return Ok(());
     };
     let prefix = bus.keys().prefix().to_string();

@@ -93,7 +93,7 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
         // An agent started before Redis (or while it restarts) waits for it.
-        let Some(conn) = until_up(&shutdown, || self.redis.shared()).await else {
+        let Some(conn) = until_up(&shutdown, || self.redis.shared()).await? else {
             return Ok(());
         };
         let stream = self.keys.commands(&self.role);

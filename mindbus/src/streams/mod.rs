@@ -50,15 +50,32 @@ impl Redis {
     }
 
     /// The shared connection for writes and short requests; it reconnects after a failure.
+    /// Every process makes one first, so this is where a server MindBus cannot run on (a
+    /// Redis Cluster node) is refused.
     pub async fn shared(&self) -> Result<ConnectionManager, Error> {
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        ConnectionManager::new_with_config(self.client.clone(), config)
+        let mut conn = ConnectionManager::new_with_config(self.client.clone(), config)
             .await
-            .map_err(|e| self.unreachable(e))
+            .map_err(|e| self.unreachable(e))?;
+        let info: Result<String, RedisError> = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await;
+        match info {
+            Ok(info) if info.lines().any(|line| line.trim() == "cluster_enabled:1") => {
+                Err(Error::Cluster {
+                    address: self.address(),
+                })
+            }
+            // A user whose ACL denies INFO is not refused for it.
+            Ok(_) => Ok(conn),
+            Err(e) if e.code().is_some() => Ok(conn),
+            Err(e) => Err(self.unreachable(e)),
+        }
     }
 
     /// A connection of its own for a loop that blocks `block` at a time: its response
@@ -104,12 +121,13 @@ pub fn retry_delays() -> impl Iterator<Item = Duration> {
 }
 
 /// Runs `attempt` until it succeeds, waiting with backoff between tries and warning each
-/// time (the error names the address tried); `None` when `stop` fires first. For a process
-/// started before Redis, or while it restarts, that should wait rather than exit.
+/// time (the error names the address tried); `Ok(None)` when `stop` fires first, and the
+/// error when waiting cannot help ([`Error::is_permanent`]). For a process started before
+/// Redis, or while it restarts, that should wait rather than exit.
 pub async fn until_up<T, F, Fut>(
     stop: &tokio_util::sync::CancellationToken,
     mut attempt: F,
-) -> Option<T>
+) -> Result<Option<T>, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
@@ -117,11 +135,12 @@ where
     let mut delays = retry_delays();
     loop {
         match attempt().await {
-            Ok(value) => return Some(value),
+            Ok(value) => return Ok(Some(value)),
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) => tracing::warn!(error = %e, "waiting for redis"),
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
-        tokio::select! { _ = stop.cancelled() => return None, _ = tokio::time::sleep(delay) => {} }
+        tokio::select! { _ = stop.cancelled() => return Ok(None), _ = tokio::time::sleep(delay) => {} }
     }
 }
 

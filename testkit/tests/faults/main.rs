@@ -124,7 +124,9 @@ async fn redis_kill_9_and_restart_from_aof_everysec() {
                 let mut command = echo(i, 1);
                 command.idempotencykey = Some(command.envelope.id.to_string());
                 // Through the restart: retried with the one retry policy until Redis is back.
-                until_up(&CancellationToken::new(), || bus.publish("echo", &command)).await;
+                until_up(&CancellationToken::new(), || bus.publish("echo", &command))
+                    .await
+                    .expect("published");
                 acked.push(command.envelope.id);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -223,7 +225,8 @@ impl Runs {
             until_up(&CancellationToken::new(), || {
                 bus.publish(ORCHESTRATOR_ROLE, &start)
             })
-            .await;
+            .await
+            .expect("published");
             runs.push(mindbus::wire::run_id(&start.envelope.id).into());
         }
         runs
