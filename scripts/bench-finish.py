@@ -5,7 +5,8 @@
 Writes batches of finished echo commands (result, completed event, ack of a pending entry)
 to a key prefix of its own, four ways, and prints the server's CPU (from INFO cpu) per
 command:
-  script    the agent's finish script (mindbus/src/runtime/finish.lua), atomic per batch
+  script    the agent's finish script (mindbus/src/runtime/finish.lua) by its hash, atomic per
+            batch
   pipeline  the same commands as a plain pipeline, without the atomicity
   noop      the script's call with the same arguments and a script that does nothing
   event     one lifecycle event as a plain XADD, as agents write `received` and `started`
@@ -59,27 +60,29 @@ def run(r: redis.Redis, mode: str, batches: int, size: int) -> float:
     for _ in range(batches):
         entries = pending(r, commands, size)
         ids = [str(uuid.uuid4()) for _ in range(size)]
-        args = [commands, "echo", f"{prefix}:result", f"{prefix}:event", f"{prefix}:dlq", 0, 86400, 60]
+        keys = [commands, f"{prefix}:result:{{echo}}", f"{prefix}:event:{{echo}}", f"{prefix}:dlq:{{echo}}"]
+        args = [len(keys), *keys, "echo", 0, 86400, 60]
         for entry, command_id in zip(entries, ids):
             res, ev = result(command_id), event("completed", command_id)
-            # No done key: like the benchmark's commands, these have no idempotencykey.
-            args += [entry, "", "", len(res), *res, len(ev), *ev, 0]
+            # No done key and no reply stream: like the benchmark's commands.
+            args += [entry, 0, 0, len(res), *res, len(ev), *ev, 0]
         work.append((entries, ids, args))
+    sha, noop = r.script_load(SCRIPT), r.script_load("return 0")
     before = server_cpu(r)
     for entries, ids, args in work:
         if mode == "script":
-            accepted = r.eval(SCRIPT, 0, *args)
+            accepted = r.evalsha(sha, *args)
             assert all(a == 1 for a in accepted), "every finish acknowledges a pending entry"
         elif mode == "noop":
-            r.eval("return 0", 0, *args)
+            r.evalsha(noop, *args)
         else:
             pipe = r.pipeline(transaction=False)
             for command_id in ids:
                 if mode == "event":
-                    pipe.execute_command("XADD", f"{prefix}:event", "*", *event("started", command_id))
+                    pipe.execute_command("XADD", f"{prefix}:event:{{echo}}", "*", *event("started", command_id))
                     continue
-                pipe.execute_command("XADD", f"{prefix}:result", "*", *result(command_id))
-                pipe.execute_command("XADD", f"{prefix}:event", "*", *event("completed", command_id))
+                pipe.execute_command("XADD", f"{prefix}:result:{{echo}}", "*", *result(command_id))
+                pipe.execute_command("XADD", f"{prefix}:event:{{echo}}", "*", *event("completed", command_id))
             if mode == "pipeline":
                 for entry in entries:  # one XACK each, as the script acknowledges them
                     pipe.execute_command("XACK", commands, "echo", entry)

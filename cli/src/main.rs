@@ -48,8 +48,7 @@ enum Command {
     #[command(subcommand)]
     Runs(runs::RunsCommand),
     /// Inspect dead letters and send them back.
-    #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
+    Dlq(dlq::DlqArgs),
     /// The whole recorded timeline of a command or a run, from Postgres.
     Trace {
         /// A command id or a run id.

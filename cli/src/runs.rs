@@ -71,14 +71,16 @@ pub enum RunsCommand {
 /// Exits 1 when the run did not complete, 2 when the wait ran out.
 pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
     let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
-    let mut follower = Follower::new(
-        bus.redis(),
-        vec![bus.keys().events()],
-        false,
-        Duration::from_secs(1),
-    )
-    .await
-    .context("following events")?;
+    // The run's own events, and its steps' (streamed text included) on every role's stream.
+    let mut streams = vec![bus.keys().events(ORCHESTRATOR_ROLE)];
+    for role in mindbus::streams::roles(&mut bus.connection(), bus.keys()).await? {
+        if role != ORCHESTRATOR_ROLE {
+            streams.push(bus.keys().events(&role));
+        }
+    }
+    let mut follower = Follower::new(bus.redis(), streams, false, Duration::from_secs(1))
+        .await
+        .context("following events")?;
     let start = StartRun {
         workflow: args.workflow,
         input,

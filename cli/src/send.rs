@@ -65,7 +65,7 @@ pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
         println!("{id}");
         return Ok(());
     }
-    let wait = bus.results().await?.register(&id);
+    let wait = bus.results().register(&args.role, &id).await?;
     bus.publish(&args.role, &command)
         .await
         .context("publishing")?;

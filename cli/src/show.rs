@@ -1,30 +1,15 @@
 //! Rendering entries for people: one line each for `tail`, JSON for `send --wait`.
 
-use mindbus::keys::Keys;
+use mindbus::keys::{Keys, Stream};
 use mindbus::streams::StreamEntry;
 use mindbus::wire::{Command, CommandResult, DeadLetter, Event, Origin};
 
-/// What kind of stream a key is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    Commands,
-    Results,
-    Events,
-    DeadLetters,
-    Other,
-}
-
-pub fn kind_of(keys: &Keys, stream: &str) -> StreamKind {
-    if keys.role_of(stream).is_some() {
-        StreamKind::Commands
-    } else if stream == keys.results() || stream.starts_with(&keys.reply("")) {
-        StreamKind::Results
-    } else if stream == keys.events() {
-        StreamKind::Events
-    } else if stream == keys.dead_letters() {
-        StreamKind::DeadLetters
-    } else {
-        StreamKind::Other
+/// Which of a role's streams a key is (a reply stream holds results); `None` for others.
+pub fn kind_of(keys: &Keys, stream: &str) -> Option<Stream> {
+    match keys.parse_stream(stream) {
+        Some((kind, _)) => Some(kind),
+        None if stream.starts_with(&format!("{}:reply:", keys.prefix())) => Some(Stream::Results),
+        None => None,
     }
 }
 
@@ -51,14 +36,14 @@ pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
     };
     let role = keys.role_of(stream).unwrap_or_default().to_owned();
     let decoded = match kind_of(keys, stream) {
-        StreamKind::Commands => Command::decode(fields, origin).map(|c| Line {
+        Some(Stream::Commands) => Command::decode(fields, origin).map(|c| Line {
             ty: c.envelope.ty,
             id: c.envelope.id.to_string(),
             role,
             detail: format!("data={}", c.envelope.data.value),
             ..Line::default()
         }),
-        StreamKind::Results => CommandResult::decode(fields, origin).map(|r| Line {
+        Some(Stream::Results) => CommandResult::decode(fields, origin).map(|r| Line {
             ty: r.envelope.ty.clone(),
             id: r.envelope.id.to_string(),
             correlation: r.correlationid.to_string(),
@@ -70,7 +55,7 @@ pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
                 failure_or_data(&r)
             ),
         }),
-        StreamKind::Events => Event::decode(fields, origin).map(|e| Line {
+        Some(Stream::Events) => Event::decode(fields, origin).map(|e| Line {
             ty: e.envelope.ty,
             id: e.envelope.id.to_string(),
             correlation: e.correlationid.map(|c| c.to_string()).unwrap_or_default(),
@@ -81,16 +66,16 @@ pub fn describe(keys: &Keys, stream: &str, entry: &StreamEntry) -> Line {
                 e.envelope.data.value
             ),
         }),
-        StreamKind::DeadLetters => DeadLetter::decode(fields.clone()).map(|d| Line {
+        Some(Stream::DeadLetters) => DeadLetter::decode(fields.clone()).map(|d| Line {
             ty: "mindbus.deadletter".into(),
-            role: keys.role_of(&d.stream).unwrap_or_default().to_owned(),
+            role: keys.commands_role(&d.stream).unwrap_or_default().to_owned(),
             detail: format!(
                 "from={} {} deliveries={} errortype={} reason={:?}",
                 d.stream, d.entry, d.deliveries, d.errortype, d.reason
             ),
             ..Line::default()
         }),
-        StreamKind::Other => Err(mindbus::wire::WireError::invalid(
+        None => Err(mindbus::wire::WireError::invalid(
             "type",
             "unknown stream kind",
         )),

@@ -2,10 +2,11 @@
 
 use comfy_table::Table;
 use mindbus::bus::Bus;
+use mindbus::keys::Stream;
 
-/// Every role's command stream (sorted).
-pub async fn command_streams(bus: &Bus) -> anyhow::Result<Vec<String>> {
-    Ok(mindbus::streams::command_streams(&mut bus.connection(), bus.keys()).await?)
+/// Every role with a command stream (sorted).
+pub async fn roles(bus: &Bus) -> anyhow::Result<Vec<String>> {
+    Ok(mindbus::streams::roles(&mut bus.connection(), bus.keys()).await?)
 }
 
 pub async fn run(bus: &Bus) -> anyhow::Result<()> {
@@ -22,14 +23,9 @@ pub async fn run(bus: &Bus) -> anyhow::Result<()> {
     let mut dead = 0;
     // Every command stream, registered or not (a producer may write to a role no agent has
     // started for yet).
-    let roles: Vec<String> = command_streams(bus)
-        .await?
-        .iter()
-        .filter_map(|s| bus.keys().role_of(s).map(str::to_owned))
-        .collect();
-    for stream in bus.overview(&roles).await? {
-        if stream.stream == bus.keys().dead_letters() {
-            dead = stream.length;
+    for stream in bus.overview(&roles(bus).await?).await? {
+        if stream.kind == Stream::DeadLetters {
+            dead += stream.length;
         }
         let length = stream.length.to_string();
         if stream.groups.is_empty() {

@@ -6,12 +6,12 @@ use clap::Args;
 use mindbus::bus::{Bus, Follower};
 
 use super::show::describe;
-use super::status::command_streams;
+use super::status::roles;
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// Streams to follow (default: every command stream, results, events, dead letters;
-    /// command streams of roles that appear later are picked up).
+    /// Streams to follow (default: every role's commands, results, events and dead
+    /// letters; the streams of roles that appear later are picked up).
     streams: Vec<String>,
     /// Only entries whose type starts with this.
     #[arg(long = "type", env = "MINDBUS_TAIL_TYPE")]
@@ -37,8 +37,7 @@ pub async fn run(bus: &Bus, args: TailArgs) -> anyhow::Result<()> {
     let automatic = args.streams.is_empty();
     let mut streams = args.streams.clone();
     if automatic {
-        streams = command_streams(bus).await?;
-        streams.extend(bus.keys().shared_streams());
+        streams = every_stream(bus).await?;
     }
     let count = streams.len();
     let mut follower = Follower::new(
@@ -61,7 +60,7 @@ pub async fn run(bus: &Bus, args: TailArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if automatic && rescanned.elapsed() > Duration::from_secs(2) {
-            command_streams(bus)
+            every_stream(bus)
                 .await?
                 .into_iter()
                 .for_each(|s| follower.add(s));
@@ -86,6 +85,15 @@ pub async fn run(bus: &Bus, args: TailArgs) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Every stream of every role.
+async fn every_stream(bus: &Bus) -> anyhow::Result<Vec<String>> {
+    Ok(roles(bus)
+        .await?
+        .iter()
+        .flat_map(|role| bus.keys().role_streams(role))
+        .collect())
 }
 
 fn matches(args: &TailArgs, line: &super::show::Line) -> bool {

@@ -13,7 +13,8 @@ const client = createClient({ url: process.env.REDIS_URL ?? "redis://127.0.0.1:6
 await client.connect();
 
 const id = randomUUID();
-const replyto = `${prefix}:reply:${id}`;
+// In the role's hash tag, so on Redis Cluster it is in the slot of the role's streams.
+const replyto = `${prefix}:reply:{${role}}:${id}`;
 // Only `type` is required; `id` and `replyto` let us wait on our own key.
 await client.xAdd(`${prefix}:cmd:{${role}}`, "*", { id, type, source: "urn:example:node", data, replyto });
 const answer = await client.xRead({ key: replyto, id: "0-0" }, { COUNT: 1, BLOCK: 30000 });

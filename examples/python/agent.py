@@ -2,8 +2,8 @@
 
     python3 agent.py --role shout [--count N]
 
-It answers each command's `data.text` in upper case, writing the result to the result stream
-(and to `replyto` when the command names one) and acknowledging the command in one script: as
+It answers each command's `data.text` in upper case, writing the result to the role's result
+stream (and to `replyto` when the command names one) and acknowledging the command in one script: as
 in the Rust runtime, only the finish that acknowledges the entry first writes a result, so a
 command run twice after a reclaim is answered once. (It does not keep the done keys of
 commands with an `idempotencykey`.) Environment: REDIS_URL, MINDBUS_PREFIX.
@@ -21,7 +21,8 @@ import uuid
 import redis
 
 
-# KEYS: the command stream, the result stream. ARGV: group, entry id, replyto, result fields.
+# KEYS: the command stream, the role's result stream, and the reply stream if any (all in the
+# role's hash tag, so in one Redis Cluster slot). ARGV: group, entry id, result fields.
 # As MindBus's own agents do: a result is written only while its entry is still pending
 # (a reclaimed command finished twice is answered once), everything is written before the
 # acknowledgement (a failed write leaves the entry pending, never acknowledged unanswered),
@@ -31,13 +32,13 @@ local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if type(pending) ~= 'table' or pending.err or #pending == 0 then
   return 0
 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-if ARGV[3] ~= '' then
-  local groups = redis.pcall('XINFO', 'GROUPS', ARGV[3])
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+if KEYS[3] then
+  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[3])
   if type(groups) ~= 'table' or groups.err or #groups == 0 then
-    redis.pcall('XADD', ARGV[3], 'MAXLEN', '~', 1000, '*', unpack(ARGV, 4))
+    redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', unpack(ARGV, 3))
   else
-    redis.pcall('XADD', ARGV[3], '*', unpack(ARGV, 4))
+    redis.pcall('XADD', KEYS[3], '*', unpack(ARGV, 3))
   end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
@@ -96,12 +97,13 @@ def handle(r, prefix, stream, role, consumer, entry_id, fields) -> None:
         "role": role,
     }
     fields = [item for pair in result.items() for item in pair]
-    # Only a reply stream of this prefix may be written to (MindBus's agents refuse any
-    # other `replyto` as malformed); anything else gets the result on the result stream only.
+    # Only a reply stream of this role may be written to (MindBus's agents refuse any other
+    # `replyto` as malformed); anything else gets the result on the result stream only.
+    keys = [stream, f"{prefix}:result:{{{role}}}"]
     replyto = f.get("replyto", "")
-    if not re.fullmatch(rf"{re.escape(prefix)}:reply:[A-Za-z0-9._-]{{1,128}}", replyto):
-        replyto = ""
-    r.eval(FINISH, 2, stream, f"{prefix}:result", role, entry_id, replyto, *fields)
+    if re.fullmatch(rf"{re.escape(prefix)}:reply:\{{{re.escape(role)}\}}:[A-Za-z0-9._-]{{1,128}}", replyto):
+        keys.append(replyto)
+    r.eval(FINISH, len(keys), *keys, role, entry_id, *fields)
 
 
 def main() -> int:

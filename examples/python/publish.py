@@ -26,7 +26,8 @@ def main() -> int:
     prefix = os.environ.get("MINDBUS_PREFIX", "mindbus")
     r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
     command_id = str(uuid.uuid4())
-    reply = f"{prefix}:reply:{command_id}"
+    # In the role's hash tag, so on Redis Cluster it is in the slot of the role's streams.
+    reply = f"{prefix}:reply:{{{args.role}}}:{command_id}"
     # Only `type` is required; `id` and `replyto` let us wait on our own key.
     r.xadd(f"{prefix}:cmd:{{{args.role}}}", {
         "id": command_id,

@@ -7,7 +7,7 @@
 //! - [`auth`]: API keys (hashed, scoped, rate-limited per key).
 //! - `body`: JSON bodies with size and depth limits, errors naming the field.
 //! - `mesh`: the registry of roles and a short-lived overview of the streams.
-//! - `sse`: server-sent events from the event stream, resumable by `Last-Event-ID`.
+//! - `sse`: server-sent events from the roles' event streams, resumable by `Last-Event-ID`.
 //! - `serve`: the connection loop, with a header timeout and a cap on connections.
 //! - [`error`]: one error type, one HTTP answer per variant.
 //! - [`openapi`]: the generated OpenAPI document.

@@ -34,7 +34,7 @@ impl Mesh {
         Ok(found)
     }
 
-    /// Every registered role's command stream and the shared streams, at most a second old.
+    /// Every stream of every registered role, at most a second old.
     pub async fn overview(&self, bus: &Bus) -> Result<Arc<Vec<StreamInfo>>, mindbus::Error> {
         let mut cached = self.overview.lock().await;
         if let Some((at, streams)) = cached.as_ref()

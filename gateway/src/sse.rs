@@ -1,6 +1,7 @@
-//! Server-sent events: a command's or a run's events from the event stream, each with its
-//! stream entry id as the SSE `id`, so a client that reconnects with `Last-Event-ID` loses
-//! nothing. One dedicated Redis connection per open stream, at most `max_streams` at once
+//! Server-sent events: a command's events from its role's event stream, or a run's from the
+//! orchestrator's and its roles' event streams, each with its stream entry id as the SSE
+//! `id`, so a client that reconnects with `Last-Event-ID` loses nothing (entry ids of one
+//! Redis grow across its streams, and a batch is sent in id order). One dedicated Redis connection per open stream, at most `max_streams` at once
 //! and a key's `max_streams` of them per key. Reading starts no earlier than the reply TTL
 //! ago, so one request can never make the gateway re-read the whole event stream.
 
@@ -81,7 +82,6 @@ const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
 struct Following {
     follower: Follower,
-    stream: String,
     filter: Filter,
     ready: VecDeque<SseEvent>,
     done: bool,
@@ -111,14 +111,16 @@ pub fn reserve(state: &AppState, caller: &Caller) -> Result<Permits, AppError> {
     Ok(Permits([own, permit]))
 }
 
-/// Answers with the event stream, starting after `Last-Event-ID` or from the moment the
-/// command or run was created (its UUIDv7 carries the millisecond). `ended` says the command
-/// or run is already over: the stream then closes once it has sent what is left.
+/// Answers with the events of `streams` that `filter` wants, starting after
+/// `Last-Event-ID` or from the moment the command or run was created (its UUIDv7 carries the
+/// millisecond). `ended` says the command or run is already over: the stream then closes
+/// once it has sent what is left.
 pub async fn respond(
     state: &AppState,
     permits: Permits,
     headers: &HeaderMap,
     filter: Filter,
+    streams: Vec<String>,
     ended: bool,
 ) -> Result<Response, AppError> {
     let Some(id) = filter.uuid().filter(|id| id.get_version_num() == 7) else {
@@ -135,17 +137,10 @@ pub async fn respond(
     };
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let start = first_read(id, resume, now_ms, state.reply_ttl_secs());
-    let stream = state.bus().keys().events();
-    let follower = Follower::after(
-        state.bus().redis(),
-        stream.clone(),
-        start,
-        Duration::from_secs(5),
-    )
-    .await?;
+    let follower =
+        Follower::after(state.bus().redis(), streams, start, Duration::from_secs(5)).await?;
     let following = Following {
         follower,
-        stream,
         filter,
         ready: VecDeque::new(),
         done: false,
@@ -198,10 +193,10 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
             match batch {
                 Ok(batch) if batch.is_empty() && f.ended => return None,
                 Ok(batch) => {
-                    for (_, entry) in batch {
+                    for (stream, entry) in batch {
                         let Some(fields) = entry.fields else { continue };
                         let origin = Origin {
-                            stream: &f.stream,
+                            stream: &stream,
                             entry: entry.id,
                         };
                         let Ok(event) = Event::decode(fields, origin) else {

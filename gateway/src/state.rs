@@ -25,7 +25,6 @@ struct Inner {
     config: GatewayConfig,
     /// How long agents keep results on reply streams, in seconds.
     reply_ttl_secs: u64,
-    results: Arc<Results>,
     streams: Arc<Semaphore>,
     metrics: PrometheusHandle,
     stop: CancellationToken,
@@ -45,7 +44,7 @@ fn metrics_handle() -> PrometheusHandle {
 }
 
 impl AppState {
-    /// Connects to Redis and starts following results; `admin_key` is a plain key from the
+    /// Connects to Redis; `admin_key` is a plain key from the
     /// environment allowed everything.
     pub async fn new(
         config: &Config,
@@ -54,7 +53,6 @@ impl AppState {
         stop: CancellationToken,
     ) -> Result<Self, mindbus::Error> {
         let bus = Bus::connect(&config.redis).await?;
-        let results = bus.results().await?;
         Ok(Self(Arc::new(Inner {
             keys: KeyRing::new(&gateway, admin_key),
             mesh: Mesh::default(),
@@ -62,7 +60,6 @@ impl AppState {
             streams: Arc::new(Semaphore::new(gateway.max_streams)),
             config: gateway,
             bus,
-            results,
             metrics: metrics_handle(),
             stop,
         })))
@@ -92,7 +89,7 @@ impl AppState {
 
     /// Where the results of the commands this gateway serves are waited for.
     pub fn results(&self) -> &Arc<Results> {
-        &self.0.results
+        self.0.bus.results()
     }
 
     /// Permits for open event streams.

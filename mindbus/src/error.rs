@@ -24,7 +24,7 @@ pub enum Error {
     #[error("{0}")]
     LoadConfig(#[from] ConfigError),
     /// The server is a node of a Redis Cluster, which MindBus does not run on yet: its
-    /// scripts and shared streams span keys that a cluster puts in different slots.
+    /// processes read several roles' streams (in different slots) in one request.
     #[error(
         "redis at {address} is a node of a Redis Cluster (cluster_enabled:1): MindBus runs on \
          one Redis (with or without replicas), not yet on a cluster"

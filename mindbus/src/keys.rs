@@ -19,22 +19,65 @@ impl Keys {
         &self.prefix
     }
 
-    /// `<prefix>:cmd:{<role>}`: one role's commands. The braces are a Redis Cluster hash tag.
+    /// `<prefix>:cmd:{<role>}`: one role's commands. The braces are a Redis Cluster hash
+    /// tag: every stream of a role, and every key a finish touches, is in the role's slot.
     pub fn commands(&self, role: &str) -> String {
-        format!("{}:cmd:{{{role}}}", self.prefix)
+        self.stream(Stream::Commands, role)
     }
 
-    /// The pattern that matches every role's command stream, for `SCAN`.
-    pub fn commands_pattern(&self) -> String {
-        format!("{}:cmd:*", self.prefix)
+    /// `<prefix>:result:{<role>}`: the results of one role's commands.
+    pub fn results(&self, role: &str) -> String {
+        self.stream(Stream::Results, role)
     }
 
-    /// The role a command stream key belongs to.
-    pub fn role_of<'a>(&self, stream: &'a str) -> Option<&'a str> {
-        stream
+    /// `<prefix>:event:{<role>}`: one role's lifecycle and progress events.
+    pub fn events(&self, role: &str) -> String {
+        self.stream(Stream::Events, role)
+    }
+
+    /// `<prefix>:dlq:{<role>}`: one role's dead letters.
+    pub fn dead_letters(&self, role: &str) -> String {
+        self.stream(Stream::DeadLetters, role)
+    }
+
+    /// `<prefix>:<kind>:{<role>}`: one of a role's streams.
+    pub fn stream(&self, kind: Stream, role: &str) -> String {
+        format!("{}:{}:{{{role}}}", self.prefix, kind.as_str())
+    }
+
+    /// Every stream of `role`, in display order.
+    pub fn role_streams(&self, role: &str) -> [String; 4] {
+        Stream::ALL.map(|kind| self.stream(kind, role))
+    }
+
+    /// A pattern that matches every stream of every role, for `SCAN` (it matches more:
+    /// [`Keys::parse_stream`] tells which are).
+    pub fn role_streams_pattern(&self) -> String {
+        format!("{}:*:{{*}}", self.prefix)
+    }
+
+    /// Which of a role's streams `stream` is, and the role's name (a valid one).
+    pub fn parse_stream<'a>(&self, stream: &'a str) -> Option<(Stream, &'a str)> {
+        let rest = stream
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":cmd:{")?
-            .strip_suffix('}')
+            .strip_prefix(':')?;
+        let (kind, tagged) = rest.split_once(':')?;
+        let kind = Stream::ALL.into_iter().find(|k| k.as_str() == kind)?;
+        let role = tagged.strip_prefix('{')?.strip_suffix('}')?;
+        validate_role(role).is_ok().then_some((kind, role))
+    }
+
+    /// The role a stream of a role belongs to.
+    pub fn role_of<'a>(&self, stream: &'a str) -> Option<&'a str> {
+        self.parse_stream(stream).map(|(_, role)| role)
+    }
+
+    /// The role whose command stream `stream` is.
+    pub fn commands_role<'a>(&self, stream: &'a str) -> Option<&'a str> {
+        match self.parse_stream(stream)? {
+            (Stream::Commands, role) => Some(role),
+            _ => None,
+        }
     }
 
     /// `<prefix>:roles`: the registry of roles, a set each agent adds its role to when it
@@ -43,45 +86,34 @@ impl Keys {
         format!("{}:roles", self.prefix)
     }
 
-    /// `<prefix>:result`: every result.
-    pub fn results(&self) -> String {
-        format!("{}:result", self.prefix)
-    }
-
-    /// `<prefix>:event`: lifecycle and progress events.
-    pub fn events(&self) -> String {
-        format!("{}:event", self.prefix)
-    }
-
-    /// `<prefix>:dlq`: dead letters.
-    pub fn dead_letters(&self) -> String {
-        format!("{}:dlq", self.prefix)
-    }
-
     /// `<prefix>:control`: broadcast to every agent (cancellations), read without a group.
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)
     }
 
-    /// `<prefix>:reply:<token>`: a client's private reply stream.
-    pub fn reply(&self, token: &str) -> String {
-        format!("{}:reply:{token}", self.prefix)
+    /// `<prefix>:reply:{<role>}:<token>`: a client's private reply stream for commands of
+    /// `role`, in the role's slot so the finish that writes it touches one slot only.
+    pub fn reply(&self, role: &str, token: &str) -> String {
+        format!("{}:reply:{{{role}}}:{token}", self.prefix)
     }
 
-    /// Checks a command's `replyto`: it must name a reply stream, `<prefix>:reply:<token>`
-    /// with a token of 1 to 128 of `A-Z a-z 0-9 . _ -`, so a command can never make an agent
-    /// write to (let alone cap or expire) a stream of the mesh, nor of a mesh whose prefix
-    /// nests under this one (no `:` or braces in the token).
-    pub fn check_reply(&self, key: &str) -> Result<(), String> {
+    /// Checks the `replyto` of a command of `role`: it must name a reply stream of that
+    /// role, `<prefix>:reply:{<role>}:<token>` with a token of 1 to 128 of
+    /// `A-Z a-z 0-9 . _ -`, so a command can never make an agent write to (let alone cap or
+    /// expire) a stream of the mesh, nor of a mesh whose prefix nests under this one (no `:`
+    /// or braces in the token).
+    pub fn check_reply(&self, key: &str, role: &str) -> Result<(), String> {
         let token = key
             .strip_prefix(self.prefix.as_str())
-            .and_then(|rest| rest.strip_prefix(":reply:"));
+            .and_then(|rest| rest.strip_prefix(":reply:{"))
+            .and_then(|rest| rest.strip_prefix(role))
+            .and_then(|rest| rest.strip_prefix("}:"));
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         match token {
             Some(token) if (1..=128).contains(&token.len()) && token.chars().all(ok_char) => Ok(()),
             _ => Err(format!(
-                "`{key}` is not a reply stream: it must be `{}:reply:` and a token of 1 to 128 \
-                 of A-Z a-z 0-9 . _ -",
+                "`{key}` is not a reply stream of role `{role}`: it must be \
+                 `{}:reply:{{{role}}}:` and a token of 1 to 128 of A-Z a-z 0-9 . _ -",
                 self.prefix
             )),
         }
@@ -131,10 +163,44 @@ impl Keys {
     pub fn sent(&self, id: &str) -> String {
         format!("{}:sent:{id}", self.prefix)
     }
+}
 
-    /// The shared streams every deployment has, in display order.
-    pub fn shared_streams(&self) -> [String; 3] {
-        [self.results(), self.events(), self.dead_letters()]
+/// The streams every role has, each under the role's hash tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Commands to the role (`cmd`).
+    Commands,
+    /// Results of its commands (`result`).
+    Results,
+    /// Lifecycle and progress events of its commands (`event`).
+    Events,
+    /// Its dead letters (`dlq`).
+    DeadLetters,
+}
+
+impl Stream {
+    /// Every kind, in display order.
+    pub const ALL: [Stream; 4] = [
+        Stream::Commands,
+        Stream::Results,
+        Stream::Events,
+        Stream::DeadLetters,
+    ];
+
+    /// The kind's part of the key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Commands => "cmd",
+            Stream::Results => "result",
+            Stream::Events => "event",
+            Stream::DeadLetters => "dlq",
+        }
+    }
+}
+
+impl serde::Serialize for Stream {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -154,29 +220,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_stream_names_round_trip() {
+    fn role_stream_names_round_trip() {
         let keys = Keys::new("mb");
         assert_eq!(keys.commands("echo"), "mb:cmd:{echo}");
-        assert_eq!(keys.role_of("mb:cmd:{echo}"), Some("echo"));
-        assert_eq!(keys.role_of("other:cmd:{echo}"), None);
-        assert_eq!(keys.role_of("mb:result"), None);
+        assert_eq!(
+            keys.role_streams("echo"),
+            [
+                "mb:cmd:{echo}",
+                "mb:result:{echo}",
+                "mb:event:{echo}",
+                "mb:dlq:{echo}"
+            ]
+        );
+        for kind in Stream::ALL {
+            assert_eq!(
+                keys.parse_stream(&keys.stream(kind, "w-1")),
+                Some((kind, "w-1"))
+            );
+        }
+        assert_eq!(keys.commands_role("mb:cmd:{echo}"), Some("echo"));
+        assert_eq!(keys.commands_role("mb:result:{echo}"), None);
+        for other in [
+            "other:cmd:{echo}",
+            "mb:result",
+            "mb:reply:{echo}:x",
+            "mb:cmd:echo",
+            "mb:cmd:{a}{b}",
+            "mb:cmd:{}",
+            "mb:cmd:{Echo}",
+            "mbx:cmd:{echo}",
+        ] {
+            assert_eq!(keys.parse_stream(other), None, "{other}");
+        }
     }
 
     #[test]
-    fn only_reply_streams_are_replies() {
+    fn only_reply_streams_of_the_role_are_replies() {
         let keys = Keys::new("mb");
-        assert!(keys.check_reply("mb:reply:abc").is_ok());
+        assert!(keys.check_reply("mb:reply:{echo}:abc", "echo").is_ok());
+        assert!(
+            keys.check_reply(&keys.reply("echo", "a.b_c-1"), "echo")
+                .is_ok()
+        );
         for bad in [
-            "mb:event",
-            "mb:result",
+            "mb:event:{echo}",
+            "mb:result:{echo}",
             "mb:cmd:{echo}",
-            "mb:reply:",
-            "other:reply:x",
-            "mb:replyx",
-            "mb:reply:b:cmd:{echo}",
-            "mb:reply:{echo}",
+            "mb:reply:{echo}:",
+            "mb:reply:{other}:abc",
+            "mb:reply:abc",
+            "other:reply:{echo}:x",
+            "mb:reply:{echo}x",
+            "mb:reply:{echo}:b:cmd:{echo}",
+            "mb:reply:{echo}:{echo}",
         ] {
-            assert!(keys.check_reply(bad).is_err(), "{bad}");
+            assert!(keys.check_reply(bad, "echo").is_err(), "{bad}");
         }
     }
 

@@ -51,11 +51,7 @@ impl Ingest {
             lease: Duration::from_millis(self.config.lease_ms),
             block: Duration::from_millis(self.config.block_ms),
         };
-        let mut reader = GroupReader::new(
-            self.redis.clone(),
-            self.keys.shared_streams().into(),
-            options,
-        );
+        let mut reader = GroupReader::new(self.redis.clone(), Vec::new(), options);
         let mut discovered = Instant::now() - DISCOVER_EVERY;
         // While batches are written to Postgres (on separate connections), the next is read:
         // at most WRITERS + 1 batches in memory.
@@ -106,11 +102,13 @@ impl Ingest {
         reader.leave().await;
     }
 
-    /// Follows every role's command stream that appeared since the last look.
+    /// Follows every stream of every role that appeared since the last look.
     async fn discover(&self, reader: &mut GroupReader) -> Result<(), mindbus::Error> {
         let mut conn = self.redis.shared().await?;
-        for stream in mindbus::streams::command_streams(&mut conn, &self.keys).await? {
-            reader.follow(stream);
+        for role in mindbus::streams::roles(&mut conn, &self.keys).await? {
+            for stream in self.keys.role_streams(&role) {
+                reader.follow(stream);
+            }
         }
         Ok(())
     }

@@ -75,11 +75,10 @@ async fn trim_loop(redis: Redis, keys: Keys, config: MonitorConfig, stop: Cancel
         let Ok(mut conn) = redis.shared().await else {
             continue;
         };
-        let mut all = mindbus::streams::command_streams(&mut conn, &keys)
+        let roles = mindbus::streams::roles(&mut conn, &keys)
             .await
             .unwrap_or_default();
-        all.extend(keys.shared_streams());
-        for stream in all {
+        for stream in roles.iter().flat_map(|role| keys.role_streams(role)) {
             // Our own group first: a stream is never trimmed past what we have not recorded,
             // even before ingest has discovered it.
             if let Err(e) = mindbus::streams::ensure_group(&mut conn, &stream, GROUP, "0").await {
@@ -87,7 +86,7 @@ async fn trim_loop(redis: Redis, keys: Keys, config: MonitorConfig, stop: Cancel
                 continue;
             }
             // A command stream also waits for its role's group, even before it exists.
-            let role = keys.role_of(&stream);
+            let role = keys.commands_role(&stream);
             match trim::trim(&mut conn, &stream, role, &config).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::debug!(stream, removed, "trimmed"),

@@ -1,50 +1,20 @@
 //! Turning a stream entry into a row (pure: no IO). Malformed entries become rows too, raw
 //! and flagged, so nothing is ever dropped.
 
-use mindbus::keys::Keys;
+use mindbus::keys::{Keys, Stream};
 use mindbus::streams::StreamEntry;
 use mindbus::wire::{
     Command, CommandResult, DeadLetter, Envelope, Event, Fields, MessageId, Origin, derived_id,
 };
 use serde_json::{Map, Value};
 
-/// What kind of stream an entry came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `<prefix>:cmd:{<role>}`.
-    Command,
-    /// `<prefix>:result`.
-    Result,
-    /// `<prefix>:event`.
-    Event,
-    /// `<prefix>:dlq`.
-    DeadLetter,
-}
-
-impl Kind {
-    /// The stream kind of `stream`, if it is one of MindBus's.
-    pub fn of(keys: &Keys, stream: &str) -> Option<Kind> {
-        if keys.role_of(stream).is_some() {
-            Some(Kind::Command)
-        } else if stream == keys.results() {
-            Some(Kind::Result)
-        } else if stream == keys.events() {
-            Some(Kind::Event)
-        } else if stream == keys.dead_letters() {
-            Some(Kind::DeadLetter)
-        } else {
-            None
-        }
-    }
-
-    /// The value of the `kind` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Command => "command",
-            Kind::Result => "result",
-            Kind::Event => "event",
-            Kind::DeadLetter => "deadletter",
-        }
+/// The value of the `kind` column for an entry of a `kind` stream.
+fn kind_column(kind: Stream) -> &'static str {
+    match kind {
+        Stream::Commands => "command",
+        Stream::Results => "result",
+        Stream::Events => "event",
+        Stream::DeadLetters => "deadletter",
     }
 }
 
@@ -133,7 +103,9 @@ const PREVIEW_BYTES: usize = 256;
 /// `max_bytes` becomes a flagged preview: its first field names and the start of each value.
 pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) -> Option<Record> {
     let fields = entry.fields.as_ref()?;
-    let kind = Kind::of(keys, stream).unwrap_or(Kind::Event);
+    let (kind, role) = keys
+        .parse_stream(stream)
+        .map_or((Stream::Events, None), |(kind, role)| (kind, Some(role)));
     let bytes = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
     let origin = Origin {
         stream,
@@ -143,8 +115,8 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) 
         stream: stream.to_owned(),
         entry_ms: i64::try_from(entry.id.ms).unwrap_or(i64::MAX),
         entry_seq: i64::try_from(entry.id.seq).unwrap_or(i64::MAX),
-        kind: kind.as_str(),
-        role: keys.role_of(stream).map(str::to_owned),
+        kind: kind_column(kind),
+        role: role.map(str::to_owned),
         bytes,
         ..Record::default()
     };
@@ -163,12 +135,12 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) 
     }
     row.fields = fields_json(fields);
     let decoded = match kind {
-        Kind::Command => Command::decode(fields, origin).map(|c| {
+        Stream::Commands => Command::decode(fields, origin).map(|c| {
             row.run_id = c.runid;
             row.step_id = c.stepid;
             envelope(&mut row, c.envelope);
         }),
-        Kind::Result => CommandResult::decode(fields, origin).map(|r| {
+        Stream::Results => CommandResult::decode(fields, origin).map(|r| {
             row.correlation_id = Some(r.correlationid.to_string());
             row.status = Some(r.status.as_str().to_owned());
             row.role = r.role;
@@ -176,16 +148,16 @@ pub fn record(keys: &Keys, stream: &str, entry: &StreamEntry, max_bytes: usize) 
             row.step_id = r.stepid;
             envelope(&mut row, r.envelope);
         }),
-        Kind::Event => Event::decode(fields, origin).map(|e| {
+        Stream::Events => Event::decode(fields, origin).map(|e| {
             row.correlation_id = e.correlationid.map(|id| id.to_string());
             row.role = e.role;
             row.run_id = e.runid;
             row.step_id = e.stepid;
             envelope(&mut row, e.envelope);
         }),
-        Kind::DeadLetter => DeadLetter::decode(fields.clone()).map(|d| {
+        Stream::DeadLetters => DeadLetter::decode(fields.clone()).map(|d| {
             row.status = Some(d.errortype.to_string());
-            row.role = keys.role_of(&d.stream).map(str::to_owned);
+            row.role = keys.commands_role(&d.stream).map(str::to_owned);
             row.time = Some(d.time.to_string());
             let text = |name: &str| {
                 d.original
@@ -328,7 +300,7 @@ mod tests {
         let keys = Keys::new("mb");
         let row = record(
             &keys,
-            "mb:result",
+            "mb:result:{echo}",
             &entry(vec![("type".into(), b"mindbus.result".to_vec())]),
             MAX,
         )

@@ -115,7 +115,9 @@ async fn a_python_agent_derives_the_id_of_a_command_sent_without_one() {
             r#"{"text":"hi"}"#,
         ],
     );
-    let results = mesh.wait_results(1, Duration::from_secs(10)).await;
+    let results = mesh
+        .wait_results_of("shout", 1, Duration::from_secs(10))
+        .await;
     let origin = Origin {
         stream: &stream,
         entry: entry.trim().parse().unwrap(),

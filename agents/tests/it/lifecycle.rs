@@ -59,7 +59,7 @@ async fn a_cancelled_long_command_stops_and_reports_canceled() {
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 60_000})));
     let id = command.envelope.id.clone();
     mesh.bus.publish("echo", &command).await.unwrap();
-    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(20))
         .await; // received, started
     let cancelled_at = Instant::now();
     mesh.bus.cancel(&id).await.unwrap();
@@ -134,7 +134,7 @@ async fn sigterm_during_work_exits_0_and_loses_nothing() {
             .await
             .unwrap();
     }
-    mesh.wait_len(&mesh.stream("event"), 4, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 4, Duration::from_secs(20))
         .await;
     kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), first.wait())
@@ -159,7 +159,7 @@ async fn sigterm_past_the_grace_period_hands_work_back() {
     let mut first = mesh.agent(&["--shutdown-grace-ms", "200", "--lease-ms", "1000"]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 3_000})));
     mesh.bus.publish("echo", &command).await.unwrap();
-    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(20))
         .await;
     kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     assert!(first.wait().await.unwrap().success());
@@ -188,7 +188,7 @@ async fn commands_with_one_idempotency_key_yield_one_accepted_result() {
     mesh.wait_results(1, Duration::from_secs(20)).await;
     // Another command (another id) with the same key: a late duplicate of the first.
     mesh.bus.publish("echo", &keyed("again")).await.unwrap();
-    mesh.wait_len(&mesh.stream("event"), 6, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 6, Duration::from_secs(20))
         .await;
     assert_eq!(last_event(&mesh).await, Some(EventKind::Duplicate));
     let results = mesh.results().await;
@@ -236,7 +236,7 @@ async fn run_twice_after_a_reclaim(name: &str, trim: bool) {
     let first = mesh.agent(&["--lease-ms", "1000"]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 1_500})));
     mesh.bus.publish("echo", &command).await.unwrap();
-    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(20))
         .await;
     let stalled = Pid::from_raw(first.id().unwrap() as i32);
     kill(stalled, Signal::SIGSTOP).unwrap();
@@ -254,7 +254,7 @@ async fn run_twice_after_a_reclaim(name: &str, trim: bool) {
     }
     kill(stalled, Signal::SIGCONT).unwrap();
     // received and started twice, completed, then the first agent's late finish.
-    mesh.wait_len(&mesh.stream("event"), 6, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 6, Duration::from_secs(20))
         .await;
     assert_eq!(last_event(&mesh).await, Some(EventKind::Duplicate));
     assert_eq!(mesh.results().await.len(), 1, "one accepted result");
@@ -269,7 +269,7 @@ async fn a_command_whose_entry_redis_lost_while_it_ran_is_answered() {
     let _agent = mesh.agent(&[]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 1_000})));
     mesh.bus.publish("echo", &command).await.unwrap();
-    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(20))
         .await;
     let _: i64 = redis::cmd("DEL")
         .arg(mesh.stream("cmd:{echo}"))

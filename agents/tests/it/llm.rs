@@ -90,14 +90,20 @@ impl Mesh {
             .expect("a result within 60 s")
     }
 
-    /// The data of `kind` events about `command`.
+    /// The data of `kind` events about `command`, on any role's event stream.
     pub async fn event_data(
         &self,
         command: &mindbus::wire::MessageId,
         kind: EventKind,
     ) -> Vec<Value> {
-        self.events()
+        let roles = mindbus::streams::roles(&mut self.bus.connection(), self.bus.keys())
             .await
+            .unwrap();
+        let mut events = Vec::new();
+        for role in roles {
+            events.extend(self.events_of(&role).await);
+        }
+        events
             .into_iter()
             .filter(|e| e.correlationid.as_ref() == Some(command) && e.kind() == Some(kind))
             .map(|e| e.envelope.data.value)
@@ -484,7 +490,9 @@ roles:
     .await;
     assert!(!fake.hung_up());
     mesh.bus.cancel(&id).await.unwrap();
-    let results = mesh.wait_results(1, Duration::from_secs(20)).await;
+    let results = mesh
+        .wait_results_of("talker", 1, Duration::from_secs(20))
+        .await;
     assert_eq!(results[0].status, Status::Canceled, "{:?}", results[0]);
     crate::testenv::eventually(
         Duration::from_secs(10),
@@ -696,8 +704,14 @@ async fn no_key_leaves_the_process_by_any_path() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for stream in ["result", "event", "dlq"] {
-        for (_, fields) in mesh.entries(&mesh.stream(stream)).await {
+    let roles = mindbus::streams::roles(&mut mesh.bus.connection(), mesh.bus.keys())
+        .await
+        .unwrap();
+    for stream in roles
+        .iter()
+        .flat_map(|role| mesh.bus.keys().role_streams(role))
+    {
+        for (_, fields) in mesh.entries(&stream).await {
             for (name, value) in fields {
                 seen.push_str(&format!("{name}={}\n", String::from_utf8_lossy(&value)));
             }

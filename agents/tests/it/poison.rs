@@ -120,7 +120,7 @@ async fn dlq_retry_sends_a_dead_letter_back_and_it_can_succeed() {
     // With a key, the retry's result is accepted only because retry clears the done key.
     command.idempotencykey = Some("retry-me".into());
     mesh.bus.publish("echo", &command).await.unwrap();
-    mesh.wait_len(&mesh.stream("dlq"), 1, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("dlq:{echo}"), 1, Duration::from_secs(20))
         .await;
 
     let list = mesh.cli().args(["dlq", "list"]).output().unwrap();
@@ -142,7 +142,7 @@ async fn dlq_retry_sends_a_dead_letter_back_and_it_can_succeed() {
         "the retry keeps the command id"
     );
     assert_eq!(
-        mesh.entries(&mesh.stream("dlq")).await.len(),
+        mesh.entries(&mesh.stream("dlq:{echo}")).await.len(),
         1,
         "the retried letter was removed and the new failure recorded"
     );
@@ -168,7 +168,7 @@ async fn dlq_retry_keeps_a_derived_command_id() {
         stream: &stream,
         entry,
     });
-    mesh.wait_len(&mesh.stream("dlq"), 1, Duration::from_secs(20))
+    mesh.wait_len(&mesh.stream("dlq:{echo}"), 1, Duration::from_secs(20))
         .await;
     let retried = mesh.cli().args(["dlq", "retry", "--all"]).output().unwrap();
     assert!(
@@ -183,22 +183,25 @@ async fn dlq_retry_keeps_a_derived_command_id() {
     );
 }
 
-/// A `replyto` outside `<prefix>:reply:` is malformed: the event stream (which has no group
+/// A `replyto` that is not a reply stream of the command's role (`<prefix>:reply:{<role>}:`)
+/// is malformed: the event stream (which has no group
 /// here, so nothing else guards it) is neither capped nor given a TTL, and nothing is
 /// written to it but the mesh's own events.
 #[tokio::test]
 async fn a_replyto_naming_a_stream_of_the_mesh_is_malformed_and_touches_nothing() {
     let mesh = Mesh::new("replyto").await;
-    let events = mesh.stream("event");
+    let events = mesh.stream("event:{echo}");
     let mut conn = mesh.bus.connection();
     mesh.fill(&events, 3_000).await;
     let _agent = mesh.agent(&[]);
     let targets = [
         events.clone(),
-        mesh.stream("result"),
+        mesh.stream("result:{echo}"),
         mesh.stream("control"),
         mesh.stream("cmd:{other}"),
-        mesh.stream("reply:"),
+        mesh.stream("reply:{echo}:"),
+        mesh.stream("reply:{other}:x"),
+        mesh.stream("reply:x"),
     ];
     for target in &targets {
         mesh.xadd_cli(&["type", "echo.say", "replyto", target]);
@@ -249,7 +252,7 @@ async fn a_replyto_naming_a_stream_of_the_mesh_is_malformed_and_touches_nothing(
 #[tokio::test]
 async fn a_reply_stream_with_a_group_is_neither_capped_nor_expired() {
     let mesh = Mesh::new("replygroup").await;
-    let reply = mesh.stream("reply:grouped");
+    let reply = mesh.stream("reply:{echo}:grouped");
     let mut conn = mesh.bus.connection();
     mindbus::streams::ensure_group(&mut conn, &reply, "mine", "0")
         .await
@@ -315,7 +318,7 @@ async fn an_entry_with_thousands_of_fields_is_dead_lettered_whole() {
 #[tokio::test]
 async fn a_finish_that_cannot_be_written_leaves_its_entry_pending() {
     let mesh = Mesh::new("finishorder").await;
-    let dlq = mesh.stream("dlq");
+    let dlq = mesh.stream("dlq:{echo}");
     let mut conn = mesh.bus.connection();
     let _: () = redis::cmd("SET")
         .arg(&dlq)

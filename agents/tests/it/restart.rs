@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mindbus::wire::{Command, Payload, Status};
+use mindbus::wire::{Command, EventKind, Payload, Status};
 use serde_json::json;
 
 use mindbus_testkit::servers::{Persistence, PrivateRedis};
@@ -111,4 +111,51 @@ async fn reconnects_do_not_count_as_deliveries() {
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].status, Status::Canceled);
     assert_eq!(results[0].attempt, 1);
+}
+
+/// The finish script is called by its hash: a Redis that forgot it (a `SCRIPT FLUSH`, or a
+/// restart without persistence) is given it again, and the command is answered once, each
+/// of its events written once.
+#[tokio::test]
+async fn a_redis_that_forgot_the_finish_script_is_given_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = PrivateRedis::start(dir.path(), Persistence::None);
+    let mesh = Mesh::on(&server.url(), "noscript").await;
+    let _agent = mesh.agent(&[]);
+    let call = |i: usize| {
+        let command = Command::new("echo.say", Payload::json(json!({"i": i})));
+        let id = command.envelope.id.clone();
+        let bus = mesh.bus.clone();
+        async move {
+            let result = bus.call("echo", command, Duration::from_secs(20)).await;
+            (id, result.unwrap().expect("a result"))
+        }
+    };
+    let (_, first) = call(0).await;
+    assert_eq!(first.status, Status::Completed);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut mesh.bus.connection())
+        .await
+        .unwrap();
+    let (id, second) = call(1).await;
+    assert_eq!(second.status, Status::Completed);
+    let results = mesh.wait_results(2, Duration::from_secs(20)).await;
+    assert_eq!(by_command(&results).get(&id), Some(&1), "answered once");
+    let events = mesh.events().await;
+    let of_second: Vec<_> = events
+        .iter()
+        .filter(|e| e.correlationid.as_ref() == Some(&id))
+        .filter_map(|e| e.kind())
+        .collect();
+    assert_eq!(
+        of_second,
+        [
+            EventKind::Received,
+            EventKind::Started,
+            EventKind::Completed
+        ],
+        "each event once, in order"
+    );
+    drop(server);
 }

@@ -86,7 +86,7 @@ async fn events_trace_the_lifecycle_and_unknown_fields_survive() {
         .remove(0);
     assert_eq!(result.envelope.traceparent.to_string(), tp);
     assert_eq!(result.runid.as_deref(), Some("r1"));
-    mesh.wait_len(&mesh.stream("event"), 3, Duration::from_secs(5))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 3, Duration::from_secs(5))
         .await;
     let kinds: Vec<String> = mesh
         .events()
@@ -233,7 +233,7 @@ async fn outcome_events_only_still_tell_retries_and_outcomes() {
     mesh.xadd_cli(&["type", "echo.say", "data", r#"{"fail_attempts":1}"#]);
     let results = mesh.wait_results(1, Duration::from_secs(20)).await;
     assert_eq!(results[0].status, Status::Completed);
-    mesh.wait_len(&mesh.stream("event"), 2, Duration::from_secs(10))
+    mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(10))
         .await;
     let kinds: Vec<String> = mesh
         .events()

@@ -156,15 +156,21 @@ impl Mesh {
 
     /// Every dead letter, decoded.
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.entries(&self.stream("dlq"))
+        self.entries(&self.stream("dlq:{echo}"))
             .await
             .into_iter()
             .map(|(_, fields)| DeadLetter::decode(fields).unwrap())
             .collect()
     }
 
+    /// Every result of `echo` commands, decoded.
     pub async fn results(&self) -> Vec<CommandResult> {
-        let stream = self.stream("result");
+        self.results_of("echo").await
+    }
+
+    /// Every result of `role`'s commands, decoded.
+    pub async fn results_of(&self, role: &str) -> Vec<CommandResult> {
+        let stream = self.bus.keys().results(role);
         self.entries(&stream)
             .await
             .into_iter()
@@ -181,8 +187,14 @@ impl Mesh {
             .collect()
     }
 
+    /// Every event of `echo`, decoded.
     pub async fn events(&self) -> Vec<Event> {
-        let stream = self.stream("event");
+        self.events_of("echo").await
+    }
+
+    /// Every event of `role`, decoded.
+    pub async fn events_of(&self, role: &str) -> Vec<Event> {
+        let stream = self.bus.keys().events(role);
         self.entries(&stream)
             .await
             .into_iter()
@@ -199,10 +211,21 @@ impl Mesh {
             .collect()
     }
 
-    /// Waits until the result stream holds `n` entries, or panics after `timeout`.
+    /// Waits until echo's result stream holds `n` entries, or panics after `timeout`.
     pub async fn wait_results(&self, n: usize, timeout: Duration) -> Vec<CommandResult> {
-        self.wait_len(&self.stream("result"), n, timeout).await;
-        self.results().await
+        self.wait_results_of("echo", n, timeout).await
+    }
+
+    /// Waits until `role`'s result stream holds `n` entries, or panics after `timeout`.
+    pub async fn wait_results_of(
+        &self,
+        role: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<CommandResult> {
+        self.wait_len(&self.bus.keys().results(role), n, timeout)
+            .await;
+        self.results_of(role).await
     }
 
     /// Waits until `stream` has at least `n` entries.

@@ -1,6 +1,6 @@
 //! `mindbus-gateway-bench`: an HTTP request to an echo result through a real
 //! `mindbus-gateway`, beside the same commands sent straight over the bus and awaited the
-//! way the gateway awaits them (one follower of the result stream for all waits), in one
+//! way the gateway awaits them (one follower of the role's result stream for all waits), in one
 //! run, against the same echo agent: the difference is the gateway's own cost.
 
 use std::time::{Duration, Instant};

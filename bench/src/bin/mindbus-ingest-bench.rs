@@ -145,7 +145,7 @@ async fn fill(
             let (stream, fields) = match i % 3 {
                 0 => (keys.commands("echo"), command.encode()?),
                 _ => (
-                    keys.events(),
+                    keys.events("echo"),
                     Event::new(
                         EventKind::Started,
                         "bench",
@@ -190,7 +190,7 @@ async fn steady(
         let mut pipe = redis::pipe();
         for _ in 0..per_tick {
             pipe.cmd("XADD")
-                .arg(keys.events())
+                .arg(keys.events("echo"))
                 .arg("*")
                 .arg("type")
                 .arg("bench.tick")
@@ -214,7 +214,7 @@ async fn wait_rows(
 ) -> anyhow::Result<()> {
     loop {
         let mut done = true;
-        for stream in [keys.commands("echo"), keys.events()] {
+        for stream in [keys.commands("echo"), keys.events("echo")] {
             let lag: Option<(i64, i64)> = group_progress(conn, &stream).await?;
             done &= lag == Some((0, 0));
         }
@@ -253,7 +253,7 @@ async fn group_progress(
 async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, keys: &Keys) -> anyhow::Result<()> {
     let _: () = redis::cmd("DEL")
         .arg(keys.commands("echo"))
-        .arg(keys.events())
+        .arg(keys.events("echo"))
         .query_async(conn)
         .await?;
     Ok(())

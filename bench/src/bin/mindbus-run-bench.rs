@@ -169,7 +169,7 @@ async fn plain_chains(bus: &Bus, chains: usize, steps: usize) -> anyhow::Result<
 async fn plain_batch(bus: &Bus, count: usize) -> anyhow::Result<()> {
     let mut follower = Follower::new(
         bus.redis(),
-        vec![bus.keys().results()],
+        vec![bus.keys().results("echo")],
         false,
         Duration::from_millis(500),
     )
@@ -231,7 +231,7 @@ async fn runs(bus: &Bus, count: usize) -> anyhow::Result<()> {
 async fn wait_ended(bus: &Bus, starts: Vec<Command>) -> anyhow::Result<()> {
     let mut follower = Follower::new(
         bus.redis(),
-        vec![bus.keys().events()],
+        vec![bus.keys().events(mindbus::wire::ORCHESTRATOR_ROLE)],
         false,
         Duration::from_millis(500),
     )

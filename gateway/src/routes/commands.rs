@@ -123,12 +123,15 @@ pub async fn publish(
             "no agent has started for the role `{role}`"
         )));
     }
-    let mut command = build(&state, &headers, new)?;
+    let mut command = build(&state, &role, &headers, new)?;
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);
     }
     // Registered before the command goes out, so a quick result is not missed.
-    let fresh_wait = state.results().register(&command.envelope.id);
+    let fresh_wait = state
+        .results()
+        .register(&role, &command.envelope.id)
+        .await?;
     // In a task of its own: a client that goes away cannot leave its Idempotency-Key
     // claimed for a command that was never sent.
     let task = {
@@ -159,8 +162,8 @@ pub async fn publish(
         fresh_wait.wait(Duration::from_millis(wait)).await
     } else {
         // A repeat may come after the result, which is stored with the command.
-        let wait_again = state.results().register(&id);
-        match stored_result(&state, &id).await? {
+        let wait_again = state.results().register(&role, &id).await?;
+        match stored_result(&state, &role, &id).await? {
             Some(result) => Some(result),
             None => wait_again.wait(Duration::from_millis(wait)).await,
         }
@@ -197,33 +200,32 @@ async fn send(state: &AppState, role: &str, command: &Command) -> Result<(), App
     Ok(())
 }
 
-/// Where a command stands, for a caller allowed `roles`: ended (with its result), pending,
-/// or not found (no such command, or one of a role out of scope: the same answer).
-enum Standing {
-    Ended(Box<CommandResult>),
-    Pending,
+/// Where a command the gateway published stands, for a caller allowed `roles`: its role,
+/// and its result once it has ended; not found for no such command, or one of a role out
+/// of scope (the same answer).
+struct Standing {
+    role: String,
+    result: Option<Box<CommandResult>>,
 }
 
 async fn standing(state: &AppState, roles: &Scope, id: &MessageId) -> Result<Standing, AppError> {
-    let not_found = || AppError::NotFound(format!("no command {id}"));
-    if let Some(result) = stored_result(state, id).await? {
-        return if roles.allows_named(result.role.as_deref()) {
-            Ok(Standing::Ended(Box::new(result)))
-        } else {
-            Err(not_found())
-        };
-    }
     let role: Option<String> = redis::cmd("GET")
         .arg(sent_key(state, id))
         .query_async(&mut state.bus().connection())
         .await?;
-    match role {
-        Some(role) if roles.allows(&role) => Ok(Standing::Pending),
-        _ => Err(not_found()),
-    }
+    let Some(role) = role.filter(|role| roles.allows(role)) else {
+        return Err(AppError::NotFound(format!("no command {id}")));
+    };
+    let result = stored_result(state, &role, id).await?.map(Box::new);
+    Ok(Standing { role, result })
 }
 
-fn build(state: &AppState, headers: &HeaderMap, new: NewCommand) -> Result<Command, AppError> {
+fn build(
+    state: &AppState,
+    role: &str,
+    headers: &HeaderMap,
+    new: NewCommand,
+) -> Result<Command, AppError> {
     if new.ty.is_empty() || new.ty.len() > 200 {
         return Err(AppError::Invalid(
             "type: must be 1 to 200 characters".into(),
@@ -234,7 +236,12 @@ fn build(state: &AppState, headers: &HeaderMap, new: NewCommand) -> Result<Comma
     }
     let mut command = Command::new(new.ty, Payload::json(new.data));
     command.envelope.source = SOURCE.into();
-    command.replyto = Some(state.bus().keys().reply(&command.envelope.id.to_string()));
+    command.replyto = Some(
+        state
+            .bus()
+            .keys()
+            .reply(role, &command.envelope.id.to_string()),
+    );
     command.deadline = new
         .deadline_ms
         .map(|ms| jiff::Timestamp::now() + Duration::from_millis(ms.min(365 * 86_400_000)));
@@ -258,12 +265,14 @@ pub fn traceparent(headers: &HeaderMap) -> Result<Option<TraceParent>, AppError>
     }
 }
 
-/// The result stored on the command's reply stream, if it has come (and not expired).
+/// The result stored on the reply stream of command `id` of `role`, if it has come (and
+/// not expired).
 async fn stored_result(
     state: &AppState,
+    role: &str,
     id: &MessageId,
 ) -> Result<Option<CommandResult>, AppError> {
-    let reply = state.bus().keys().reply(&id.to_string());
+    let reply = state.bus().keys().reply(role, &id.to_string());
     let value: redis::Value = redis::cmd("XRANGE")
         .arg(&reply)
         .arg("-")
@@ -297,10 +306,12 @@ pub async fn show(
     Authed(caller, ..): Authed,
     IdPath(id): IdPath<MessageId>,
 ) -> Result<Json<CommandView>, AppError> {
-    Ok(Json(match standing(&state, &caller.roles, &id).await? {
-        Standing::Ended(result) => CommandView::done(id, &result),
-        Standing::Pending => CommandView::pending(id),
-    }))
+    Ok(Json(
+        match standing(&state, &caller.roles, &id).await?.result {
+            Some(result) => CommandView::done(id, &result),
+            None => CommandView::pending(id),
+        },
+    ))
 }
 
 /// The command's events (received, started, progress with streamed text, retried, and the
@@ -323,16 +334,15 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let permits = sse::reserve(&state, &caller)?;
-    let ended = matches!(
-        standing(&state, &caller.roles, &id).await?,
-        Standing::Ended(_)
-    );
+    let standing = standing(&state, &caller.roles, &id).await?;
+    let stream = state.bus().keys().events(&standing.role);
     sse::respond(
         &state,
         permits,
         &headers,
         Filter::Command(id, caller.roles.clone()),
-        ended,
+        vec![stream],
+        standing.result.is_some(),
     )
     .await
 }

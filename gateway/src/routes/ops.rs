@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use mindbus::bus::{GroupInfo, StreamInfo};
+use mindbus::keys::Stream;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -60,7 +61,9 @@ pub struct AgentView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamView {
     pub stream: String,
-    pub role: Option<String>,
+    pub role: String,
+    /// Which of the role's streams: `cmd`, `result`, `event` or `dlq`.
+    pub kind: String,
     pub length: u64,
     pub groups: Vec<GroupView>,
 }
@@ -92,6 +95,7 @@ impl From<StreamInfo> for StreamView {
         Self {
             stream: s.stream,
             role: s.role,
+            kind: s.kind.as_str().into(),
             length: s.length,
             groups: s.groups.into_iter().map(GroupView::from).collect(),
         }
@@ -113,7 +117,8 @@ pub async fn roles(
     let roles = overview
         .iter()
         .filter_map(|s| {
-            let role = s.role.as_ref().filter(|r| caller.roles.allows(r))?;
+            let role =
+                Some(&s.role).filter(|r| s.kind == Stream::Commands && caller.roles.allows(r))?;
             let group = s.groups.iter().find(|g| &g.name == role);
             Some(AgentView {
                 consumers: group.map_or(0, |g| g.consumers),
@@ -126,9 +131,8 @@ pub async fn roles(
     Ok(Json(roles))
 }
 
-/// The MindBus streams this key may see (its registered roles' command streams; all of
-/// them, shared streams included, for a key allowed every role), with their lengths and
-/// groups.
+/// The MindBus streams this key may see (every stream of its registered roles: commands,
+/// results, events, dead letters), with their lengths and groups.
 #[utoipa::path(get, path = "/v1/streams", tag = "mesh",
     responses((status = 200, body = Vec<StreamView>), (status = 401, body = ErrorBody),
         (status = 429, description = "Over the key's rate limit; see Retry-After", body = ErrorBody),
@@ -142,7 +146,7 @@ pub async fn streams(
     Ok(Json(
         overview
             .iter()
-            .filter(|s| caller.roles.allows_named(s.role.as_deref()))
+            .filter(|s| caller.roles.allows(&s.role))
             .cloned()
             .map(StreamView::from)
             .collect(),

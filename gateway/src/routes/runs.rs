@@ -334,11 +334,20 @@ pub async fn events(
         .map_err(|e| AppError::Internal(anyhow::anyhow!("run.get answered {e}")))?
         .status
         != RunStatus::Running;
+    // The run's own events, and those of its commands on every registered role in scope.
+    let keys = state.bus().keys();
+    let mut streams = vec![keys.events(ORCHESTRATOR_ROLE)];
+    for role in state.bus().roles().await? {
+        if role != ORCHESTRATOR_ROLE && caller.roles.allows(&role) {
+            streams.push(keys.events(&role));
+        }
+    }
     sse::respond(
         &state,
         permits,
         &headers,
         Filter::Run(id, caller.roles.clone()),
+        streams,
         ended,
     )
     .await

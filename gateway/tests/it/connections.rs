@@ -173,7 +173,7 @@ async fn a_client_that_stops_reading_loses_its_event_stream() {
             id.clone(),
             mindbus::wire::Payload::json(serde_json::json!({"text": text})),
         );
-        let add = pipe.cmd("XADD").arg(keys.events()).arg("*");
+        let add = pipe.cmd("XADD").arg(keys.events("echo")).arg("*");
         for (name, value) in event.encode().unwrap() {
             add.arg(name).arg(value);
         }

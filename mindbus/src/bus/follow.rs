@@ -43,16 +43,17 @@ impl Follower {
         })
     }
 
-    /// Follows `stream` from just after `after` (for example a client's `Last-Event-ID`).
+    /// Follows `streams` from just after `after` (for example a client's `Last-Event-ID`).
     pub async fn after(
         redis: &Redis,
-        stream: String,
+        streams: Vec<String>,
         after: EntryId,
         block: Duration,
     ) -> Result<Self, Error> {
+        let after = after.to_string();
         Ok(Self {
             conn: redis.dedicated(block).await?,
-            positions: vec![(stream, after.to_string())],
+            positions: streams.into_iter().map(|s| (s, after.clone())).collect(),
             block,
         })
     }

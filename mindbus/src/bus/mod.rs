@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::wire::MessageId;
 use redis::aio::ConnectionManager;
-use tokio::sync::OnceCell;
 
 pub use follow::Follower;
 pub use overview::{GroupInfo, StreamInfo};
@@ -31,8 +30,8 @@ pub struct Bus {
     redis: Redis,
     keys: Keys,
     conn: ConnectionManager,
-    /// Started on first use, shared by every clone, stopped with the last.
-    results: Arc<OnceCell<Arc<Results>>>,
+    /// Shared by every clone, stopped with the last.
+    results: Arc<Results>,
 }
 
 impl Bus {
@@ -40,11 +39,12 @@ impl Bus {
     pub async fn connect(config: &RedisConfig) -> Result<Self, Error> {
         let redis = Redis::open(&config.url)?;
         let conn = redis.shared().await?;
+        let keys = Keys::new(config.prefix.clone());
         Ok(Self {
+            results: Results::new(redis.clone(), keys.clone()),
             redis,
-            keys: Keys::new(config.prefix.clone()),
+            keys,
             conn,
-            results: Arc::default(),
         })
     }
 
@@ -76,13 +76,10 @@ impl Bus {
         .await
     }
 
-    /// Where results are waited for: the result stream, followed from the first call on.
-    pub async fn results(&self) -> Result<Arc<Results>, Error> {
-        let results = self
-            .results
-            .get_or_try_init(|| Results::start(&self.redis, self.keys.results()))
-            .await?;
-        Ok(Arc::clone(results))
+    /// Where results are waited for: each role's result stream, followed from the first
+    /// wait for one of its commands on.
+    pub fn results(&self) -> &Arc<Results> {
+        &self.results
     }
 
     /// Publishes `command` and waits up to `timeout` for its result. `None` when the wait
@@ -93,7 +90,7 @@ impl Bus {
         command: Command,
         timeout: Duration,
     ) -> Result<Option<crate::wire::CommandResult>, Error> {
-        let wait = self.results().await?.register(&command.envelope.id);
+        let wait = self.results.register(role, &command.envelope.id).await?;
         self.publish(role, &command).await?;
         Ok(wait.wait(timeout).await)
     }

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::Bus;
 use crate::Error;
+use crate::keys::Stream;
 use crate::streams::info_map;
 
 /// One stream.
@@ -13,8 +14,10 @@ use crate::streams::info_map;
 pub struct StreamInfo {
     /// The key.
     pub stream: String,
-    /// The role, for a command stream.
-    pub role: Option<String>,
+    /// The role it belongs to.
+    pub role: String,
+    /// Which of the role's streams it is.
+    pub kind: Stream,
     /// Entries in it now.
     pub length: u64,
     /// Its consumer groups.
@@ -72,14 +75,15 @@ impl Bus {
             .await?)
     }
 
-    /// The command streams of `roles`, then the result, event and dead-letter streams.
+    /// Every stream of `roles`: each role's command, result, event and dead-letter streams.
     pub async fn overview(&self, roles: &[String]) -> Result<Vec<StreamInfo>, Error> {
         let mut conn = self.connection();
-        let mut streams: Vec<String> = roles.iter().map(|r| self.keys().commands(r)).collect();
-        streams.extend(self.keys().shared_streams());
-        let mut out = Vec::with_capacity(streams.len());
-        for stream in streams {
-            let role = self.keys().role_of(&stream).map(str::to_owned);
+        let streams = roles
+            .iter()
+            .flat_map(|role| Stream::ALL.map(|kind| (role.clone(), kind)));
+        let mut out = Vec::with_capacity(roles.len() * Stream::ALL.len());
+        for (role, kind) in streams {
+            let stream = self.keys().stream(kind, &role);
             let info: Result<Value, _> = redis::cmd("XINFO")
                 .arg("STREAM")
                 .arg(&stream)
@@ -89,6 +93,7 @@ impl Bus {
                 out.push(StreamInfo {
                     stream,
                     role,
+                    kind,
                     length: 0,
                     groups: Vec::new(),
                 });
@@ -107,6 +112,7 @@ impl Bus {
             out.push(StreamInfo {
                 stream,
                 role,
+                kind,
                 length,
                 groups,
             });

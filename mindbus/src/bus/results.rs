@@ -1,9 +1,9 @@
-//! The one way to wait for a result: one loop per [`Bus`] follows the shared result stream
-//! (without a group, so every client sees every result) and hands each result to whoever
-//! registered its command id. `Bus::call`, the gateway and the CLI all wait this way, so a
-//! process waits for any number of commands over one connection.
+//! The one way to wait for a result: one loop per [`Bus`] and role follows the role's result
+//! stream (without a group, so every client sees every result) and hands each result to
+//! whoever registered its command id. `Bus::call`, the gateway and the CLI all wait this
+//! way, so a process waits for any number of commands over one connection per role.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::Follower;
 use crate::Error;
+use crate::keys::{Keys, validate_role};
 use crate::streams::{Redis, retry_delays};
 use crate::wire::{CommandResult, EntryId, MessageId, Origin};
 
@@ -23,12 +24,17 @@ const BLOCK: Duration = Duration::from_secs(2);
 /// by token.
 type Waiting = Mutex<HashMap<MessageId, Vec<(u64, oneshot::Sender<CommandResult>)>>>;
 
-/// Waits for results, by command id; the loop following the result stream stops once this
-/// is dropped.
+/// Waits for results, by command id; the loops following result streams stop once this is
+/// dropped.
 #[derive(Debug)]
 pub struct Results {
+    redis: Redis,
+    keys: Keys,
     waiting: Waiting,
     tokens: AtomicU64,
+    /// The roles whose result streams are followed.
+    followed: tokio::sync::Mutex<HashSet<String>>,
+    stop: CancellationToken,
     _stop: DropGuard,
 }
 
@@ -43,43 +49,61 @@ pub struct ResultWait {
 }
 
 impl Results {
-    /// Starts following `stream` (the result stream) from its current end.
-    pub(super) async fn start(redis: &Redis, stream: String) -> Result<Arc<Self>, Error> {
-        let follower = Follower::new(redis, vec![stream.clone()], false, BLOCK).await?;
+    /// Waits for results of the deployment `keys` names on `redis`; follows nothing until a
+    /// wait is registered.
+    pub(super) fn new(redis: Redis, keys: Keys) -> Arc<Self> {
         let stop = CancellationToken::new();
-        let results = Arc::new(Self::new(stop.clone().drop_guard()));
-        tokio::spawn(follow(
-            Arc::downgrade(&results),
-            redis.clone(),
-            stream,
-            follower,
-            stop,
-        ));
-        Ok(results)
-    }
-
-    fn new(stop: DropGuard) -> Self {
-        Self {
+        Arc::new(Self {
+            redis,
+            keys,
             waiting: Mutex::default(),
             tokens: AtomicU64::default(),
-            _stop: stop,
-        }
+            followed: tokio::sync::Mutex::default(),
+            stop: stop.clone(),
+            _stop: stop.drop_guard(),
+        })
     }
 
-    /// Registers a wait for the result of command `id`; register before publishing the
-    /// command, so the result cannot come first.
-    pub fn register(self: &Arc<Self>, id: &MessageId) -> ResultWait {
+    /// Registers a wait for the result of command `id` of `role`; register before publishing
+    /// the command, so the result cannot come first. The role's result stream is followed
+    /// from its current end the first time one of its commands is waited for.
+    pub async fn register(
+        self: &Arc<Self>,
+        role: &str,
+        id: &MessageId,
+    ) -> Result<ResultWait, Error> {
+        validate_role(role).map_err(Error::Config)?;
+        self.follow(role).await?;
         let (tx, rx) = oneshot::channel();
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut waiting) = self.waiting.lock() {
             waiting.entry(id.clone()).or_default().push((token, tx));
         }
-        ResultWait {
+        Ok(ResultWait {
             results: Arc::clone(self),
             id: id.clone(),
             token,
             rx: Some(rx),
+        })
+    }
+
+    /// Starts following `role`'s result stream unless it is followed.
+    async fn follow(self: &Arc<Self>, role: &str) -> Result<(), Error> {
+        let mut followed = self.followed.lock().await;
+        if followed.contains(role) {
+            return Ok(());
         }
+        let stream = self.keys.results(role);
+        let follower = Follower::new(&self.redis, vec![stream.clone()], false, BLOCK).await?;
+        tokio::spawn(follow(
+            Arc::downgrade(self),
+            self.redis.clone(),
+            stream,
+            follower,
+            self.stop.clone(),
+        ));
+        followed.insert(role.to_owned());
+        Ok(())
     }
 
     fn deliver(&self, result: CommandResult) {
@@ -123,7 +147,7 @@ impl Drop for ResultWait {
     }
 }
 
-/// Follows the result stream until `stop` fires or the [`Results`] are gone, reconnecting
+/// Follows one result stream until `stop` fires or the [`Results`] are gone, reconnecting
 /// after failures from where it stood.
 async fn follow(
     results: Weak<Results>,
@@ -168,7 +192,8 @@ async fn follow(
                 let delay = delays.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
                 let after = follower.position(&stream).unwrap_or(EntryId::ZERO);
-                if let Ok(again) = Follower::after(&redis, stream.clone(), after, BLOCK).await {
+                if let Ok(again) = Follower::after(&redis, vec![stream.clone()], after, BLOCK).await
+                {
                     follower = again;
                 }
             }
@@ -183,10 +208,14 @@ mod tests {
 
     #[tokio::test]
     async fn every_wait_for_an_id_gets_the_result_and_a_dropped_one_takes_none_away() {
-        let results = Arc::new(Results::new(CancellationToken::new().drop_guard()));
+        // Nothing connects: the role counts as followed already.
+        let redis = Redis::open(&"redis://127.0.0.1:1".to_owned().into()).unwrap();
+        let results = Results::new(redis, Keys::new("t"));
+        results.followed.lock().await.insert("echo".into());
         let id = MessageId::new();
-        let (first, second) = (results.register(&id), results.register(&id));
-        drop(results.register(&id));
+        let first = results.register("echo", &id).await.unwrap();
+        let second = results.register("echo", &id).await.unwrap();
+        drop(results.register("echo", &id).await.unwrap());
         assert!(results.is_awaited(&id));
         assert!(!results.is_awaited(&MessageId::new()));
         results.deliver(CommandResult::new(

@@ -1,7 +1,10 @@
 -- Writes a run of an agent's finished commands, in order, atomically.
--- ARGV: commands, group, results, events, deadletters, maxlen, dedup_ttl, reply_ttl, then per
--- finished command: <entry> <donekey> <replyto> <result> <event> <deadletter>, where each
--- <...> group of fields is <n> followed by n values (n may be 0).
+-- KEYS: commands, results, events, deadletters, then every done key and reply stream the
+-- batch names (all of them under the role's hash tag, so in one Redis Cluster slot).
+-- ARGV: group, maxlen, dedup_ttl, reply_ttl, then per finished command:
+-- <entry> <done> <replyto> <result> <event> <deadletter>, where <done> and <replyto> are
+-- indexes into KEYS (0 for none) and each <...> group of fields is <n> followed by n values
+-- (n may be 0).
 -- A result is accepted when its entry is still pending (a command run twice after a
 -- reclaim is finished twice; the second finish finds its entry acknowledged) and, when it
 -- has a done key (a command with an idempotency key), the key is not taken yet. Either way
@@ -17,8 +20,8 @@
 -- written with type mindbus.command.duplicate instead.
 -- Redis spends most of this script's time taking in ARGV, so the loop reads ARGV in place:
 -- fields reach XADD as slices of it, and no table is built per command.
-local commands, group, results, events, dlq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local maxlen, dedup_ttl, reply_ttl = ARGV[6], ARGV[7], ARGV[8]
+local commands, results, events, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, maxlen, dedup_ttl, reply_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local call, unpack = redis.call, unpack
 
 -- Appends values[first..last] to stream; maxlen '0' means no cap (the monitor trims, never
@@ -124,9 +127,9 @@ for _, key in ipairs({results, events, dlq}) do
 end
 
 local accepted, done_count = {}, 0
-local i, last = 9, #ARGV
+local i, last = 5, #ARGV
 while i <= last do
-  local entry, done, replyto = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local entry, done, replyto = ARGV[i], KEYS[tonumber(ARGV[i + 1])], KEYS[tonumber(ARGV[i + 2])]
   local rstart = i + 4
   local rn = tonumber(ARGV[i + 3])
   local estart = rstart + rn + 1
@@ -136,14 +139,14 @@ while i <= last do
   i = lstart + ln
   done_count = done_count + 1
   local first = entry == '' or pending(entry) or not acknowledged_before(entry)
-  if first and done ~= '' and call('EXISTS', done) == 1 then
+  if first and done and call('EXISTS', done) == 1 then
     first = false
   end
   if first then
     xadd(dlq, ARGV, lstart, lstart + ln - 1)
     xadd(results, ARGV, rstart, rstart + rn - 1)
     xadd(events, ARGV, estart, estart + en - 1)
-    if replyto ~= '' and rn > 0 then
+    if replyto and rn > 0 then
       -- A bad replyto (e.g. a key of another type) must not fail the whole batch.
       if plain_reply(replyto) then
         redis.pcall('XADD', replyto, 'MAXLEN', '~', 1000, '*', unpack(ARGV, rstart, rstart + rn - 1))
@@ -152,7 +155,7 @@ while i <= last do
         redis.pcall('XADD', replyto, '*', unpack(ARGV, rstart, rstart + rn - 1))
       end
     end
-    if done ~= '' then
+    if done then
       call('SET', done, '1', 'EX', dedup_ttl)
     end
     accepted[done_count] = 1

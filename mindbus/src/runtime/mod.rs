@@ -102,9 +102,9 @@ impl Agent {
         let targets = writer::Targets {
             commands: stream.clone(),
             group: self.role.clone(),
-            results: self.keys.results(),
-            events: self.keys.events(),
-            dead_letters: self.keys.dead_letters(),
+            results: self.keys.results(&self.role),
+            events: self.keys.events(&self.role),
+            dead_letters: self.keys.dead_letters(&self.role),
             maxlen: self.config.stream_maxlen,
             dedup_ttl_secs: self.config.dedup_ttl_secs,
             reply_ttl_secs: self.config.reply_ttl_secs,

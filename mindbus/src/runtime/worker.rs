@@ -102,7 +102,7 @@ impl Shared {
             Ok(command) => Arc::new(command),
             Err(reason) => {
                 tracing::warn!(entry = %id, stream = %self.stream, error = %reason, "dead-lettering a malformed command");
-                let stub = salvage(&fields, origin, &self.keys);
+                let stub = salvage(&fields, origin, &self.keys, &self.role);
                 return Some(self.dead_letter(
                     id,
                     fields,
@@ -145,12 +145,12 @@ impl Shared {
             .await
     }
 
-    /// A command whose `replyto` is not a reply stream is malformed.
+    /// A command whose `replyto` is not a reply stream of its role is malformed.
     fn check_replyto(&self, command: Command) -> Result<Command, String> {
         match command
             .replyto
             .as_deref()
-            .map(|key| self.keys.check_reply(key))
+            .map(|key| self.keys.check_reply(key, &self.role))
         {
             Some(Err(e)) => Err(format!("field `replyto` is invalid: {e}")),
             _ => Ok(command),
@@ -295,7 +295,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// What can be read from a malformed entry, so its failed result reaches whoever waits:
 /// its `id` and `replyto` when they are usable.
-fn salvage(fields: &Fields, origin: Origin<'_>, keys: &crate::keys::Keys) -> Command {
+fn salvage(fields: &Fields, origin: Origin<'_>, keys: &crate::keys::Keys, role: &str) -> Command {
     let text = |name: &str| field_text(fields, name);
     let mut stub = Command::new(
         text("type").unwrap_or("malformed"),
@@ -306,7 +306,7 @@ fn salvage(fields: &Fields, origin: Origin<'_>, keys: &crate::keys::Keys) -> Com
         .unwrap_or_else(|| derived_id(origin));
     stub.envelope.traceparent = crate::wire::TraceParent::rooted_at(&stub.envelope.id);
     stub.replyto = text("replyto")
-        .filter(|key| keys.check_reply(key).is_ok())
+        .filter(|key| keys.check_reply(key, role).is_ok())
         .map(str::to_owned);
     stub
 }

@@ -8,13 +8,14 @@
 //! only once per key and role (its done key), so a command published twice with that key
 //! yields one result. The acknowledgement is the script's last write for each command.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use redis::aio::ConnectionManager;
-use redis::{Cmd, Pipeline};
+use redis::{Cmd, ErrorKind, Pipeline, Script, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -83,9 +84,9 @@ pub(crate) async fn run(
             batch = next_batch(&mut rx), if open && in_flight.len() < IN_FLIGHT => match batch {
                 None => open = false,
                 Some(batch) => {
-                    let (pipe, waiters) = encode(&targets, batch);
+                    let (encoded, waiters) = encode(&targets, batch);
                     let (mut conn, abort) = (conn.clone(), abort.clone());
-                    in_flight.push_back(async move { (write(&mut conn, &pipe, &abort).await, waiters) });
+                    in_flight.push_back(async move { (write(&mut conn, &encoded, &abort).await, waiters) });
                 }
             },
         }
@@ -110,10 +111,12 @@ fn deliver(accepted: Option<Vec<i64>>, waiters: Vec<oneshot::Sender<bool>>) {
 }
 
 /// Sends the batch's pipeline, retrying with backoff while Redis is unreachable. The
-/// script travels with every call (`EVAL`), so a restarted Redis needs no reloading.
+/// finish script is called by its hash (`EVALSHA`): when Redis does not have it (a restart,
+/// a `SCRIPT FLUSH`), nothing of the call ran, so the script is loaded and only its call is
+/// sent again (the batch's events, already written, are not).
 async fn write(
     conn: &mut ConnectionManager,
-    pipe: &Pipeline,
+    batch: &Encoded,
     abort: &CancellationToken,
 ) -> Option<Vec<i64>> {
     let mut delays = ExponentialBuilder::default()
@@ -123,9 +126,24 @@ async fn write(
         .without_max_times()
         .build();
     let mut tries_after_abort = 0;
+    let mut pipe = batch.pipe.clone();
     loop {
         match pipe.query_async::<Vec<Vec<i64>>>(conn).await {
             Ok(mut accepted) => return Some(accepted.pop().unwrap_or_default()),
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                match FINISH.load_async(conn).await {
+                    Ok(_) => {
+                        pipe = redis::pipe();
+                        if let Some(script) = &batch.script {
+                            pipe.add_command(script.clone());
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "loading the finish script failed; retrying")
+                    }
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "writing to redis failed; retrying"),
         }
         if abort.is_cancelled() {
@@ -138,7 +156,8 @@ async fn write(
     }
 }
 
-const FINISH_SCRIPT: &str = include_str!("finish.lua");
+/// The finish script, sent by its hash.
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
 
 fn push_fields(cmd: &mut Cmd, fields: &PackedFields) {
     cmd.arg(fields.len() * 2);
@@ -160,13 +179,21 @@ fn xadd(stream: &str, maxlen: u64, fields: &PackedFields) -> Cmd {
     cmd
 }
 
-/// One pipeline for the batch: its events as plain `XADD`s, then all its finished commands
-/// in one `EVAL` of the finish script. A command's events are queued before its finish, so
-/// they still land before its terminal event.
-fn encode(t: &Targets, batch: Vec<Write>) -> (Pipeline, Vec<oneshot::Sender<bool>>) {
+/// A batch ready to send: one pipeline (its events as plain `XADD`s, then the finish call),
+/// and the finish call alone, for sending again.
+#[derive(Debug)]
+struct Encoded {
+    pipe: Pipeline,
+    script: Option<Cmd>,
+}
+
+/// Encodes a batch: its events as plain `XADD`s, then all its finished commands in one
+/// call of the finish script. A command's events are queued before its finish, so they
+/// still land before its terminal event.
+fn encode(t: &Targets, batch: Vec<Write>) -> (Encoded, Vec<oneshot::Sender<bool>>) {
     let mut pipe = redis::pipe();
+    let mut finishes = Vec::new();
     let mut waiters = Vec::new();
-    let mut script = script_header(t, &batch);
     for write in batch {
         match write {
             Write::Event(fields) => {
@@ -174,42 +201,58 @@ fn encode(t: &Targets, batch: Vec<Write>) -> (Pipeline, Vec<oneshot::Sender<bool
                     .ignore();
             }
             Write::Finish(finish, waiter) => {
-                push_finish(&mut script, finish);
+                finishes.push(finish);
                 waiters.push(waiter);
             }
         }
     }
-    if !waiters.is_empty() {
-        pipe.add_command(script);
+    let script = (!finishes.is_empty()).then(|| finish_call(t, finishes));
+    if let Some(script) = &script {
+        pipe.add_command(script.clone());
     }
-    (pipe, waiters)
+    (Encoded { pipe, script }, waiters)
 }
 
-/// The script call's start, with room for every finish in `batch`, so that building it
-/// rarely moves what is already written.
-fn script_header(t: &Targets, batch: &[Write]) -> Cmd {
-    let names =
-        t.commands.len() + t.group.len() + t.results.len() + t.events.len() + t.dead_letters.len();
-    let (args, bytes) = batch
-        .iter()
-        .filter_map(|write| match write {
-            Write::Finish(finish, _) => Some(finish_size(finish)),
-            Write::Event(_) => None,
-        })
-        .fold(
-            (16, FINISH_SCRIPT.len() + names + 128),
-            |(a, b), (fa, fb)| (a + fa, b + fb),
-        );
+/// `EVALSHA` of the finish script for `finishes`: the role's four streams and every done
+/// key and reply stream as `KEYS` (each finish names its own by index), then the limits and
+/// each finish's entry and fields as `ARGV`.
+fn finish_call(t: &Targets, finishes: Vec<Finish>) -> Cmd {
+    let mut keys: Vec<&str> = vec![&t.commands, &t.results, &t.events, &t.dead_letters];
+    let mut indexes = Vec::with_capacity(finishes.len());
+    for finish in &finishes {
+        let mut index = [0; 2];
+        let named = [Some(finish.done_key.as_str()), finish.replyto.as_deref()];
+        for (slot, key) in index.iter_mut().zip(named) {
+            if let Some(key) = key.filter(|key| !key.is_empty()) {
+                keys.push(key);
+                *slot = keys.len();
+            }
+        }
+        indexes.push(index);
+    }
+    let (args, bytes) = finishes.iter().map(finish_size).fold(
+        (
+            8 + keys.len(),
+            128 + keys.iter().map(|k| k.len()).sum::<usize>(),
+        ),
+        |(a, b), (fa, fb)| (a + fa, b + fb),
+    );
     let mut cmd = Cmd::with_capacity(args, bytes);
-    cmd.arg("EVAL").arg(FINISH_SCRIPT).arg(0);
-    cmd.arg(&t.commands)
-        .arg(&t.group)
-        .arg(&t.results)
-        .arg(&t.events)
-        .arg(&t.dead_letters);
-    cmd.arg(t.maxlen)
+    cmd.arg("EVALSHA").arg(FINISH.get_hash()).arg(keys.len());
+    for key in &keys {
+        cmd.arg(*key);
+    }
+    cmd.arg(&t.group)
+        .arg(t.maxlen)
         .arg(t.dedup_ttl_secs)
         .arg(t.reply_ttl_secs);
+    for (finish, [done, reply]) in finishes.iter().zip(indexes) {
+        cmd.arg(finish.entry.map(|e| e.to_string()).unwrap_or_default());
+        cmd.arg(done).arg(reply);
+        push_fields(&mut cmd, &finish.result);
+        push_fields(&mut cmd, &finish.event);
+        push_fields(&mut cmd, &finish.dead_letter);
+    }
     cmd
 }
 
@@ -219,15 +262,68 @@ fn finish_size(finish: &Finish) -> (usize, usize) {
     let (args, bytes) = groups.iter().fold((0, 0), |(a, b), fields| {
         (a + 1 + fields.len() * 2, b + 8 + fields.byte_len())
     });
-    let replyto = finish.replyto.as_ref().map_or(0, String::len);
-    (args + 3, bytes + 64 + finish.done_key.len() + replyto)
+    (args + 3, bytes + 64)
 }
 
-fn push_finish(cmd: &mut Cmd, finish: Finish) {
-    cmd.arg(finish.entry.map(|e| e.to_string()).unwrap_or_default());
-    cmd.arg(finish.done_key)
-        .arg(finish.replyto.unwrap_or_default());
-    push_fields(cmd, &finish.result);
-    push_fields(cmd, &finish.event);
-    push_fields(cmd, &finish.dead_letter);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+
+    /// The hash tag of a key: what Redis Cluster hashes to pick its slot.
+    fn hash_tag(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = open + 1 + key[open + 1..].find('}')?;
+        Some(&key[open + 1..close]).filter(|tag| !tag.is_empty())
+    }
+
+    #[test]
+    fn a_finish_call_declares_every_key_in_its_roles_slot() {
+        let keys = Keys::new("mb");
+        let t = Targets {
+            commands: keys.commands("echo"),
+            group: "echo".into(),
+            results: keys.results("echo"),
+            events: keys.events("echo"),
+            dead_letters: keys.dead_letters("echo"),
+            maxlen: 0,
+            dedup_ttl_secs: 60,
+            reply_ttl_secs: 60,
+        };
+        let with_both = Finish {
+            done_key: keys.done("echo", "k1"),
+            replyto: Some(keys.reply("echo", "me")),
+            ..Finish::default()
+        };
+        let call = finish_call(&t, vec![with_both, Finish::default()]);
+        let args: Vec<String> = call
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(args[0], "EVALSHA");
+        assert_eq!(args[1], FINISH.get_hash());
+        let count: usize = args[2].parse().unwrap();
+        let declared = &args[3..3 + count];
+        assert_eq!(
+            declared,
+            [
+                "mb:cmd:{echo}",
+                "mb:result:{echo}",
+                "mb:event:{echo}",
+                "mb:dlq:{echo}",
+                "mb:done:{echo}:k1",
+                "mb:reply:{echo}:me",
+            ]
+        );
+        assert!(declared.iter().all(|key| hash_tag(key) == Some("echo")));
+        // ARGV: group and limits, then each finish: entry, done and reply as KEYS indexes.
+        let argv = &args[3 + count..];
+        assert_eq!(argv[..4], ["echo", "0", "60", "60"]);
+        assert_eq!(argv[4..7], ["", "5", "6"]);
+        let second = 7 + 3;
+        assert_eq!(argv[second..second + 3], ["", "0", "0"]);
+    }
 }

@@ -196,12 +196,9 @@ pub fn is_wrongtype(err: &Error) -> bool {
     matches!(err, Error::Redis(e) if e.code() == Some("WRONGTYPE"))
 }
 
-/// Every role's command stream under `keys`, found with `SCAN` (sorted). New roles appear
-/// here as soon as their first command is published.
-pub async fn command_streams<C>(
-    conn: &mut C,
-    keys: &crate::keys::Keys,
-) -> Result<Vec<String>, Error>
+/// Every role with a stream under `keys`, found with `SCAN` (sorted). New roles appear here
+/// as soon as their first command is published (or their first agent starts).
+pub async fn roles<C>(conn: &mut C, keys: &crate::keys::Keys) -> Result<Vec<String>, Error>
 where
     C: redis::aio::ConnectionLike + Send,
 {
@@ -211,14 +208,18 @@ where
         let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(keys.commands_pattern())
+            .arg(keys.role_streams_pattern())
             .arg("COUNT")
             .arg(1000)
             .arg("TYPE")
             .arg("stream")
             .query_async(conn)
             .await?;
-        out.extend(found);
+        out.extend(
+            found
+                .iter()
+                .filter_map(|s| keys.role_of(s).map(str::to_owned)),
+        );
         if next == 0 {
             out.sort();
             out.dedup();

@@ -24,7 +24,7 @@ const REASON: &str = "dlqreason";
 const CONSUMER: &str = "dlqconsumer";
 const TIME: &str = "dlqtime";
 
-/// An entry on `<prefix>:dlq`.
+/// An entry on a role's dead-letter stream, `<prefix>:dlq:{<role>}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     /// The stream the original entry was read from.

@@ -74,7 +74,7 @@ impl FromStr for EventKind {
     }
 }
 
-/// An event on `<prefix>:event`.
+/// An event on a role's event stream, `<prefix>:event:{<role>}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// The CloudEvents attributes; `type` names the event, `data` holds its details.

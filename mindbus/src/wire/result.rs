@@ -65,7 +65,8 @@ pub struct Failure {
     pub retryable: bool,
 }
 
-/// A result on `<prefix>:result` (and on the command's `replyto` stream).
+/// A result on its role's result stream, `<prefix>:result:{<role>}` (and on the command's
+/// `replyto` stream).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandResult {
     /// The CloudEvents attributes; `data` is the handler's output.

@@ -1,5 +1,6 @@
 //! Workflow runs on the wire: the commands the orchestrator serves on its own command
-//! stream, the states a run goes through and the events it leaves on `<prefix>:event`.
+//! stream, the states a run goes through and the events it leaves on its event stream,
+//! `<prefix>:event:{orchestrator}`.
 
 use std::fmt;
 use std::str::FromStr;

@@ -55,9 +55,10 @@ struct EnvelopeFields {
 struct CommandFields {
     #[schemars(flatten)]
     envelope: EnvelopeFields,
-    /// A reply stream the result is also written to: `<prefix>:reply:<token>`; any other
-    /// key makes the command malformed.
-    #[schemars(regex(pattern = r"^.+:reply:.+$"))]
+    /// A reply stream the result is also written to: `<prefix>:reply:{<role>}:<token>`,
+    /// with the role the command is sent to and a token of 1 to 128 of `A-Z a-z 0-9 . _ -`;
+    /// any other key makes the command malformed.
+    #[schemars(regex(pattern = r"^.+:reply:\{[a-z0-9_-]{1,64}\}:[A-Za-z0-9._-]{1,128}$"))]
     replyto: Option<String>,
     /// RFC 3339; an expired command is not started and a running one is stopped.
     #[schemars(extend("format" = "date-time"))]
@@ -87,7 +88,7 @@ enum StatusField {
     Canceled,
 }
 
-/// A result on `<prefix>:result` and on the command's `replyto` stream.
+/// A result on its role's `<prefix>:result:{<role>}` and on the command's `replyto` stream.
 #[allow(dead_code)]
 #[derive(JsonSchema)]
 #[schemars(title = "MindBus result entry")]
@@ -117,7 +118,7 @@ struct ResultFields {
     stepid: Option<String>,
 }
 
-/// An event on `<prefix>:event`, e.g. `mindbus.command.started`.
+/// An event on a role's `<prefix>:event:{<role>}`, e.g. `mindbus.command.started`.
 #[allow(dead_code)]
 #[derive(JsonSchema)]
 #[schemars(title = "MindBus event entry")]
@@ -138,7 +139,7 @@ struct EventFields {
     stepid: Option<String>,
 }
 
-/// A dead letter on `<prefix>:dlq`: the original entry's fields plus these.
+/// A dead letter on a role's `<prefix>:dlq:{<role>}`: the original entry's fields plus these.
 #[allow(dead_code)]
 #[derive(JsonSchema)]
 #[schemars(title = "MindBus dead-letter entry")]

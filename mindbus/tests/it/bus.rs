@@ -38,7 +38,7 @@ async fn cleanup(bus: &Bus) {
 /// reverse order, after a result for a command nobody waits for.
 async fn answer_echo(bus: Bus, count: usize) {
     let mut conn = bus.connection();
-    let (commands, results) = (bus.keys().commands("echo"), bus.keys().results());
+    let (commands, results) = (bus.keys().commands("echo"), bus.keys().results("echo"));
     let mut after = EntryId::ZERO;
     let mut answered = 0;
     while answered < count {
@@ -87,7 +87,7 @@ async fn answer_echo(bus: Bus, count: usize) {
     }
 }
 
-/// Many calls at once wait through the bus's one follower of the result stream, each for
+/// Many calls at once wait through the bus's one follower of echo's result stream, each for
 /// its own result, whatever order the results come in and whatever else is on the stream.
 #[tokio::test]
 async fn concurrent_calls_each_get_their_own_result() {

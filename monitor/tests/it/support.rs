@@ -85,9 +85,9 @@ impl Mesh {
         let mut out = BTreeSet::new();
         for stream in [
             self.stream("cmd:{echo}"),
-            self.stream("result"),
-            self.stream("event"),
-            self.stream("dlq"),
+            self.stream("result:{echo}"),
+            self.stream("event:{echo}"),
+            self.stream("dlq:{echo}"),
         ] {
             let mut after = "0-0".to_string();
             loop {
@@ -116,7 +116,7 @@ impl Mesh {
     /// Waits until the results stream holds `n` entries.
     pub async fn wait_results(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.len(&self.stream("result")).await < n {
+        while self.len(&self.stream("result:{echo}")).await < n {
             assert!(Instant::now() < deadline, "results did not reach {n}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -11,7 +11,7 @@ use crate::support::Mesh;
 #[tokio::test]
 async fn trimming_under_a_backlog_keeps_every_unacknowledged_entry() {
     let mesh = Mesh::new("trim").await;
-    let stream = mesh.stream("event");
+    let stream = mesh.stream("event:{echo}");
     let mut conn = mesh.bus.connection();
     let mut ids = Vec::new();
     for i in 0..100 {
@@ -107,7 +107,7 @@ async fn trimming_under_a_backlog_keeps_every_unacknowledged_entry() {
 #[tokio::test]
 async fn a_group_that_has_not_read_yet_blocks_all_trimming() {
     let mesh = Mesh::new("trim2").await;
-    let stream = mesh.stream("result");
+    let stream = mesh.stream("result:{echo}");
     let mut conn = mesh.bus.connection();
     for i in 0..30 {
         let _: String = redis::cmd("XADD")
@@ -165,7 +165,7 @@ async fn commands_queued_before_the_first_agent_are_never_trimmed() {
     .await;
     // A trimming round after everything was recorded: 30 events added now, once recorded,
     // are trimmed to 10 in a round that also looked at the commands.
-    let events = mesh.stream("event");
+    let events = mesh.stream("event:{echo}");
     for i in 0..30 {
         let _: String = redis::cmd("XADD")
             .arg(&events)
@@ -197,7 +197,7 @@ async fn commands_queued_before_the_first_agent_are_never_trimmed() {
 async fn an_entry_too_large_for_a_row_is_recorded_as_a_flagged_preview() {
     let mesh = Mesh::new("bigrow").await;
     let db = crate::support::TestDb::new("bigrow").await;
-    let events = mesh.stream("event");
+    let events = mesh.stream("event:{echo}");
     let big: String = redis::cmd("XADD")
         .arg(&events)
         .arg("*")

@@ -1,5 +1,5 @@
 //! The orchestrator process: it serves run commands on its own command stream, applies step
-//! results read through its consumer group on the result stream, fires timers (approval
+//! results read through its consumer group on every role's result stream, fires timers (approval
 //! timeouts, run deadlines) and publishes what each transition committed.
 //!
 //! Every transition runs in one Postgres transaction holding the run's row lock; the
@@ -53,6 +53,8 @@ pub(crate) struct Orchestrator {
     catalog: Catalog,
     config: OrchestratorConfig,
     publisher: Publisher,
+    /// The roles whose results this orchestrator reads.
+    result_roles: results::ResultRoles,
 }
 
 /// How long the publisher lock's session may take to connect or answer a ping.
@@ -171,6 +173,7 @@ pub async fn run(
         catalog,
         config: settings,
         publisher,
+        result_roles: results::ResultRoles::default(),
     });
     tracing::info!(workflows = ?this.catalog.names(), "orchestrator started");
     let loops = TaskTracker::new();

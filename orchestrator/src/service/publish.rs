@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mindbus::bus::{Bus, CONTROL_MAXLEN};
-use mindbus::wire::{Cancel, MessageId};
+use mindbus::wire::{Cancel, MessageId, ORCHESTRATOR_ROLE};
 use mindbus::wire::{
     Command, Envelope, Event, Extensions, Fields, Payload, RunEventKind, TraceParent,
 };
@@ -29,7 +29,7 @@ impl Orchestrator {
         if entries.is_empty() {
             return;
         }
-        if let Err(e) = xadd_all(&self.bus, &entries).await {
+        if let Err(e) = self.xadd_all(&entries).await {
             tracing::warn!(error = %e, entries = entries.len(), "publishing failed; the sweep will send them");
             if let Ok(mut failed) = self.publisher.failed.lock() {
                 failed.extend(entries);
@@ -67,7 +67,7 @@ impl Orchestrator {
         if entries.is_empty() {
             return Ok(0);
         }
-        xadd_all(&self.bus, &entries).await?;
+        self.xadd_all(&entries).await?;
         tx.commit().await?;
         // Any of its own it was keeping to send again are sent now.
         if let Ok(mut failed) = self.publisher.failed.lock() {
@@ -91,6 +91,18 @@ pub(crate) async fn sweep_loop(this: Arc<Orchestrator>, stop: CancellationToken)
             Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
         }
         tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(tick) => {} }
+    }
+}
+
+impl Orchestrator {
+    /// Sends `entries` in one pipeline, after making the results group on the result
+    /// stream of every role they command.
+    async fn xadd_all(&self, entries: &[OutboxEntry]) -> Result<(), mindbus::Error> {
+        let roles = entries
+            .iter()
+            .filter_map(|e| self.bus.keys().commands_role(&e.stream));
+        self.result_roles.ensure(&self.bus, roles).await?;
+        Ok(xadd_all(&self.bus, entries).await?)
     }
 }
 
@@ -210,7 +222,7 @@ pub(crate) fn event_entry(
         id: 0,
         run_id: run.id,
         command_id: None,
-        stream: bus.keys().events(),
+        stream: bus.keys().events(ORCHESTRATOR_ROLE),
         maxlen: None,
         fields: text_fields(event.encode()?),
     })

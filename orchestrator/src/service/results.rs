@@ -1,10 +1,12 @@
-//! Step results: read from the result stream through the `mindbus-orchestrator` consumer
-//! group (a [`GroupReader`], which also takes over results a stopped orchestrator left
-//! pending past the lease), applied run by run (a run's results in order, as many per
+//! Step results: read from every role's result stream through the `mindbus-orchestrator`
+//! consumer group (a [`GroupReader`], which also takes over results a stopped orchestrator
+//! left pending past the lease), applied run by run (a run's results in order, as many per
 //! transaction as go together), acknowledged only after they committed.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use mindbus::group::{Delivery, GroupOptions, GroupReader};
@@ -19,6 +21,63 @@ use super::transition::Input;
 /// The consumer group every orchestrator reads results with.
 pub const GROUP: &str = "mindbus-orchestrator";
 
+/// How often roles that appeared (through another orchestrator, or before this one
+/// started) are looked for.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+
+/// The roles whose result streams carry the orchestrators' group. A role's group is made
+/// (from its stream's start) before the first step command goes to it, so no step result
+/// can come before the group that reads it.
+#[derive(Debug, Default)]
+pub(crate) struct ResultRoles {
+    known: Mutex<BTreeSet<String>>,
+    /// Whether every role with a command stream has been looked up once.
+    discovered: AtomicBool,
+}
+
+impl ResultRoles {
+    /// Adds every role with a command stream (those of steps an earlier orchestrator sent
+    /// included).
+    async fn discover(&self, bus: &mindbus::bus::Bus) -> Result<(), mindbus::Error> {
+        let roles = mindbus::streams::roles(&mut bus.connection(), bus.keys()).await?;
+        self.ensure(bus, roles.iter().map(String::as_str)).await?;
+        self.discovered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes the group on the result stream of each of `roles` not seen yet.
+    pub(crate) async fn ensure<'a>(
+        &self,
+        bus: &mindbus::bus::Bus,
+        roles: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), mindbus::Error> {
+        let new: Vec<&str> = roles
+            .into_iter()
+            .filter(|role| self.known.lock().is_ok_and(|known| !known.contains(*role)))
+            .collect();
+        for role in new {
+            let stream = bus.keys().results(role);
+            mindbus::streams::ensure_group(&mut bus.connection(), &stream, GROUP, "0").await?;
+            if let Ok(mut known) = self.known.lock() {
+                known.insert(role.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every role known so far; `None` until every role was looked up once (after a
+    /// restart, results may wait on streams of roles this process has not met yet).
+    pub(crate) fn all(&self) -> Option<Vec<String>> {
+        if !self.discovered.load(Ordering::Acquire) {
+            return None;
+        }
+        self.known
+            .lock()
+            .ok()
+            .map(|known| known.iter().cloned().collect())
+    }
+}
+
 /// Reads and applies results until `stop` fires (reconnecting after Redis failures).
 pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) {
     let config = &this.config;
@@ -29,9 +88,18 @@ pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) 
         lease: Duration::from_millis(config.lease_ms),
         block: Duration::from_millis(config.block_ms),
     };
-    let stream = this.bus.keys().results();
-    let mut reader = GroupReader::new(this.bus.redis().clone(), vec![stream], options);
+    let mut reader = GroupReader::new(this.bus.redis().clone(), Vec::new(), options);
+    let mut discovered = Instant::now() - DISCOVER_EVERY;
     while !stop.is_cancelled() {
+        if discovered.elapsed() >= DISCOVER_EVERY {
+            if let Err(e) = this.result_roles.discover(&this.bus).await {
+                tracing::warn!(error = %e, "looking for new roles' results failed");
+            }
+            discovered = Instant::now();
+        }
+        for role in this.result_roles.all().unwrap_or_default() {
+            reader.follow(this.bus.keys().results(&role));
+        }
         let batch = reader.next(config.batch, &stop).await;
         if batch.is_empty() {
             continue;

@@ -81,23 +81,38 @@ async fn fire_due(this: &Orchestrator) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The time (Unix ms) before which every step result written to the result stream has been
-/// applied: now when the orchestrators' group has read everything and holds nothing
-/// pending; else just before its oldest pending or unread result.
+/// The time (Unix ms) before which every step result written to any role's result stream
+/// has been applied: the earliest of [`applied_through`] over the roles step commands went
+/// to.
 async fn results_applied_through(this: &Orchestrator) -> anyhow::Result<i64> {
-    let stream = this.bus.keys().results();
+    let roles = this
+        .result_roles
+        .all()
+        .ok_or_else(|| anyhow::anyhow!("the result streams are not looked up yet"))?;
+    let mut through = jiff::Timestamp::now().as_millisecond();
+    for role in roles {
+        let stream = this.bus.keys().results(&role);
+        through = through.min(applied_through(this, &stream).await?);
+    }
+    Ok(through)
+}
+
+/// The time (Unix ms) before which every result written to `stream` has been applied: now
+/// when the orchestrators' group has read everything and holds nothing pending; else just
+/// before its oldest pending or unread result.
+async fn applied_through(this: &Orchestrator, stream: &str) -> anyhow::Result<i64> {
     let mut conn = this.bus.connection();
     let info = mindbus::streams::info_map(
         redis::cmd("XINFO")
             .arg("STREAM")
-            .arg(&stream)
+            .arg(stream)
             .query_async(&mut conn)
             .await?,
     );
     let last_written = entry_id(info.get("last-generated-id"))?;
     let groups: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg(&stream)
+        .arg(stream)
         .query_async(&mut conn)
         .await?;
     let group = groups
@@ -109,7 +124,7 @@ async fn results_applied_through(this: &Orchestrator) -> anyhow::Result<i64> {
         .ok_or_else(|| anyhow::anyhow!("no group {} on {stream}", super::results::GROUP))?;
     let delivered = entry_id(group.get("last-delivered-id"))?;
     let pending: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg(&stream)
+        .arg(stream)
         .arg(super::results::GROUP)
         .arg("-")
         .arg("+")

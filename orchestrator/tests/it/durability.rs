@@ -59,7 +59,7 @@ async fn assert_all_complete_once(orch: &Orch, runs: &[Uuid]) {
             "run {run}: one command per step, each applied"
         );
     }
-    let results = orch.entries("result").await;
+    let results = orch.entries("result:{echo}").await;
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     for fields in &results {
         if fields.iter().any(|(k, _)| k == "runid")

@@ -157,7 +157,7 @@ async fn cancel_reaches_every_command_of_a_run_past_the_control_streams_length()
                     .map(|(_, v)| v.clone())
             };
             let statuses: Vec<String> = orch
-                .entries("result")
+                .entries("result:{echo}")
                 .await
                 .iter()
                 .filter(|f| field(f, "runid").as_deref() == Some(run_id.as_str()))
@@ -550,7 +550,7 @@ async fn a_result_in_time_beats_the_timer_even_when_applied_late() {
     );
     result.runid = Some(run.to_string());
     result.stepid = Some("wait".into());
-    let results = format!("{}:result", orch.prefix);
+    let results = format!("{}:result:{{echo}}", orch.prefix);
     let mut conn = orch.bus.connection();
     let mut add = redis::cmd("XADD");
     add.arg(&results).arg("*");
@@ -595,7 +595,7 @@ async fn an_unreadable_step_result_fails_its_run_with_the_reason() {
     let _o = orch.orchestrator(2_000);
     let run = orch.start("unheard", json!({})).await;
     let command = orch.wait_command(run).await;
-    let results = format!("{}:result", orch.prefix);
+    let results = format!("{}:result:{{echo}}", orch.prefix);
     for _ in 0..2 {
         let _: String = redis::cmd("XADD")
             .arg(&results)
@@ -702,7 +702,7 @@ async fn a_result_for_another_run_or_holding_nul_neither_corrupts_nor_stalls() {
     orch.wait_command(a).await;
     let forge = |run: uuid::Uuid, data: &str| {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(format!("{}:result", orch.prefix)).arg("*");
+        cmd.arg(format!("{}:result:{{echo}}", orch.prefix)).arg("*");
         cmd.arg("type")
             .arg("mindbus.result")
             .arg("status")

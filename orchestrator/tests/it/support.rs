@@ -205,10 +205,10 @@ impl Orch {
         .await
     }
 
-    /// Waits for the result of a command (published by the orchestrator, perhaps answered
-    /// already) on the result stream.
+    /// Waits for the result of an `echo` command (published by the orchestrator, perhaps
+    /// answered already) on echo's result stream.
     pub async fn wait_result(&self, command: Uuid) -> CommandResult {
-        let stream = self.bus.keys().results();
+        let stream = self.bus.keys().results("echo");
         let id = mindbus::wire::MessageId::from(command);
         eventually(
             Duration::from_secs(20),
@@ -249,7 +249,8 @@ impl Orch {
         entries.into_iter().map(|(_, fields)| fields).collect()
     }
 
-    /// Every event of `type` `ty`, as (runid, stepid, data).
+    /// Every run event of `type` `ty` (on the orchestrator's event stream), as (runid,
+    /// stepid, data).
     pub async fn events(&self, ty: &str) -> Vec<(String, Option<String>, Value)> {
         let get = |fields: &[(String, String)], name: &str| {
             fields
@@ -257,7 +258,7 @@ impl Orch {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
-        self.entries("event")
+        self.entries("event:{orchestrator}")
             .await
             .into_iter()
             .filter(|fields| get(fields, "type").as_deref() == Some(ty))

@@ -293,13 +293,11 @@ impl Runs {
     /// once; returns how many.
     async fn wait_recorded(&self, timeout: Duration) -> usize {
         let mesh = &self.mesh;
-        let streams = [
-            mesh.stream("cmd:{echo}"),
-            mesh.stream(&format!("cmd:{{{ORCHESTRATOR_ROLE}}}")),
-            mesh.stream("result"),
-            mesh.stream("event"),
-            mesh.stream("dlq"),
-        ];
+        let keys = mesh.bus.keys();
+        let streams: Vec<String> = ["echo", ORCHESTRATOR_ROLE]
+            .into_iter()
+            .flat_map(|role| keys.role_streams(role))
+            .collect();
         let what = "the monitor's table never matched the streams exactly once";
         testenv::eventually(timeout, what, || async {
             let mut want = BTreeSet::new();

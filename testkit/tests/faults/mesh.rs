@@ -76,7 +76,7 @@ impl Mesh {
 
     /// Every accepted result.
     pub async fn results(&self) -> Vec<CommandResult> {
-        let stream = self.stream("result");
+        let stream = self.stream("result:{echo}");
         entries(&mut self.bus.connection(), &stream)
             .await
             .into_iter()
@@ -131,7 +131,7 @@ impl Mesh {
 
     /// How many events of `ty` the event stream holds.
     pub async fn events_of(&self, ty: &str) -> usize {
-        let stream = self.stream("event");
+        let stream = self.stream("event:{echo}");
         entries(&mut self.bus.connection(), &stream)
             .await
             .iter()
@@ -141,7 +141,7 @@ impl Mesh {
 
     /// Waits until the result stream holds `n` entries.
     pub async fn wait_results(&self, n: usize, timeout: Duration) {
-        let stream = self.stream("result");
+        let stream = self.stream("result:{echo}");
         let what = format!("{stream} did not reach {n} entries");
         crate::testenv::eventually(timeout, &what, || async {
             let len: usize = redis::cmd("XLEN")

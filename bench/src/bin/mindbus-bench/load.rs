@@ -47,7 +47,7 @@ impl Target {
     }
 
     fn results(&self) -> String {
-        format!("{}:result", self.prefix)
+        format!("{}:result:{{echo}}", self.prefix)
     }
 
     pub async fn wait_consumers(&mut self, n: usize) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ pub async fn serve(url: &str, prefix: &str) -> anyhow::Result<()> {
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
     let stream = format!("{prefix}:cmd:{{echo}}");
-    let results = format!("{prefix}:result");
+    let results = format!("{prefix}:result:{{echo}}");
     let consumer = format!("raw-{}", std::process::id());
     let _: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
