@@ -1,7 +1,7 @@
 //! Server-sent events: a command's events from its role's event stream, or a run's from the
 //! orchestrator's and its roles' event streams, each with its stream entry id as the SSE
-//! `id`, so a client that reconnects with `Last-Event-ID` loses nothing (entry ids of one
-//! Redis grow across its streams, and a batch is sent in id order). One dedicated Redis connection per open stream, at most `max_streams` at once
+//! `id`, so a client that reconnects with `Last-Event-ID` loses nothing (the follower hands
+//! out the streams' merged history in entry-id order). One dedicated Redis connection per open stream, at most `max_streams` at once
 //! and a key's `max_streams` of them per key. Reading starts no earlier than the reply TTL
 //! ago, so one request can never make the gateway re-read the whole event stream.
 
@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use mindbus::bus::Follower;
 use mindbus::wire::MessageId;
-use mindbus::wire::{EntryId, Event, EventKind, Origin, RunEventKind};
+use mindbus::wire::{CommandResult, EntryId, Event, EventKind, Origin, RunEventKind};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
@@ -80,10 +80,22 @@ const CLOCK_MARGIN_MS: u64 = 5_000;
 /// Longest life of one stream; the client resumes with `Last-Event-ID`.
 const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// What an event stream reads: event streams, and for a command its reply stream, whose
+/// result ends the stream when no `completed` event does (agents with
+/// `agent.events: failures` write none).
+#[derive(Debug)]
+pub struct Sources {
+    pub events: Vec<String>,
+    pub reply: Option<String>,
+}
+
 struct Following {
     follower: Follower,
     filter: Filter,
+    reply: Option<String>,
     ready: VecDeque<SseEvent>,
+    /// The last message was queued; the stream ends once the streams are caught up.
+    ending: bool,
     done: bool,
     /// The command or run had ended when the stream opened: end once caught up.
     ended: bool,
@@ -120,7 +132,7 @@ pub async fn respond(
     permits: Permits,
     headers: &HeaderMap,
     filter: Filter,
-    streams: Vec<String>,
+    sources: Sources,
     ended: bool,
 ) -> Result<Response, AppError> {
     let Some(id) = filter.uuid().filter(|id| id.get_version_num() == 7) else {
@@ -137,12 +149,16 @@ pub async fn respond(
     };
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let start = first_read(id, resume, now_ms, state.reply_ttl_secs());
+    let mut streams = sources.events;
+    streams.extend(sources.reply.clone());
     let follower =
         Follower::after(state.bus().redis(), streams, start, Duration::from_secs(5)).await?;
     let following = Following {
         follower,
         filter,
+        reply: sources.reply,
         ready: VecDeque::new(),
+        ending: false,
         done: false,
         ended,
         until: tokio::time::Instant::now() + MAX_LIFETIME,
@@ -193,21 +209,37 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
             match batch {
                 Ok(batch) if batch.is_empty() && f.ended => return None,
                 Ok(batch) => {
+                    let mut result = None;
                     for (stream, entry) in batch {
                         let Some(fields) = entry.fields else { continue };
                         let origin = Origin {
                             stream: &stream,
                             entry: entry.id,
                         };
+                        if f.reply.as_ref() == Some(&stream) {
+                            result = CommandResult::decode(fields, origin)
+                                .ok()
+                                .map(|r| (entry.id, r));
+                            continue;
+                        }
                         let Ok(event) = Event::decode(fields, origin) else {
                             continue;
                         };
-                        if f.done || !f.filter.wants(&event) {
-                            continue;
+                        // What the streams held before the end is still sent after it.
+                        if f.filter.wants(&event) {
+                            f.ready.push_back(to_sse(entry.id, &event));
+                            f.ending |= f.filter.ends_with(&event);
                         }
-                        f.ready.push_back(to_sse(entry.id, &event));
-                        f.done = f.filter.ends_with(&event);
                     }
+                    // The command's result is its last message when no event ended it
+                    // (agents with `agent.events: failures` write no `completed`).
+                    if let (false, Some((id, result))) = (f.ending, result) {
+                        f.ready.push_back(result_to_sse(id, &result));
+                        f.ending = true;
+                    }
+                    // Everything written before the end has been read once a read takes
+                    // all there was: the stream ends there.
+                    f.done = f.ending && f.follower.caught_up();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream read failed; closing it");
@@ -216,6 +248,13 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
             }
         }
     })
+}
+
+fn result_to_sse(entry: EntryId, result: &CommandResult) -> SseEvent {
+    SseEvent::default()
+        .id(entry.to_string())
+        .event("mindbus.result")
+        .data(result.to_json().to_string())
 }
 
 fn to_sse(entry: EntryId, event: &Event) -> SseEvent {

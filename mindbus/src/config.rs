@@ -86,9 +86,12 @@ pub struct AgentConfig {
     #[schemars(range(min = 1))]
     pub reply_ttl_secs: u64,
     /// Which lifecycle events each command writes: `all` (received, started, and how it
-    /// ended) or `outcomes` (how it ended only: two fewer writes, about a third of the Redis
-    /// CPU an echo command costs). Retries, failures, cancellations, dead letters and progress
-    /// are written either way, and the result is always the completion record.
+    /// ended; the default, so `mindbus trace`, tails and event streams show every command's
+    /// whole timeline), `outcomes` (how it ended only: two fewer writes) or `failures`
+    /// (no event for a command that completes: its result is the completion record, and a
+    /// finish carries the result alone, about half the Redis CPU of `all`). Retries,
+    /// failures, cancellations, dead letters, duplicates and progress are written in every
+    /// mode.
     pub events: LifecycleEvents,
     /// A hard cap on the result, event and dead-letter streams (approximate), or 0 for none.
     /// Leave it at 0 when a monitor runs: it trims without ever passing an entry some
@@ -123,6 +126,9 @@ pub enum LifecycleEvents {
     All,
     /// Only `completed`, `failed` or `canceled`.
     Outcomes,
+    /// Only `failed` or `canceled` (and retries, dead letters, progress): a completed
+    /// command leaves its result alone.
+    Failures,
 }
 
 /// Log output.

@@ -86,6 +86,12 @@ impl Keys {
         format!("{}:roles", self.prefix)
     }
 
+    /// `<prefix>:steproles`: the roles the orchestrators have sent steps to (a set), whose
+    /// result streams carry their group.
+    pub fn step_roles(&self) -> String {
+        format!("{}:steproles", self.prefix)
+    }
+
     /// `<prefix>:control`: broadcast to every agent (cancellations), read without a group.
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)

@@ -246,3 +246,38 @@ async fn outcome_events_only_still_tell_retries_and_outcomes() {
         ["mindbus.command.retried", "mindbus.command.completed"]
     );
 }
+
+/// With `agent.events: failures`, a completed command leaves its result alone (the result is
+/// the completion record), while a retry and a dead letter are still told.
+#[tokio::test]
+async fn failure_events_only_leave_a_completed_command_its_result_alone() {
+    let mesh = Mesh::new("failures").await;
+    let _agent = mesh.agent_with_env(&[("MINDBUS_AGENT__EVENTS", "failures")]);
+    mesh.xadd_cli(&["type", "echo.say", "data", r#"{"fail_attempts":1}"#]);
+    mesh.xadd_cli(&[
+        "type",
+        "echo.say",
+        "data",
+        r#"{"fail_attempts":5}"#,
+        "maxattempts",
+        "1",
+    ]);
+    let results = mesh.wait_results(2, Duration::from_secs(20)).await;
+    let completed = results.iter().filter(|r| r.status == Status::Completed);
+    let failed = results.iter().filter(|r| r.status == Status::Failed);
+    assert_eq!((completed.count(), failed.count()), (1, 1));
+    mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(10))
+        .await;
+    let mut kinds: Vec<String> = mesh
+        .events()
+        .await
+        .into_iter()
+        .map(|e| e.envelope.ty)
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["mindbus.command.deadlettered", "mindbus.command.retried"],
+        "no received, started or completed event"
+    );
+}

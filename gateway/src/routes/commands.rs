@@ -18,7 +18,7 @@ use crate::auth::{Authed, Scope};
 use crate::body::JsonBody;
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{IdPath, QueryOf, RolePath};
-use crate::sse::{self, Filter};
+use crate::sse::{self, Filter, Sources};
 
 /// The `source` of every command the gateway publishes.
 pub const SOURCE: &str = "urn:mindbus:gateway";
@@ -335,13 +335,17 @@ pub async fn events(
 ) -> Result<Response, AppError> {
     let permits = sse::reserve(&state, &caller)?;
     let standing = standing(&state, &caller.roles, &id).await?;
-    let stream = state.bus().keys().events(&standing.role);
+    let keys = state.bus().keys();
+    let sources = Sources {
+        events: vec![keys.events(&standing.role)],
+        reply: Some(keys.reply(&standing.role, &id.to_string())),
+    };
     sse::respond(
         &state,
         permits,
         &headers,
-        Filter::Command(id, caller.roles.clone()),
-        vec![stream],
+        Filter::Command(id.clone(), caller.roles.clone()),
+        sources,
         standing.result.is_some(),
     )
     .await

@@ -23,7 +23,7 @@ use crate::auth::{Authed, Caller, Scope};
 use crate::body::{JsonBody, array_items};
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{IdPath, QueryOf};
-use crate::sse::{self, Filter};
+use crate::sse::{self, Filter, Sources};
 
 /// How long the orchestrator has to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -347,7 +347,10 @@ pub async fn events(
         permits,
         &headers,
         Filter::Run(id, caller.roles.clone()),
-        streams,
+        Sources {
+            events: streams,
+            reply: None,
+        },
         ended,
     )
     .await

@@ -325,21 +325,7 @@ fn hash_key_reads_the_key_from_standard_input() {
 async fn a_result_of_a_command_the_gateway_did_not_publish_is_not_found() {
     let gw = Gw::new("norole").await;
     let id = mindbus::wire::MessageId::new();
-    let result = mindbus::wire::CommandResult::new(
-        id.clone(),
-        mindbus::wire::Status::Completed,
-        "test",
-        mindbus::wire::Payload::json(serde_json::json!({"secret": 1})),
-    );
-    let mut add = redis::cmd("XADD");
-    add.arg(format!("{}:reply:{{echo}}:{id}", gw.prefix))
-        .arg("*");
-    for (name, value) in result.encode().unwrap() {
-        add.arg(name).arg(value);
-    }
-    let client = redis::Client::open(crate::testenv::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: String = add.query_async(&mut conn).await.unwrap();
+    write_echo_result(&gw, &id, serde_json::json!({"secret": 1})).await;
     let uri = format!("/v1/commands/{id}");
     let scoped = gw.send(get(&uri, Some(ECHO))).await;
     assert_eq!(scoped.status(), StatusCode::NOT_FOUND);
@@ -373,4 +359,55 @@ async fn invented_methods_and_paths_are_not_metric_labels() {
     );
     assert!(!text.contains("/nowhere/"), "a path became a label");
     assert!(text.contains("method=\"other\""), "{text}");
+}
+
+/// A command's event stream ends with its result when no `completed` event comes (agents
+/// with `agent.events: failures` write none): the result is its last message.
+#[tokio::test]
+async fn a_command_event_stream_ends_with_the_result_when_no_event_ends_it() {
+    let gw = Gw::new("sseresult").await;
+    let sent = gw
+        .send(post(
+            "/v1/roles/echo/commands",
+            Some(ADMIN),
+            r#"{"type": "echo.say"}"#,
+        ))
+        .await;
+    assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    let id: mindbus::wire::MessageId = json(sent).await["id"].as_str().unwrap().parse().unwrap();
+    // What an agent writing no lifecycle events leaves: the result, on the reply stream.
+    write_echo_result(&gw, &id, serde_json::json!({"n": 1})).await;
+    let stream = gw
+        .send(get(&format!("/v1/commands/{id}/events"), Some(ADMIN)))
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        axum::body::to_bytes(stream.into_body(), 1 << 20),
+    )
+    .await
+    .expect("the stream ends")
+    .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.contains("event: mindbus.result"), "{text}");
+    assert!(text.contains(r#""status":"completed""#), "{text}");
+}
+
+/// Writes a completed result of echo command `id` to its reply stream, as an agent would.
+async fn write_echo_result(gw: &Gw, id: &mindbus::wire::MessageId, data: serde_json::Value) {
+    let result = mindbus::wire::CommandResult::new(
+        id.clone(),
+        mindbus::wire::Status::Completed,
+        "test",
+        mindbus::wire::Payload::json(data),
+    );
+    let mut add = redis::cmd("XADD");
+    add.arg(format!("{}:reply:{{echo}}:{id}", gw.prefix))
+        .arg("*");
+    for (name, value) in result.encode().unwrap() {
+        add.arg(name).arg(value);
+    }
+    let client = redis::Client::open(crate::testenv::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = add.query_async(&mut conn).await.unwrap();
 }

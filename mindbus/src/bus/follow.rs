@@ -8,12 +8,19 @@ use crate::Error;
 use crate::streams::{Redis, StreamEntry, parse_range, parse_read};
 use crate::wire::EntryId;
 
-/// Reads new entries from a set of streams, remembering where it stands in each.
+/// Entries read from one stream at most, per read.
+const COUNT: usize = 500;
+
+/// Reads new entries from a set of streams, remembering where it stands in each. Each read
+/// hands out a prefix of the streams' merged history: when a stream has more than a read
+/// takes, entries of the others past its last one wait for the next read, so entries come
+/// in entry-id order across streams and one id says how far a reader got.
 #[derive(Debug)]
 pub struct Follower {
     conn: MultiplexedConnection,
     positions: Vec<(String, String)>,
     block: Duration,
+    caught_up: bool,
 }
 
 impl Follower {
@@ -40,6 +47,7 @@ impl Follower {
             conn,
             positions,
             block,
+            caught_up: false,
         })
     }
 
@@ -55,6 +63,7 @@ impl Follower {
             conn: redis.dedicated(block).await?,
             positions: streams.into_iter().map(|s| (s, after.clone())).collect(),
             block,
+            caught_up: false,
         })
     }
 
@@ -70,11 +79,16 @@ impl Follower {
         self.positions.iter().map(|(s, _)| s.as_str())
     }
 
-    /// The next batch of entries, empty when the block ran out.
+    /// Whether the last read took everything the streams held when it ran.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// The next batch of entries in entry-id order, empty when the block ran out.
     pub async fn next(&mut self) -> Result<Vec<(String, StreamEntry)>, Error> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
-            .arg(500)
+            .arg(COUNT)
             .arg("BLOCK")
             .arg(self.block.as_millis() as u64)
             .arg("STREAMS");
@@ -85,15 +99,26 @@ impl Follower {
             cmd.arg(position);
         }
         let reply = cmd.query_async(&mut self.conn).await?;
+        let read = parse_read(reply)?;
+        // Past the last entry of a stream that had more, other streams may hold entries
+        // that stream has not been read up to yet: those wait.
+        let bound = read
+            .iter()
+            .filter(|(_, entries)| entries.len() >= COUNT)
+            .filter_map(|(_, entries)| entries.last().map(|e| e.id))
+            .min();
+        self.caught_up = bound.is_none();
         let mut out = Vec::new();
-        for (stream, entries) in parse_read(reply)? {
-            if let (Some(last), Some(slot)) = (
-                entries.last(),
-                self.positions.iter_mut().find(|(s, _)| *s == stream),
-            ) {
-                slot.1 = last.id.to_string();
+        for (stream, entries) in read {
+            let kept = entries
+                .into_iter()
+                .filter(|e| bound.is_none_or(|bound| e.id <= bound));
+            out.extend(kept.map(|e| (stream.clone(), e)));
+        }
+        for (stream, entry) in &out {
+            if let Some(slot) = self.positions.iter_mut().find(|(s, _)| s == stream) {
+                slot.1 = entry.id.to_string();
             }
-            out.extend(entries.into_iter().map(|e| (stream.clone(), e)));
         }
         out.sort_by_key(|(_, e)| e.id);
         Ok(out)

@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use super::Shared;
 use super::writer::Finish;
+use crate::config::LifecycleEvents;
 use crate::wire::{
     Command, CommandResult, DeadLetter, DeadLettered, EntryId, ErrorType, Event, EventKind, Failed,
     Failure, Fields, PackedFields, Payload, Status,
@@ -82,6 +83,16 @@ impl Shared {
             serde_json::to_value(failed).unwrap_or_default()
         });
         let result = self.result(command, attempt, status, data, failure);
+        // Without a `completed` event, a duplicate is told apart by the agent instead of the
+        // script, so the finish carries the result alone.
+        let silent = status == Status::Completed && self.config.events == LifecycleEvents::Failures;
+        let (event, on_duplicate) = if silent {
+            let duplicate = self.event_fields(EventKind::Duplicate, command, attempt, Value::Null);
+            (PackedFields::default(), duplicate.unwrap_or_default())
+        } else {
+            let event = self.event_fields(kind, command, attempt, detail);
+            (event.unwrap_or_default(), PackedFields::default())
+        };
         Finish {
             entry: Some(entry),
             done_key: command
@@ -91,9 +102,8 @@ impl Shared {
                 .unwrap_or_default(),
             replyto: command.replyto.clone(),
             result,
-            event: self
-                .event_fields(kind, command, attempt, detail)
-                .unwrap_or_default(),
+            event,
+            on_duplicate,
             dead_letter: PackedFields::default(),
         }
     }

@@ -59,15 +59,21 @@ impl Shared {
                     .await
             }
         };
-        if let Some(finish) = finish {
-            self.write_finish(finish).await;
+        if let Some(mut finish) = finish {
+            let duplicate = std::mem::take(&mut finish.on_duplicate);
+            if self.write_finish(finish).await == Some(false) && !duplicate.is_empty() {
+                let _ = self.writes.send(Write::Event(duplicate)).await;
+            }
         }
     }
 
     /// Queues a finish and waits until it is written; `Some(true)` if its result was accepted.
     pub(crate) async fn write_finish(&self, finish: Finish) -> Option<bool> {
         let (tx, rx) = oneshot::channel();
-        self.writes.send(Write::Finish(finish, tx)).await.ok()?;
+        self.writes
+            .send(Write::Finish(Box::new(finish), tx))
+            .await
+            .ok()?;
         rx.await.ok()
     }
 

@@ -32,7 +32,7 @@ pub(crate) enum Write {
     /// A lifecycle or progress event.
     Event(PackedFields),
     /// A finished command; the sender learns whether its result was the accepted one.
-    Finish(Finish, oneshot::Sender<bool>),
+    Finish(Box<Finish>, oneshot::Sender<bool>),
 }
 
 /// Everything that leaves the process when a command is done with.
@@ -50,6 +50,9 @@ pub(crate) struct Finish {
     /// The event written when the result is accepted (empty for none); retyped
     /// `mindbus.command.duplicate` when it is not.
     pub event: PackedFields,
+    /// A `duplicate` event the worker writes itself when the result is not accepted and
+    /// there is no `event` to retype (never sent to the script).
+    pub on_duplicate: PackedFields,
     /// A dead letter written when the result is accepted.
     pub dead_letter: PackedFields,
 }
@@ -131,14 +134,13 @@ async fn write(
         match pipe.query_async::<Vec<Vec<i64>>>(conn).await {
             Ok(mut accepted) => return Some(accepted.pop().unwrap_or_default()),
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // The events ran; from here on only the script call is sent.
+                pipe = redis::pipe();
+                if let Some(script) = &batch.script {
+                    pipe.add_command(script.clone());
+                }
                 match FINISH.load_async(conn).await {
-                    Ok(_) => {
-                        pipe = redis::pipe();
-                        if let Some(script) = &batch.script {
-                            pipe.add_command(script.clone());
-                        }
-                        continue;
-                    }
+                    Ok(_) => continue,
                     Err(e) => {
                         tracing::warn!(error = %e, "loading the finish script failed; retrying")
                     }
@@ -201,7 +203,7 @@ fn encode(t: &Targets, batch: Vec<Write>) -> (Encoded, Vec<oneshot::Sender<bool>
                     .ignore();
             }
             Write::Finish(finish, waiter) => {
-                finishes.push(finish);
+                finishes.push(*finish);
                 waiters.push(waiter);
             }
         }

@@ -116,3 +116,62 @@ async fn concurrent_calls_each_get_their_own_result() {
     assert!(none.is_none());
     cleanup(&bus).await;
 }
+
+/// A follower of several streams hands out their merged history in entry-id order, every
+/// entry once, even when one stream holds more than a read takes: the quiet stream's later
+/// entries wait until the busy one has been read up to them (else a reader that resumes
+/// after the last id it got would skip the busy stream's rest).
+#[tokio::test]
+async fn a_follower_of_a_busy_and_a_quiet_stream_hands_out_every_entry_in_order() {
+    let bus = bus("follow").await;
+    let (busy, quiet) = (bus.keys().events("busy"), bus.keys().events("quiet"));
+    let mut conn = bus.connection();
+    let mut written = Vec::new();
+    for i in 0..1_300 {
+        let stream = if i % 400 == 399 { &quiet } else { &busy };
+        let id: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("i")
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        written.push((stream.clone(), id.parse::<EntryId>().unwrap()));
+    }
+    let streams = vec![busy.clone(), quiet.clone()];
+    let mut follower = mindbus::bus::Follower::after(
+        bus.redis(),
+        streams,
+        EntryId::ZERO,
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let mut read = Vec::new();
+    let mut reads = 0;
+    while read.len() < written.len() && reads < 20 {
+        let batch = follower.next().await.unwrap();
+        let caught_up = follower.caught_up();
+        read.extend(batch.into_iter().map(|(stream, entry)| (stream, entry.id)));
+        reads += 1;
+        assert_eq!(
+            caught_up,
+            read.len() == written.len(),
+            "caught up exactly once everything is read"
+        );
+    }
+    assert!(reads > 1, "the busy stream took more than one read");
+    // In entry-id order (entries of two streams in the same millisecond may tie).
+    assert!(read.windows(2).all(|w| w[0].1 <= w[1].1), "out of order");
+    let (mut read, mut written) = (read, written);
+    read.sort();
+    written.sort();
+    assert!(
+        read == written,
+        "not every entry once: {} of {}",
+        read.len(),
+        written.len()
+    );
+    cleanup(&bus).await;
+}

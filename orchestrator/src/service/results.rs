@@ -4,11 +4,11 @@
 //! transaction as go together), acknowledged only after they committed.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use mindbus::bus::Bus;
 use mindbus::group::{Delivery, GroupOptions, GroupReader};
 use mindbus::streams::StreamEntry;
 use mindbus::wire::{CommandResult, EntryId, Origin, Status, field_text, without_nul};
@@ -25,30 +25,39 @@ pub const GROUP: &str = "mindbus-orchestrator";
 /// started) are looked for.
 const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
-/// The roles whose result streams carry the orchestrators' group. A role's group is made
-/// (from its stream's start) before the first step command goes to it, so no step result
-/// can come before the group that reads it.
+/// The roles whose result streams carry the orchestrators' group. Before the first step
+/// command goes to a role, its group is made (from its stream's start) and the role is
+/// listed in `<prefix>:steproles`, so no step result can come before the group that reads
+/// it, and every orchestrator's timers learn of the role before its results can matter.
 #[derive(Debug, Default)]
 pub(crate) struct ResultRoles {
     known: Mutex<BTreeSet<String>>,
-    /// Whether every role with a command stream has been looked up once.
-    discovered: AtomicBool,
 }
 
 impl ResultRoles {
-    /// Adds every role with a command stream (those of steps an earlier orchestrator sent
-    /// included).
-    async fn discover(&self, bus: &mindbus::bus::Bus) -> Result<(), mindbus::Error> {
+    /// Adds every role with a stream (results written before any orchestrator listed the
+    /// role, say by an earlier version, are read too).
+    async fn discover(&self, bus: &Bus) -> Result<(), mindbus::Error> {
         let roles = mindbus::streams::roles(&mut bus.connection(), bus.keys()).await?;
-        self.ensure(bus, roles.iter().map(String::as_str)).await?;
-        self.discovered.store(true, Ordering::Release);
-        Ok(())
+        self.ensure(bus, roles.iter().map(String::as_str)).await
     }
 
-    /// Makes the group on the result stream of each of `roles` not seen yet.
+    /// Adds the roles any orchestrator has sent steps to; the roles known after it.
+    pub(crate) async fn refresh(&self, bus: &Bus) -> Result<Vec<String>, mindbus::Error> {
+        let listed: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(bus.keys().step_roles())
+            .query_async(&mut bus.connection())
+            .await?;
+        self.ensure(bus, listed.iter().map(String::as_str)).await?;
+        Ok(self.all())
+    }
+
+    /// Makes the group on the result stream of each of `roles` not seen yet, and lists the
+    /// role. A role whose result key holds another type is left out (tried again next
+    /// time) and the others go on; any other failure stops here.
     pub(crate) async fn ensure<'a>(
         &self,
-        bus: &mindbus::bus::Bus,
+        bus: &Bus,
         roles: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), mindbus::Error> {
         let new: Vec<&str> = roles
@@ -57,24 +66,37 @@ impl ResultRoles {
             .collect();
         for role in new {
             let stream = bus.keys().results(role);
-            mindbus::streams::ensure_group(&mut bus.connection(), &stream, GROUP, "0").await?;
-            if let Ok(mut known) = self.known.lock() {
-                known.insert(role.to_owned());
+            let mut conn = bus.connection();
+            let made = async {
+                mindbus::streams::ensure_group(&mut conn, &stream, GROUP, "0").await?;
+                redis::cmd("SADD")
+                    .arg(bus.keys().step_roles())
+                    .arg(role)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                Ok::<_, mindbus::Error>(())
+            };
+            match made.await {
+                Ok(()) => {
+                    if let Ok(mut known) = self.known.lock() {
+                        known.insert(role.to_owned());
+                    }
+                }
+                Err(e) if mindbus::streams::is_wrongtype(&e) => {
+                    tracing::warn!(role, error = %e, "this role's result stream is not a stream; its results cannot be read")
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 
-    /// Every role known so far; `None` until every role was looked up once (after a
-    /// restart, results may wait on streams of roles this process has not met yet).
-    pub(crate) fn all(&self) -> Option<Vec<String>> {
-        if !self.discovered.load(Ordering::Acquire) {
-            return None;
-        }
+    /// Every role known so far.
+    pub(crate) fn all(&self) -> Vec<String> {
         self.known
             .lock()
-            .ok()
             .map(|known| known.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -97,7 +119,7 @@ pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) 
             }
             discovered = Instant::now();
         }
-        for role in this.result_roles.all().unwrap_or_default() {
+        for role in this.result_roles.all() {
             reader.follow(this.bus.keys().results(&role));
         }
         let batch = reader.next(config.batch, &stop).await;

@@ -81,14 +81,11 @@ async fn fire_due(this: &Orchestrator) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The time (Unix ms) before which every step result written to any role's result stream
-/// has been applied: the earliest of [`applied_through`] over the roles step commands went
-/// to.
+/// The time (Unix ms) before which every step result has been applied: the earliest of
+/// [`applied_through`] over every role step commands went to.
 async fn results_applied_through(this: &Orchestrator) -> anyhow::Result<i64> {
-    let roles = this
-        .result_roles
-        .all()
-        .ok_or_else(|| anyhow::anyhow!("the result streams are not looked up yet"))?;
+    // Every role any orchestrator sent a step to, this one's or not.
+    let roles = this.result_roles.refresh(&this.bus).await?;
     let mut through = jiff::Timestamp::now().as_millisecond();
     for role in roles {
         let stream = this.bus.keys().results(&role);
