@@ -11,13 +11,25 @@ use std::time::Duration;
 /// the kernel picked (`bind :0`) can be taken by any test's client connection before the
 /// server binds it.
 pub fn free_port() -> u16 {
+    free_port_with(20_000, &[])
+}
+
+/// A free port for a Redis Cluster node, whose cluster bus listens on the port + 10000:
+/// both are free and below the kernel's range for outgoing connections.
+pub fn free_cluster_port() -> u16 {
+    free_port_with(10_000, &[10_000])
+}
+
+/// A port from `from` to `from` + 12000 that is free, and so is each port `offsets` above it.
+fn free_port_with(from: u16, offsets: &[u16]) -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
     for _ in 0..1000 {
-        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = from + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if free(port) && offsets.iter().all(|offset| free(port + offset)) {
             return port;
         }
     }
-    panic!("no free port between 20000 and 32000")
+    panic!("no free port from {from}")
 }
 
 /// How a private Redis keeps its data.
@@ -134,7 +146,7 @@ impl PrivateCluster {
             dir,
         };
         for _ in 0..masters {
-            let port = free_port();
+            let port = free_cluster_port();
             let node = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args([
