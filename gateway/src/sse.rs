@@ -94,7 +94,7 @@ struct Following {
     filter: Filter,
     reply: Option<String>,
     ready: VecDeque<SseEvent>,
-    /// The last message was queued; the stream ends once the streams are caught up.
+    /// The last message was queued; the stream ends after this batch.
     ending: bool,
     done: bool,
     /// The command or run had ended when the stream opened: end once caught up.
@@ -237,9 +237,9 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
                         f.ready.push_back(result_to_sse(id, &result));
                         f.ending = true;
                     }
-                    // Everything written before the end has been read once a read takes
-                    // all there was: the stream ends there.
-                    f.done = f.ending && f.follower.caught_up();
+                    // The follower hands out every stream's entries up to the same id, so what
+                    // was written before the end has been sent with it: the stream ends here.
+                    f.done = f.ending;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream read failed; closing it");

@@ -4,6 +4,7 @@
 //! transaction as go together), acknowledged only after they committed.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub(crate) struct ResultRoles {
     known: Mutex<BTreeSet<String>>,
+    /// Whether every role with a stream has been looked up once (results of roles no
+    /// orchestrator listed, from before the list existed, may be waiting).
+    discovered: AtomicBool,
 }
 
 impl ResultRoles {
@@ -39,17 +43,23 @@ impl ResultRoles {
     /// role, say by an earlier version, are read too).
     async fn discover(&self, bus: &Bus) -> Result<(), mindbus::Error> {
         let roles = mindbus::streams::roles(&mut bus.connection(), bus.keys()).await?;
-        self.ensure(bus, roles.iter().map(String::as_str)).await
+        self.ensure(bus, roles.iter().map(String::as_str)).await?;
+        self.discovered.store(true, Ordering::Release);
+        Ok(())
     }
 
-    /// Adds the roles any orchestrator has sent steps to; the roles known after it.
-    pub(crate) async fn refresh(&self, bus: &Bus) -> Result<Vec<String>, mindbus::Error> {
+    /// Adds the roles any orchestrator has sent steps to; the roles known after it, once
+    /// every role has been looked up at least once.
+    pub(crate) async fn refresh(&self, bus: &Bus) -> Result<Option<Vec<String>>, mindbus::Error> {
+        if !self.discovered.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         let listed: Vec<String> = redis::cmd("SMEMBERS")
             .arg(bus.keys().step_roles())
             .query_async(&mut bus.connection())
             .await?;
         self.ensure(bus, listed.iter().map(String::as_str)).await?;
-        Ok(self.all())
+        Ok(Some(self.all()))
     }
 
     /// Makes the group on the result stream of each of `roles` not seen yet, and lists the
@@ -67,25 +77,21 @@ impl ResultRoles {
         for role in new {
             let stream = bus.keys().results(role);
             let mut conn = bus.connection();
-            let made = async {
-                mindbus::streams::ensure_group(&mut conn, &stream, GROUP, "0").await?;
-                redis::cmd("SADD")
-                    .arg(bus.keys().step_roles())
-                    .arg(role)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                Ok::<_, mindbus::Error>(())
-            };
-            match made.await {
-                Ok(()) => {
-                    if let Ok(mut known) = self.known.lock() {
-                        known.insert(role.to_owned());
-                    }
-                }
+            match mindbus::streams::ensure_group(&mut conn, &stream, GROUP, "0").await {
+                Ok(()) => {}
                 Err(e) if mindbus::streams::is_wrongtype(&e) => {
-                    tracing::warn!(role, error = %e, "this role's result stream is not a stream; its results cannot be read")
+                    tracing::warn!(role, error = %e, "this role's result stream is not a stream; its results cannot be read");
+                    continue;
                 }
                 Err(e) => return Err(e),
+            }
+            redis::cmd("SADD")
+                .arg(bus.keys().step_roles())
+                .arg(role)
+                .query_async::<()>(&mut conn)
+                .await?;
+            if let Ok(mut known) = self.known.lock() {
+                known.insert(role.to_owned());
             }
         }
         Ok(())

@@ -85,7 +85,11 @@ async fn fire_due(this: &Orchestrator) -> anyhow::Result<()> {
 /// [`applied_through`] over every role step commands went to.
 async fn results_applied_through(this: &Orchestrator) -> anyhow::Result<i64> {
     // Every role any orchestrator sent a step to, this one's or not.
-    let roles = this.result_roles.refresh(&this.bus).await?;
+    let roles = this
+        .result_roles
+        .refresh(&this.bus)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the result streams are not looked up yet"))?;
     let mut through = jiff::Timestamp::now().as_millisecond();
     for role in roles {
         let stream = this.bus.keys().results(&role);
