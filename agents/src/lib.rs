@@ -20,16 +20,18 @@ use mindbus::config::Config;
 use mindbus::runtime::Agent;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `role` until `shutdown` fires: `echo` is built in; any other role is looked up in
-/// the LLM config `llm_config`. `concurrency` overrides the configured one.
+/// Serves `role` until `shutdown` fires: `echo` (or any role when `echo` is set) with the
+/// built-in echo handler; any other role is looked up in the LLM config `llm_config`.
+/// `concurrency` overrides the configured one.
 pub async fn run(
     config: &Config,
     role: &str,
+    echo: bool,
     llm_config: &Path,
     concurrency: Option<usize>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if role == "echo" {
+    if echo || role == "echo" {
         let mut agent_config = config.agent.clone();
         agent_config.concurrency = concurrency.unwrap_or(agent_config.concurrency).max(1);
         Agent::new(&config.redis, role, agent_config)?

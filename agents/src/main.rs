@@ -15,6 +15,10 @@ struct Args {
     /// The role to serve: `echo`, or an LLM role of the LLM config (writer, critic, editor).
     #[arg(long, env = "MINDBUS_ROLE")]
     role: String,
+    /// Serve the role with the built-in echo handler whatever its name (to try a mesh of
+    /// several roles, or spread a benchmark over a cluster's nodes).
+    #[arg(long)]
+    echo: bool,
     /// The LLM roles' configuration.
     #[arg(long, env = "MINDBUS_LLM_CONFIG", default_value = "config/agents.yaml")]
     llm_config: std::path::PathBuf,
@@ -65,6 +69,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     mindbus_agents::run(
         &config,
         &args.role,
+        args.echo,
         &args.llm_config,
         args.concurrency,
         shutdown,

@@ -2,7 +2,8 @@
 
     python3 publish.py [--role echo] [--type echo.say] [--data '{"text":"hi"}']
 
-Environment: REDIS_URL (default redis://127.0.0.1:6379), MINDBUS_PREFIX (default mindbus).
+Environment: REDIS_URL (default redis://127.0.0.1:6379; a Redis Cluster node works too),
+MINDBUS_PREFIX (default mindbus).
 Prints the result entry's fields as one JSON object.
 """
 
@@ -13,6 +14,16 @@ import sys
 import uuid
 
 import redis
+import redis.cluster
+
+
+def connect(url: str):
+    """A client of the Redis at `url`, or of its cluster when it is a cluster node."""
+    r = redis.Redis.from_url(url)
+    if r.info("cluster").get("cluster_enabled") == 1:
+        r.close()
+        return redis.cluster.RedisCluster.from_url(url)
+    return r
 
 
 def main() -> int:
@@ -24,7 +35,7 @@ def main() -> int:
     args = parser.parse_args()
 
     prefix = os.environ.get("MINDBUS_PREFIX", "mindbus")
-    r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    r = connect(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
     command_id = str(uuid.uuid4())
     # In the role's hash tag, so on Redis Cluster it is in the slot of the role's streams.
     reply = f"{prefix}:reply:{{{args.role}}}:{command_id}"

@@ -23,16 +23,6 @@ pub enum Error {
     /// The configuration could not be loaded.
     #[error("{0}")]
     LoadConfig(#[from] ConfigError),
-    /// The server is a node of a Redis Cluster, which MindBus does not run on yet: its
-    /// processes read several roles' streams (in different slots) in one request.
-    #[error(
-        "redis at {address} is a node of a Redis Cluster (cluster_enabled:1): MindBus runs on \
-         one Redis (with or without replicas), not yet on a cluster"
-    )]
-    Cluster {
-        /// The node's address, without credentials.
-        address: String,
-    },
     /// The Redis URL cannot be used.
     #[error("configuration: redis url: {0}")]
     RedisUrl(#[source] redis::RedisError),
@@ -48,8 +38,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying again cannot help (waiting for Redis should give up and say why).
+    /// Whether trying again cannot help (waiting for Redis should give up and say why): a
+    /// setting that cannot work.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::Cluster { .. })
+        matches!(self, Error::RedisUrl(_) | Error::Config(_))
     }
 }

@@ -132,26 +132,29 @@ impl Keys {
         format!("{}:done:{{{role}}}:{idempotency_key}", self.prefix)
     }
 
-    /// `<prefix>:llm:usage:run:<run id>`: a run's LLM totals (`calls`, `tokens_in`,
-    /// `tokens_out`, `cost_micros`), kept by the LLM roles.
+    /// `<prefix>:llm:{usage}:run:<run id>`: a run's LLM totals (`calls`, `tokens_in`,
+    /// `tokens_out`, `cost_micros`), kept by the LLM roles. Every usage key shares the
+    /// `{usage}` hash tag: one script reserves against several of them at once, so they
+    /// must be in one Redis Cluster slot.
     pub fn run_usage(&self, run_id: &str) -> String {
-        format!("{}:llm:usage:run:{run_id}", self.prefix)
+        format!("{}:llm:{{usage}}:run:{run_id}", self.prefix)
     }
 
-    /// `<prefix>:llm:usage:tenant:<tenant>:<UTC day>`: one tenant's LLM totals for a day.
+    /// `<prefix>:llm:{usage}:tenant:<tenant>:<UTC day>`: one tenant's LLM totals for a day.
     pub fn tenant_usage(&self, tenant: &str, day: &str) -> String {
-        format!("{}:llm:usage:tenant:{tenant}:{day}", self.prefix)
+        format!("{}:llm:{{usage}}:tenant:{tenant}:{day}", self.prefix)
     }
 
-    /// `<prefix>:llm:usage:day:<UTC day>`: the deployment's LLM totals for a day.
+    /// `<prefix>:llm:{usage}:day:<UTC day>`: the deployment's LLM totals for a day.
     pub fn daily_usage(&self, day: &str) -> String {
-        format!("{}:llm:usage:day:{day}", self.prefix)
+        format!("{}:llm:{{usage}}:day:{day}", self.prefix)
     }
 
-    /// `<prefix>:llm:limit:<scope>:<what>`: a shared rate limit's state (GCRA), `what`
-    /// being `requests` or `tokens`.
+    /// `<prefix>:llm:{limit}:<scope>:<what>`: a shared rate limit's state (GCRA), `what`
+    /// being `requests` or `tokens`. The `{limit}` hash tag keeps every limit in one
+    /// Redis Cluster slot: one script checks a call's limits together.
     pub fn llm_limit(&self, scope: &str, what: &str) -> String {
-        format!("{}:llm:limit:{scope}:{what}", self.prefix)
+        format!("{}:llm:{{limit}}:{scope}:{what}", self.prefix)
     }
 
     /// `<prefix>:llm:cache:<digest>`: a cached LLM answer.

@@ -202,6 +202,105 @@ impl PrivateCluster {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.ports[0])
     }
+
+    /// Runs `redis-cli -c` (following redirects) with `args` on one of its nodes; its
+    /// output. Fails the test when redis-cli does.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &self.ports[0].to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && !stdout.starts_with("ERR"),
+            "redis-cli {args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// The cluster slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("a slot number")
+    }
+
+    /// The masters, as `CLUSTER NODES` lists them.
+    pub fn masters(&self) -> Vec<Master> {
+        self.cli(&["CLUSTER", "NODES"])
+            .lines()
+            .filter(|line| line.contains("master"))
+            .map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let port = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("a node address");
+                let slots = fields[8..]
+                    .iter()
+                    .filter(|range| !range.starts_with('['))
+                    .map(|range| {
+                        let (from, to) = range.split_once('-').unwrap_or((range, range));
+                        (from.parse().unwrap(), to.parse().unwrap())
+                    })
+                    .collect();
+                Master {
+                    id: fields[0].to_owned(),
+                    port,
+                    slots,
+                }
+            })
+            .collect()
+    }
+
+    /// The master serving `slot`.
+    pub fn owner(&self, slot: u16) -> Master {
+        self.masters()
+            .into_iter()
+            .find(|m| {
+                m.slots
+                    .iter()
+                    .any(|(from, to)| (*from..=*to).contains(&slot))
+            })
+            .expect("every slot is served")
+    }
+
+    /// The `redis-cli --cluster reshard` that moves the first `count` slots of `from` to
+    /// `to`, keys and all, while clients go on; for the caller to run. Waits first until
+    /// every node agrees on the layout (redis-cli refuses to start before).
+    pub fn reshard(&self, from: &Master, to: &Master, count: u16) -> Command {
+        let node = format!("127.0.0.1:{}", self.ports[0]);
+        for _ in 0..200 {
+            let checked = Command::new("redis-cli")
+                .args(["--cluster", "check", &node])
+                .stdout(Stdio::null())
+                .status();
+            if checked.is_ok_and(|s| s.success()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut reshard = Command::new("redis-cli");
+        reshard
+            .args(["--cluster", "reshard", &node])
+            .args(["--cluster-from", &from.id, "--cluster-to", &to.id])
+            .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null());
+        reshard
+    }
+}
+
+/// One master of a [`PrivateCluster`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Master {
+    pub id: String,
+    pub port: u16,
+    /// The slot ranges it serves, inclusive.
+    pub slots: Vec<(u16, u16)>,
 }
 
 impl Drop for PrivateCluster {

@@ -111,16 +111,26 @@ pub fn delete_prefix(prefix: &str) {
 /// Starts an echo agent in this process (the real runtime, only not a separate binary),
 /// stopped when `stop` fires.
 pub fn spawn_echo(prefix: &str, concurrency: usize, stop: tokio_util::sync::CancellationToken) {
+    spawn_echo_on(&redis_url(), prefix, concurrency, stop);
+}
+
+/// Like [`spawn_echo`], on the Redis (or cluster) at `url`.
+pub fn spawn_echo_on(
+    url: &str,
+    prefix: &str,
+    concurrency: usize,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let config = mindbus::config::Config {
         redis: mindbus::config::RedisConfig {
-            url: redis_url().into(),
+            url: url.to_owned().into(),
             prefix: prefix.to_owned(),
         },
         ..Default::default()
     };
     tokio::spawn(async move {
         let unused = std::path::Path::new("");
-        mindbus_agents::run(&config, "echo", unused, Some(concurrency), stop)
+        mindbus_agents::run(&config, "echo", true, unused, Some(concurrency), stop)
             .await
             .unwrap()
     });

@@ -4,8 +4,8 @@
 //! rendered prompts, the token limit and the output schema.
 
 use mindbus::keys::Keys;
+use mindbus::streams::Connection;
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -22,14 +22,14 @@ pub struct Cached {
 /// The cache of one deployment.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     ttl_secs: u64,
 }
 
 impl Cache {
     /// A cache on `conn`, keyed under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: &str, ttl_secs: u64) -> Self {
+    pub fn new(conn: Connection, prefix: &str, ttl_secs: u64) -> Self {
         Self {
             conn,
             keys: Keys::new(prefix),

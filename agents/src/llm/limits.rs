@@ -5,7 +5,7 @@
 use mindbus::keys::Keys;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use mindbus::streams::Connection;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{Limit, LlmConfig};
@@ -34,7 +34,7 @@ return 0
 /// The shared limiter.
 #[derive(Debug, Clone)]
 pub struct Limiter {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     script: redis::Script,
 }
@@ -48,7 +48,7 @@ struct Charge {
 
 impl Limiter {
     /// A limiter on `conn`, keyed under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: Connection, prefix: &str) -> Self {
         Self {
             conn,
             keys: Keys::new(prefix),

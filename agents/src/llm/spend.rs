@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use mindbus::keys::Keys;
-use redis::aio::ConnectionManager;
+use mindbus::streams::Connection;
 
 use super::config::Budgets;
 
@@ -84,13 +84,13 @@ impl Drop for Reservation {
 /// The spend ledger of one deployment.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
 }
 
 impl Ledger {
     /// A ledger on `conn`, keyed under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: Connection, prefix: &str) -> Self {
         Self {
             conn,
             keys: Keys::new(prefix),

@@ -353,7 +353,7 @@ roles:
         .await;
     assert_eq!(other.status, Status::Completed);
     let totals: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
-        .arg(format!("{}:llm:usage:run:run-1", mesh.prefix))
+        .arg(format!("{}:llm:{{usage}}:run:run-1", mesh.prefix))
         .query_async(&mut mesh.bus.connection())
         .await
         .unwrap();
@@ -506,7 +506,7 @@ roles:
         "not retried after the cancel"
     );
     // The call's budget reservation does not outlive it.
-    let totals = format!("{}:llm:usage:run:run-cancel", mesh.prefix);
+    let totals = format!("{}:llm:{{usage}}:run:run-cancel", mesh.prefix);
     crate::testenv::eventually(
         Duration::from_secs(10),
         "the reservation was kept",
@@ -772,7 +772,7 @@ roles:
         "one call reached the provider"
     );
     let totals: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(format!("{}:llm:usage:run:run-1", mesh.prefix))
+        .arg(format!("{}:llm:{{usage}}:run:run-1", mesh.prefix))
         .query_async(&mut mesh.bus.connection())
         .await
         .unwrap();
@@ -880,8 +880,9 @@ async fn a_reservation_dropped_mid_script_is_taken_back() {
 
     let dir = tempfile::tempdir().unwrap();
     let server = PrivateRedis::start(dir.path(), Persistence::None);
-    let client = redis::Client::open(server.url()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client.clone())
+    let conn = mindbus::streams::Redis::open(&server.url().into())
+        .unwrap()
+        .shared()
         .await
         .unwrap();
     let ledger = Ledger::new(conn.clone(), "t");
@@ -912,7 +913,7 @@ async fn a_reservation_dropped_mid_script_is_taken_back() {
         let mut totals = conn.clone();
         async move {
             let reserved: Option<i64> = redis::cmd("HGET")
-                .arg("t:llm:usage:run:r")
+                .arg("t:llm:{usage}:run:r")
                 .arg("reserved_micros")
                 .query_async(&mut totals)
                 .await

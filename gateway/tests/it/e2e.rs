@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use mindbus_testkit::servers::PrivateCluster;
+
 use crate::stack::{RUNS_PER_KEY, Stack, read_sse, read_sse_to_end};
 use crate::support::{ADMIN, SAMPLE};
 
@@ -11,7 +13,17 @@ fn ended_with(kind: &'static str) -> impl Fn(&[crate::stack::Sse]) -> bool {
 
 #[tokio::test]
 async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
-    let stack = Stack::up("commands").await;
+    commands_case(&Stack::up("commands").await).await;
+}
+
+/// The same on a Redis Cluster of three masters.
+#[tokio::test]
+async fn on_a_cluster_commands_get_results_and_chunks_over_sse() {
+    let cluster = PrivateCluster::start(3);
+    commands_case(&Stack::on(&cluster.url(), "cl_commands").await).await;
+}
+
+async fn commands_case(stack: &Stack) {
     let mut waits = Vec::new();
     for i in 0..20 {
         let request = stack
@@ -96,7 +108,17 @@ async fn commands_get_results_from_either_gateway_and_chunks_over_sse() {
 
 #[tokio::test]
 async fn a_run_over_http_and_a_resumed_event_stream_loses_nothing() {
-    let stack = Stack::up("runs").await;
+    run_case(&Stack::up("runs").await).await;
+}
+
+/// The same on a Redis Cluster of three masters.
+#[tokio::test]
+async fn on_a_cluster_a_run_over_http_and_a_resumed_event_stream_loses_nothing() {
+    let cluster = PrivateCluster::start(3);
+    run_case(&Stack::on(&cluster.url(), "cl_runs").await).await;
+}
+
+async fn run_case(stack: &Stack) {
     let start = |workflow: &str| {
         stack
             .post(0, "/v1/runs")

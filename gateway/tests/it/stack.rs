@@ -10,7 +10,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{ADMIN, SAMPLE};
-use crate::testenv::{TestDb, delete_prefix, eventually, redis_url, spawn_echo, unique};
+use crate::testenv::{TestDb, delete_prefix, eventually, redis_url, spawn_echo_on, unique};
 use mindbus_testkit::servers::free_port;
 
 /// Runs one key may have running at once in the stack.
@@ -19,6 +19,7 @@ pub const RUNS_PER_KEY: u32 = 2;
 pub struct Stack {
     pub gateways: Vec<String>,
     pub http: reqwest::Client,
+    redis: String,
     prefix: String,
     _db: TestDb,
     _config: tempfile::TempDir,
@@ -36,11 +37,17 @@ fn binary(name: &str) -> PathBuf {
 }
 
 impl Stack {
+    /// The stack on the shared Redis.
     pub async fn up(name: &str) -> Self {
+        Self::on(&redis_url(), name).await
+    }
+
+    /// The stack on the Redis (or Redis Cluster) at `redis`.
+    pub async fn on(redis: &str, name: &str) -> Self {
         let prefix = unique(&format!("t-gw-e2e-{name}"));
         let db = TestDb::new(&format!("gw_{name}")).await;
         let agents = CancellationToken::new();
-        spawn_echo(&prefix, 256, agents.clone());
+        spawn_echo_on(redis, &prefix, 256, agents.clone());
         let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/workflows");
         // Besides the admin key from the environment, the key `SAMPLE`, held to `sample`
         // and the role `echo`.
@@ -55,7 +62,7 @@ impl Stack {
         let spawn = |name: &str, args: &[&str]| {
             tokio::process::Command::new(binary(name))
                 .args(args)
-                .args(["--prefix", &prefix, "--redis-url", &redis_url()])
+                .args(["--prefix", &prefix, "--redis-url", redis])
                 .env("DATABASE_URL", &db.url)
                 .env("MINDBUS_GATEWAY_API_KEY", ADMIN)
                 .env("MINDBUS_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
@@ -77,6 +84,7 @@ impl Stack {
         let stack = Self {
             gateways,
             http: reqwest::Client::new(),
+            redis: redis.to_owned(),
             prefix,
             _db: db,
             _config: config,
@@ -92,8 +100,11 @@ impl Stack {
 
     /// Waits until agents have started for `roles` (the gateway refuses other roles).
     async fn wait_registered(&self, roles: &[&str]) {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let conn = mindbus::streams::Redis::open(&self.redis.clone().into())
+            .unwrap()
+            .shared()
+            .await
+            .unwrap();
         let registry = format!("{}:roles", self.prefix);
         eventually(Duration::from_secs(10), "the agents did not start", || {
             let mut conn = conn.clone();
@@ -138,7 +149,9 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.agents.cancel();
-        delete_prefix(&self.prefix);
+        if self.redis == redis_url() {
+            delete_prefix(&self.prefix);
+        }
     }
 }
 

@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-
 use crate::Error;
-use crate::streams::{Redis, StreamEntry, parse_range, parse_read};
+use crate::streams::{Connection, Reads, Redis, StreamEntry, parse_range};
 use crate::wire::EntryId;
 
 /// Entries read from one stream at most, per read.
@@ -17,7 +15,7 @@ const COUNT: usize = 500;
 /// in entry-id order across streams and one id says how far a reader got.
 #[derive(Debug)]
 pub struct Follower {
-    conn: MultiplexedConnection,
+    reads: Reads,
     positions: Vec<(String, String)>,
     block: Duration,
     caught_up: bool,
@@ -33,7 +31,7 @@ impl Follower {
         from_start: bool,
         block: Duration,
     ) -> Result<Self, Error> {
-        let mut conn = redis.dedicated(block).await?;
+        let mut conn = redis.shared().await?;
         let mut positions = Vec::with_capacity(streams.len());
         for stream in streams {
             let start = if from_start {
@@ -44,7 +42,7 @@ impl Follower {
             positions.push((stream, start.to_string()));
         }
         Ok(Self {
-            conn,
+            reads: Reads::new(redis.clone(), block),
             positions,
             block,
             caught_up: false,
@@ -60,7 +58,7 @@ impl Follower {
     ) -> Result<Self, Error> {
         let after = after.to_string();
         Ok(Self {
-            conn: redis.dedicated(block).await?,
+            reads: Reads::new(redis.clone(), block),
             positions: streams.into_iter().map(|s| (s, after.clone())).collect(),
             block,
             caught_up: false,
@@ -92,14 +90,19 @@ impl Follower {
             .arg("BLOCK")
             .arg(self.block.as_millis() as u64)
             .arg("STREAMS");
-        for (stream, _) in &self.positions {
-            cmd.arg(stream);
-        }
-        for (_, position) in &self.positions {
-            cmd.arg(position);
-        }
-        let reply = cmd.query_async(&mut self.conn).await?;
-        let read = parse_read(reply)?;
+        let streams: Vec<(&str, &str)> = self
+            .positions
+            .iter()
+            .map(|(s, p)| (s.as_str(), p.as_str()))
+            .collect();
+        let read = match self.reads.read(&cmd, &streams).await {
+            Ok(read) => read,
+            Err(e) => {
+                // A read cut short or failed leaves its connection unusable.
+                self.reads.reset();
+                return Err(e);
+            }
+        };
         // Past the last entry of a stream that had more, other streams may hold entries
         // that stream has not been read up to yet: those wait.
         let bound = read
@@ -134,7 +137,7 @@ impl Follower {
 }
 
 /// The id of the newest entry of `stream` (`0-0` when it is empty or absent).
-async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<EntryId, Error> {
+async fn last_id(conn: &mut Connection, stream: &str) -> Result<EntryId, Error> {
     let newest: redis::Value = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")

@@ -8,8 +8,8 @@ mod results;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::streams::Connection;
 use crate::wire::MessageId;
-use redis::aio::ConnectionManager;
 
 pub use follow::Follower;
 pub use overview::{GroupInfo, StreamInfo};
@@ -29,7 +29,7 @@ pub const CONTROL_MAXLEN: u64 = 10_000;
 pub struct Bus {
     redis: Redis,
     keys: Keys,
-    conn: ConnectionManager,
+    conn: Connection,
     /// Shared by every clone, stopped with the last.
     results: Arc<Results>,
 }
@@ -59,7 +59,7 @@ impl Bus {
     }
 
     /// The shared connection (not for blocking reads).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.conn.clone()
     }
 
@@ -122,7 +122,7 @@ impl Bus {
 
 /// `XADD stream [MAXLEN ~ n] * fields...`.
 pub(crate) async fn xadd(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     maxlen: Option<u64>,
     fields: &Fields,

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use crate::streams::Connection;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::Error;
 use crate::wire::EntryId;
@@ -15,7 +15,7 @@ use crate::wire::EntryId;
 /// Operations on our own pending entries.
 #[derive(Debug, Clone)]
 pub struct Leases {
-    conn: ConnectionManager,
+    conn: Connection,
     script: Script,
     stream: String,
     group: String,
@@ -24,7 +24,7 @@ pub struct Leases {
 
 impl Leases {
     /// Leases of `consumer`'s entries of `stream` in `group`.
-    pub fn new(conn: ConnectionManager, stream: &str, group: &str, consumer: &str) -> Self {
+    pub fn new(conn: Connection, stream: &str, group: &str, consumer: &str) -> Self {
         Self {
             conn,
             script: Script::new(include_str!("lease.lua")),

@@ -24,14 +24,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::streams::{
-    ReadConnection, Redis, StreamEntry, ensure_group, is_wrongtype, parse_autoclaim, parse_pending,
-    parse_range, retry_delays,
+    Connection, Reads, Redis, StreamEntry, ensure_group, is_wrongtype, parse_autoclaim,
+    parse_pending, parse_range, retry_delays,
 };
 use crate::wire::EntryId;
 
@@ -81,7 +80,7 @@ pub struct GroupOptions {
 /// Acknowledges entries of one group, in batches; cheap to clone.
 #[derive(Clone)]
 pub struct Acker {
-    conn: ConnectionManager,
+    conn: Connection,
     group: String,
 }
 
@@ -106,15 +105,21 @@ impl Acker {
                 .or_default()
                 .push(delivery.entry.id.to_string());
         }
-        let mut pipe = redis::pipe();
-        for (stream, ids) in by_stream {
-            pipe.cmd("XACK")
-                .arg(&**stream)
-                .arg(&self.group)
-                .arg(ids)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        // One pipeline per slot on a cluster, sent at once.
+        let batches = self.conn.batches(by_stream, |(stream, _)| &***stream);
+        futures::future::try_join_all(batches.into_iter().map(|batch| {
+            let mut pipe = redis::pipe();
+            for (stream, ids) in batch {
+                pipe.cmd("XACK")
+                    .arg(&**stream)
+                    .arg(&self.group)
+                    .arg(ids)
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        }))
+        .await?;
         Ok(())
     }
 }
@@ -148,8 +153,8 @@ pub struct GroupReader {
     options: GroupOptions,
     consumer: String,
     streams: Vec<Followed>,
-    read: Option<ReadConnection>,
-    writes: Option<ConnectionManager>,
+    reads: Reads,
+    writes: Option<Connection>,
     /// After a reconnect: own pending entries may have been delivered but never arrived.
     recovering: bool,
     sweep_due: Instant,
@@ -162,11 +167,11 @@ impl GroupReader {
         let sweep_every =
             (options.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut reader = Self {
+            reads: Reads::new(redis.clone(), options.block),
             redis,
             consumer: consumer_name(options.kind),
             options,
             streams: Vec::new(),
-            read: None,
             writes: None,
             recovering: false,
             // A new consumer looks at once: it may be replacing one that stopped.
@@ -212,7 +217,7 @@ impl GroupReader {
                 Ok(got) => return got,
                 Err(e) => {
                     tracing::warn!(group = %self.options.group, error = %e, "reading streams failed; reconnecting");
-                    self.read = None;
+                    self.reads.reset();
                     self.recover();
                     // Joined again (the group, the registry, the consumer): Redis may have
                     // lost any of them, not only the group a NOGROUP names.
@@ -299,7 +304,7 @@ impl GroupReader {
         }
     }
 
-    async fn writes(&mut self) -> Result<ConnectionManager, Error> {
+    async fn writes(&mut self) -> Result<Connection, Error> {
         if let Some(conn) = &self.writes {
             return Ok(conn.clone());
         }
@@ -321,9 +326,6 @@ impl GroupReader {
         {
             join(&mut writes, &stream.name, &self.options, &self.consumer).await?;
             stream.joined = true;
-        }
-        if self.read.is_none() {
-            self.read = Some(self.redis.read_connection(self.options.block).await?);
         }
         let mut got = Vec::new();
         if self.recovering {
@@ -365,24 +367,20 @@ impl GroupReader {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS");
-        let active = || self.streams.iter().filter(|s| s.is_active());
-        active().for_each(|s| {
-            cmd.arg(&*s.name);
-        });
-        active().for_each(|_| {
-            cmd.arg(">");
-        });
-        let Some(conn) = self.read.as_mut() else {
-            return Ok(Vec::new());
-        };
+        let streams: Vec<(&str, &str)> = self
+            .streams
+            .iter()
+            .filter(|s| s.is_active())
+            .map(|s| (&*s.name, ">"))
+            .collect();
         let reply = tokio::select! {
-            // Dropped mid-read, the connection may still get the reply: start afresh.
+            // Dropped mid-read, a connection may still get the reply: start afresh.
             _ = stop.cancelled() => {
-                self.read = None;
+                self.reads.reset();
                 self.recover();
                 return Ok(Vec::new());
             }
-            reply = conn.read_streams(&cmd) => reply?,
+            reply = self.reads.read(&cmd, &streams) => reply?,
         };
         let mut got = Vec::new();
         for (name, entries) in reply {
@@ -404,7 +402,7 @@ impl GroupReader {
     /// another consumer may have taken it over, and then it is that consumer's.
     async fn recover_own(
         &mut self,
-        writes: &mut ConnectionManager,
+        writes: &mut Connection,
         room: usize,
         got: &mut Vec<Delivery>,
     ) -> Result<bool, Error> {
@@ -484,7 +482,7 @@ impl GroupReader {
     /// every cursor came back to the start.
     async fn sweep(
         &mut self,
-        writes: &mut ConnectionManager,
+        writes: &mut Connection,
         room: usize,
         got: &mut Vec<Delivery>,
     ) -> Result<(), Error> {
@@ -555,29 +553,33 @@ impl GroupReader {
 /// Creates the group on `stream` unless it exists (from the stream's start), lists its name
 /// in the registry if any, and lists the consumer in it, so an idle consumer shows too.
 async fn join(
-    writes: &mut ConnectionManager,
+    writes: &mut Connection,
     stream: &str,
     options: &GroupOptions,
     consumer: &str,
 ) -> Result<(), Error> {
     ensure_group(writes, stream, &options.group, "0").await?;
-    let mut pipe = redis::pipe();
+    // Two requests: the registry and the stream may be in different cluster slots.
     if let Some(registry) = &options.registry {
-        pipe.cmd("SADD").arg(registry).arg(&options.group).ignore();
+        redis::cmd("SADD")
+            .arg(registry)
+            .arg(&options.group)
+            .query_async::<()>(writes)
+            .await?;
     }
-    pipe.cmd("XGROUP")
+    redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
         .arg(stream)
         .arg(&options.group)
         .arg(consumer)
-        .ignore();
-    pipe.query_async::<()>(writes).await?;
+        .query_async::<()>(writes)
+        .await?;
     Ok(())
 }
 
 /// Hands `consumer`'s pending entries of `stream` back, or removes it when it has none.
 async fn hand_back(
-    writes: &mut ConnectionManager,
+    writes: &mut Connection,
     stream: &str,
     options: &GroupOptions,
     consumer: &str,
@@ -620,7 +622,7 @@ async fn hand_back(
 /// asked for by its own id: a range would also hold entries the consumer is still working
 /// on, however many they are.
 async fn delivery_counts(
-    writes: &mut ConnectionManager,
+    writes: &mut Connection,
     stream: &Followed,
     group: &str,
     consumer: &str,

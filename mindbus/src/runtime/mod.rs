@@ -21,7 +21,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::streams::Connection;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -159,7 +159,7 @@ impl Agent {
 
     fn shared<H: Handler>(
         &self,
-        conn: ConnectionManager,
+        conn: Connection,
         stream: String,
         handler: H,
         writes: mpsc::Sender<Write>,

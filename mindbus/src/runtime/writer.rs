@@ -11,10 +11,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::streams::Connection;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use redis::aio::ConnectionManager;
 use redis::{Cmd, ErrorKind, Pipeline, Script, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,7 @@ pub(crate) struct Targets {
 /// retries with backoff; once `abort` fires it gives up on a batch after a few tries (the
 /// unacknowledged commands are then redelivered elsewhere, so nothing is lost).
 pub(crate) async fn run(
-    conn: ConnectionManager,
+    conn: Connection,
     targets: Targets,
     mut rx: mpsc::Receiver<Write>,
     abort: CancellationToken,
@@ -118,7 +118,7 @@ fn deliver(accepted: Option<Vec<i64>>, waiters: Vec<oneshot::Sender<bool>>) {
 /// a `SCRIPT FLUSH`), nothing of the call ran, so the script is loaded and only its call is
 /// sent again (the batch's events, already written, are not).
 async fn write(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     batch: &Encoded,
     abort: &CancellationToken,
 ) -> Option<Vec<i64>> {

@@ -1,112 +1,25 @@
-//! Redis plumbing for streams: connections, consumer groups and reply parsing.
+//! Redis plumbing for streams: the server (one Redis or a cluster), connections, consumer
+//! groups and reply parsing.
 //!
 //! Two kinds of connection, never mixed: one shared, multiplexed, self-reconnecting
-//! connection for writes, and a dedicated connection for each blocking read loop (a blocking
-//! read on a multiplexed connection stalls every clone of it).
+//! connection for writes, and connections of their own for each blocking read loop (a
+//! blocking read on a multiplexed connection stalls every clone of it).
 
 mod parse;
 mod read_conn;
+mod reads;
+mod server;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, RedisError};
-use secrecy::{ExposeSecret, SecretString};
+use redis::RedisError;
 
 pub use parse::{StreamEntry, parse_autoclaim, parse_pending, parse_range, parse_read};
 pub use read_conn::ReadConnection;
+pub use reads::Reads;
+pub use server::{Connection, Redis};
 
 use crate::Error;
-
-/// How long any non-blocking request may take before it counts as failed.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A Redis server to connect to.
-#[derive(Debug, Clone)]
-pub struct Redis {
-    client: redis::Client,
-}
-
-impl Redis {
-    /// Parses the URL; connects lazily.
-    pub fn open(url: &SecretString) -> Result<Self, Error> {
-        let client = redis::Client::open(url.expose_secret()).map_err(Error::RedisUrl)?;
-        Ok(Self { client })
-    }
-
-    /// The address connections go to, without credentials (for messages).
-    pub fn address(&self) -> String {
-        self.client.get_connection_info().addr().to_string()
-    }
-
-    /// `e` as a failure to reach this server, naming its address.
-    fn unreachable(&self, e: impl Into<Error>) -> Error {
-        Error::Connect {
-            address: self.address(),
-            source: Box::new(e.into()),
-        }
-    }
-
-    /// The shared connection for writes and short requests; it reconnects after a failure.
-    /// Every process makes one first, so this is where a server MindBus cannot run on (a
-    /// Redis Cluster node) is refused.
-    pub async fn shared(&self) -> Result<ConnectionManager, Error> {
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let mut conn = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let info: Result<String, RedisError> = redis::cmd("INFO")
-            .arg("cluster")
-            .query_async(&mut conn)
-            .await;
-        match info {
-            Ok(info) if info.lines().any(|line| line.trim() == "cluster_enabled:1") => {
-                Err(Error::Cluster {
-                    address: self.address(),
-                })
-            }
-            // A user whose ACL denies INFO is not refused for it.
-            Ok(_) => Ok(conn),
-            Err(e) if e.code().is_some() => Ok(conn),
-            Err(e) => Err(self.unreachable(e)),
-        }
-    }
-
-    /// A connection of its own for a loop that blocks `block` at a time: its response
-    /// timeout is longer than the block, so a blocked read is never cut short while the
-    /// server goes on to deliver the entries into the pending list.
-    pub async fn dedicated(&self, block: Duration) -> Result<MultiplexedConnection, Error> {
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.unreachable(e))
-    }
-
-    /// Like [`Redis::dedicated`], for a consumer-group read loop: the connection only reads
-    /// streams, and decodes their entries faster than a general-purpose one.
-    pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, Error> {
-        ReadConnection::connect(
-            self.client.get_connection_info(),
-            CONNECT_TIMEOUT,
-            block + RESPONSE_TIMEOUT,
-        )
-        .await
-        .map_err(|e| match e {
-            // A refused password or database is not a matter of reaching the server.
-            Error::Redis(ref r) if r.code().is_some() => e,
-            e => self.unreachable(e),
-        })
-    }
-}
 
 /// The one retry policy: delays between reconnection (or retry) attempts, exponential
 /// from 50 ms to 2 s, with jitter, without end.
@@ -196,37 +109,40 @@ pub fn is_wrongtype(err: &Error) -> bool {
     matches!(err, Error::Redis(e) if e.code() == Some("WRONGTYPE"))
 }
 
-/// Every role with a stream under `keys`, found with `SCAN` (sorted). New roles appear here
-/// as soon as their first command is published (or their first agent starts).
-pub async fn roles<C>(conn: &mut C, keys: &crate::keys::Keys) -> Result<Vec<String>, Error>
-where
-    C: redis::aio::ConnectionLike + Send,
-{
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+/// Every role with a stream under `keys`, found with `SCAN` (of every master, on a
+/// cluster; sorted). New roles appear here as soon as their first command is published (or
+/// their first agent starts).
+pub async fn roles(conn: &mut Connection, keys: &crate::keys::Keys) -> Result<Vec<String>, Error> {
+    let scan = |cursor: u64| {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
             .arg("MATCH")
             .arg(keys.role_streams_pattern())
             .arg("COUNT")
             .arg(1000)
             .arg("TYPE")
-            .arg("stream")
-            .query_async(conn)
-            .await?;
-        out.extend(
-            found
-                .iter()
-                .filter_map(|s| keys.role_of(s).map(str::to_owned)),
-        );
-        if next == 0 {
-            out.sort();
-            out.dedup();
-            return Ok(out);
+            .arg("stream");
+        cmd
+    };
+    let mut out = Vec::new();
+    for (node, mut reply) in conn.on_every_master(&scan(0)).await? {
+        loop {
+            let (next, found): (u64, Vec<String>) =
+                redis::from_redis_value(reply).map_err(RedisError::from)?;
+            out.extend(
+                found
+                    .iter()
+                    .filter_map(|s| keys.role_of(s).map(str::to_owned)),
+            );
+            if next == 0 {
+                break;
+            }
+            reply = conn.on_node(node.as_deref(), &scan(next)).await?;
         }
-        cursor = next;
     }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// A reply value as text (a bulk or simple string, or an integer), e.g. an `XINFO` field.

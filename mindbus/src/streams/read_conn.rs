@@ -1,12 +1,17 @@
-//! The consumer-group read connection: one RESP2 connection of its own per read loop, whose
-//! `XREADGROUP` replies are decoded by `redis-protocol` straight into stream entries.
-//! Reading commands is an agent's hottest path, and redis-rs's parser spent about four
-//! times as long per entry; every other request still goes through redis-rs.
+//! The stream read connection: one RESP2 connection of its own per blocking read, whose
+//! `XREADGROUP` and `XREAD` replies are decoded by `redis-protocol` straight into stream
+//! entries. Reading commands is an agent's hottest path, and redis-rs's parser spent about
+//! four times as long per entry; every other request still goes through redis-rs.
+//!
+//! On a Redis Cluster the connection follows its streams' slot: a `MOVED` reply (also what a
+//! read blocked on a slot that moved away gets) moves it to the node named, and an `ASK`
+//! reply (the slot is being migrated and the stream is already on the target) moves it there
+//! and marks each read `ASKING` until a `MOVED` says where the slot settled.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, RedisError};
+use redis::{Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, ServerErrorKind};
 use redis_protocol::resp2::decode::decode_bytes_mut;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,6 +22,10 @@ use crate::wire::Fields;
 
 /// Room made in the buffer before each read: a 512-entry reply is about 160 KB.
 const READ_CHUNK: usize = 64 * 1024;
+/// Redirects followed for one read: a slot settles after one or two.
+const MAX_REDIRECTS: usize = 5;
+/// The pause after a cluster says `TRYAGAIN` (a slot's keys are half migrated).
+const TRY_AGAIN_PAUSE: Duration = Duration::from_millis(20);
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -25,7 +34,14 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub struct ReadConnection {
     io: Box<dyn Io>,
     buf: BytesMut,
+    /// Where it is connected, and with which credentials.
+    info: ConnectionInfo,
+    connect_timeout: Duration,
     timeout: Duration,
+    /// Each read is preceded by `ASKING` (the node is importing the slot).
+    asking: bool,
+    /// The server's id for this connection (`CLIENT ID`), once asked.
+    id: Option<i64>,
     /// A request was cut short (its future dropped): its reply may still come, so the
     /// connection cannot be used again.
     broken: bool,
@@ -34,6 +50,7 @@ pub struct ReadConnection {
 impl std::fmt::Debug for ReadConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadConnection")
+            .field("address", &self.info.addr().to_string())
             .field("buffered", &self.buf.len())
             .field("timeout", &self.timeout)
             .field("broken", &self.broken)
@@ -54,7 +71,11 @@ impl ReadConnection {
         let mut conn = Self {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            info: info.clone(),
+            connect_timeout,
             timeout,
+            asking: false,
+            id: None,
             broken: false,
         };
         let settings = info.redis_settings();
@@ -71,16 +92,87 @@ impl ReadConnection {
         Ok(conn)
     }
 
-    /// Runs an `XREADGROUP` or `XREAD` of one or more streams and returns their entries,
-    /// by stream.
+    /// Runs an `XREADGROUP` or `XREAD` of one or more streams (all in one cluster slot) and
+    /// returns their entries, by stream; follows the slot to another node as the cluster
+    /// says. Empty when the cluster asks to try again, or the read was unblocked without
+    /// entries (its stream deleted, `CLIENT UNBLOCK`).
     pub async fn read_streams(
         &mut self,
         cmd: &Cmd,
     ) -> Result<Vec<(String, Vec<StreamEntry>)>, Error> {
-        streams_of(self.call(cmd).await?)
+        for _ in 0..MAX_REDIRECTS {
+            let error = match self.call(cmd).await {
+                Err(Error::Redis(e)) => e,
+                reply => return streams_of(reply?),
+            };
+            if let Some((node, _)) = error.redirect_node() {
+                let asking = error.kind() == ErrorKind::Server(ServerErrorKind::Ask);
+                tracing::debug!(node, asking, "following the streams' slot");
+                let node = node.to_owned();
+                self.move_to(&node).await?;
+                self.asking = asking;
+                continue;
+            }
+            match error.code() {
+                Some("TRYAGAIN") => tokio::time::sleep(TRY_AGAIN_PAUSE).await,
+                Some("UNBLOCKED") => {}
+                _ => return Err(error.into()),
+            }
+            return Ok(Vec::new());
+        }
+        Err(Error::Protocol(format!(
+            "the cluster redirected a read more than {MAX_REDIRECTS} times"
+        )))
     }
 
-    /// Sends `cmd` and reads its reply; an error reply is an error.
+    /// The node this connection is on, as `host:port` (`None` on a Unix socket).
+    pub(crate) fn node(&self) -> Option<String> {
+        match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) => Some(format!("{host}:{port}")),
+            _ => None,
+        }
+    }
+
+    /// The server's id for this connection (for `CLIENT UNBLOCK`), asked once.
+    pub(crate) async fn client_id(&mut self) -> Result<i64, Error> {
+        if let Some(id) = self.id {
+            return Ok(id);
+        }
+        let id = match self
+            .call(&redis::cmd("CLIENT").arg("ID").to_owned())
+            .await?
+        {
+            BytesFrame::Integer(id) => id,
+            other => return Err(unexpected("CLIENT ID", &other)),
+        };
+        self.id = Some(id);
+        Ok(id)
+    }
+
+    /// Runs a short command (no redirects followed) and returns its integer reply.
+    pub(crate) async fn integer(&mut self, cmd: &Cmd) -> Result<i64, Error> {
+        match self.call(cmd).await? {
+            BytesFrame::Integer(n) => Ok(n),
+            other => Err(unexpected("integer", &other)),
+        }
+    }
+
+    /// Whether a request was cut short (the connection cannot be used again).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Reconnects to `node` (`host:port`, as a redirect names it), with the same
+    /// credentials.
+    async fn move_to(&mut self, node: &str) -> Result<(), Error> {
+        let (host, port) = super::server::parse_node(node)?;
+        let info = self.info.clone().set_addr(ConnectionAddr::Tcp(host, port));
+        *self = Self::connect(&info, self.connect_timeout, self.timeout).await?;
+        Ok(())
+    }
+
+    /// Sends `cmd` (after `ASKING` while the slot is being imported here) and reads its
+    /// reply; an error reply is an error.
     async fn call(&mut self, cmd: &Cmd) -> Result<BytesFrame, Error> {
         if self.broken {
             return Err(Error::Protocol(
@@ -88,10 +180,18 @@ impl ReadConnection {
             ));
         }
         self.broken = true;
-        self.io
-            .write_all(&cmd.get_packed_command())
-            .await
-            .map_err(RedisError::from)?;
+        let mut packed = Vec::new();
+        if self.asking {
+            redis::cmd("ASKING").write_packed_command(&mut packed);
+        }
+        cmd.write_packed_command(&mut packed);
+        self.io.write_all(&packed).await.map_err(RedisError::from)?;
+        if self.asking {
+            // `+OK`, or an error the command's own reply will explain.
+            tokio::time::timeout(self.timeout, self.reply())
+                .await
+                .map_err(|_| timed_out("waiting for a reply"))??;
+        }
         let frame = tokio::time::timeout(self.timeout, self.reply())
             .await
             .map_err(|_| timed_out("waiting for a reply"))??;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use mindbus::group::{Delivery, GroupOptions, GroupReader};
+use mindbus::streams::Connection;
 use mindbus::streams::Redis;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -28,11 +28,11 @@ fn reader(stream: &str, lease_ms: u64) -> GroupReader {
 }
 
 /// Deletes a test's keys.
-async fn delete(conn: &mut ConnectionManager, keys: &[&String]) {
+async fn delete(conn: &mut Connection, keys: &[&String]) {
     let _: () = redis::cmd("DEL").arg(keys).query_async(conn).await.unwrap();
 }
 
-async fn add(conn: &mut ConnectionManager, stream: &str, n: usize) {
+async fn add(conn: &mut Connection, stream: &str, n: usize) {
     for i in 0..n {
         let _: String = redis::cmd("XADD")
             .arg(stream)
@@ -140,7 +140,7 @@ async fn own_pending_entries_are_recovered_each_once() {
 }
 
 /// Waits until every entry `consumer` holds in `stream` has been idle over `ms`.
-async fn wait_idle(conn: &mut ConnectionManager, stream: &str, consumer: &str, ms: u64) {
+async fn wait_idle(conn: &mut Connection, stream: &str, consumer: &str, ms: u64) {
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
@@ -157,7 +157,7 @@ async fn wait_idle(conn: &mut ConnectionManager, stream: &str, consumer: &str, m
 }
 
 /// The consumers `XINFO CONSUMERS` lists in group `g` of `stream`, with their pending counts.
-async fn consumers(conn: &mut ConnectionManager, stream: &str) -> Vec<(String, u64)> {
+async fn consumers(conn: &mut Connection, stream: &str) -> Vec<(String, u64)> {
     let reply: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(stream)

@@ -106,20 +106,29 @@ impl Orchestrator {
     }
 }
 
+/// Adds every entry to its stream: one pipeline per cluster slot (one in all on one
+/// server), sent at once.
 async fn xadd_all(bus: &Bus, entries: &[OutboxEntry]) -> Result<(), redis::RedisError> {
-    let mut pipe = redis::pipe();
-    for entry in entries {
-        let cmd = pipe.cmd("XADD").arg(&entry.stream);
-        if let Some(maxlen) = entry.maxlen {
-            cmd.arg("MAXLEN").arg("~").arg(maxlen);
+    let conn = bus.connection();
+    let batches = conn.batches(entries, |entry| &entry.stream);
+    futures::future::try_join_all(batches.into_iter().map(|batch| {
+        let mut pipe = redis::pipe();
+        for entry in batch {
+            let cmd = pipe.cmd("XADD").arg(&entry.stream);
+            if let Some(maxlen) = entry.maxlen {
+                cmd.arg("MAXLEN").arg("~").arg(maxlen);
+            }
+            cmd.arg("*");
+            for (name, value) in &entry.fields {
+                cmd.arg(name).arg(value);
+            }
+            cmd.ignore();
         }
-        cmd.arg("*");
-        for (name, value) in &entry.fields {
-            cmd.arg(name).arg(value);
-        }
-        cmd.ignore();
-    }
-    pipe.query_async::<()>(&mut bus.connection()).await
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await }
+    }))
+    .await?;
+    Ok(())
 }
 
 /// The trace context of something a run does: the run's trace, a span of its own.

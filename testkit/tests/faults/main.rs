@@ -4,6 +4,7 @@
 //! recovery time, and fails on any loss or duplicate the documented guarantees do not allow.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod mesh;
 use mindbus_testkit::testenv;
 
@@ -37,6 +38,12 @@ fn assert_none_lost_or_twice(tally: &Tally) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sigkill_mid_command() {
     let mesh = Mesh::on(&redis_url(), "kill").await;
+    sigkill_an_agent(&mesh, "agent SIGKILL mid-command").await;
+}
+
+/// Three agents of `mesh` serve 1,500 commands, and one is killed with SIGKILL after the
+/// first 300 results; reports as `fault`.
+async fn sigkill_an_agent(mesh: &Mesh, fault: &str) {
     let agents = mesh.agents(3);
     let sent = mesh.publish(1_500, 10).await;
     mesh.wait_results(300, Duration::from_secs(60)).await;
@@ -47,7 +54,7 @@ async fn agent_sigkill_mid_command() {
         .await;
     let tally = mesh.tally(&sent).await;
     tally.report(
-        "agent SIGKILL mid-command",
+        fault,
         "commands",
         Some(recovery),
         &format!("lease {:?}", agent_lease()),
@@ -324,21 +331,27 @@ impl Runs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_and_monitor_sigkill_during_200_runs() {
     let runs = Runs::new("orchkill", None).await;
+    sigkill_an_orchestrator_and_the_monitor(&runs, 200, "orchestrator and monitor SIGKILL").await;
+}
+
+/// Two orchestrators, a monitor and two agents on `runs` start `n` runs; once a third have
+/// completed, one orchestrator and the monitor are killed with SIGKILL and a new monitor
+/// starts; reports as `fault`.
+async fn sigkill_an_orchestrator_and_the_monitor(runs: &Runs, n: usize, fault: &str) {
     let orchestrators = [runs.orchestrator(), runs.orchestrator()];
     let monitor = runs.monitor();
     let _agents = runs.mesh.agents(2);
-    let started = runs.start(200).await;
+    let started = runs.start(n).await;
     let what = "a third of the runs completed";
     testenv::eventually(Duration::from_secs(60), what, || async {
-        (runs.completed().await.len() >= 60).then_some(())
+        (runs.completed().await.len() >= n / 3).then_some(())
     })
     .await;
     signal(&orchestrators[0], Signal::SIGKILL);
     signal(&monitor, Signal::SIGKILL);
     let killed = Instant::now();
     let _monitor = runs.monitor();
-    runs.check_recovered(&started, killed, "orchestrator and monitor SIGKILL")
-        .await;
+    runs.check_recovered(&started, killed, fault).await;
 }
 
 /// Redis killed with SIGKILL and restarted (AOF `always`: it loses nothing) under 100 runs:

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mindbus::bus::Bus;
 use mindbus::config::RedisConfig;
+use mindbus::keys::Stream;
 use mindbus::wire::{Command, CommandResult, MessageId, Origin, Payload};
 use mindbus_testkit::{Tally, binary, entries};
 use nix::sys::signal::{Signal, kill};
@@ -17,10 +18,18 @@ pub struct Mesh {
     pub url: String,
     pub prefix: String,
     pub bus: Bus,
+    /// The role the agents serve (with the echo handler) and commands go to.
+    pub role: String,
 }
 
 impl Mesh {
+    /// A mesh of `echo` agents on the Redis at `url`.
     pub async fn on(url: &str, name: &str) -> Self {
+        Self::of_role(url, name, "echo").await
+    }
+
+    /// A mesh of echo agents serving `role`.
+    pub async fn of_role(url: &str, name: &str, role: &str) -> Self {
         let prefix = crate::testenv::unique(&format!("t-fault-{name}"));
         let config = RedisConfig {
             url: url.to_owned().into(),
@@ -31,11 +40,13 @@ impl Mesh {
             url: url.to_owned(),
             prefix,
             bus,
+            role: role.to_owned(),
         }
     }
 
-    pub fn stream(&self, suffix: &str) -> String {
-        format!("{}:{suffix}", self.prefix)
+    /// The key of one of the role's streams.
+    pub fn role_stream(&self, kind: Stream) -> String {
+        self.bus.keys().stream(kind, &self.role)
     }
 
     /// Starts one of the mesh's binaries on this prefix.
@@ -54,7 +65,7 @@ impl Mesh {
 
     /// `n` echo agents: with a one-second lease and 16 slots, or the shipped defaults.
     pub fn agents(&self, n: usize) -> Vec<Child> {
-        let mut flags = vec!["--role", "echo"];
+        let mut flags = vec!["--role", &self.role, "--echo"];
         if !shipped_defaults() {
             flags.extend(["--lease-ms", "1000", "--concurrency", "16"]);
         }
@@ -68,7 +79,7 @@ impl Mesh {
         let mut ids = Vec::with_capacity(n);
         for i in 0..n {
             let command = echo(i, sleep_ms);
-            self.bus.publish("echo", &command).await.unwrap();
+            self.bus.publish(&self.role, &command).await.unwrap();
             ids.push(command.envelope.id);
         }
         ids
@@ -76,7 +87,7 @@ impl Mesh {
 
     /// Every accepted result.
     pub async fn results(&self) -> Vec<CommandResult> {
-        let stream = self.stream("result:{echo}");
+        let stream = self.role_stream(Stream::Results);
         entries(&mut self.bus.connection(), &stream)
             .await
             .into_iter()
@@ -120,9 +131,9 @@ impl Mesh {
     /// Entries of the echo group pending for the agent with process id `pid` (consumer
     /// names carry the pid).
     pub async fn pending_of(&self, pid: u32) -> usize {
-        let stream = self.stream("cmd:{echo}");
+        let stream = self.role_stream(Stream::Commands);
         let marker = format!("-{pid}-");
-        mindbus_testkit::pending(&mut self.bus.connection(), &stream, "echo")
+        mindbus_testkit::pending(&mut self.bus.connection(), &stream, &self.role)
             .await
             .iter()
             .filter(|(_, consumer, _)| consumer.contains(&marker))
@@ -131,7 +142,7 @@ impl Mesh {
 
     /// How many events of `ty` the event stream holds.
     pub async fn events_of(&self, ty: &str) -> usize {
-        let stream = self.stream("event:{echo}");
+        let stream = self.role_stream(Stream::Events);
         entries(&mut self.bus.connection(), &stream)
             .await
             .iter()
@@ -141,7 +152,7 @@ impl Mesh {
 
     /// Waits until the result stream holds `n` entries.
     pub async fn wait_results(&self, n: usize, timeout: Duration) {
-        let stream = self.stream("result:{echo}");
+        let stream = self.role_stream(Stream::Results);
         let what = format!("{stream} did not reach {n} entries");
         crate::testenv::eventually(timeout, &what, || async {
             let len: usize = redis::cmd("XLEN")
