@@ -137,7 +137,9 @@ async fn cluster_a_busy_roles_slot_moves_to_another_master_losing_nothing() {
     let to = masters.iter().find(|m| m.id != from.id).unwrap().clone();
     let mesh = Mesh::of_role(&cluster.url(), "cl-reshard", &role).await;
     let _agents = mesh.agents(2);
-    let mut sent = mesh.publish(300, 5).await;
+    // A backlog the agents are still working through while the slot moves, and more
+    // commands published during the move and after it.
+    let mut sent = mesh.publish(1_500, 150).await;
     mesh.wait_results(100, Duration::from_secs(60)).await;
 
     let count = slot - from.slots[0].0 + 1;
@@ -151,6 +153,11 @@ async fn cluster_a_busy_roles_slot_moves_to_another_master_losing_nothing() {
         }
     };
     assert!(moved.success(), "redis-cli --cluster reshard failed");
+    let answered = mesh.results().await.len();
+    assert!(
+        answered < sent.len(),
+        "the backlog was worked through before the slot moved: nothing flowed during the move"
+    );
     assert_eq!(cluster.owner(slot).id, to.id, "the role's slot moved");
     sent.extend(mesh.publish(200, 5).await);
 
