@@ -199,7 +199,10 @@ async fn retry(bus: &Bus, letters: Vec<Letter>) -> anyhow::Result<()> {
         let letter = DeadLetter::decode(entry.fields.clone().unwrap_or_default())
             .with_context(|| format!("dead letter {}", entry.id))?;
         let (command_id, original) = with_id(&letter);
+        // All or nothing: and on a Redis Cluster whose slot is moving, a transaction is
+        // refused whole rather than partly sent twice.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         if let Some(done) = done_key(bus.keys(), &letter) {
             pipe.cmd("DEL").arg(done).ignore();
         }

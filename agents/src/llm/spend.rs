@@ -203,7 +203,11 @@ impl Ledger {
         estimate: u64,
         usage: Option<Usage>,
     ) -> redis::RedisResult<()> {
+        // A transaction: on a Redis Cluster whose `{usage}` slot is moving, redis-rs sends
+        // a redirected pipeline again whole, which would count a plain pipeline's
+        // increments twice; a transaction is refused whole instead.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         let estimate = estimate as i64;
         for key in keys {
             let mut add = |field: &str, by: i64| {

@@ -79,6 +79,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Write>,
     abort: CancellationToken,
 ) {
+    let cluster = conn.is_cluster();
     let mut in_flight = FuturesOrdered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -87,7 +88,7 @@ pub(crate) async fn run(
             batch = next_batch(&mut rx), if open && in_flight.len() < IN_FLIGHT => match batch {
                 None => open = false,
                 Some(batch) => {
-                    let (encoded, waiters) = encode(&targets, batch);
+                    let (encoded, waiters) = encode(&targets, batch, cluster);
                     let (mut conn, abort) = (conn.clone(), abort.clone());
                     in_flight.push_back(async move { (write(&mut conn, &encoded, &abort).await, waiters) });
                 }
@@ -113,22 +114,30 @@ fn deliver(accepted: Option<Vec<i64>>, waiters: Vec<oneshot::Sender<bool>>) {
     }
 }
 
-/// Sends the batch's pipeline, retrying with backoff while Redis is unreachable. The
-/// finish script is called by its hash (`EVALSHA`): when Redis does not have it (a restart,
-/// a `SCRIPT FLUSH`), nothing of the call ran, so the script is loaded and only its call is
-/// sent again (the batch's events, already written, are not).
+/// Sends the batch, retrying with backoff while Redis is unreachable. The finish script is
+/// called by its hash (`EVALSHA`): when Redis does not have it (a restart, a `SCRIPT
+/// FLUSH`), nothing of the call ran, so the script is loaded and only its call is sent again
+/// (the batch's events, already written, are not). On a cluster the events go first, in a
+/// `MULTI`/`EXEC` of their own: redis-rs sends a whole pipeline again when one of its
+/// commands is redirected or told to try again while a slot moves, which would write events
+/// twice; a transaction is refused whole in that case, so sending it again is safe.
 async fn write(
     conn: &mut Connection,
     batch: &Encoded,
     abort: &CancellationToken,
 ) -> Option<Vec<i64>> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let mut tries_after_abort = 0;
+    let mut retry = Retry::new(abort);
+    if let Some(events) = &batch.events {
+        while let Err(e) = events.query_async::<()>(conn).await {
+            tracing::warn!(error = %e, "writing events to redis failed; retrying");
+            if !retry.wait().await {
+                return None;
+            }
+        }
+        if batch.script.is_none() {
+            return Some(Vec::new());
+        }
+    }
     let mut pipe = batch.pipe.clone();
     loop {
         match pipe.query_async::<Vec<Vec<i64>>>(conn).await {
@@ -148,13 +157,44 @@ async fn write(
             }
             Err(e) => tracing::warn!(error = %e, "writing to redis failed; retrying"),
         }
-        if abort.is_cancelled() {
-            tries_after_abort += 1;
-            if tries_after_abort > 3 {
-                return None;
+        if !retry.wait().await {
+            return None;
+        }
+    }
+}
+
+/// Waits between tries of one batch: with backoff, and at most a few times once `abort`
+/// fired.
+struct Retry<'a> {
+    delays: backon::ExponentialBackoff,
+    abort: &'a CancellationToken,
+    tries_after_abort: u32,
+}
+
+impl<'a> Retry<'a> {
+    fn new(abort: &'a CancellationToken) -> Self {
+        Self {
+            delays: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(2))
+                .with_jitter()
+                .without_max_times()
+                .build(),
+            abort,
+            tries_after_abort: 0,
+        }
+    }
+
+    /// Waits before the next try; `false` when the batch is given up.
+    async fn wait(&mut self) -> bool {
+        if self.abort.is_cancelled() {
+            self.tries_after_abort += 1;
+            if self.tries_after_abort > 3 {
+                return false;
             }
         }
-        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+        tokio::time::sleep(self.delays.next().unwrap_or(Duration::from_secs(2))).await;
+        true
     }
 }
 
@@ -182,17 +222,19 @@ fn xadd(stream: &str, maxlen: u64, fields: &PackedFields) -> Cmd {
 }
 
 /// A batch ready to send: one pipeline (its events as plain `XADD`s, then the finish call),
-/// and the finish call alone, for sending again.
+/// or on a cluster the events as a transaction of their own and the finish call alone; and
+/// the finish call alone, for sending again.
 #[derive(Debug)]
 struct Encoded {
+    events: Option<Pipeline>,
     pipe: Pipeline,
     script: Option<Cmd>,
 }
 
 /// Encodes a batch: its events as plain `XADD`s, then all its finished commands in one
 /// call of the finish script. A command's events are queued before its finish, so they
-/// still land before its terminal event.
-fn encode(t: &Targets, batch: Vec<Write>) -> (Encoded, Vec<oneshot::Sender<bool>>) {
+/// still land before its terminal event. `cluster`: the events are sent first, apart.
+fn encode(t: &Targets, batch: Vec<Write>, cluster: bool) -> (Encoded, Vec<oneshot::Sender<bool>>) {
     let mut pipe = redis::pipe();
     let mut finishes = Vec::new();
     let mut waiters = Vec::new();
@@ -208,11 +250,23 @@ fn encode(t: &Targets, batch: Vec<Write>) -> (Encoded, Vec<oneshot::Sender<bool>
             }
         }
     }
+    let mut events = None;
+    if cluster && !pipe.is_empty() {
+        pipe.atomic();
+        events = Some(std::mem::replace(&mut pipe, redis::pipe()));
+    }
     let script = (!finishes.is_empty()).then(|| finish_call(t, finishes));
     if let Some(script) = &script {
         pipe.add_command(script.clone());
     }
-    (Encoded { pipe, script }, waiters)
+    (
+        Encoded {
+            events,
+            pipe,
+            script,
+        },
+        waiters,
+    )
 }
 
 /// `EVALSHA` of the finish script for `finishes`: the role's four streams and every done

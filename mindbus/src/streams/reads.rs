@@ -94,7 +94,11 @@ impl Reads {
             })
             .collect();
         match commands.as_slice() {
-            [] => Ok(Vec::new()),
+            [] => {
+                // Nothing to read yet: wait as a read would, rather than spin.
+                tokio::time::sleep(self.block).await;
+                Ok(Vec::new())
+            }
             [(slot, cmd)] => match self.conns.get_mut(slot) {
                 Some(conn) => conn.read_streams(cmd).await,
                 None => Ok(Vec::new()),
@@ -123,8 +127,10 @@ impl Reads {
             .collect();
         let mut out = Vec::new();
         let mut answered = Vec::new();
+        // Whether the reads not answered yet were woken since the last answer or tick.
+        let mut woken = false;
         loop {
-            let unblock_due = !answered.is_empty();
+            let waking = !answered.is_empty();
             tokio::select! {
                 read = reads.next() => match read {
                     None => break,
@@ -133,15 +139,24 @@ impl Reads {
                         answered.push(slot);
                     }
                 },
-                () = tokio::time::sleep(UNBLOCK_AGAIN), if unblock_due => {}
+                // One may not have reached its server when it was woken: wake it again.
+                () = tokio::time::sleep(UNBLOCK_AGAIN), if waking => woken = false,
             }
-            if answered.len() < targets.len() {
-                for (slot, node, id) in &targets {
-                    if !answered.contains(slot) {
-                        unblock(&self.redis, &mut self.unblockers, node.as_deref(), *id).await?;
-                    }
+            if woken || answered.len() == targets.len() {
+                continue;
+            }
+            for (slot, node, id) in &targets {
+                if answered.contains(slot) {
+                    continue;
+                }
+                let node = node.as_deref().unwrap_or_default();
+                if let Err(e) = unblock(&self.redis, &mut self.unblockers, node, *id).await {
+                    // The read ends when its block runs out instead.
+                    tracing::debug!(node, error = %e, "could not wake a blocked read");
+                    self.unblockers.remove(node);
                 }
             }
+            woken = true;
         }
         Ok(out)
     }
@@ -151,15 +166,14 @@ impl Reads {
 async fn unblock(
     redis: &Redis,
     unblockers: &mut HashMap<String, ReadConnection>,
-    node: Option<&str>,
+    node: &str,
     id: i64,
 ) -> Result<(), Error> {
-    let node = node.unwrap_or_default().to_owned();
-    let conn = match unblockers.get_mut(&node) {
+    let conn = match unblockers.get_mut(node) {
         Some(conn) => conn,
         None => {
-            let conn = redis.short_connection_to(&node).await?;
-            unblockers.entry(node).or_insert(conn)
+            let conn = redis.short_connection_to(node).await?;
+            unblockers.entry(node.to_owned()).or_insert(conn)
         }
     };
     conn.integer(redis::cmd("CLIENT").arg("UNBLOCK").arg(id))

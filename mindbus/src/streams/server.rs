@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Redis {
     client: redis::Client,
     kind: Arc<tokio::sync::OnceCell<Kind>>,
+    /// A connection kept for finding which node serves a slot.
+    lookups: Arc<tokio::sync::OnceCell<Connection>>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,7 @@ impl Redis {
         Ok(Self {
             client,
             kind: Arc::default(),
+            lookups: Arc::default(),
         })
     }
 
@@ -85,20 +88,26 @@ impl Redis {
             .arg("cluster")
             .query_async(&mut conn)
             .await;
-        match info {
-            Ok(info) if info.lines().any(|line| line.trim() == "cluster_enabled:1") => {
-                let client = ClusterClient::builder([self.client.get_connection_info().clone()])
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
-                    .build()
-                    .map_err(Error::RedisUrl)?;
-                Ok(Kind::Cluster(Box::new(client)))
-            }
-            // A user whose ACL denies INFO runs on one server.
-            Ok(_) => Ok(Kind::Single),
-            Err(e) if e.code().is_some() => Ok(Kind::Single),
-            Err(e) => Err(self.unreachable(e)),
+        let cluster = match info {
+            Ok(info) => info.lines().any(|line| line.trim() == "cluster_enabled:1"),
+            // A user whose ACL denies INFO: `CLUSTER MYID` answers only on a cluster node
+            // (elsewhere, or denied too, it is taken for one server).
+            Err(e) if e.code().is_some() => redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok(),
+            Err(e) => return Err(self.unreachable(e)),
+        };
+        if !cluster {
+            return Ok(Kind::Single);
         }
+        let client = ClusterClient::builder([self.client.get_connection_info().clone()])
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .build()
+            .map_err(Error::RedisUrl)?;
+        Ok(Kind::Cluster(Box::new(client)))
     }
 
     /// The shared connection for writes and short requests; it reconnects after a failure,
@@ -171,7 +180,11 @@ impl Redis {
 
     /// The cluster master serving `key`'s slot (`host:port`), if the cluster says.
     async fn master_of(&self, key: &str) -> Result<Option<String>, Error> {
-        let mut conn = self.shared().await?;
+        let mut conn = self
+            .lookups
+            .get_or_try_init(|| self.shared())
+            .await?
+            .clone();
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -294,6 +307,11 @@ impl ConnectionLike for Connection {
 }
 
 impl Connection {
+    /// Whether it is a connection to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+
     /// `items` in batches that one pipeline or script can take: on a cluster one batch per
     /// slot of each item's key (in first-seen order), on one server a single batch.
     pub fn batches<T>(
@@ -302,7 +320,7 @@ impl Connection {
         key: impl Fn(&T) -> &str,
     ) -> Vec<Vec<T>> {
         let mut groups: Vec<(Slot, Vec<T>)> = Vec::new();
-        let single = matches!(self, Connection::Single(_));
+        let single = !self.is_cluster();
         for item in items {
             let slot = if single {
                 Slot::for_key("")

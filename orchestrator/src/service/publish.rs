@@ -23,20 +23,31 @@ const SWEEP_BATCH: i64 = 500;
 const OWN_STRANDED_MS: i64 = 300_000;
 
 impl Orchestrator {
-    /// Sends committed entries in one pipeline, then forgets them. On failure they stay in
-    /// the outbox, and a sweep sends them later.
+    /// Sends committed entries (one pipeline, or one transaction per slot on a cluster),
+    /// then forgets those sent. Entries not sent stay in the outbox, and a sweep sends them
+    /// later.
     pub(crate) async fn publish(&self, entries: Vec<OutboxEntry>) {
         if entries.is_empty() {
             return;
         }
-        if let Err(e) = self.xadd_all(&entries).await {
-            tracing::warn!(error = %e, entries = entries.len(), "publishing failed; the sweep will send them");
-            if let Ok(mut failed) = self.publisher.failed.lock() {
-                failed.extend(entries);
+        let unsent = match self.xadd_all(&entries).await {
+            Ok(()) => Vec::new(),
+            Err(Unsent { ids, error }) => {
+                tracing::warn!(error = %error, entries = ids.len(), "publishing failed; the sweep will send them");
+                ids
             }
+        };
+        let (failed, sent): (Vec<OutboxEntry>, Vec<OutboxEntry>) =
+            entries.into_iter().partition(|e| unsent.contains(&e.id));
+        if !failed.is_empty()
+            && let Ok(mut kept) = self.publisher.failed.lock()
+        {
+            kept.extend(failed);
+        }
+        let ids: Vec<i64> = sent.iter().map(|e| e.id).collect();
+        if ids.is_empty() {
             return;
         }
-        let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
         if let Err(e) = store::delete_sent(&self.pool, &ids).await {
             tracing::warn!(error = %e, "cannot clear the outbox; entries will be sent again");
         }
@@ -67,7 +78,11 @@ impl Orchestrator {
         if entries.is_empty() {
             return Ok(0);
         }
-        self.xadd_all(&entries).await?;
+        // All or none are taken off the outbox: entries sent in a slot whose neighbours
+        // failed go again with them (a step command sent twice is applied once).
+        self.xadd_all(&entries)
+            .await
+            .map_err(|unsent| unsent.error)?;
         tx.commit().await?;
         // Any of its own it was keeping to send again are sent now.
         if let Ok(mut failed) = self.publisher.failed.lock() {
@@ -94,41 +109,64 @@ pub(crate) async fn sweep_loop(this: Arc<Orchestrator>, stop: CancellationToken)
     }
 }
 
+/// Entries a publish did not send, and why.
+struct Unsent {
+    ids: Vec<i64>,
+    error: mindbus::Error,
+}
+
 impl Orchestrator {
-    /// Sends `entries` in one pipeline, after making the results group on the result
-    /// stream of every role they command.
-    async fn xadd_all(&self, entries: &[OutboxEntry]) -> Result<(), mindbus::Error> {
+    /// Sends `entries` after making the results group on the result stream of every role
+    /// they command: in one pipeline on one server; on a cluster in one transaction per
+    /// slot, sent at once (redis-rs sends a redirected pipeline again whole, which a
+    /// transaction makes safe: it is refused whole). Whatever is not sent is named.
+    async fn xadd_all(&self, entries: &[OutboxEntry]) -> Result<(), Unsent> {
+        let all = || entries.iter().map(|e| e.id).collect();
         let roles = entries
             .iter()
             .filter_map(|e| self.bus.keys().commands_role(&e.stream));
-        self.result_roles.ensure(&self.bus, roles).await?;
-        Ok(xadd_all(&self.bus, entries).await?)
-    }
-}
-
-/// Adds every entry to its stream: one pipeline per cluster slot (one in all on one
-/// server), sent at once.
-async fn xadd_all(bus: &Bus, entries: &[OutboxEntry]) -> Result<(), redis::RedisError> {
-    let conn = bus.connection();
-    let batches = conn.batches(entries, |entry| &entry.stream);
-    futures::future::try_join_all(batches.into_iter().map(|batch| {
-        let mut pipe = redis::pipe();
-        for entry in batch {
-            let cmd = pipe.cmd("XADD").arg(&entry.stream);
-            if let Some(maxlen) = entry.maxlen {
-                cmd.arg("MAXLEN").arg("~").arg(maxlen);
-            }
-            cmd.arg("*");
-            for (name, value) in &entry.fields {
-                cmd.arg(name).arg(value);
-            }
-            cmd.ignore();
+        if let Err(error) = self.result_roles.ensure(&self.bus, roles).await {
+            return Err(Unsent { ids: all(), error });
         }
-        let mut conn = conn.clone();
-        async move { pipe.query_async::<()>(&mut conn).await }
-    }))
-    .await?;
-    Ok(())
+        let conn = self.bus.connection();
+        let cluster = conn.is_cluster();
+        let batches = conn.batches(entries, |entry| &entry.stream);
+        let sent = futures::future::join_all(batches.into_iter().map(|batch| {
+            let mut pipe = redis::pipe();
+            if cluster {
+                pipe.atomic();
+            }
+            for entry in &batch {
+                let cmd = pipe.cmd("XADD").arg(&entry.stream);
+                if let Some(maxlen) = entry.maxlen {
+                    cmd.arg("MAXLEN").arg("~").arg(maxlen);
+                }
+                cmd.arg("*");
+                for (name, value) in &entry.fields {
+                    cmd.arg(name).arg(value);
+                }
+                cmd.ignore();
+            }
+            let mut conn = conn.clone();
+            async move { (batch, pipe.query_async::<()>(&mut conn).await) }
+        }))
+        .await;
+        let mut unsent = Vec::new();
+        let mut first = None;
+        for (batch, result) in sent {
+            if let Err(e) = result {
+                unsent.extend(batch.iter().map(|e| e.id));
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => Err(Unsent {
+                ids: unsent,
+                error: e.into(),
+            }),
+        }
+    }
 }
 
 /// The trace context of something a run does: the run's trace, a span of its own.

@@ -173,4 +173,9 @@ async fn cluster_a_busy_roles_slot_moves_to_another_master_losing_nothing() {
         &format!("{count} slots moved"),
     );
     assert_none_lost_or_twice(&tally);
+    assert_eq!(
+        mesh.repeated_events().await,
+        0,
+        "an event was written twice"
+    );
 }

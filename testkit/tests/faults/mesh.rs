@@ -150,6 +150,21 @@ impl Mesh {
             .count()
     }
 
+    /// Events written more than once: the same type, command and attempt again.
+    pub async fn repeated_events(&self) -> usize {
+        let stream = self.role_stream(Stream::Events);
+        let mut seen = std::collections::HashSet::new();
+        entries(&mut self.bus.connection(), &stream)
+            .await
+            .iter()
+            .map(|(_, fields)| {
+                let field = |name| mindbus::wire::field_text(fields, name).map(str::to_owned);
+                (field("type"), field("correlationid"), field("attempt"))
+            })
+            .filter(|event| !seen.insert(event.clone()))
+            .count()
+    }
+
     /// Waits until the result stream holds `n` entries.
     pub async fn wait_results(&self, n: usize, timeout: Duration) {
         let stream = self.role_stream(Stream::Results);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use mindbus::streams::Connection;
 
 /// CPU time used so far by each party.
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,7 +23,7 @@ pub struct PerRoundTrip {
 }
 
 impl Usage {
-    pub async fn now(conn: &mut MultiplexedConnection, consumers: &[u32]) -> Self {
+    pub async fn now(conn: &mut Connection, consumers: &[u32]) -> Self {
         let consumers = consumers
             .iter()
             .map(|pid| process_cpu(&pid.to_string()))
@@ -49,15 +49,31 @@ impl Usage {
     }
 }
 
-/// The server's user plus system CPU time, from `INFO cpu`.
-async fn redis_cpu(conn: &mut MultiplexedConnection) -> Option<Duration> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.ok()?;
-    let seconds = |name: &str| {
-        info.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    Duration::try_from_secs_f64(seconds("used_cpu_user")? + seconds("used_cpu_sys")?).ok()
+/// The servers' user plus system CPU time, from `INFO cpu` of every master.
+async fn redis_cpu(conn: &mut Connection) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for (_, info) in conn
+        .on_every_master(redis::cmd("INFO").arg("cpu"))
+        .await
+        .ok()?
+    {
+        let info: String = redis::from_redis_value(info).ok()?;
+        let seconds = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        total += Duration::try_from_secs_f64(seconds("used_cpu_user")? + seconds("used_cpu_sys")?)
+            .ok()?;
+    }
+    Some(total)
+}
+
+/// How many masters serve the data (one on a single Redis).
+pub async fn masters(conn: &mut Connection) -> usize {
+    conn.on_every_master(&redis::cmd("PING"))
+        .await
+        .map_or(1, |replies| replies.len())
 }
 
 /// A process's user plus system CPU time, from `/proc/<pid>/stat` (Linux only).

@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mindbus::streams::parse_read;
+use mindbus::streams::{Connection, Redis, parse_read};
 use mindbus::wire::{Command, Payload};
-use redis::aio::MultiplexedConnection;
 use serde_json::json;
 
-/// Commands per pipeline in the throughput run.
+/// Commands per pipeline in the throughput run (each pipeline to one role).
 const CHUNK: usize = 256;
+
+/// A pipeline of commands to one role: the role's index, the commands in it, the pipeline.
+type RolePipeline = (usize, usize, redis::Pipeline);
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
@@ -20,51 +22,55 @@ pub struct Figures {
     pub p99_ms: f64,
 }
 
-/// A key prefix with its own streams.
+/// A key prefix with its own streams, and the roles the load goes to (in turn, a pipeline
+/// each; on a Redis Cluster each role's streams are on the master of its slot).
 pub struct Target {
     pub prefix: String,
-    writer: MultiplexedConnection,
-    reader: MultiplexedConnection,
+    roles: Vec<String>,
+    redis: Redis,
+    writer: Connection,
 }
 
 impl Target {
-    pub async fn new(client: &redis::Client, prefix: &str) -> anyhow::Result<Self> {
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    pub async fn new(redis: &Redis, prefix: &str, roles: &[String]) -> anyhow::Result<Self> {
         Ok(Self {
             prefix: prefix.into(),
-            writer: client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?,
-            reader: client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?,
+            roles: roles.to_vec(),
+            redis: redis.clone(),
+            writer: redis.shared().await?,
         })
     }
 
-    fn commands(&self) -> String {
-        format!("{}:cmd:{{echo}}", self.prefix)
+    fn commands(&self, role: &str) -> String {
+        format!("{}:cmd:{{{role}}}", self.prefix)
     }
 
-    fn results(&self) -> String {
-        format!("{}:result:{{echo}}", self.prefix)
+    fn results(&self, role: &str) -> String {
+        format!("{}:result:{{{role}}}", self.prefix)
     }
 
+    /// Waits until every role's group has `n` consumers.
     pub async fn wait_consumers(&mut self, n: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let consumers: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(self.commands())
-                .arg("echo")
-                .query_async(&mut self.writer)
-                .await;
-            if consumers.is_ok_and(|c| c.len() >= n) {
-                return Ok(());
+        for role in self.roles.clone() {
+            loop {
+                let consumers: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(self.commands(&role))
+                    .arg(&role)
+                    .query_async(&mut self.writer)
+                    .await;
+                if consumers.is_ok_and(|c| c.len() >= n) {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{n} consumers of {role} did not join"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        anyhow::bail!("{n} consumers did not join")
+        Ok(())
     }
 
     fn command(i: usize) -> (String, Vec<(String, Vec<u8>)>) {
@@ -78,21 +84,35 @@ impl Target {
         )
     }
 
-    /// Sends `n` commands as fast as pipelining allows while reading results back. The
-    /// commands are built before the clock starts and the results decoded after it stops,
-    /// so the load generator takes as little as it can of the CPU the measured parties share.
+    /// Sends `n` commands as fast as pipelining allows while reading results back (a reader
+    /// per role). The commands are built before the clock starts and the results decoded
+    /// after it stops, so the load generator takes as little as it can of the CPU the
+    /// measured parties share.
     pub async fn throughput(&mut self, n: usize) -> anyhow::Result<Figures> {
         let (index, pipes) = self.pipelines(n);
-        let mut reader = self.reader.clone();
-        let results = self.results();
-        let collect = tokio::spawn(async move { read_results(&mut reader, &results, n).await });
+        let mut collects = Vec::new();
+        for (r, role) in self.roles.iter().enumerate() {
+            let expected: usize = pipes
+                .iter()
+                .filter(|(of, _, _)| *of == r)
+                .map(|(_, k, _)| k)
+                .sum();
+            let mut reader = self.redis.dedicated(READ_BLOCK).await?;
+            let results = self.results(role);
+            collects.push(tokio::spawn(async move {
+                read_results(&mut reader, &results, expected).await
+            }));
+        }
         let mut sent_at = Vec::with_capacity(pipes.len());
         let start = Instant::now();
-        for pipe in &pipes {
+        for (_, _, pipe) in &pipes {
             sent_at.push(Instant::now());
             pipe.query_async::<()>(&mut self.writer).await?;
         }
-        let replies = collect.await??;
+        let mut replies = Vec::new();
+        for collect in collects {
+            replies.extend(collect.await??);
+        }
         let elapsed = start.elapsed();
         let mut latencies = Vec::with_capacity(n);
         for (reply, at) in replies {
@@ -110,37 +130,43 @@ impl Target {
         Ok(figures(n as f64 / elapsed.as_secs_f64(), &mut latencies))
     }
 
-    /// `n` commands in pipelines of `CHUNK`, and each command id's position.
-    fn pipelines(&self, n: usize) -> (HashMap<String, usize>, Vec<redis::Pipeline>) {
+    /// `n` commands in pipelines of `CHUNK`, the roles taking them in turn (each pipeline
+    /// with its role's index and size), and each command id's position.
+    fn pipelines(&self, n: usize) -> (HashMap<String, usize>, Vec<RolePipeline>) {
         let mut index = HashMap::with_capacity(n);
-        let mut pipes = Vec::with_capacity(n.div_ceil(CHUNK));
+        let mut pipes: Vec<RolePipeline> = Vec::with_capacity(n.div_ceil(CHUNK));
         for i in 0..n {
             if i % CHUNK == 0 {
-                pipes.push(redis::pipe());
+                let role = pipes.len() % self.roles.len();
+                pipes.push((role, 0, redis::pipe()));
             }
+            let (role, size, pipe) = pipes.last_mut().expect("pushed above");
             let (id, fields) = Self::command(i);
-            let add = pipes.last_mut().expect("pushed above").cmd("XADD");
-            add.arg(self.commands()).arg("*");
+            let add = pipe.cmd("XADD");
+            add.arg(self.commands(&self.roles[*role])).arg("*");
             for (k, v) in &fields {
                 add.arg(k).arg(v.as_slice());
             }
             add.ignore();
+            *size += 1;
             index.insert(id, i);
         }
         (index, pipes)
     }
 
-    /// One command at a time: send, wait for its result, repeat.
+    /// One command at a time to the first role: send, wait for its result, repeat.
     pub async fn one_in_flight(&mut self, samples: usize) -> anyhow::Result<Figures> {
         let mut latencies = Vec::with_capacity(samples);
         let mut after = "$".to_string();
-        let results = self.results();
+        let role = self.roles[0].clone();
+        let (commands, results) = (self.commands(&role), self.results(&role));
+        let mut reader = self.redis.dedicated(READ_BLOCK).await?;
         let start = Instant::now();
         for i in 0..samples {
             let (id, fields) = Self::command(i);
             let sent = Instant::now();
             let mut add = redis::cmd("XADD");
-            add.arg(self.commands()).arg("*");
+            add.arg(&commands).arg("*");
             for (k, v) in &fields {
                 add.arg(k).arg(v.as_slice());
             }
@@ -165,7 +191,7 @@ impl Target {
                     .arg("STREAMS")
                     .arg(&results)
                     .arg(&after)
-                    .query_async(&mut self.reader)
+                    .query_async(&mut reader)
                     .await?;
                 let entries: Vec<_> = parse_read(reply)?
                     .into_iter()
@@ -190,20 +216,41 @@ impl Target {
         ))
     }
 
+    /// Deletes every key of the prefix, on every master.
     pub async fn cleanup(&mut self) -> anyhow::Result<()> {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query_async(&mut self.writer)
-            .await?;
-        for chunk in keys.chunks(1000) {
+        let scan = |cursor: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000);
+            cmd
+        };
+        let mut keys = Vec::new();
+        for (node, mut reply) in self.writer.on_every_master(&scan(0)).await? {
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::from_redis_value(reply)?;
+                keys.extend(found);
+                if next == 0 {
+                    break;
+                }
+                reply = self.writer.on_node(node.as_deref(), &scan(next)).await?;
+            }
+        }
+        // One key per request: on a cluster they are in many slots.
+        for key in keys {
             let _: () = redis::cmd("DEL")
-                .arg(chunk)
+                .arg(key)
                 .query_async(&mut self.writer)
                 .await?;
         }
         Ok(())
     }
 }
+
+/// The longest blocking read of results.
+const READ_BLOCK: Duration = Duration::from_secs(10);
 
 fn correlation(fields: &[(String, Vec<u8>)]) -> Option<String> {
     fields
@@ -215,7 +262,7 @@ fn correlation(fields: &[(String, Vec<u8>)]) -> Option<String> {
 /// Reads the result stream until `n` entries have arrived; each reply is kept undecoded with
 /// the time it arrived.
 async fn read_results(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     stream: &str,
     n: usize,
 ) -> anyhow::Result<Vec<(redis::Value, Instant)>> {

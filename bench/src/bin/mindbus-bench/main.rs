@@ -1,7 +1,9 @@
 //! `mindbus-bench`: command round trips through K echo agent processes, printed beside a
 //! raw-Redis baseline measured in the same run (a tuned consumer written with plain redis
 //! commands and no MindBus code: each round trip carries a batch's results, one XACK and
-//! the next blocking read), with the CPU each party spent per round trip.
+//! the next blocking read), with the CPU each party spent per round trip. On a Redis Cluster
+//! (any node's URL) with `--roles N`, the load spreads over N echo roles, so over the
+//! masters their slots are on, and Redis's CPU is summed over every master.
 
 mod cpu;
 mod load;
@@ -25,9 +27,12 @@ struct Args {
     /// Commands sent in the throughput run.
     #[arg(long, default_value_t = 50_000)]
     commands: usize,
-    /// Agent processes (MindBus) and consumer processes (raw).
+    /// Agent processes (MindBus) and consumer processes (raw), per role.
     #[arg(long, default_value_t = 1)]
     agents: usize,
+    /// Echo roles the load is spread over (`echo`, or `echo-0` .. `echo-<N-1>`).
+    #[arg(long, default_value_t = 1)]
+    roles: usize,
     /// Round trips in the one-in-flight latency run.
     #[arg(long, default_value_t = 2_000)]
     samples: usize,
@@ -49,6 +54,8 @@ enum Mode {
         #[arg(long)]
         prefix: String,
         #[arg(long)]
+        role: String,
+        #[arg(long)]
         redis_url: String,
     },
 }
@@ -56,18 +63,24 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Mode::RawAgent { prefix, redis_url }) = args.mode {
-        return raw::serve(&redis_url, &prefix).await;
+    if let Some(Mode::RawAgent {
+        prefix,
+        role,
+        redis_url,
+    }) = args.mode
+    {
+        return raw::serve(&redis_url, &prefix, &role).await;
     }
-    let client = redis::Client::open(args.redis_url.as_str())?;
-    let mut info = client.get_multiplexed_async_connection().await?;
+    let redis = mindbus::streams::Redis::open(&args.redis_url.clone().into())?;
+    let mut info = redis.shared().await?;
+    let masters = cpu::masters(&mut info).await;
     let mut rounds = Vec::new();
     for round in 0..args.rounds.max(1) {
         // Alternate which goes first, so a machine that speeds up or slows down during the
         // run does not favour one side.
         let raw_first = round % 2 == 0;
-        let first = measure(&args, &client, &mut info, raw_first).await?;
-        let second = measure(&args, &client, &mut info, !raw_first).await?;
+        let first = measure(&args, &redis, &mut info, raw_first).await?;
+        let second = measure(&args, &redis, &mut info, !raw_first).await?;
         let (raw, mb) = if raw_first {
             (first, second)
         } else {
@@ -76,20 +89,22 @@ async fn main() -> anyhow::Result<()> {
         print_round(round + 1, &raw, &mb);
         rounds.push((raw, mb));
     }
-    print_table(&args, &rounds);
+    print_table(&args, masters, &rounds);
     Ok(())
 }
 
 /// One run of the throughput and one-in-flight measurements against fresh consumers.
 async fn measure(
     args: &Args,
-    client: &redis::Client,
-    info: &mut redis::aio::MultiplexedConnection,
+    redis: &mindbus::streams::Redis,
+    info: &mut mindbus::streams::Connection,
     raw: bool,
 ) -> anyhow::Result<Row> {
     let name = if raw { "raw" } else { "mb" };
-    let mut target = Target::new(client, &format!("bench-{name}-{}", std::process::id())).await?;
-    let children = spawn(args, &target.prefix, raw)?;
+    let prefix = format!("bench-{name}-{}", std::process::id());
+    let roles = roles(args.roles);
+    let mut target = Target::new(redis, &prefix, &roles).await?;
+    let children = spawn(args, &target.prefix, &roles, raw)?;
     let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
     target.wait_consumers(args.agents).await?;
     let before = Usage::now(info, &pids).await;
@@ -101,42 +116,55 @@ async fn measure(
     Ok(Row { many, one, cpu })
 }
 
-fn spawn(args: &Args, prefix: &str, raw: bool) -> anyhow::Result<Vec<Child>> {
+/// The echo roles of a run with `n` of them.
+fn roles(n: usize) -> Vec<String> {
+    match n {
+        0 | 1 => vec!["echo".to_owned()],
+        n => (0..n).map(|i| format!("echo-{i}")).collect(),
+    }
+}
+
+fn spawn(args: &Args, prefix: &str, roles: &[String], raw: bool) -> anyhow::Result<Vec<Child>> {
     let me = std::env::current_exe()?;
-    (0..args.agents)
-        .map(|_| {
-            let mut cmd = if raw {
-                let mut cmd = Command::new(&me);
-                cmd.args([
-                    "raw-agent",
-                    "--prefix",
-                    prefix,
-                    "--redis-url",
-                    &args.redis_url,
-                ]);
-                cmd
-            } else {
-                let mut cmd = Command::new(me.with_file_name("mindbus-agent"));
-                cmd.args([
-                    "--role",
-                    "echo",
-                    "--prefix",
-                    prefix,
-                    "--redis-url",
-                    &args.redis_url,
-                    "--concurrency",
-                    "512",
-                ])
-                .env("MINDBUS_AGENT__EVENTS", &args.events);
-                cmd
-            };
-            cmd.env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting an agent (build with --bins)")
-        })
-        .collect()
+    let each = roles
+        .iter()
+        .flat_map(|role| std::iter::repeat_n(role, args.agents));
+    each.map(|role| {
+        let mut cmd = if raw {
+            let mut cmd = Command::new(&me);
+            cmd.args([
+                "raw-agent",
+                "--prefix",
+                prefix,
+                "--role",
+                role,
+                "--redis-url",
+                &args.redis_url,
+            ]);
+            cmd
+        } else {
+            let mut cmd = Command::new(me.with_file_name("mindbus-agent"));
+            cmd.args([
+                "--role",
+                role,
+                "--echo",
+                "--prefix",
+                prefix,
+                "--redis-url",
+                &args.redis_url,
+                "--concurrency",
+                "512",
+            ])
+            .env("MINDBUS_AGENT__EVENTS", &args.events);
+            cmd
+        };
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting an agent (build with --bins)")
+    })
+    .collect()
 }
 
 async fn stop(children: Vec<Child>) {
@@ -207,15 +235,16 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn print_table(args: &Args, rounds: &[(Row, Row)]) {
+fn print_table(args: &Args, masters: usize, rounds: &[(Row, Row)]) {
     let rows = [
         ("raw redis", median_row(rounds.iter().map(|(raw, _)| raw))),
         ("mindbus", median_row(rounds.iter().map(|(_, mb)| mb))),
     ];
     println!(
-        "\n{} commands through {} echo process(es) (agent.events: {}); one-in-flight: {} round \
-         trips; median of {} round(s)",
+        "\n{} commands over {} role(s) on {masters} Redis master(s), {} echo process(es) per role \
+         (agent.events: {}); one-in-flight: {} round trips; median of {} round(s)",
         args.commands,
+        args.roles.max(1),
         args.agents,
         args.events,
         args.samples,

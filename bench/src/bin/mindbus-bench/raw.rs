@@ -1,25 +1,46 @@
 //! The baseline consumer: plain redis commands, no MindBus code, tuned as a hand-written
 //! consumer would be. After its first read, each round trip to Redis carries a batch's
-//! results, one XACK of the batch and the next blocking XREADGROUP, in one pipeline.
+//! results, one XACK of the batch and the next blocking XREADGROUP, in one pipeline (all of
+//! one role's keys, so one slot on a Redis Cluster, where it uses redis-rs's cluster client).
 
 use std::time::Duration;
 
 use redis::Value;
+use redis::aio::ConnectionLike;
 
-pub async fn serve(url: &str, prefix: &str) -> anyhow::Result<()> {
+pub async fn serve(url: &str, prefix: &str, role: &str) -> anyhow::Result<()> {
     let client = redis::Client::open(url)?;
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
-    let stream = format!("{prefix}:cmd:{{echo}}");
-    let results = format!("{prefix}:result:{{echo}}");
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut conn)
+        .await?;
+    if info.contains("cluster_enabled:1") {
+        let cluster = redis::cluster::ClusterClient::builder([url])
+            .response_timeout(Duration::from_secs(10))
+            .build()?;
+        consume(cluster.get_async_connection().await?, prefix, role).await
+    } else {
+        consume(conn, prefix, role).await
+    }
+}
+
+async fn consume<C: ConnectionLike + Send>(
+    mut conn: C,
+    prefix: &str,
+    role: &str,
+) -> anyhow::Result<()> {
+    let stream = format!("{prefix}:cmd:{{{role}}}");
+    let results = format!("{prefix}:result:{{{role}}}");
     let consumer = format!("raw-{}", std::process::id());
     let _: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&stream)
-        .arg("echo")
+        .arg(role)
         .arg("0")
         .arg("MKSTREAM")
         .query_async(&mut conn)
@@ -27,7 +48,7 @@ pub async fn serve(url: &str, prefix: &str) -> anyhow::Result<()> {
     // A blocked read does not register the consumer on Redis 7.0; a plain one does.
     let _: Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg("echo")
+        .arg(role)
         .arg(&consumer)
         .arg("COUNT")
         .arg(1)
@@ -39,7 +60,7 @@ pub async fn serve(url: &str, prefix: &str) -> anyhow::Result<()> {
     let read = || {
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
-            .arg("echo")
+            .arg(role)
             .arg(&consumer)
             .arg("COUNT")
             .arg(512)
@@ -61,7 +82,7 @@ pub async fn serve(url: &str, prefix: &str) -> anyhow::Result<()> {
         // next blocking read.
         let mut pipe = redis::pipe();
         let mut ack = redis::cmd("XACK");
-        ack.arg(&stream).arg("echo");
+        ack.arg(&stream).arg(role);
         for (id, fields) in &entries {
             let mut add = redis::cmd("XADD");
             add.arg(&results)
