@@ -126,8 +126,8 @@ fn wait_answering(url: &str) {
     panic!("private redis-server at {url} did not start");
 }
 
-/// A Redis Cluster of the test's own: `masters` nodes (three at least) on free ports, the
-/// slots spread over them by `redis-cli --cluster create`, no replicas, nothing on disk but
+/// A Redis Cluster of the test's own: `masters` nodes (one, or three or more) on free ports,
+/// the slots spread over them by `redis-cli --cluster create` (or all on the one), no replicas, nothing on disk but
 /// the nodes' cluster files. Stopped when dropped.
 #[derive(Debug)]
 pub struct PrivateCluster {
@@ -167,12 +167,26 @@ impl PrivateCluster {
             cluster.ports.push(port);
             wait_answering(&format!("redis://127.0.0.1:{port}"));
         }
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .status();
+        let created = match cluster.ports.as_slice() {
+            // `--cluster create` wants three masters; one takes every slot itself.
+            [port] => Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "CLUSTER",
+                    "ADDSLOTSRANGE",
+                    "0",
+                    "16383",
+                ])
+                .stdout(Stdio::null())
+                .status(),
+            ports => Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .stdout(Stdio::null())
+                .status(),
+        };
         assert!(
             created.is_ok_and(|s| s.success()),
             "redis-cli --cluster create"

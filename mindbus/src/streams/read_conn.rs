@@ -165,7 +165,11 @@ impl ReadConnection {
     /// Reconnects to `node` (`host:port`, as a redirect names it), with the same
     /// credentials.
     async fn move_to(&mut self, node: &str) -> Result<(), Error> {
-        let (host, port) = super::server::parse_node(node)?;
+        let asked = match self.info.addr() {
+            ConnectionAddr::Tcp(host, _) => host.clone(),
+            _ => String::new(),
+        };
+        let (host, port) = super::server::parse_node(node, &asked)?;
         let info = self.info.clone().set_addr(ConnectionAddr::Tcp(host, port));
         *self = Self::connect(&info, self.connect_timeout, self.timeout).await?;
         Ok(())

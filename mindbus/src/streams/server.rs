@@ -53,6 +53,15 @@ impl Redis {
         self.client.get_connection_info().addr().to_string()
     }
 
+    /// The host the URL names (the one way in to a cluster whose nodes do not know their
+    /// own addresses).
+    fn host(&self) -> String {
+        match self.connection_info().addr() {
+            ConnectionAddr::Tcp(host, _) => host.clone(),
+            _ => String::new(),
+        }
+    }
+
     /// What the connections of the agents' read loops are made from.
     pub(crate) fn connection_info(&self) -> &ConnectionInfo {
         self.client.get_connection_info()
@@ -222,7 +231,7 @@ impl Redis {
         node: &str,
         timeout: Duration,
     ) -> Result<ReadConnection, Error> {
-        let (host, port) = parse_node(node)?;
+        let (host, port) = parse_node(node, &self.host())?;
         let info = self
             .connection_info()
             .clone()
@@ -252,11 +261,16 @@ impl Redis {
     }
 }
 
-/// A cluster node's `host:port` (as redirects and the cluster's own replies name it).
-pub(crate) fn parse_node(node: &str) -> Result<(String, u16), Error> {
-    node.rsplit_once(':')
-        .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
-        .ok_or_else(|| Error::Protocol(format!("bad cluster node address {node:?}")))
+/// A cluster node's `host:port` (as redirects and the cluster's own replies name it). A
+/// node that does not know its own address (a cluster of one, never told) is named with an
+/// empty host, which means the host the request went to: `asked`.
+pub(crate) fn parse_node(node: &str, asked: &str) -> Result<(String, u16), Error> {
+    let (host, port) = node
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+        .ok_or_else(|| Error::Protocol(format!("bad cluster node address {node:?}")))?;
+    let host = if host.is_empty() { asked } else { host };
+    Ok((host.to_owned(), port))
 }
 
 /// A connection for requests that do not block: to one server (reconnecting after a
@@ -371,7 +385,7 @@ impl Connection {
     pub async fn on_node(&mut self, node: Option<&str>, cmd: &Cmd) -> Result<Value, Error> {
         match (self, node) {
             (Connection::Cluster(c), Some(node)) => {
-                let (host, port) = parse_node(node)?;
+                let (host, port) = parse_node(node, "")?;
                 let routing =
                     RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
                 Ok(c.route_command(cmd.clone(), routing).await?)

@@ -1,5 +1,5 @@
-//! The core cases on a Redis Cluster of the test's own (three masters): a round trip from
-//! redis-cli and from Python, an agent killed mid-command, poison to the dead letters, runs
+//! The core cases on a Redis Cluster of the test's own (three masters, and one): a round
+//! trip from redis-cli and from Python, an agent killed mid-command, poison to the dead letters, runs
 //! through an orchestrator and monitor kill recorded exactly once, and a busy role's slot
 //! moved to another master while its commands flow. The gateway's cases on a cluster are
 //! among the gateway's tests.
@@ -54,6 +54,19 @@ async fn cluster_round_trip_from_redis_cli_and_python() {
     );
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["status"], "completed");
+}
+
+/// A cluster of one node, which names itself without a host (it was never told its
+/// address): commands are answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_of_one_node_answers_every_command_once() {
+    let cluster = PrivateCluster::start(1);
+    let mesh = Mesh::on(&cluster.url(), "cl-one").await;
+    let _agents = mesh.agents(2);
+    let sent = mesh.publish(200, 0).await;
+    mesh.wait_answered(&sent, Instant::now(), Duration::from_secs(60))
+        .await;
+    assert_none_lost_or_twice(&mesh.tally(&sent).await);
 }
 
 /// An agent killed with SIGKILL mid-command: its commands are reclaimed and answered once.
