@@ -2,15 +2,30 @@
 //
 //   node publish.mjs [role] [type] [data-json]
 //
-// Environment: REDIS_URL (default redis://127.0.0.1:6379), MINDBUS_PREFIX (default mindbus).
+// Environment: REDIS_URL (default redis://127.0.0.1:6379; a Redis Cluster node works too),
+// MINDBUS_PREFIX (default mindbus).
 // Prints the result entry's fields as one JSON object.
 import { randomUUID } from "node:crypto";
-import { createClient } from "redis";
+import { createClient, createCluster } from "redis";
 
 const [role = "echo", type = "echo.say", data = '{"text":"hi from node"}'] = process.argv.slice(2);
 const prefix = process.env.MINDBUS_PREFIX ?? "mindbus";
-const client = createClient({ url: process.env.REDIS_URL ?? "redis://127.0.0.1:6379" });
-await client.connect();
+const url = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+
+/** A client of the Redis at `url`, or of its cluster when it is a cluster node. */
+async function connect(url) {
+  const client = createClient({ url });
+  await client.connect();
+  if (!(await client.info("cluster")).includes("cluster_enabled:1")) {
+    return client;
+  }
+  await client.quit();
+  const cluster = createCluster({ rootNodes: [{ url }] });
+  await cluster.connect();
+  return cluster;
+}
+
+const client = await connect(url);
 
 const id = randomUUID();
 // In the role's hash tag, so on Redis Cluster it is in the slot of the role's streams.

@@ -1,5 +1,5 @@
 //! The core cases on a Redis Cluster of the test's own (three masters, and one): a round
-//! trip from redis-cli and from Python, an agent killed mid-command, poison to the dead letters, runs
+//! trip from redis-cli, Python and node, an agent killed mid-command, poison to the dead letters, runs
 //! through an orchestrator and monitor kill recorded exactly once, and a busy role's slot
 //! moved to another master while its commands flow. The gateway's cases on a cluster are
 //! among the gateway's tests.
@@ -19,9 +19,9 @@ use crate::mesh::Mesh;
 use crate::testenv;
 
 /// A command published with `redis-cli -c` names a reply stream and blocks on it; the
-/// Python example publishes and waits the same way: both get their result.
+/// Python and node examples publish and wait the same way: each gets its result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_round_trip_from_redis_cli_and_python() {
+async fn cluster_round_trip_from_redis_cli_python_and_node() {
     let cluster = PrivateCluster::start(3);
     let mesh = Mesh::on(&cluster.url(), "cl-trip").await;
     let _agents = mesh.agents(1);
@@ -38,22 +38,27 @@ async fn cluster_round_trip_from_redis_cli_and_python() {
         "{answer}"
     );
 
-    let out = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/python/publish.py"
-        ))
-        .env("REDIS_URL", cluster.url())
-        .env("MINDBUS_PREFIX", &mesh.prefix)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "publish.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(result["status"], "completed");
+    for (program, example) in [
+        ("python3", "python/publish.py"),
+        ("node", "node/publish.mjs"),
+    ] {
+        let out = std::process::Command::new(program)
+            .arg(format!(
+                "{}/../examples/{example}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .env("REDIS_URL", cluster.url())
+            .env("MINDBUS_PREFIX", &mesh.prefix)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["status"], "completed", "{example}");
+    }
 }
 
 /// A cluster of one node, which names itself without a host (it was never told its
