@@ -36,6 +36,29 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The examples in other languages (`examples/`).
+pub fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Runs the publishing example `script` (under `examples/`) with `program` against the
+/// Redis at `url` and the key prefix `prefix`, and returns the result it prints; fails the
+/// test when it fails.
+pub fn run_example(program: &str, script: &str, url: &str, prefix: &str) -> serde_json::Value {
+    let out = std::process::Command::new(program)
+        .arg(examples().join(script))
+        .env("REDIS_URL", url)
+        .env("MINDBUS_PREFIX", prefix)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the example prints its result as JSON")
+}
+
 /// The entries of `stream` pending in `group`: (entry, consumer, deliveries).
 pub async fn pending<C: ConnectionLike + Send>(
     conn: &mut C,

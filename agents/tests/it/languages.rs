@@ -1,17 +1,14 @@
 //! Any language: Python and node publish and read results; a Python agent serves a role.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use mindbus::wire::{Origin, derived_id};
 use serde_json::{Value, json};
 
-use crate::support::Mesh;
+use mindbus_testkit::examples;
 
-fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
+use crate::support::Mesh;
 
 /// `examples/python/agent.py` serving one `shout` command.
 fn python_agent(mesh: &Mesh) -> tokio::process::Child {
@@ -27,18 +24,7 @@ fn python_agent(mesh: &Mesh) -> tokio::process::Child {
 }
 
 fn run_example(mesh: &Mesh, program: &str, script: &str) -> Value {
-    let out = std::process::Command::new(program)
-        .arg(examples().join(script))
-        .env("REDIS_URL", &mesh.url)
-        .env("MINDBUS_PREFIX", &mesh.prefix)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    mindbus_testkit::run_example(program, script, &mesh.url, &mesh.prefix)
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mindbus::keys::Stream;
 use mindbus::wire::{Command, ErrorType, MessageId, Payload, Status};
 use mindbus_testkit::servers::PrivateCluster;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
 
 use super::{
@@ -42,21 +42,7 @@ async fn cluster_round_trip_from_redis_cli_python_and_node() {
         ("python3", "python/publish.py"),
         ("node", "node/publish.mjs"),
     ] {
-        let out = std::process::Command::new(program)
-            .arg(format!(
-                "{}/../examples/{example}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .env("REDIS_URL", cluster.url())
-            .env("MINDBUS_PREFIX", &mesh.prefix)
-            .output()
-            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-        assert!(
-            out.status.success(),
-            "{example}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let result = mindbus_testkit::run_example(program, example, &cluster.url(), &mesh.prefix);
         assert_eq!(result["status"], "completed", "{example}");
     }
 }
