@@ -1,3 +1,4 @@
+#!lua
 -- Writes a run of an agent's finished commands, in order, atomically.
 -- KEYS: commands, results, events, deadletters, then every done key and reply stream the
 -- batch names (all of them under the role's hash tag, so in one Redis Cluster slot).
@@ -11,9 +12,12 @@
 -- the entry ends acknowledged. An entry that is not pending may also be one Redis lost with
 -- its data (a restart without persistence): if the stream has no record of reaching that
 -- entry, nobody answered it, and its result is accepted.
--- Every write that can fail comes before the acknowledgement, the dead letter first: a
--- script that fails keeps the writes it made, so a failure leaves the entry pending (to be
--- finished again), never acknowledged without its result or dead letter. The senders bound
+-- The acknowledgement comes first and says whether the entry was pending (one command
+-- where a pending check and an acknowledgement took two). Nothing after it can fail: the
+-- script is declared (`#!lua`), so Redis refuses it whole when out of memory instead of
+-- failing a write midway, and every stream it writes is checked to be a stream before
+-- anything is written. A retried batch finds the entries it acknowledged not pending, so
+-- a finish is never written twice. The senders bound
 -- each group of fields (commands have at most 1,000 fields; a larger dead letter carries
 -- its entry packed in one field), so no call passes Lua's limit on arguments.
 -- Returns one 1 (accepted) or 0 (duplicate) per finished command; a duplicate's event is
@@ -109,13 +113,6 @@ local function plain_reply(key)
   return type(groups) ~= 'table' or groups.err ~= nil or #groups == 0
 end
 
--- Whether the entry is pending in the group (a group Redis lost with its data reads as
--- not pending, so the lost-entry check below decides).
-local function pending(entry)
-  local row = redis.pcall('XPENDING', commands, group, entry, entry, 1)
-  return type(row) == 'table' and row.err == nil and #row > 0
-end
-
 -- The streams this script writes must be streams (or not exist yet): checked before any
 -- write, so a key of another type fails the batch having written nothing.
 for _, key in ipairs({results, events, dlq}) do
@@ -138,7 +135,8 @@ while i <= last do
   local ln = tonumber(ARGV[lstart - 1])
   i = lstart + ln
   done_count = done_count + 1
-  local first = entry == '' or pending(entry) or not acknowledged_before(entry)
+  local first = entry == '' or call('XACK', commands, group, entry) == 1
+    or not acknowledged_before(entry)
   if first and done and call('EXISTS', done) == 1 then
     first = false
   end
@@ -164,9 +162,6 @@ while i <= last do
       duplicate(estart, en)
     end
     accepted[done_count] = 0
-  end
-  if entry ~= '' then
-    call('XACK', commands, group, entry)
   end
 end
 return accepted
