@@ -159,3 +159,57 @@ async fn a_redis_that_forgot_the_finish_script_is_given_it_again() {
     );
     drop(server);
 }
+
+/// Redis out of memory while commands run: their finishes are refused whole (none is
+/// acknowledged without its result), and once memory is back each is answered once. A
+/// finish that acknowledged and then failed its write would lose its command.
+#[tokio::test]
+async fn finishes_refused_out_of_memory_are_answered_once_memory_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = PrivateRedis::start(dir.path(), Persistence::None);
+    let mesh = Mesh::on(&server.url(), "oom").await;
+    let _agent = mesh.agent(&[]);
+    mesh.wait_consumers(1).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let command = Command::new("echo.say", Payload::json(json!({"i": i, "sleep_ms": 1500})));
+        mesh.bus.publish("echo", &command).await.unwrap();
+        sent.push(command.envelope.id);
+    }
+    crate::testenv::eventually(
+        Duration::from_secs(10),
+        "the agent took every command",
+        || async { (mesh.pending().await.len() == 20).then_some(()) },
+    )
+    .await;
+    let mut conn = mesh.bus.connection();
+    let config = |value: &str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(value);
+        cmd
+    };
+    let () = config("1").query_async(&mut conn).await.unwrap();
+    // The finishes are tried while memory is out: refused (an OOM error), or, were a
+    // finish to acknowledge and then fail its write, an entry no longer pending.
+    crate::testenv::eventually(Duration::from_secs(20), "a finish was tried", || async {
+        let stats: String = redis::cmd("INFO")
+            .arg("errorstats")
+            .query_async(&mut mesh.bus.connection())
+            .await
+            .ok()?;
+        (stats.contains("errorstat_OOM") || mesh.pending().await.len() < 20).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mesh.pending().await.len(),
+        20,
+        "a command was acknowledged without its result"
+    );
+    let () = config("0").query_async(&mut conn).await.unwrap();
+    let results = mesh.wait_results(20, Duration::from_secs(30)).await;
+    let counts = by_command(&results);
+    assert!(
+        sent.iter().all(|id| counts.get(id) == Some(&1)),
+        "every command answered once: {counts:?}"
+    );
+}
