@@ -9,7 +9,6 @@ use mindbus::config::RedisConfig;
 use mindbus::streams::parse_read;
 use mindbus::wire::{CommandResult, DeadLetter, EntryId, Event, Fields, Origin};
 use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -230,40 +229,32 @@ impl Mesh {
 
     /// Waits until `stream` has at least `n` entries.
     pub async fn wait_len(&self, stream: &str, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{stream} did not reach {n} entries in {timeout:?}");
+        crate::testenv::eventually(timeout, &what, || async {
             let len: usize = redis::cmd("XLEN")
                 .arg(stream)
                 .query_async(&mut self.bus.connection())
                 .await
-                .unwrap();
-            if len >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{stream} has {len} of {n} entries after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .ok()?;
+            (len >= n).then_some(())
+        })
+        .await;
     }
 
     /// Waits until the echo group has `n` consumers that have read at least once.
     pub async fn wait_consumers(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let consumers: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+        let what = format!("{n} consumers did not join");
+        crate::testenv::eventually(Duration::from_secs(20), &what, || async {
+            let consumers: Vec<redis::Value> = redis::cmd("XINFO")
                 .arg("CONSUMERS")
                 .arg(self.stream("cmd:{echo}"))
                 .arg("echo")
                 .query_async(&mut self.bus.connection())
-                .await;
-            if consumers.is_ok_and(|c| c.len() >= n) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{n} consumers did not join");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .await
+                .ok()?;
+            (consumers.len() >= n).then_some(())
+        })
+        .await;
     }
 }
 

@@ -36,13 +36,11 @@ fn start(port: u16) -> PrivateRedis {
 
 async fn connected(url: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(url).unwrap();
-    for _ in 0..200 {
-        if let Ok(conn) = client.get_multiplexed_async_connection().await {
-            return conn;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("private redis-server did not start");
+    let what = "private redis-server did not start";
+    mindbus_testkit::testenv::eventually(Duration::from_secs(5), what, || async {
+        client.get_multiplexed_async_connection().await.ok()
+    })
+    .await
 }
 
 fn read(count: usize, block_ms: Option<u64>) -> redis::Cmd {

@@ -55,16 +55,15 @@ async fn kill_9_of_the_monitor_mid_batch_loses_and_duplicates_nothing() {
     let pool = db.pool().await;
     publish(&mesh, 0, 3_000).await;
     // Kill it once it has recorded something but not everything.
-    loop {
+    let what = "the first monitor recorded nothing";
+    crate::testenv::eventually(Duration::from_secs(30), what, || async {
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM mindbus_entries")
             .fetch_one(&pool)
             .await
-            .unwrap_or(0);
-        if rows > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            .ok()?;
+        (rows > 0).then_some(())
+    })
+    .await;
     kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGKILL).unwrap();
     publish(&mesh, 3_000, 4_000).await;
     let _second = mesh.monitor(&db, &["--lease-ms", "1000"]);

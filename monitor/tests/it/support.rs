@@ -115,11 +115,12 @@ impl Mesh {
 
     /// Waits until the results stream holds `n` entries.
     pub async fn wait_results(&self, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.len(&self.stream("result:{echo}")).await < n {
-            assert!(Instant::now() < deadline, "results did not reach {n}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("results did not reach {n}");
+        let stream = self.stream("result:{echo}");
+        crate::testenv::eventually(timeout, &what, || async {
+            (self.len(&stream).await >= n).then_some(())
+        })
+        .await;
     }
 }
 
