@@ -14,6 +14,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use redis::Cmd;
 use redis::cluster_routing::Slot;
 
+use super::server::by_slot;
 use super::{ReadConnection, Redis, StreamEntry};
 use crate::Error;
 
@@ -23,10 +24,6 @@ const UNBLOCK_AGAIN: Duration = Duration::from_millis(20);
 
 /// What a read returns: entries by stream.
 pub type StreamsRead = Vec<(String, Vec<StreamEntry>)>;
-
-/// Streams read with one command: those of one slot (or all, on one server), each with the
-/// id to read after.
-type Group<'a> = (Option<Slot>, Vec<(&'a str, &'a str)>);
 
 /// Blocking reads of a set of streams; see the module documentation.
 #[derive(Debug)]
@@ -65,14 +62,7 @@ impl Reads {
         streams: &[(&str, &str)],
     ) -> Result<StreamsRead, Error> {
         let cluster = self.redis.is_cluster().await?;
-        let mut groups: Vec<Group> = Vec::new();
-        for &(stream, position) in streams {
-            let slot = cluster.then(|| Slot::for_key(stream));
-            match groups.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, group)) => group.push((stream, position)),
-                None => groups.push((slot, vec![(stream, position)])),
-            }
-        }
+        let groups = by_slot(streams.iter().copied(), |(stream, _)| stream, cluster);
         self.conns.retain(|_, conn| !conn.is_broken());
         for (slot, group) in &groups {
             if !self.conns.contains_key(slot) {

@@ -261,6 +261,25 @@ impl Redis {
     }
 }
 
+/// `items` grouped by the cluster slot of each one's key, in first-seen order, when `cluster`
+/// (else all in one group, without a slot): one group per command, pipeline or script a
+/// cluster accepts.
+pub(crate) fn by_slot<T>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> &str,
+    cluster: bool,
+) -> Vec<(Option<Slot>, Vec<T>)> {
+    let mut groups: Vec<(Option<Slot>, Vec<T>)> = Vec::new();
+    for item in items {
+        let slot = cluster.then(|| Slot::for_key(key(&item)));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((slot, vec![item])),
+        }
+    }
+    groups
+}
+
 /// A cluster node's `host:port` (as redirects and the cluster's own replies name it). A
 /// node that does not know its own address (a cluster of one, never told) is named with an
 /// empty host, which means the host the request went to: `asked`.
@@ -333,20 +352,10 @@ impl Connection {
         items: impl IntoIterator<Item = T>,
         key: impl Fn(&T) -> &str,
     ) -> Vec<Vec<T>> {
-        let mut groups: Vec<(Slot, Vec<T>)> = Vec::new();
-        let single = !self.is_cluster();
-        for item in items {
-            let slot = if single {
-                Slot::for_key("")
-            } else {
-                Slot::for_key(key(&item))
-            };
-            match groups.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, group)) => group.push(item),
-                None => groups.push((slot, vec![item])),
-            }
-        }
-        groups.into_iter().map(|(_, group)| group).collect()
+        by_slot(items, key, self.is_cluster())
+            .into_iter()
+            .map(|(_, group)| group)
+            .collect()
     }
 
     /// Runs `cmd` (a keyless one, such as `SCAN`) on every master: its replies by node
