@@ -1,7 +1,9 @@
 //! Server-sent events: a command's events from its role's event stream, or a run's from the
 //! orchestrator's and its roles' event streams, each with its stream entry id as the SSE
 //! `id`, so a client that reconnects with `Last-Event-ID` loses nothing (the follower hands
-//! out the streams' merged history in entry-id order). One dedicated Redis connection per open stream, at most `max_streams` at once
+//! out the streams' merged history in entry-id order; reading starts at the `Last-Event-ID`
+//! entry itself, so a stream resumed after the command's or run's last message ends at once
+//! instead of sending what followed it on another stream). One dedicated Redis connection per open stream, at most `max_streams` at once
 //! and a key's `max_streams` of them per key. Reading starts no earlier than the reply TTL
 //! ago, so one request can never make the gateway re-read the whole event stream.
 
@@ -93,6 +95,9 @@ struct Following {
     follower: Follower,
     filter: Filter,
     reply: Option<String>,
+    /// Entries up to here were sent before (or precede the command or run): they still end
+    /// the stream, but are not sent again.
+    sent_through: EntryId,
     ready: VecDeque<SseEvent>,
     /// The last message was queued; the stream ends after this batch.
     ending: bool,
@@ -151,12 +156,18 @@ pub async fn respond(
     let start = first_read(id, resume, now_ms, state.reply_ttl_secs());
     let mut streams = sources.events;
     streams.extend(sources.reply.clone());
-    let follower =
-        Follower::after(state.bus().redis(), streams, start, Duration::from_secs(5)).await?;
+    let follower = Follower::after(
+        state.bus().redis(),
+        streams,
+        start.predecessor(),
+        Duration::from_secs(5),
+    )
+    .await?;
     let following = Following {
         follower,
         filter,
         reply: sources.reply,
+        sent_through: start,
         ready: VecDeque::new(),
         ending: false,
         done: false,
@@ -212,14 +223,18 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
                     let mut result = None;
                     for (stream, entry) in batch {
                         let Some(fields) = entry.fields else { continue };
+                        let sent = entry.id <= f.sent_through;
                         let origin = Origin {
                             stream: &stream,
                             entry: entry.id,
                         };
                         if f.reply.as_ref() == Some(&stream) {
-                            result = CommandResult::decode(fields, origin)
-                                .ok()
-                                .map(|r| (entry.id, r));
+                            let decoded = CommandResult::decode(fields, origin).ok();
+                            if sent {
+                                f.ending |= decoded.is_some();
+                            } else {
+                                result = decoded.map(|r| (entry.id, r));
+                            }
                             continue;
                         }
                         let Ok(event) = Event::decode(fields, origin) else {
@@ -227,7 +242,9 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
                         };
                         // What the streams held before the end is still sent after it.
                         if f.filter.wants(&event) {
-                            f.ready.push_back(to_sse(entry.id, &event));
+                            if !sent {
+                                f.ready.push_back(to_sse(entry.id, &event));
+                            }
                             f.ending |= f.filter.ends_with(&event);
                         }
                     }

@@ -1,7 +1,8 @@
 //! Every auth, scope, rate-limit, size and validation case, through the router without a
 //! socket.
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Response, StatusCode};
 use mindbus::wire::ORCHESTRATOR_ROLE;
 
 use crate::support::{ADMIN, ECHO, Gw, SLOW, get, json, post};
@@ -366,6 +367,57 @@ async fn invented_methods_and_paths_are_not_metric_labels() {
 #[tokio::test]
 async fn a_command_event_stream_ends_with_the_result_when_no_event_ends_it() {
     let gw = Gw::new("sseresult").await;
+    let id = send_echo(&gw).await;
+    // What an agent writing no lifecycle events leaves: the result, on the reply stream.
+    write_echo_result(&gw, &id, serde_json::json!({"n": 1})).await;
+    let stream = gw
+        .send(get(&format!("/v1/commands/{id}/events"), Some(ADMIN)))
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let text = to_end(stream).await;
+    assert!(text.contains("event: mindbus.result"), "{text}");
+    assert!(text.contains(r#""status":"completed""#), "{text}");
+}
+
+/// A stream resumed after the command's `completed` event ends at once, even where the
+/// result landed on the reply stream under a later entry id (the clock ticked between the
+/// two writes): the client has had the command's last message.
+#[tokio::test]
+async fn a_command_event_stream_resumed_after_its_end_sends_nothing_more() {
+    let gw = Gw::new("sseresume").await;
+    let id = send_echo(&gw).await;
+    let mut completed = mindbus::wire::Event::new(
+        mindbus::wire::EventKind::Completed,
+        "test",
+        id.clone(),
+        mindbus::wire::Payload::json(serde_json::json!({})),
+    );
+    completed.role = Some("echo".into());
+    let fields = completed.encode().unwrap();
+    let ended: mindbus::wire::EntryId = xadd(&format!("{}:event:{{echo}}", gw.prefix), "*", fields)
+        .await
+        .parse()
+        .unwrap();
+    let later = mindbus::wire::EntryId {
+        ms: ended.ms + 1,
+        seq: 0,
+    };
+    write_echo_result_at(&gw, &id, serde_json::json!({"n": 1}), &later.to_string()).await;
+    let events = format!("/v1/commands/{id}/events");
+    let mut resumed = get(&events, Some(ADMIN));
+    resumed
+        .headers_mut()
+        .insert("last-event-id", ended.to_string().parse().unwrap());
+    let text = to_end(gw.send(resumed).await).await;
+    assert!(!text.contains("event:"), "nothing is sent again: {text}");
+    // A stream from the start sends the event, and not the result it already stands for.
+    let text = to_end(gw.send(get(&events, Some(ADMIN))).await).await;
+    assert!(text.contains("event: mindbus.command.completed"), "{text}");
+    assert!(!text.contains("event: mindbus.result"), "{text}");
+}
+
+/// Sends an `echo.say` command as the admin key, returning its id.
+async fn send_echo(gw: &Gw) -> mindbus::wire::MessageId {
     let sent = gw
         .send(post(
             "/v1/roles/echo/commands",
@@ -374,40 +426,51 @@ async fn a_command_event_stream_ends_with_the_result_when_no_event_ends_it() {
         ))
         .await;
     assert_eq!(sent.status(), StatusCode::ACCEPTED);
-    let id: mindbus::wire::MessageId = json(sent).await["id"].as_str().unwrap().parse().unwrap();
-    // What an agent writing no lifecycle events leaves: the result, on the reply stream.
-    write_echo_result(&gw, &id, serde_json::json!({"n": 1})).await;
-    let stream = gw
-        .send(get(&format!("/v1/commands/{id}/events"), Some(ADMIN)))
-        .await;
-    assert_eq!(stream.status(), StatusCode::OK);
+    json(sent).await["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// The whole body of a response that must end within 20 s (an event stream that closes).
+async fn to_end(response: Response<Body>) -> String {
     let body = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        axum::body::to_bytes(stream.into_body(), 1 << 20),
+        axum::body::to_bytes(response.into_body(), 1 << 20),
     )
     .await
     .expect("the stream ends")
     .unwrap();
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    assert!(text.contains("event: mindbus.result"), "{text}");
-    assert!(text.contains(r#""status":"completed""#), "{text}");
+    String::from_utf8(body.to_vec()).unwrap()
 }
 
 /// Writes a completed result of echo command `id` to its reply stream, as an agent would.
 async fn write_echo_result(gw: &Gw, id: &mindbus::wire::MessageId, data: serde_json::Value) {
+    write_echo_result_at(gw, id, data, "*").await;
+}
+
+/// The same, under entry id `at`.
+async fn write_echo_result_at(
+    gw: &Gw,
+    id: &mindbus::wire::MessageId,
+    data: serde_json::Value,
+    at: &str,
+) {
     let result = mindbus::wire::CommandResult::new(
         id.clone(),
         mindbus::wire::Status::Completed,
         "test",
         mindbus::wire::Payload::json(data),
     );
+    let fields = result.encode().unwrap();
+    xadd(&format!("{}:reply:{{echo}}:{id}", gw.prefix), at, fields).await;
+}
+
+/// Adds an entry of `fields` to `stream` under id `at`, returning its id.
+async fn xadd(stream: &str, at: &str, fields: mindbus::wire::Fields) -> String {
     let mut add = redis::cmd("XADD");
-    add.arg(format!("{}:reply:{{echo}}:{id}", gw.prefix))
-        .arg("*");
-    for (name, value) in result.encode().unwrap() {
+    add.arg(stream).arg(at);
+    for (name, value) in fields {
         add.arg(name).arg(value);
     }
     let client = redis::Client::open(crate::testenv::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: String = add.query_async(&mut conn).await.unwrap();
+    add.query_async(&mut conn).await.unwrap()
 }

@@ -20,6 +20,21 @@ impl EntryId {
         ms: u64::MAX,
         seq: u64::MAX,
     };
+
+    /// The id just before this one (`0-0` stays `0-0`).
+    pub fn predecessor(self) -> EntryId {
+        match (self.ms, self.seq) {
+            (ms, 1..) => EntryId {
+                ms,
+                seq: self.seq - 1,
+            },
+            (1.., 0) => EntryId {
+                ms: self.ms - 1,
+                seq: u64::MAX,
+            },
+            (0, 0) => EntryId::ZERO,
+        }
+    }
 }
 
 impl fmt::Display for EntryId {
@@ -47,6 +62,14 @@ impl FromStr for EntryId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_predecessor_is_the_id_just_before() {
+        let id = |ms, seq| EntryId { ms, seq };
+        assert_eq!(id(5, 3).predecessor(), id(5, 2));
+        assert_eq!(id(5, 0).predecessor(), id(4, u64::MAX));
+        assert_eq!(EntryId::ZERO.predecessor(), EntryId::ZERO);
+    }
 
     #[test]
     fn parses_and_prints() {
