@@ -133,7 +133,7 @@ impl Shared {
         result.failure = failure;
         result.runid = command.runid.clone();
         result.stepid = command.stepid.clone();
-        match result.encode_packed() {
+        match result.encode_compact_packed() {
             Ok(fields) => fields,
             Err(e) => {
                 // The handler's output cannot be encoded as the command's content type.
@@ -144,7 +144,7 @@ impl Shared {
                     error: e.to_string(),
                     retryable: false,
                 });
-                result.encode_packed().unwrap_or_default()
+                result.encode_compact_packed().unwrap_or_default()
             }
         }
     }

@@ -112,8 +112,8 @@ impl Envelope {
     }
 
     /// Writes the shared attributes. Documented defaults are left off: `datacontenttype` when
-    /// it is JSON, `data` when it is JSON `null`, and `id` unless `identity` says the entry
-    /// carries it.
+    /// it is JSON, `data` when it is JSON `null`, and `id` and `time` unless `identity` says
+    /// the entry carries them.
     pub(crate) fn write(&self, w: &mut FieldWriter, identity: Identity) -> Result<(), WireError> {
         let json = self.data.content_type == ContentType::Json;
         let data = if json && self.data.value.is_null() {
@@ -121,10 +121,11 @@ impl Envelope {
         } else {
             Some(self.data.content_type.encode(&self.data.value)?)
         };
-        w.opt("id", (identity == Identity::Carried).then_some(&self.id))
+        let carried = identity == Identity::Carried;
+        w.opt("id", carried.then_some(&self.id))
             .put("type", self.ty.as_str())
             .put("source", self.source.as_str())
-            .show("time", self.time)
+            .opt("time", carried.then_some(self.time))
             .opt(
                 "datacontenttype",
                 (!json).then_some(self.data.content_type.as_str()),
@@ -136,13 +137,14 @@ impl Envelope {
     }
 }
 
-/// Whether an entry carries its own `id`.
+/// Whether an entry carries its own `id` and `time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Identity {
-    /// The `id` is written.
+    /// The `id` and `time` are written.
     Carried,
-    /// The `id` is left out: every reader derives the same one from the stream key and entry
-    /// id (its documented default).
+    /// The `id` and `time` are left out: every reader derives the same ones from the stream
+    /// key and entry id (their documented defaults). Redis then takes in two fields fewer
+    /// per entry, a quarter of a result's.
     FromEntry,
 }
 

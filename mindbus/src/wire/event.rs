@@ -134,9 +134,9 @@ impl Event {
         self.encode_as(Identity::Carried)
     }
 
-    /// Encodes the event without its `id`: every reader derives the same one from the
-    /// stream key and entry id, its documented default. Agents write their lifecycle events
-    /// this way, which saves Redis a UUID per event. An event whose id must be known before
+    /// Encodes the event without its `id` and `time`: every reader derives the same ones
+    /// from the stream key and entry id, their documented defaults. Agents write their
+    /// lifecycle events this way, which saves Redis two fields per event. An event whose id must be known before
     /// it is written, or that is written to more than one stream, needs [`Event::encode`].
     /// A write retried after a lost reply may append an event twice; the two copies then
     /// have different ids.
@@ -337,6 +337,7 @@ mod tests {
         let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
         assert!(
             !names.contains(&"id")
+                && !names.contains(&"time")
                 && !names.contains(&"datacontenttype")
                 && !names.contains(&"data"),
             "{names:?}"
@@ -347,8 +348,10 @@ mod tests {
         };
         let back = Event::decode(fields, origin).unwrap();
         assert_eq!(back.envelope.id, derived_id(origin));
+        assert_eq!(back.envelope.time.as_millisecond(), 1_700_000_000_000);
         let mut expected = event;
         expected.envelope.id = back.envelope.id.clone();
+        expected.envelope.time = back.envelope.time;
         assert_eq!(back, expected);
     }
 

@@ -152,17 +152,20 @@ impl CommandResult {
 
     /// Encodes the result as stream fields.
     pub fn encode(&self) -> Result<Fields, WireError> {
-        Ok(self.writer()?.finish())
+        Ok(self.writer(Identity::Carried)?.finish())
     }
 
-    /// [`CommandResult::encode`] into one buffer, as the agents' writer sends it.
-    pub fn encode_packed(&self) -> Result<PackedFields, WireError> {
-        Ok(self.writer()?.finish_packed())
+    /// Encodes the result without its `id` and `time`, into one buffer, as the agents'
+    /// writer sends it: every reader derives them from the stream key and entry id, their
+    /// documented defaults. The copy on a `replyto` stream then has an id of its own;
+    /// results are matched to commands by `correlationid`, never by their own id.
+    pub fn encode_compact_packed(&self) -> Result<PackedFields, WireError> {
+        Ok(self.writer(Identity::FromEntry)?.finish_packed())
     }
 
-    fn writer(&self) -> Result<FieldWriter, WireError> {
+    fn writer(&self, identity: Identity) -> Result<FieldWriter, WireError> {
         let mut w = FieldWriter::default();
-        self.envelope.write(&mut w, Identity::Carried)?;
+        self.envelope.write(&mut w, identity)?;
         w.show("correlationid", &self.correlationid)
             .show("status", self.status)
             .opt("attempt", (self.attempt != 1).then_some(self.attempt))
