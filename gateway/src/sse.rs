@@ -98,6 +98,9 @@ struct Following {
     /// Entries up to here were sent before (or precede the command or run): they still end
     /// the stream, but are not sent again.
     sent_through: EntryId,
+    /// The largest id queued: a result sent after events of later ids carries this one, so
+    /// that a client resuming after it is not sent those events again.
+    last_queued: EntryId,
     ready: VecDeque<SseEvent>,
     /// The last message was queued; the stream ends after this batch.
     ending: bool,
@@ -168,6 +171,7 @@ pub async fn respond(
         filter,
         reply: sources.reply,
         sent_through: start,
+        last_queued: start,
         ready: VecDeque::new(),
         ending: false,
         done: false,
@@ -244,6 +248,7 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
                         if f.filter.wants(&event) {
                             if !sent {
                                 f.ready.push_back(to_sse(entry.id, &event));
+                                f.last_queued = f.last_queued.max(entry.id);
                             }
                             f.ending |= f.filter.ends_with(&event);
                         }
@@ -251,7 +256,8 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
                     // The command's result is its last message when no event ended it
                     // (agents with `agent.events: failures` write no `completed`).
                     if let (false, Some((id, result))) = (f.ending, result) {
-                        f.ready.push_back(result_to_sse(id, &result));
+                        f.ready
+                            .push_back(result_to_sse(id.max(f.last_queued), &result));
                         f.ending = true;
                     }
                     // The follower hands out every stream's entries up to the same id, so what
