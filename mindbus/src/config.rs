@@ -85,13 +85,13 @@ pub struct AgentConfig {
     /// How long a `replyto` stream lives after its last result (s).
     #[schemars(range(min = 1))]
     pub reply_ttl_secs: u64,
-    /// Which lifecycle events each command writes: `all` (received, started, and how it
-    /// ended; the default, so `mindbus trace`, tails and event streams show every command's
-    /// whole timeline), `outcomes` (how it ended only: two fewer writes) or `failures`
-    /// (no event for a command that completes: its result is the completion record, and a
-    /// finish carries the result alone, about half the Redis CPU of `all`). Retries,
-    /// failures, cancellations, dead letters, duplicates and progress are written in every
-    /// mode.
+    /// Which lifecycle events each command writes: `failures` (the default: no event for a
+    /// command that completes, as its result is the completion record, and a finish carries
+    /// the result alone, so Redis spends about half the CPU per command of `all` and stays
+    /// within twice a hand-tuned raw consumer's), `outcomes` (also `completed`) or `all`
+    /// (also `received` and `started` per attempt, so `mindbus trace`, tails and event
+    /// streams show each command's queueing and handling times). Retries, failures,
+    /// cancellations, dead letters, duplicates and progress are written in every mode.
     pub events: LifecycleEvents,
     /// A hard cap on the result, event and dead-letter streams (approximate), or 0 for none.
     /// Leave it at 0 when a monitor runs: it trims without ever passing an entry some
@@ -112,7 +112,7 @@ impl Default for AgentConfig {
             dedup_ttl_secs: 86_400,
             reply_ttl_secs: 3_600,
             stream_maxlen: 0,
-            events: LifecycleEvents::All,
+            events: LifecycleEvents::Failures,
         }
     }
 }

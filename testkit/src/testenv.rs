@@ -111,23 +111,26 @@ pub fn delete_prefix(prefix: &str) {
 /// Starts an echo agent in this process (the real runtime, only not a separate binary),
 /// stopped when `stop` fires.
 pub fn spawn_echo(prefix: &str, concurrency: usize, stop: tokio_util::sync::CancellationToken) {
-    spawn_echo_on(&redis_url(), prefix, concurrency, stop);
+    let events = mindbus::config::AgentConfig::default().events;
+    spawn_echo_on(&redis_url(), prefix, concurrency, events, stop);
 }
 
-/// Like [`spawn_echo`], on the Redis (or cluster) at `url`.
+/// Like [`spawn_echo`], on the Redis (or cluster) at `url`, writing `events`.
 pub fn spawn_echo_on(
     url: &str,
     prefix: &str,
     concurrency: usize,
+    events: mindbus::config::LifecycleEvents,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let config = mindbus::config::Config {
+    let mut config = mindbus::config::Config {
         redis: mindbus::config::RedisConfig {
             url: url.to_owned().into(),
             prefix: prefix.to_owned(),
         },
         ..Default::default()
     };
+    config.agent.events = events;
     tokio::spawn(async move {
         let unused = std::path::Path::new("");
         mindbus_agents::run(&config, "echo", true, unused, Some(concurrency), stop)

@@ -16,7 +16,7 @@ const COMMANDS: usize = 2_000;
 async fn kill_9_of_one_agent_loses_nothing() {
     let mesh = Mesh::new("crash").await;
     let flags = ["--concurrency", "8", "--lease-ms", "1000"];
-    let mut agents: Vec<_> = (0..3).map(|_| mesh.agent(&flags)).collect();
+    let mut agents: Vec<_> = (0..3).map(|_| mesh.timeline_agent(&flags)).collect();
     mesh.wait_consumers(3).await;
 
     let mut ids = Vec::with_capacity(COMMANDS);

@@ -13,7 +13,7 @@ use crate::support::{Mesh, by_command};
 #[tokio::test]
 async fn an_expired_command_is_not_run() {
     let mesh = Mesh::new("deadline").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     mesh.xadd_cli(&[
         "type",
         "echo.say",
@@ -55,7 +55,7 @@ async fn a_running_command_stops_at_its_deadline() {
 #[tokio::test]
 async fn a_cancelled_long_command_stops_and_reports_canceled() {
     let mesh = Mesh::new("cancel").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 60_000})));
     let id = command.envelope.id.clone();
     mesh.bus.publish("echo", &command).await.unwrap();
@@ -81,7 +81,7 @@ async fn a_command_cancelled_before_any_agent_starts_never_runs() {
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 10})));
     mesh.bus.publish("echo", &command).await.unwrap();
     mesh.bus.cancel(&command.envelope.id).await.unwrap();
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     let result = mesh
         .wait_results(1, Duration::from_secs(20))
         .await
@@ -115,7 +115,7 @@ async fn retryable_failures_are_retried_with_backoff() {
 #[tokio::test]
 async fn sigterm_during_work_exits_0_and_loses_nothing() {
     let mesh = Mesh::new("sigterm").await;
-    let mut first = mesh.agent(&[
+    let mut first = mesh.timeline_agent(&[
         "--concurrency",
         "8",
         "--shutdown-grace-ms",
@@ -148,7 +148,7 @@ async fn sigterm_during_work_exits_0_and_loses_nothing() {
         pending.is_empty(),
         "in-flight work finished and was acknowledged before exit: {pending:?}"
     );
-    let _second = mesh.agent(&[]);
+    let _second = mesh.timeline_agent(&[]);
     let results = mesh.wait_results(total, Duration::from_secs(30)).await;
     assert_eq!(by_command(&results).len(), total, "nothing lost");
 }
@@ -156,14 +156,14 @@ async fn sigterm_during_work_exits_0_and_loses_nothing() {
 #[tokio::test]
 async fn sigterm_past_the_grace_period_hands_work_back() {
     let mesh = Mesh::new("handback").await;
-    let mut first = mesh.agent(&["--shutdown-grace-ms", "200", "--lease-ms", "1000"]);
+    let mut first = mesh.timeline_agent(&["--shutdown-grace-ms", "200", "--lease-ms", "1000"]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 3_000})));
     mesh.bus.publish("echo", &command).await.unwrap();
     mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(20))
         .await;
     kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     assert!(first.wait().await.unwrap().success());
-    let _second = mesh.agent(&["--lease-ms", "1000"]);
+    let _second = mesh.timeline_agent(&["--lease-ms", "1000"]);
     let result = mesh
         .wait_results(1, Duration::from_secs(30))
         .await
@@ -178,7 +178,7 @@ async fn sigterm_past_the_grace_period_hands_work_back() {
 #[tokio::test]
 async fn commands_with_one_idempotency_key_yield_one_accepted_result() {
     let mesh = Mesh::new("dedup").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     let keyed = |text: &str| {
         let mut command = Command::new("echo.say", Payload::json(json!({"text": text})));
         command.idempotencykey = Some("order-7".into());
@@ -233,14 +233,14 @@ async fn a_late_finish_of_a_trimmed_entry_is_still_a_duplicate() {
 
 async fn run_twice_after_a_reclaim(name: &str, trim: bool) {
     let mesh = Mesh::new(name).await;
-    let first = mesh.agent(&["--lease-ms", "1000"]);
+    let first = mesh.timeline_agent(&["--lease-ms", "1000"]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 1_500})));
     mesh.bus.publish("echo", &command).await.unwrap();
     mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(20))
         .await;
     let stalled = Pid::from_raw(first.id().unwrap() as i32);
     kill(stalled, Signal::SIGSTOP).unwrap();
-    let _second = mesh.agent(&["--lease-ms", "1000"]);
+    let _second = mesh.timeline_agent(&["--lease-ms", "1000"]);
     let results = mesh.wait_results(1, Duration::from_secs(30)).await;
     assert_eq!(results[0].attempt, 2, "the second agent ran it again");
     if trim {
@@ -266,7 +266,7 @@ async fn run_twice_after_a_reclaim(name: &str, trim: bool) {
 #[tokio::test]
 async fn a_command_whose_entry_redis_lost_while_it_ran_is_answered() {
     let mesh = Mesh::new("lostentry").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     let command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 1_000})));
     mesh.bus.publish("echo", &command).await.unwrap();
     mesh.wait_len(&mesh.stream("event:{echo}"), 2, Duration::from_secs(20))

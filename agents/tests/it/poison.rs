@@ -10,7 +10,7 @@ use crate::support::{Mesh, by_command};
 #[tokio::test]
 async fn a_command_that_always_panics_is_dead_lettered_after_maxattempts() {
     let mesh = Mesh::new("poison").await;
-    let _agent = mesh.agent(&["--concurrency", "4"]);
+    let _agent = mesh.timeline_agent(&["--concurrency", "4"]);
     let mut poison = Command::new("echo.say", Payload::json(json!({"panic": true})));
     poison.maxattempts = Some(3);
     mesh.bus.publish("echo", &poison).await.unwrap();

@@ -46,7 +46,7 @@ async fn reconnects_do_not_count_as_deliveries() {
     let dir = tempfile::tempdir().unwrap();
     let server = PrivateRedis::start(dir.path(), Persistence::None);
     let mesh = Mesh::on(&server.url(), "reconnect").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     mesh.wait_consumers(1).await;
     let mut command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 60_000})));
     command.maxattempts = Some(2);
@@ -121,7 +121,7 @@ async fn a_redis_that_forgot_the_finish_script_is_given_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let server = PrivateRedis::start(dir.path(), Persistence::None);
     let mesh = Mesh::on(&server.url(), "noscript").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     let call = |i: usize| {
         let command = Command::new("echo.say", Payload::json(json!({"i": i})));
         let id = command.envelope.id.clone();

@@ -66,7 +66,7 @@ async fn call_waits_on_a_private_reply_stream_in_both_encodings() {
 #[tokio::test]
 async fn events_trace_the_lifecycle_and_unknown_fields_survive() {
     let mesh = Mesh::new("events").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     mesh.xadd_cli(&[
         "type",
@@ -161,7 +161,7 @@ async fn cli_send_wait_prints_the_result() {
 #[tokio::test]
 async fn tail_prints_entries_of_a_quiet_stream() {
     let mesh = Mesh::new("tail").await;
-    let _agent = mesh.agent(&[]);
+    let _agent = mesh.timeline_agent(&[]);
     mesh.wait_consumers(1).await;
     let mut tail = mesh
         .cli()

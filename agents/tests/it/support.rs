@@ -53,6 +53,15 @@ impl Mesh {
             .expect("agent starts")
     }
 
+    /// Like [`Mesh::agent`], writing every lifecycle event (`agent.events: all`, not the
+    /// default), for tests that watch a command being received and started.
+    pub fn timeline_agent(&self, extra: &[&str]) -> Child {
+        self.agent_command(extra)
+            .env("MINDBUS_AGENT__EVENTS", "all")
+            .spawn()
+            .expect("agent starts")
+    }
+
     /// Like [`Mesh::agent`], writing its warnings to `log`.
     pub fn agent_logging(&self, extra: &[&str], log: std::fs::File) -> Child {
         self.agent_command(extra)
@@ -74,7 +83,7 @@ impl Mesh {
             ])
             .args(extra)
             .env("RUST_LOG", "warn")
-            // The tests assert the default lifecycle events, whatever the shell exports.
+            // The default lifecycle events, whatever the shell exports, unless a test asks.
             .env_remove("MINDBUS_AGENT__EVENTS")
             .stdout(Stdio::null())
             .kill_on_drop(true);
@@ -102,7 +111,7 @@ impl Mesh {
         mindbus_testkit::pending(&mut self.bus.connection(), &stream, "echo").await
     }
 
-    /// Whether any command's handler ever started.
+    /// Whether any command's handler ever started (known only to a [`Mesh::timeline_agent`]).
     pub async fn any_started(&self) -> bool {
         self.events()
             .await

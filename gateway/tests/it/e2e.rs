@@ -78,7 +78,8 @@ async fn commands_case(stack: &Stack) {
         .to_owned();
     let events = read_sse(
         stack.get(1, &format!("/v1/commands/{id}/events")),
-        ended_with("mindbus.command.completed"),
+        // At the defaults agents write no `completed`: the result ends the stream.
+        ended_with("mindbus.result"),
     )
     .await;
     let chunks: Vec<&str> = events
@@ -91,7 +92,7 @@ async fn commands_case(stack: &Stack) {
     // after the last event (as a browser reconnects) closes at once.
     let path = format!("/v1/commands/{id}/events");
     let replay = read_sse_to_end(stack.get(0, &path)).await;
-    assert_eq!(replay.last().unwrap().event, "mindbus.command.completed");
+    assert_eq!(replay.last().unwrap().event, "mindbus.result");
     let last = replay.last().unwrap().id.clone();
     let resumed = read_sse_to_end(stack.get(1, &path).header("last-event-id", last)).await;
     assert!(resumed.is_empty(), "{resumed:?}");

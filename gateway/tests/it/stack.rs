@@ -47,7 +47,13 @@ impl Stack {
         let prefix = unique(&format!("t-gw-e2e-{name}"));
         let db = TestDb::new(&format!("gw_{name}")).await;
         let agents = CancellationToken::new();
-        spawn_echo_on(redis, &prefix, 256, agents.clone());
+        spawn_echo_on(
+            redis,
+            &prefix,
+            256,
+            mindbus::config::AgentConfig::default().events,
+            agents.clone(),
+        );
         let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/workflows");
         // Besides the admin key from the environment, the key `SAMPLE`, held to `sample`
         // and the role `echo`.

@@ -37,9 +37,16 @@ impl Mesh {
         }
     }
 
-    /// Starts an echo agent in this process.
+    /// Starts an echo agent in this process, writing every lifecycle event, so that every
+    /// kind of entry is recorded.
     pub fn agent(&self) {
-        crate::testenv::spawn_echo(&self.prefix, 256, self.agents.clone());
+        crate::testenv::spawn_echo_on(
+            &redis_url(),
+            &self.prefix,
+            256,
+            mindbus::config::LifecycleEvents::All,
+            self.agents.clone(),
+        );
     }
 
     /// Starts a `mindbus-monitor` process writing to `db`, keeping every entry.

@@ -140,7 +140,7 @@ async fn cluster_a_busy_roles_slot_moves_to_another_master_losing_nothing() {
         .expect("a role near the start of a master's slots");
     let to = masters.iter().find(|m| m.id != from.id).unwrap().clone();
     let mesh = Mesh::of_role(&cluster.url(), "cl-reshard", &role).await;
-    let _agents = mesh.agents(2);
+    let _agents = mesh.timeline_agents(2);
     // A backlog the agents are still working through while the slot moves, and more
     // commands published during the move and after it.
     let mut sent = mesh.publish(1_500, 150).await;

@@ -65,12 +65,22 @@ impl Mesh {
 
     /// `n` echo agents: with a one-second lease and 16 slots, or the shipped defaults.
     pub fn agents(&self, n: usize) -> Vec<Child> {
+        self.agents_with(n, &[])
+    }
+
+    /// Like [`Mesh::agents`], writing every lifecycle event (`agent.events: all`), for a
+    /// test that checks none is written twice.
+    pub fn timeline_agents(&self, n: usize) -> Vec<Child> {
+        self.agents_with(n, &[("MINDBUS_AGENT__EVENTS", "all")])
+    }
+
+    fn agents_with(&self, n: usize, env: &[(&str, &str)]) -> Vec<Child> {
         let mut flags = vec!["--role", &self.role, "--echo"];
         if !shipped_defaults() {
             flags.extend(["--lease-ms", "1000", "--concurrency", "16"]);
         }
         (0..n)
-            .map(|_| self.spawn("mindbus-agent", &flags, &[]))
+            .map(|_| self.spawn("mindbus-agent", &flags, env))
             .collect()
     }
 

@@ -42,8 +42,8 @@ struct Args {
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// The agents' `agent.events`: `all` (the default), `outcomes` or `failures`.
-    #[arg(long, default_value = "all", value_parser = ["all", "outcomes", "failures"])]
+    /// The agents' `agent.events`: `failures` (the default), `outcomes` or `all`.
+    #[arg(long, default_value = "failures", value_parser = ["all", "outcomes", "failures"])]
     events: String,
 }
 
