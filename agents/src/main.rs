@@ -64,7 +64,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     agent.lease_ms = args.lease_ms.unwrap_or(agent.lease_ms);
     agent.maxattempts = args.maxattempts.unwrap_or(agent.maxattempts).max(1);
     agent.shutdown_grace_ms = args.shutdown_grace_ms.unwrap_or(agent.shutdown_grace_ms);
-    mindbus::telemetry::init(&config.log);
+    let _telemetry = mindbus::telemetry::init(&config.log, "mindbus-agent");
     let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
     mindbus_agents::run(
         &config,

@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
         return check(files);
     }
     let (config, monitor) = load(&cli)?;
-    mindbus::telemetry::init(&config.log);
+    let _telemetry = mindbus::telemetry::init(&config.log, "mindbus");
     match cli.command {
         Command::Trace { id } => return history::trace(&monitor, &id).await,
         Command::Events(args) => return history::events(&monitor, args).await,

@@ -76,8 +76,46 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             AppError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(http_span)
+                .on_response(record_status),
+        )
         .with_state(state)
+}
+
+/// A server span for each request, after OpenTelemetry's conventions for HTTP, a child of
+/// the request's `traceparent` when it has a valid one; when no traces are exported, the
+/// debug span request logs show.
+fn http_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    if !mindbus::telemetry::tracing_on() {
+        return tracing::debug_span!("request", method = %request.method(), route);
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Ok(Some(parent)) = commands::traceparent(request.headers()) {
+        mindbus::telemetry::spans::continues(&span, &parent);
+    }
+    span
+}
+
+fn record_status(response: &Response, _: Duration, span: &tracing::Span) {
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// Answers 503 (in the usual error body) when a request takes longer than `limit`.

@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         gateway.listen = listen;
     }
-    mindbus::telemetry::init(&config.log);
+    let _telemetry = mindbus::telemetry::init(&config.log, "mindbus-gateway");
     // A plain key from the environment, allowed everything (for development and demos).
     let admin_key = std::env::var("MINDBUS_GATEWAY_API_KEY").ok();
     let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;

@@ -8,7 +8,7 @@
 //! - [`group`]: the consumer-group reader (own pending, reclaiming, new entries, acks).
 //! - [`bus`]: the client: publish, wait for results, follow streams, cancel.
 //! - [`runtime`]: the agent runtime, a [`runtime::Handler`] behind a consumer-group loop.
-//! - [`telemetry`]: logging setup for the binaries.
+//! - [`telemetry`]: logs and OpenTelemetry traces for the binaries, and the spans MindBus makes.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token, for the binaries.
 //!
 //! # Invariant

@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(lease) = args.lease_ms {
         monitor.lease_ms = lease;
     }
-    mindbus::telemetry::init(&config.log);
+    let _telemetry = mindbus::telemetry::init(&config.log, "mindbus-monitor");
     match args.command.unwrap_or(Command::Run) {
         Command::Migrate => {
             let pool = mindbus_monitor::store::connect(&monitor.database_url)?;

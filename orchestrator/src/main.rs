@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(lease) = args.lease_ms {
         settings.lease_ms = lease;
     }
-    mindbus::telemetry::init(&config.log);
+    let _telemetry = mindbus::telemetry::init(&config.log, "mindbus-orchestrator");
     match args.command.unwrap_or(Command::Run) {
         Command::Migrate => {
             let pool = mindbus_orchestrator::store::connect(&settings.database_url, 1)?;

@@ -1,10 +1,11 @@
 //! What MindBus's tests need to run real parts: private Redis and PostgreSQL servers they
 //! may kill or stop ([`servers`]), the mesh's own processes ([`binary`]), every entry of a
 //! stream ([`entries`]), the shared servers' helpers ([`testenv`]), and the fault suite's
-//! checker ([`Tally`]). The fault suite itself is
+//! checker ([`Tally`]) and an OTLP receiver for the spans processes export ([`otlp`]). The fault suite itself is
 //! this crate's integration test, `tests/faults`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod otlp;
 pub mod servers;
 mod tally;
 pub mod testenv;

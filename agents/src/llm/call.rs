@@ -14,7 +14,7 @@ use genai::chat::{
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, Span, info, warn};
 
 use super::config::LlmConfig;
 use super::failure::{Failure, classify};
@@ -205,6 +205,7 @@ impl Caller {
                 text: String::new(),
             };
             let timeout = config.timeout(model);
+            let span = chat_span(model, prompt.max_tokens, attempt);
             let streamed = tokio::time::timeout(
                 timeout,
                 self.stream(
@@ -217,6 +218,7 @@ impl Caller {
                     &mut progress,
                 ),
             )
+            .instrument(span.clone())
             .await
             .unwrap_or_else(|_| {
                 Err(Streamed::Failed(Failure::Unavailable(format!(
@@ -239,6 +241,11 @@ impl Caller {
                 }
                 Err(_) => None,
             };
+            record_call(
+                &span,
+                spent.map(|(usage, ..)| usage),
+                streamed.as_ref().err(),
+            );
             let ledger = match spent {
                 Some((usage, estimated, failed)) => {
                     observer
@@ -412,4 +419,44 @@ struct Progress {
     sent: Arc<AtomicBool>,
     /// The text streamed so far.
     text: String,
+}
+
+/// A client span for one call to a model, after OpenTelemetry's conventions for generative
+/// AI: usage and cost are recorded when it ends ([`record_call`]).
+fn chat_span(model: &ModelRef, max_tokens: u32, attempt: u32) -> Span {
+    if !mindbus::telemetry::tracing_on() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "chat",
+        otel.name = format!("chat {}", model.name),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.system = model.provider.as_str(),
+        gen_ai.request.model = model.name.as_str(),
+        gen_ai.request.max_tokens = max_tokens,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        mindbus.llm.attempt = attempt,
+        mindbus.llm.cost_usd = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records what a call used, or why it failed, on its span.
+fn record_call(span: &Span, usage: Option<Usage>, failed: Option<&Streamed>) {
+    if let Some(usage) = usage {
+        span.record("gen_ai.usage.input_tokens", usage.tokens_in);
+        span.record("gen_ai.usage.output_tokens", usage.tokens_out);
+        span.record("mindbus.llm.cost_usd", usage.cost_micros as f64 / 1e6);
+    }
+    if let Some(failed) = failed {
+        let kind = match failed {
+            Streamed::Canceled => "canceled",
+            Streamed::Failed(failure) => failure.kind(),
+        };
+        span.record("error.type", kind);
+        span.record("otel.status_code", "ERROR");
+    }
 }

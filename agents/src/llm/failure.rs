@@ -26,6 +26,18 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Its name, as a trace's `error.type` shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::RateLimited(_) => "rate_limited",
+            Failure::Unavailable(_) => "unavailable",
+            Failure::ContextLength(_) => "context_length",
+            Failure::Malformed(_) => "malformed",
+            Failure::Refused(_) => "refused",
+            Failure::Fatal(_) => "fatal",
+        }
+    }
+
     /// Whether this model may be tried again.
     pub fn retry_same_model(&self) -> bool {
         matches!(

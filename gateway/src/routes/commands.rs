@@ -1,6 +1,7 @@
 //! `POST /v1/commands/{role}`, `GET /v1/commands/{id}` and `GET /v1/commands/{id}/events`.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use axum::Json;
 use axum::extract::State;
@@ -136,19 +137,24 @@ pub async fn publish(
     // claimed for a command that was never sent.
     let task = {
         let (state, role) = (state.clone(), role.clone());
-        tokio::spawn(async move {
-            let fresh = command.envelope.id.clone();
-            let route = format!("POST /v1/roles/{role}/commands");
-            let claim = idempotent(&state, &caller, &route, &body, &headers, fresh).await?;
-            if claim.first {
-                if let Err(e) = send(&state, &role, &command).await {
-                    claim.release(&state).await;
-                    return Err(e);
+        tokio::spawn(
+            async move {
+                let fresh = command.envelope.id.clone();
+                let route = format!("POST /v1/roles/{role}/commands");
+                let claim = idempotent(&state, &caller, &route, &body, &headers, fresh).await?;
+                if claim.first {
+                    if let Err(e) = send(&state, &role, &command).await {
+                        claim.release(&state).await;
+                        return Err(e);
+                    }
+                    metrics::counter!("mindbus_gateway_commands_total", "role" => role)
+                        .increment(1);
                 }
-                metrics::counter!("mindbus_gateway_commands_total", "role" => role).increment(1);
+                Ok(claim)
             }
-            Ok(claim)
-        })
+            // The command is sent within the request's span.
+            .in_current_span(),
+        )
     };
     let claim = task
         .await

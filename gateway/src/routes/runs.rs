@@ -2,6 +2,7 @@
 //! approve.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use axum::Json;
 use axum::extract::State;
@@ -201,25 +202,32 @@ pub async fn start(
     }
     // In a task of its own: a client that goes away cannot leave its Idempotency-Key
     // claimed for a start that was never sent.
-    let task = tokio::spawn(async move {
-        let fresh = command.envelope.id.clone();
-        let claim = idempotent(&state, &caller, "POST /v1/runs", &body, &headers, fresh).await?;
-        // A repeat sends the same start again: the orchestrator starts a run once per id,
-        // so it answers with the run the first request started, or starts it if that one
-        // never got through, or refuses it as it refused the first.
-        command.envelope.id = claim.id.clone();
-        match ask(&state, command, AppError::Invalid).await {
-            Ok(run) => serde_json::from_value::<RunStarted>(run)
-                .map_err(|e| AppError::Internal(anyhow::anyhow!("run.start answered {e}"))),
-            // Refused, or never sent: a retry with the same key may try again. (After a
-            // timeout the start may still happen, so the key keeps pointing at it.)
-            Err(e @ (AppError::Invalid(_) | AppError::OverQuota(_) | AppError::Internal(_))) => {
-                claim.release(&state).await;
-                Err(e)
+    let task = tokio::spawn(
+        async move {
+            let fresh = command.envelope.id.clone();
+            let claim =
+                idempotent(&state, &caller, "POST /v1/runs", &body, &headers, fresh).await?;
+            // A repeat sends the same start again: the orchestrator starts a run once per id,
+            // so it answers with the run the first request started, or starts it if that one
+            // never got through, or refuses it as it refused the first.
+            command.envelope.id = claim.id.clone();
+            match ask(&state, command, AppError::Invalid).await {
+                Ok(run) => serde_json::from_value::<RunStarted>(run)
+                    .map_err(|e| AppError::Internal(anyhow::anyhow!("run.start answered {e}"))),
+                // Refused, or never sent: a retry with the same key may try again. (After a
+                // timeout the start may still happen, so the key keeps pointing at it.)
+                Err(
+                    e @ (AppError::Invalid(_) | AppError::OverQuota(_) | AppError::Internal(_)),
+                ) => {
+                    claim.release(&state).await;
+                    Err(e)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
         }
-    });
+        // The start is sent within the request's span.
+        .in_current_span(),
+    );
     let started = task
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("starting a run: {e}")))??;

@@ -8,4 +8,5 @@ mod routes;
 mod scope;
 mod stack;
 mod support;
+mod traces;
 use mindbus_testkit::testenv;

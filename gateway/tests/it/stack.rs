@@ -44,16 +44,28 @@ impl Stack {
 
     /// The stack on the Redis (or Redis Cluster) at `redis`.
     pub async fn on(redis: &str, name: &str) -> Self {
+        Self::start(redis, name, None).await
+    }
+
+    /// The stack on the shared Redis, every process (the echo agent too) exporting its
+    /// spans to the OTLP endpoint `otlp`.
+    pub async fn traced(name: &str, otlp: &str) -> Self {
+        Self::start(&redis_url(), name, Some(otlp)).await
+    }
+
+    async fn start(redis: &str, name: &str, otlp: Option<&str>) -> Self {
         let prefix = unique(&format!("t-gw-e2e-{name}"));
         let db = TestDb::new(&format!("gw_{name}")).await;
         let agents = CancellationToken::new();
-        spawn_echo_on(
-            redis,
-            &prefix,
-            256,
-            mindbus::config::AgentConfig::default().events,
-            agents.clone(),
-        );
+        if otlp.is_none() {
+            spawn_echo_on(
+                redis,
+                &prefix,
+                256,
+                mindbus::config::AgentConfig::default().events,
+                agents.clone(),
+            );
+        }
         let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/workflows");
         // Besides the admin key from the environment, the key `SAMPLE`, held to `sample`
         // and the role `echo`.
@@ -74,12 +86,20 @@ impl Stack {
                 .env("MINDBUS_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
                 .env("MINDBUS_GATEWAY__RUNS_PER_KEY", RUNS_PER_KEY.to_string())
                 .env("RUST_LOG", "warn")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .envs(otlp.map(|endpoint| ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)))
+                // Spans sent a tenth of a second after they end, not five seconds.
+                .env("OTEL_BSP_SCHEDULE_DELAY", "100")
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap()
         };
         let mut children = vec![spawn("mindbus-orchestrator", &["--workflows", workflows])];
+        if otlp.is_some() {
+            children.push(spawn("mindbus-agent", &["--role", "echo", "--echo"]));
+        }
         let mut gateways = Vec::new();
         for _ in 0..2 {
             let address = format!("127.0.0.1:{}", free_port());

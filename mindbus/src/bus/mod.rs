@@ -19,7 +19,9 @@ use crate::Error;
 use crate::config::RedisConfig;
 use crate::keys::{Keys, validate_role};
 use crate::streams::Redis;
+use crate::telemetry::spans;
 use crate::wire::{Cancel, Command, EntryId, Fields};
+use tracing::Instrument as _;
 
 /// Approximate length the control stream is kept to.
 pub const CONTROL_MAXLEN: u64 = 10_000;
@@ -64,16 +66,26 @@ impl Bus {
     }
 
     /// Publishes `command` to `role`'s command stream and returns the stream entry id.
+    /// When traces are exported, the entry carries the context of a producer span (a
+    /// child of the current span, or of the command's own `traceparent`).
     pub async fn publish(&self, role: &str, command: &Command) -> Result<EntryId, Error> {
         validate_role(role).map_err(Error::Config)?;
-        let fields = command.encode()?;
-        xadd(
-            &mut self.conn.clone(),
-            &self.keys.commands(role),
-            None,
-            &fields,
-        )
-        .await
+        let stream = self.keys.commands(role);
+        let mut fields = command.encode()?;
+        let envelope = &command.envelope;
+        let span = match spans::producer(&stream, &envelope.id, &envelope.traceparent) {
+            Some((span, carried)) => {
+                let traceparent = fields.iter_mut().find(|(name, _)| name == "traceparent");
+                if let Some((_, value)) = traceparent {
+                    *value = carried.to_string().into_bytes();
+                }
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        xadd(&mut self.conn.clone(), &stream, None, &fields)
+            .instrument(span)
+            .await
     }
 
     /// Where results are waited for: each role's result stream, followed from the first

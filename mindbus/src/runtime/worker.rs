@@ -9,6 +9,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::Shared;
 use super::handler::{Context, HandlerError};
@@ -16,6 +17,7 @@ use super::outcome::Ending;
 use super::writer::{Finish, Write};
 use crate::config::LifecycleEvents;
 use crate::group::Delivery;
+use crate::telemetry::spans;
 use crate::wire::{
     Command, EntryId, ErrorType, EventKind, Failure, Fields, Origin, Payload, Retried, derived_id,
     field_text,
@@ -144,11 +146,16 @@ impl Shared {
             let failure = deadline_failure("the deadline passed before the command started");
             return Some(self.finish(id, &command, deliveries, Ending::Failed(failure)));
         }
-        // The delivery count is the event's `attempt`.
-        self.emit_lifecycle(EventKind::Received, &command, deliveries)
-            .await;
-        self.attempts(id, command, deliveries, max, fields, token)
-            .await
+        let span = spans::consumer(&self.stream, &self.role, &command, deliveries);
+        async {
+            // The delivery count is the event's `attempt`.
+            self.emit_lifecycle(EventKind::Received, &command, deliveries)
+                .await;
+            self.attempts(id, command, deliveries, max, fields, token)
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     /// A command whose `replyto` is not a reply stream of its role is malformed.
@@ -182,7 +189,11 @@ impl Shared {
         loop {
             self.emit_lifecycle(EventKind::Started, &command, attempt)
                 .await;
-            let failure = match self.invoke(&command, attempt, &token).await {
+            let invoked = self
+                .invoke(&command, attempt, &token)
+                .instrument(spans::attempt(attempt))
+                .await;
+            let failure = match invoked {
                 Invocation::Done(Ok(value)) => {
                     return Some(self.finish(id, &command, attempt, Ending::Completed(value)));
                 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use mindbus::runtime::{Context, Handler, HandlerError, HandlerResult};
+use mindbus::telemetry::spans;
 use mindbus::wire::{
     Approval, Command, ErrorType, GetRun, ListRuns, OVER_QUOTA, PartPage, RunChange, RunEventKind,
     RunList, RunPartPage, RunRef, RunRequest, RunRequestError, RunStarted, RunStatus, RunView,
@@ -155,7 +156,8 @@ impl Orchestrator {
             state,
             output: None,
             error: None,
-            traceparent: Some(command.envelope.traceparent.to_string()),
+            // With traces exported, the run's steps are children of this handling's span.
+            traceparent: Some(spans::current_or(command.envelope.traceparent).to_string()),
             tenant: command.tenant().map(str::to_owned),
             deadline_ms,
             owner: start.owner.clone(),

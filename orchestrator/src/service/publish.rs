@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mindbus::bus::{Bus, CONTROL_MAXLEN};
+use mindbus::telemetry::spans;
 use mindbus::wire::{Cancel, MessageId, ORCHESTRATOR_ROLE};
 use mindbus::wire::{
     Command, Envelope, Event, Extensions, Fields, Payload, RunEventKind, TraceParent,
@@ -169,9 +170,14 @@ impl Orchestrator {
     }
 }
 
-/// The trace context of something a run does: the run's trace, a span of its own.
-fn child_trace(run: &RunRow, span: &MessageId) -> Option<TraceParent> {
+/// The trace context of something a run sends to `stream`: a producer span under the run's
+/// context when traces are exported, else a span id of its own (derived from `span`) in the
+/// run's trace.
+fn child_trace(run: &RunRow, stream: &str, span: &MessageId) -> Option<TraceParent> {
     let parent: TraceParent = run.traceparent.as_deref()?.parse().ok()?;
+    if let Some((_, sent)) = spans::producer_under(stream, span, &parent) {
+        return Some(sent);
+    }
     let mut child = TraceParent::rooted_at(span);
     child.trace_id = parent.trace_id;
     child.flags = parent.flags;
@@ -198,7 +204,8 @@ pub(crate) fn command_entry(
     let mut command = Command::new(command_type, Payload::json(input));
     command.envelope.id = row.command_id.into();
     command.envelope.source = SOURCE.into();
-    if let Some(trace) = child_trace(run, &row.command_id.into()) {
+    let stream = bus.keys().commands(&row.role);
+    if let Some(trace) = child_trace(run, &stream, &row.command_id.into()) {
         command.envelope.traceparent = trace;
     }
     command.deadline = deadline_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
@@ -222,7 +229,7 @@ pub(crate) fn command_entry(
         id: 0,
         run_id: run.id,
         command_id: Some(row.command_id),
-        stream: bus.keys().commands(&row.role),
+        stream,
         maxlen: None,
         fields: text_fields(command.encode()?),
     })
@@ -253,7 +260,8 @@ pub(crate) fn event_entry(
     data: Value,
 ) -> anyhow::Result<OutboxEntry> {
     let mut envelope = Envelope::new(kind.as_str(), SOURCE, Payload::json(data));
-    if let Some(trace) = child_trace(run, &envelope.id) {
+    let stream = bus.keys().events(ORCHESTRATOR_ROLE);
+    if let Some(trace) = child_trace(run, &stream, &envelope.id) {
         envelope.traceparent = trace;
     }
     let event = Event {
@@ -269,7 +277,7 @@ pub(crate) fn event_entry(
         id: 0,
         run_id: run.id,
         command_id: None,
-        stream: bus.keys().events(ORCHESTRATOR_ROLE),
+        stream,
         maxlen: None,
         fields: text_fields(event.encode()?),
     })

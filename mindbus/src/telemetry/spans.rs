@@ -1,0 +1,133 @@
+//! The spans MindBus makes, after OpenTelemetry's semantic conventions for messaging: a
+//! producer span for each command sent, a consumer span for each delivery handled (a child
+//! of the `traceparent` its entry carries) and a span for each attempt, so one trace follows
+//! a command from whoever sent it through every process that touched it. Each helper hands
+//! out a disabled span, at the cost of a flag check, when the process exports no traces.
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::tracing_on;
+use crate::wire::{Command, MessageId, TraceParent};
+
+/// `messaging.system` of MindBus's messaging spans.
+pub const MESSAGING_SYSTEM: &str = "redis";
+
+/// A consumer span for handling `command`, delivered for the `delivery`th time from
+/// `stream` to consumer group `group`: a child of the trace context the entry carries.
+pub fn consumer(stream: &str, group: &str, command: &Command, delivery: u32) -> Span {
+    if !tracing_on() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("process {stream}"),
+        otel.kind = "consumer",
+        messaging.system = MESSAGING_SYSTEM,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = stream,
+        messaging.consumer.group.name = group,
+        messaging.message.id = %command.envelope.id,
+        messaging.message.conversation_id = command.runid.as_deref(),
+        mindbus.command.type = command.envelope.ty.as_str(),
+        mindbus.delivery = delivery,
+        mindbus.reclaimed = delivery > 1,
+    );
+    continues(&span, &command.envelope.traceparent);
+    span
+}
+
+/// A span for the `attempt`th run of a command's handler, inside its consumer span: a
+/// command retried shows one per attempt.
+pub fn attempt(attempt: u32) -> Span {
+    if !tracing_on() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "attempt",
+        otel.name = format!("attempt {attempt}"),
+        mindbus.attempt = attempt
+    )
+}
+
+/// A producer span for sending the entry `id` to `stream`, with the trace context the entry
+/// should carry instead of its own: a child of the current span, or, outside any, of
+/// `otherwise` (the context the entry was given). `None` when no traces are exported.
+pub fn producer(
+    stream: &str,
+    id: &MessageId,
+    otherwise: &TraceParent,
+) -> Option<(Span, TraceParent)> {
+    let within = opentelemetry::Context::current().has_active_span();
+    send_span(stream, id, (!within).then_some(otherwise))
+}
+
+/// Like [`producer`], a child of `parent` whatever the current span (a step a run sends
+/// belongs to the run's trace).
+pub fn producer_under(
+    stream: &str,
+    id: &MessageId,
+    parent: &TraceParent,
+) -> Option<(Span, TraceParent)> {
+    send_span(stream, id, Some(parent))
+}
+
+fn send_span(
+    stream: &str,
+    id: &MessageId,
+    parent: Option<&TraceParent>,
+) -> Option<(Span, TraceParent)> {
+    if !tracing_on() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "send",
+        otel.name = format!("send {stream}"),
+        otel.kind = "producer",
+        messaging.system = MESSAGING_SYSTEM,
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = stream,
+        messaging.message.id = %id,
+    );
+    if let Some(parent) = parent {
+        continues(&span, parent);
+    }
+    let carried = trace_parent(&span)?;
+    Some((span, carried))
+}
+
+/// The trace context to hand on from here: the current span's when it is exported, else
+/// `otherwise`.
+pub fn current_or(otherwise: TraceParent) -> TraceParent {
+    trace_parent(&Span::current()).unwrap_or(otherwise)
+}
+
+/// Makes `span` a child of the remote context `parent` (before it is entered).
+pub fn continues(span: &Span, parent: &TraceParent) {
+    let context = SpanContext::new(
+        TraceId::from_bytes(parent.trace_id),
+        SpanId::from_bytes(parent.parent_id),
+        TraceFlags::new(parent.flags),
+        true,
+        TraceState::default(),
+    );
+    // A span the filter left out has no context to set: nothing to do.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(context));
+}
+
+/// The W3C trace context naming `span` as the parent, when it is exported.
+pub fn trace_parent(span: &Span) -> Option<TraceParent> {
+    let context = span.context();
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid().then(|| TraceParent {
+        trace_id: ids.trace_id().to_bytes(),
+        parent_id: ids.span_id().to_bytes(),
+        flags: ids.trace_flags().to_u8(),
+    })
+}
