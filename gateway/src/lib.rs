@@ -41,7 +41,7 @@ use axum::routing::{get, post};
 use mindbus::config::Config;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, OnResponse as _, TraceLayer};
 
 pub use state::AppState;
 
@@ -92,7 +92,8 @@ fn http_span(request: &Request) -> tracing::Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
-    if !mindbus::telemetry::tracing_on() {
+    // Probes every few seconds would each be a trace of their own.
+    if !mindbus::telemetry::tracing_on() || matches!(route, "/healthz" | "/readyz") {
         return tracing::debug_span!("request", method = %request.method(), route);
     }
     let span = tracing::info_span!(
@@ -111,7 +112,8 @@ fn http_span(request: &Request) -> tracing::Span {
     span
 }
 
-fn record_status(response: &Response, _: Duration, span: &tracing::Span) {
+fn record_status(response: &Response, latency: Duration, span: &tracing::Span) {
+    DefaultOnResponse::default().on_response(response, latency, span);
     span.record("http.response.status_code", response.status().as_u16());
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");

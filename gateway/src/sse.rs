@@ -1,9 +1,11 @@
 //! Server-sent events: a command's events from its role's event stream, or a run's from the
 //! orchestrator's and its roles' event streams, each with its stream entry id as the SSE
 //! `id`, so a client that reconnects with `Last-Event-ID` loses nothing (the follower hands
-//! out the streams' merged history in entry-id order; reading starts at the `Last-Event-ID`
-//! entry itself, so a stream resumed after the command's or run's last message ends at once
-//! instead of sending what followed it on another stream). One dedicated Redis connection per open stream, at most `max_streams` at once
+//! out the streams' merged history in entry-id order; a run's stream resumes at the
+//! `Last-Event-ID` entry itself, a command's is read again from its start, so a stream
+//! resumed after the last message ends at once instead of sending what followed it on
+//! another stream). A command's result, sent last, goes under an id larger than every event
+//! sent before it. One dedicated Redis connection per open stream, at most `max_streams` at once
 //! and a key's `max_streams` of them per key. Reading starts no earlier than the reply TTL
 //! ago, so one request can never make the gateway re-read the whole event stream.
 
@@ -98,8 +100,9 @@ struct Following {
     /// Entries up to here were sent before (or precede the command or run): they still end
     /// the stream, but are not sent again.
     sent_through: EntryId,
-    /// The largest id queued: a result sent after events of later ids carries this one, so
-    /// that a client resuming after it is not sent those events again.
+    /// The largest id of an event this stream wants, sent or not: a result (sent last) goes
+    /// under a larger id, so that a client resuming after it is not sent those events again
+    /// and one resuming before it is sent the result.
     last_queued: EntryId,
     ready: VecDeque<SseEvent>,
     /// The last message was queued; the stream ends after this batch.
@@ -157,12 +160,19 @@ pub async fn respond(
     };
     let now_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     let start = first_read(id, resume, now_ms, state.reply_ttl_secs());
+    // A run's stream resumes at the Last-Event-ID entry itself. A command's is read from
+    // its beginning whenever it is resumed, so that its result is sent under the same id on
+    // every read, and whether the client had it is known.
+    let from = match (&sources.reply, resume) {
+        (Some(_), Some(_)) => first_read(id, None, now_ms, state.reply_ttl_secs()),
+        _ => start,
+    };
     let mut streams = sources.events;
     streams.extend(sources.reply.clone());
     let follower = Follower::after(
         state.bus().redis(),
         streams,
-        start.predecessor(),
+        from.predecessor(),
         Duration::from_secs(5),
     )
     .await?;
@@ -171,7 +181,7 @@ pub async fn respond(
         filter,
         reply: sources.reply,
         sent_through: start,
-        last_queued: start,
+        last_queued: EntryId::ZERO,
         ready: VecDeque::new(),
         ending: false,
         done: false,
@@ -233,12 +243,9 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
                             entry: entry.id,
                         };
                         if f.reply.as_ref() == Some(&stream) {
-                            let decoded = CommandResult::decode(fields, origin).ok();
-                            if sent {
-                                f.ending |= decoded.is_some();
-                            } else {
-                                result = decoded.map(|r| (entry.id, r));
-                            }
+                            result = CommandResult::decode(fields, origin)
+                                .ok()
+                                .map(|r| (entry.id, r));
                             continue;
                         }
                         let Ok(event) = Event::decode(fields, origin) else {
@@ -248,16 +255,22 @@ fn events(following: Following) -> impl Stream<Item = Result<SseEvent, Infallibl
                         if f.filter.wants(&event) {
                             if !sent {
                                 f.ready.push_back(to_sse(entry.id, &event));
-                                f.last_queued = f.last_queued.max(entry.id);
                             }
+                            f.last_queued = f.last_queued.max(entry.id);
                             f.ending |= f.filter.ends_with(&event);
                         }
                     }
                     // The command's result is its last message when no event ended it
                     // (agents with `agent.events: failures` write no `completed`).
                     if let (false, Some((id, result))) = (f.ending, result) {
-                        f.ready
-                            .push_back(result_to_sse(id.max(f.last_queued), &result));
+                        let id = if id > f.last_queued {
+                            id
+                        } else {
+                            f.last_queued.successor()
+                        };
+                        if id > f.sent_through {
+                            f.ready.push_back(result_to_sse(id, &result));
+                        }
                         f.ending = true;
                     }
                     // The follower hands out every stream's entries up to the same id, so what

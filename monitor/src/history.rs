@@ -78,12 +78,13 @@ impl From<Row> for LoggedEntry {
     }
 }
 
-/// Every entry of a command (by id) or a run (by run id), oldest first. Entries of
-/// different streams in the same millisecond are ordered by their `time`, which the process
-/// that wrote them set in the order things happened.
+/// Every entry of a command (by id) or a run (by run id), oldest first. In one millisecond
+/// commands come first (what answers a command cannot precede it; agents leave `time` off
+/// their results and events, which then read the entry's millisecond), then entries by
+/// their `time`, which the process that wrote them set in the order things happened.
 pub async fn timeline(conn: &mut PgConnection, id: &str) -> Result<Vec<LoggedEntry>, sqlx::Error> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $1 ORDER BY entry_ms, time, entry_seq"
+        "SELECT {COLUMNS} FROM mindbus_entries WHERE id = $1 OR correlation_id = $1 OR run_id = $1 ORDER BY entry_ms, kind <> 'command', time, entry_seq"
     );
     let rows: Vec<Row> = sqlx::query_as(&sql).bind(id).fetch_all(conn).await?;
     Ok(rows.into_iter().map(LoggedEntry::from).collect())

@@ -12,4 +12,5 @@ mod operations;
 mod poison;
 mod restart;
 mod round_trip;
+mod traces;
 use mindbus_testkit::testenv;

@@ -62,9 +62,10 @@ impl Mesh {
             .expect("agent starts")
     }
 
-    /// Like [`Mesh::agent`], writing its warnings to `log`.
-    pub fn agent_logging(&self, extra: &[&str], log: std::fs::File) -> Child {
-        self.agent_command(extra)
+    /// Like [`Mesh::agent`], with environment variables set, writing its warnings to `log`.
+    pub fn agent_logging(&self, env: &[(&str, &str)], log: std::fs::File) -> Child {
+        self.agent_command(&[])
+            .envs(env.iter().copied())
             .stderr(log)
             .spawn()
             .expect("agent starts")

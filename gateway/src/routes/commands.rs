@@ -320,9 +320,10 @@ pub async fn show(
     ))
 }
 
-/// The command's events (received, started, progress with streamed text, retried, and the
-/// end: completed, failed, canceled or deadlettered) as server-sent events. Resumable with
-/// `Last-Event-ID`.
+/// The command's events (progress with streamed text, retried, failed, canceled or
+/// deadlettered; received, started and completed when its agents write them) as server-sent
+/// events, ending with the last of them or with its result (`mindbus.result`). Resumable
+/// with `Last-Event-ID`.
 #[utoipa::path(
     get, path = "/v1/commands/{id}/events", tag = "commands", operation_id = "command_events",
     params(("id" = String, Path, description = "The command id"),

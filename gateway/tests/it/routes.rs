@@ -416,6 +416,55 @@ async fn a_command_event_stream_resumed_after_its_end_sends_nothing_more() {
     assert!(!text.contains("event: mindbus.result"), "{text}");
 }
 
+/// A result whose entry id is smaller than a progress event's (the reply stream is new, the
+/// event stream busy, in the same millisecond) is sent after the event under a larger id:
+/// a client resuming after the event gets the result alone, one resuming after the result
+/// gets nothing, and the stream ends either way.
+#[tokio::test]
+async fn a_result_with_a_smaller_entry_id_than_an_event_is_sent_last_and_once() {
+    let gw = Gw::new("sseorder").await;
+    let id = send_echo(&gw).await;
+    let ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap();
+    let mut progress = mindbus::wire::Event::new(
+        mindbus::wire::EventKind::Progress,
+        "test",
+        id.clone(),
+        mindbus::wire::Payload::json(serde_json::json!({"chunk": "hi"})),
+    );
+    progress.role = Some("echo".into());
+    let event_id = format!("{ms}-5");
+    let stream = format!("{}:event:{{echo}}", gw.prefix);
+    xadd(&stream, &event_id, progress.encode().unwrap()).await;
+    write_echo_result_at(&gw, &id, serde_json::json!({"n": 1}), &format!("{ms}-0")).await;
+    let events = format!("/v1/commands/{id}/events");
+    let resumed = |after: &str| {
+        let mut request = get(&events, Some(ADMIN));
+        request
+            .headers_mut()
+            .insert("last-event-id", after.parse().unwrap());
+        async { to_end(gw.send(request).await).await }
+    };
+
+    let whole = to_end(gw.send(get(&events, Some(ADMIN))).await).await;
+    let progress_at = whole.find("event: mindbus.command.progress").expect(&whole);
+    let result_at = whole.find("event: mindbus.result").expect(&whole);
+    assert!(progress_at < result_at, "{whole}");
+    let result_id = format!("{ms}-6");
+    assert!(whole.contains(&format!("id: {result_id}")), "{whole}");
+
+    let after_event = resumed(&event_id).await;
+    assert!(
+        after_event.contains("event: mindbus.result"),
+        "{after_event}"
+    );
+    assert!(
+        !after_event.contains("mindbus.command.progress"),
+        "{after_event}"
+    );
+    let after_result = resumed(&result_id).await;
+    assert!(!after_result.contains("event:"), "{after_result}");
+}
+
 /// Sends an `echo.say` command as the admin key, returning its id.
 async fn send_echo(gw: &Gw) -> mindbus::wire::MessageId {
     let sent = gw

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{EnvFilter, FilterFn};
+use tracing_subscriber::filter::{EnvFilter, FilterFn, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
@@ -93,12 +93,12 @@ pub fn init(config: &LogConfig, service: &'static str) -> Telemetry {
         Ok(provider) => (provider, None),
         Err(e) => (None, Some(e)),
     };
-    // MindBus's own spans from INFO, and warnings and errors as span events, whatever the
-    // log level: the log filter decides what is printed, not what is traced.
+    // MindBus's own spans from INFO, and its warnings and errors as span events, whatever
+    // the log level: the log filter decides what is printed, not what is traced.
     let traced = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("mindbus"))
-            .with_filter(FilterFn::new(exported))
+            .with_filter(FilterFn::new(exported).with_max_level_hint(LevelFilter::INFO))
     });
     let _ = tracing_subscriber::registry()
         .with(output.with_filter(filter))
@@ -111,12 +111,15 @@ pub fn init(config: &LogConfig, service: &'static str) -> Telemetry {
     Telemetry { provider }
 }
 
+/// What goes to the trace backend: MindBus's own spans and warnings only. Other crates'
+/// events stay out (genai's may echo a provider's answer, and with it an API key).
 fn exported(meta: &Metadata<'_>) -> bool {
-    if meta.is_span() {
-        *meta.level() <= Level::INFO && meta.target().starts_with("mindbus")
+    let most = if meta.is_span() {
+        Level::INFO
     } else {
-        *meta.level() <= Level::WARN
-    }
+        Level::WARN
+    };
+    *meta.level() <= most && meta.target().starts_with("mindbus")
 }
 
 /// The tracer provider when an endpoint is configured and the SDK is not disabled.

@@ -62,6 +62,9 @@ pub fn producer(
     id: &MessageId,
     otherwise: &TraceParent,
 ) -> Option<(Span, TraceParent)> {
+    if !tracing_on() {
+        return None;
+    }
     let within = opentelemetry::Context::current().has_active_span();
     send_span(stream, id, (!within).then_some(otherwise))
 }

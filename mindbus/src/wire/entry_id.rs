@@ -21,6 +21,15 @@ impl EntryId {
         seq: u64::MAX,
     };
 
+    /// The id just after this one (the largest stays the largest).
+    pub fn successor(self) -> EntryId {
+        match (self.seq.checked_add(1), self.ms.checked_add(1)) {
+            (Some(seq), _) => EntryId { ms: self.ms, seq },
+            (None, Some(ms)) => EntryId { ms, seq: 0 },
+            (None, None) => EntryId::MAX,
+        }
+    }
+
     /// The id just before this one (`0-0` stays `0-0`).
     pub fn predecessor(self) -> EntryId {
         match (self.ms, self.seq) {
@@ -64,11 +73,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_predecessor_is_the_id_just_before() {
+    fn the_predecessor_and_successor_are_the_ids_just_around() {
         let id = |ms, seq| EntryId { ms, seq };
         assert_eq!(id(5, 3).predecessor(), id(5, 2));
         assert_eq!(id(5, 0).predecessor(), id(4, u64::MAX));
         assert_eq!(EntryId::ZERO.predecessor(), EntryId::ZERO);
+        assert_eq!(id(5, 3).successor(), id(5, 4));
+        assert_eq!(id(5, u64::MAX).successor(), id(6, 0));
+        assert_eq!(EntryId::MAX.successor(), EntryId::MAX);
     }
 
     #[test]

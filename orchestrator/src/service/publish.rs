@@ -170,14 +170,20 @@ impl Orchestrator {
     }
 }
 
-/// The trace context of something a run sends to `stream`: a producer span under the run's
-/// context when traces are exported, else a span id of its own (derived from `span`) in the
-/// run's trace.
-fn child_trace(run: &RunRow, stream: &str, span: &MessageId) -> Option<TraceParent> {
+/// The trace context of a command a run sends to `stream`: a producer span under the run's
+/// context when traces are exported, else [`child_trace`].
+fn sent_trace(run: &RunRow, stream: &str, command: &MessageId) -> Option<TraceParent> {
     let parent: TraceParent = run.traceparent.as_deref()?.parse().ok()?;
-    if let Some((_, sent)) = spans::producer_under(stream, span, &parent) {
-        return Some(sent);
+    match spans::producer_under(stream, command, &parent) {
+        Some((_, sent)) => Some(sent),
+        None => child_trace(run, command),
     }
+}
+
+/// The trace context of something a run does: the run's trace, a span id of its own
+/// (derived from `span`).
+fn child_trace(run: &RunRow, span: &MessageId) -> Option<TraceParent> {
+    let parent: TraceParent = run.traceparent.as_deref()?.parse().ok()?;
     let mut child = TraceParent::rooted_at(span);
     child.trace_id = parent.trace_id;
     child.flags = parent.flags;
@@ -205,7 +211,7 @@ pub(crate) fn command_entry(
     command.envelope.id = row.command_id.into();
     command.envelope.source = SOURCE.into();
     let stream = bus.keys().commands(&row.role);
-    if let Some(trace) = child_trace(run, &stream, &row.command_id.into()) {
+    if let Some(trace) = sent_trace(run, &stream, &row.command_id.into()) {
         command.envelope.traceparent = trace;
     }
     command.deadline = deadline_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
@@ -261,7 +267,7 @@ pub(crate) fn event_entry(
 ) -> anyhow::Result<OutboxEntry> {
     let mut envelope = Envelope::new(kind.as_str(), SOURCE, Payload::json(data));
     let stream = bus.keys().events(ORCHESTRATOR_ROLE);
-    if let Some(trace) = child_trace(run, &stream, &envelope.id) {
+    if let Some(trace) = child_trace(run, &envelope.id) {
         envelope.traceparent = trace;
     }
     let event = Event {
