@@ -40,12 +40,7 @@ async fn a_running_command_stops_at_its_deadline() {
     let _agent = mesh.agent(&[]);
     let mut command = Command::new("echo.say", Payload::json(json!({"sleep_ms": 60_000})));
     command.deadline = Some(jiff::Timestamp::now() + Duration::from_millis(500));
-    let result = mesh
-        .bus
-        .call("echo", command, Duration::from_secs(20))
-        .await
-        .unwrap()
-        .expect("a result");
+    let result = mesh.call(command).await;
     assert_eq!(
         result.failure.unwrap().errortype,
         ErrorType::DeadlineExceeded
@@ -95,12 +90,7 @@ async fn retryable_failures_are_retried_with_backoff() {
     let mesh = Mesh::new("retry").await;
     let _agent = mesh.agent(&[]);
     let command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 2})));
-    let result = mesh
-        .bus
-        .call("echo", command, Duration::from_secs(20))
-        .await
-        .unwrap()
-        .expect("a result");
+    let result = mesh.call(command).await;
     assert_eq!(result.status, Status::Completed);
     assert_eq!(result.attempt, 3);
     let retried = mesh

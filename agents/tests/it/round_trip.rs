@@ -48,12 +48,7 @@ async fn call_waits_on_a_private_reply_stream_in_both_encodings() {
             },
         );
         let id = command.envelope.id.clone();
-        let result = mesh
-            .bus
-            .call("echo", command, Duration::from_secs(20))
-            .await
-            .unwrap()
-            .expect("a result");
+        let result = mesh.call(command).await;
         assert_eq!(result.correlationid, id);
         assert_eq!(
             result.envelope.data.content_type, content_type,

@@ -106,6 +106,15 @@ impl Mesh {
         redis_cli(&self.url, &args)
     }
 
+    /// Sends `command` to the echo role and waits up to 20 s for its result.
+    pub async fn call(&self, command: mindbus::wire::Command) -> CommandResult {
+        self.bus
+            .call("echo", command, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .expect("a result")
+    }
+
     /// The echo group's pending entries: (entry, consumer, deliveries).
     pub async fn pending(&self) -> Vec<(EntryId, String, u32)> {
         let stream = self.stream("cmd:{echo}");

@@ -26,12 +26,7 @@ async fn log_lines_and_spans_of_a_retried_command_carry_its_trace() {
     let _agent = mesh.agent_logging(&env, log.reopen().unwrap());
     let command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 1})));
     let trace = command.envelope.traceparent.trace_id_hex();
-    let result = mesh
-        .bus
-        .call("echo", command, Duration::from_secs(20))
-        .await
-        .unwrap()
-        .expect("a result");
+    let result = mesh.call(command).await;
     assert_eq!(result.status, Status::Completed);
 
     let spans = eventually(
