@@ -136,7 +136,7 @@ fn check(files: &[PathBuf]) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("{total} problem(s)");
-    std::process::exit(1)
+    mindbus::telemetry::exit(1)
 }
 
 /// Every problem of one file: the LLM roles' loader for a file with `roles` at its top,

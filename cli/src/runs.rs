@@ -117,7 +117,7 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&output)?);
                 }
                 show_usage(bus, &run_id).await;
-                std::process::exit(if ended.status == RunStatus::Completed {
+                mindbus::telemetry::exit(if ended.status == RunStatus::Completed {
                     0
                 } else {
                     1
@@ -129,7 +129,7 @@ pub async fn run(bus: &Bus, args: RunArgs) -> anyhow::Result<()> {
         "the run is still going after {} ms; see `mindbus runs show {run_id}`",
         args.wait_ms
     );
-    std::process::exit(2)
+    mindbus::telemetry::exit(2)
 }
 
 /// Streams an LLM role's text to stderr as it is generated.
@@ -307,5 +307,5 @@ fn failed(result: &CommandResult) -> anyhow::Result<()> {
         .as_ref()
         .map_or(String::new(), |f| format!("{}: {}", f.errortype, f.error));
     eprintln!("the orchestrator refused: {why}");
-    std::process::exit(1)
+    mindbus::telemetry::exit(1)
 }

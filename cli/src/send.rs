@@ -72,11 +72,11 @@ pub async fn run(bus: &Bus, args: SendArgs) -> anyhow::Result<()> {
     eprintln!("sent {id}; waiting for its result");
     let Some(result) = wait.wait(Duration::from_millis(args.wait_ms)).await else {
         eprintln!("no result for {id} within {} ms", args.wait_ms);
-        std::process::exit(2);
+        mindbus::telemetry::exit(2);
     };
     println!("{}", serde_json::to_string_pretty(&result.to_json())?);
     if result.status != Status::Completed {
-        std::process::exit(1);
+        mindbus::telemetry::exit(1);
     }
     Ok(())
 }

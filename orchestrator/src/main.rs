@@ -78,7 +78,7 @@ fn check(dir: &str, roles: &[String]) -> anyhow::Result<()> {
                 println!("{error}");
             }
             eprintln!("{} problem(s) in {dir}", errors.len());
-            std::process::exit(1)
+            mindbus::telemetry::exit(1)
         }
     }
 }

@@ -11,6 +11,7 @@
 mod logs;
 pub mod spans;
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
@@ -30,9 +31,21 @@ const SILENCED: [&str; 1] = ["genai=off"];
 /// Whether spans are exported (set once, by [`init`]).
 static TRACING: AtomicBool = AtomicBool::new(false);
 
+/// The exporter, for [`exit`].
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
 /// Whether this process exports spans; when not, [`spans`] makes none.
 pub fn tracing_on() -> bool {
     TRACING.load(Ordering::Relaxed)
+}
+
+/// Ends the process with `code` after sending the spans still buffered
+/// (`std::process::exit` skips [`Telemetry`]'s drop).
+pub fn exit(code: i32) -> ! {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.shutdown();
+    }
+    std::process::exit(code)
 }
 
 /// Keeps the span exporter of a process; [`Telemetry::shutdown`] (or dropping it) sends
@@ -106,6 +119,9 @@ pub fn init(config: &LogConfig, service: &'static str) -> Telemetry {
         .try_init();
     if let Some(e) = problem {
         tracing::warn!(error = %e, "traces are off: the OTLP exporter could not be set up");
+    }
+    if let Some(provider) = &provider {
+        let _ = PROVIDER.set(provider.clone());
     }
     TRACING.store(provider.is_some(), Ordering::Relaxed);
     Telemetry { provider }
