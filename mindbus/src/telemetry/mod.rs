@@ -12,7 +12,6 @@ mod logs;
 pub mod spans;
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -28,51 +27,37 @@ use crate::config::{LogConfig, LogFormat};
 /// which may echo an API key (the LLM layer reports failures itself, keys scrubbed).
 const SILENCED: [&str; 1] = ["genai=off"];
 
-/// Whether spans are exported (set once, by [`init`]).
-static TRACING: AtomicBool = AtomicBool::new(false);
-
-/// The exporter, for [`exit`].
+/// The exporter, when this process exports spans (set once, by [`init`]).
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Whether this process exports spans; when not, [`spans`] makes none.
 pub fn tracing_on() -> bool {
-    TRACING.load(Ordering::Relaxed)
+    PROVIDER.get().is_some()
+}
+
+/// Sends the spans still buffered, waiting at most a few seconds.
+fn flush() {
+    if let Some(provider) = PROVIDER.get()
+        && let Err(e) = provider.shutdown()
+    {
+        tracing::warn!(error = %e, "could not send the last spans");
+    }
 }
 
 /// Ends the process with `code` after sending the spans still buffered
 /// (`std::process::exit` skips [`Telemetry`]'s drop).
 pub fn exit(code: i32) -> ! {
-    if let Some(provider) = PROVIDER.get() {
-        let _ = provider.shutdown();
-    }
+    flush();
     std::process::exit(code)
 }
 
-/// Keeps the span exporter of a process; [`Telemetry::shutdown`] (or dropping it) sends
-/// what is still buffered.
+/// Held by a process's `main`: dropping it sends the spans still buffered.
 #[derive(Debug)]
-pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
-}
-
-impl Telemetry {
-    /// Sends the spans still buffered, waiting at most a few seconds.
-    pub fn shutdown(mut self) {
-        self.flush();
-    }
-
-    fn flush(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(e) = provider.shutdown()
-        {
-            tracing::warn!(error = %e, "could not send the last spans");
-        }
-    }
-}
+pub struct Telemetry(());
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        self.flush();
+        flush();
     }
 }
 
@@ -120,11 +105,10 @@ pub fn init(config: &LogConfig, service: &'static str) -> Telemetry {
     if let Some(e) = problem {
         tracing::warn!(error = %e, "traces are off: the OTLP exporter could not be set up");
     }
-    if let Some(provider) = &provider {
-        let _ = PROVIDER.set(provider.clone());
+    if let Some(provider) = provider {
+        let _ = PROVIDER.set(provider);
     }
-    TRACING.store(provider.is_some(), Ordering::Relaxed);
-    Telemetry { provider }
+    Telemetry(())
 }
 
 /// What goes to the trace backend: MindBus's own spans and warnings only. Other crates'
