@@ -10,6 +10,9 @@ source scripts/services.sh
 ensure_redis
 ensure_postgres
 command -v python3 >/dev/null || install_with_apt python3
+# Prometheus and promtool: the metrics test scrapes every process with a real Prometheus,
+# and the shipped config and rules are checked with promtool.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || install_with_apt prometheus
 ensure_local_model
 python3 -c 'import redis' 2>/dev/null || { say "installing redis-py"; python3 -m pip install -q -r examples/python/requirements.txt 2>/dev/null || install_with_apt python3-redis; }
 command -v npm >/dev/null || install_with_apt npm

@@ -18,6 +18,8 @@ use std::path::Path;
 
 use mindbus::config::Config;
 use mindbus::runtime::Agent;
+use mindbus::streams::Redis;
+use mindbus::telemetry::probes::{self, ProbeArgs};
 use tokio_util::sync::CancellationToken;
 
 /// Serves `role` until `shutdown` fires: `echo` (or any role when `echo` is set) with the
@@ -29,8 +31,13 @@ pub async fn run(
     echo: bool,
     llm_config: &Path,
     concurrency: Option<usize>,
+    probes: &ProbeArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let ready = probes::redis_ready(Redis::open(&config.redis.url)?);
+    probes
+        .start("mindbus-agent", ready, shutdown.clone())
+        .await?;
     if echo || role == "echo" {
         let mut agent_config = config.agent.clone();
         agent_config.concurrency = concurrency.unwrap_or(agent_config.concurrency).max(1);

@@ -24,6 +24,8 @@ struct Args {
     llm_config: std::path::PathBuf,
     #[command(flatten)]
     connect: mindbus::config::ConnectArgs,
+    #[command(flatten)]
+    probes: mindbus::telemetry::probes::ProbeArgs,
     /// Commands handled at once (default: the role's `concurrency`, or agent.concurrency).
     #[arg(long, env = "MINDBUS_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -72,6 +74,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         args.echo,
         &args.llm_config,
         args.concurrency,
+        &args.probes,
         shutdown,
     )
     .await

@@ -161,7 +161,7 @@ impl FromRequestParts<AppState> for Authed {
             .ok_or(AppError::Unauthorized)?;
         if let Err(not_until) = caller.limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            metrics::counter!("mindbus_gateway_rate_limited_total", "key" => caller.name.clone())
+            metrics::counter!(mindbus::telemetry::metrics::GATEWAY_RATE_LIMITED, "key" => caller.name.clone())
                 .increment(1);
             return Err(AppError::RateLimited(wait));
         }

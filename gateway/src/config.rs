@@ -35,9 +35,9 @@ pub struct GatewayConfig {
     /// then the connection is closed (a client that stops reading loses its event stream).
     #[schemars(range(min = 100))]
     pub write_timeout_ms: u64,
-    /// Where Prometheus scrapes the gateway's metrics; apart from the API, so the metrics
-    /// (which name keys and roles) need no key and are not served to API clients. Empty:
-    /// no metrics endpoint.
+    /// Where Prometheus scrapes the gateway's metrics, and probes find `/healthz` and
+    /// `/readyz`; apart from the API, so the metrics (which name keys and roles) need no key
+    /// and are not served to API clients. Empty: no metrics (and none recorded).
     pub metrics_listen: String,
     /// Server-sent event streams one key may hold open at once, unless the key says (429
     /// above).

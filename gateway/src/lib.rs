@@ -8,7 +8,6 @@
 //! - `body`: JSON bodies with size and depth limits, errors naming the field.
 //! - `mesh`: the registry of roles and a short-lived overview of the streams.
 //! - `sse`: server-sent events from the roles' event streams, resumable by `Last-Event-ID`.
-//! - `serve`: the connection loop, with a header timeout and a cap on connections.
 //! - [`error`]: one error type, one HTTP answer per variant.
 //! - [`openapi`]: the generated OpenAPI document.
 //!
@@ -25,7 +24,7 @@ mod extract;
 mod mesh;
 pub mod openapi;
 pub mod routes;
-mod serve;
+
 mod sse;
 mod state;
 
@@ -39,6 +38,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mindbus::config::Config;
+use mindbus::serve;
+use mindbus::telemetry::metrics as names;
+use mindbus::telemetry::probes::{self, ProbeArgs};
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnResponse, OnResponse as _, TraceLayer};
@@ -70,12 +72,13 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
-        .layer(middleware::from_fn(record))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(CatchPanicLayer::custom(|_| {
             AppError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
         }))
+        // Outside the deadline and the panic catcher: their answers are counted too.
+        .layer(middleware::from_fn(record))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(http_span)
@@ -151,21 +154,14 @@ async fn record(request: Request, next: Next) -> Response {
         .map_or("unmatched".to_owned(), |path| path.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("mindbus_gateway_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("mindbus_gateway_request_seconds", "method" => method, "route" => route)
+    metrics::counter!(names::GATEWAY_REQUESTS, "method" => method, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(names::GATEWAY_REQUEST_DURATION, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }
 
-/// Prometheus's endpoint, `/metrics`, served apart from the API (see `gateway.metrics_listen`).
-pub fn metrics_app(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(ops::metrics))
-        .with_state(state)
-}
-
-/// Serves the API on `gateway.listen`, and the metrics on `gateway.metrics_listen`
-/// (unless empty), until `shutdown` fires.
+/// Serves the API on `gateway.listen`, and the metrics and probes on
+/// `gateway.metrics_listen` (unless empty), until `shutdown` fires.
 pub async fn run(
     config: &Config,
     gateway: &GatewayConfig,
@@ -182,31 +178,17 @@ pub async fn run(
         .await
         .with_context(|| format!("binding gateway.listen {}", gateway.listen))?;
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
-    let metrics = if gateway.metrics_listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&gateway.metrics_listen)
-            .await
-            .with_context(|| {
-                format!("binding gateway.metrics_listen {}", gateway.metrics_listen)
-            })?;
-        tracing::info!(address = %listener.local_addr()?, "metrics listening");
-        // A few connections are plenty for scrapers.
-        let limits = serve::Limits {
-            connections: 16,
-            ..limits
-        };
-        let app = metrics_app(state.clone());
-        Some(tokio::spawn(serve::serve(
-            listener,
-            app,
-            limits,
-            shutdown.clone(),
-        )))
+    let probes = ProbeArgs {
+        metrics_listen: Some(gateway.metrics_listen.clone()),
     };
+    let ready = probes::redis_ready(state.bus().redis().clone());
+    let probes = probes
+        .start("mindbus-gateway", ready, shutdown.clone())
+        .await
+        .context("serving gateway.metrics_listen")?;
     serve::serve(listener, app(state), limits, shutdown).await;
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
+    if let Some(probes) = probes {
+        let _ = probes.await;
     }
     Ok(())
 }

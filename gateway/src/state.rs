@@ -1,8 +1,7 @@
 //! What every request handler shares.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use mindbus::bus::{Bus, Results};
 use mindbus::config::Config;
 
@@ -26,21 +25,7 @@ struct Inner {
     /// How long agents keep results on reply streams, in seconds.
     reply_ttl_secs: u64,
     streams: Arc<Semaphore>,
-    metrics: PrometheusHandle,
     stop: CancellationToken,
-}
-
-/// The process's one Prometheus recorder (installing a second one fails).
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 impl AppState {
@@ -60,7 +45,6 @@ impl AppState {
             streams: Arc::new(Semaphore::new(gateway.max_streams)),
             config: gateway,
             bus,
-            metrics: metrics_handle(),
             stop,
         })))
     }
@@ -95,10 +79,6 @@ impl AppState {
     /// Permits for open event streams.
     pub fn streams(&self) -> &Arc<Semaphore> {
         &self.0.streams
-    }
-
-    pub fn metrics(&self) -> &PrometheusHandle {
-        &self.0.metrics
     }
 
     /// Fires on shutdown: open event streams end, so the server can drain.

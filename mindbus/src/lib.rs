@@ -8,7 +8,10 @@
 //! - [`group`]: the consumer-group reader (own pending, reclaiming, new entries, acks).
 //! - [`bus`]: the client: publish, wait for results, follow streams, cancel.
 //! - [`runtime`]: the agent runtime, a [`runtime::Handler`] behind a consumer-group loop.
-//! - [`telemetry`]: logs and OpenTelemetry traces for the binaries, and the spans MindBus makes.
+//! - [`telemetry`]: logs, OpenTelemetry traces and Prometheus metrics for the binaries: the
+//!   spans MindBus makes, the metrics it exports, and the probes (`/metrics`, `/healthz`,
+//!   `/readyz`) every process can serve.
+//! - [`serve`]: the HTTP connection loop, with the limits a listener facing a network needs.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token, for the binaries.
 //!
 //! # Invariant
@@ -22,6 +25,7 @@ mod error;
 pub mod group;
 pub mod keys;
 pub mod runtime;
+pub mod serve;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

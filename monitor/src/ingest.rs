@@ -10,11 +10,12 @@ use crate::config::MonitorConfig;
 use mindbus::group::{Acker, Delivery, GroupOptions, GroupReader};
 use mindbus::keys::Keys;
 use mindbus::streams::Redis;
+use mindbus::telemetry::metrics as names;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::record;
+use crate::record::{Record, record};
 use crate::{GROUP, store};
 
 /// Batches written to Postgres at once.
@@ -72,6 +73,10 @@ impl Ingest {
             }
             let batch = reader.next(self.config.batch, &stop).await;
             if batch.is_empty() {
+                // Caught up only once no batch waits for Postgres either.
+                if writing.iter().all(JoinHandle::is_finished) {
+                    metrics::gauge!(names::MONITOR_LAG).set(0.0);
+                }
                 continue;
             }
             let acker = match reader.acker().await {
@@ -132,7 +137,10 @@ async fn write_batch(
     loop {
         // A statement holds a few rows of the largest size at most.
         match store::insert_or_bare(pool, &rows, max_row_bytes.saturating_mul(4)).await {
-            Ok(_) => break,
+            Ok(inserted) => {
+                measure(&rows, inserted);
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "postgres write failed; retrying (entries stay unacknowledged)");
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
@@ -141,4 +149,17 @@ async fn write_batch(
         }
     }
     acker.ack(&batch.iter().collect::<Vec<_>>()).await
+}
+
+/// Counts the rows a batch added (an entry recorded before, redelivered, adds none), and
+/// how old its newest entry was.
+fn measure(rows: &[Record], inserted: u64) {
+    metrics::counter!(names::MONITOR_ROWS).increment(inserted);
+    if let Some(newest) = rows.iter().map(|r| r.entry_ms).max() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let age = now - newest;
+        metrics::gauge!(names::MONITOR_LAG).set(age.max(0) as f64 / 1000.0);
+    }
 }

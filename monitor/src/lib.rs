@@ -6,6 +6,7 @@
 //! - [`record`]: a stream entry to a row (no IO); malformed entries become flagged rows.
 //! - [`store`]: migrations and idempotent batch inserts.
 //! - [`ingest`]: the consumer-group loop: read a batch, insert it, then acknowledge it.
+//! - [`gauges`]: every stream's length, pending entries and lag, sampled for Prometheus.
 //! - [`trim`]: retention by length or age, bounded by every group's progress.
 //! - [`history`]: reading the event log (timelines, filtered listings).
 //!
@@ -15,6 +16,7 @@
 //! duplicates nothing.
 
 pub mod config;
+pub mod gauges;
 pub mod history;
 pub mod ingest;
 pub mod record;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use mindbus::config::Config;
 use mindbus::keys::Keys;
 use mindbus::streams::{Redis, until_up};
+use mindbus::telemetry::probes::{self, ProbeArgs};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MonitorConfig;
@@ -38,16 +41,25 @@ use crate::config::MonitorConfig;
 pub async fn run(
     config: &Config,
     monitor: &MonitorConfig,
+    probes: &ProbeArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = store::connect(&monitor.database_url)?;
+    let redis = Redis::open(&config.redis.url)?;
+    let ready = probes::both(
+        probes::redis_ready(redis.clone()),
+        store::ready(pool.clone()),
+    );
+    let gauges = probes
+        .start("mindbus-monitor", ready, shutdown.clone())
+        .await?
+        .map(|_| tokio::spawn(gauges::sample_loop(config.redis.clone(), shutdown.clone())));
     let mut tries = 0u32;
     while let Err(e) = store::migrate(&pool).await {
         tries += 1;
         tracing::warn!(error = %e, tries, "migrations not applied yet; retrying");
         tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
     }
-    let redis = Redis::open(&config.redis.url)?;
     // Waits for Redis, and refuses one it cannot run on.
     if until_up(&shutdown, || redis.shared()).await?.is_none() {
         return Ok(());
@@ -63,6 +75,9 @@ pub async fn run(
     tracing::info!("monitor started");
     ingest.run(shutdown).await;
     let _ = trimmer.await;
+    if let Some(gauges) = gauges {
+        let _ = gauges.await;
+    }
     pool.close().await;
     tracing::info!("monitor stopped");
     Ok(())

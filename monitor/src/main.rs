@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 struct Args {
     #[command(flatten)]
     connect: mindbus::config::ConnectArgs,
+    #[command(flatten)]
+    probes: mindbus::telemetry::probes::ProbeArgs,
     /// Postgres URL (overrides the file and DATABASE_URL).
     #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
     database_url: Option<String>,
@@ -52,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run => {
             let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
-            mindbus_monitor::run(&config, &monitor, shutdown).await
+            mindbus_monitor::run(&config, &monitor, &args.probes, shutdown).await
         }
     }
 }

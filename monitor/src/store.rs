@@ -17,6 +17,20 @@ pub fn connect(url: &SecretString) -> Result<PgPool, sqlx::Error> {
         .connect_lazy(url.expose_secret())
 }
 
+/// A readiness check: Postgres answers `SELECT 1` on the pool.
+pub fn ready(pool: PgPool) -> mindbus::telemetry::probes::Check {
+    mindbus::telemetry::probes::check(move || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(drop)
+                .map_err(|e| format!("postgres does not answer: {e}"))
+        }
+    })
+}
+
 /// Applies the migrations under `monitor/migrations/`. They share a database (and sqlx's
 /// migration table) with the orchestrator's, so each ignores the other's versions.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

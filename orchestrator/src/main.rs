@@ -10,6 +10,8 @@ use mindbus_orchestrator::service::Catalog;
 struct Args {
     #[command(flatten)]
     connect: mindbus::config::ConnectArgs,
+    #[command(flatten)]
+    probes: mindbus::telemetry::probes::ProbeArgs,
     /// Postgres URL of the run store (overrides the file and DATABASE_URL).
     #[arg(long, global = true, env = "MINDBUS_DATABASE_URL")]
     database_url: Option<String>,
@@ -62,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Check => check(&settings.workflows, &settings.roles),
         Command::Run => {
             let shutdown = mindbus::shutdown::on_signal().context("installing signal handlers")?;
-            mindbus_orchestrator::service::run(&config, &settings, shutdown).await
+            mindbus_orchestrator::service::run(&config, &settings, &args.probes, shutdown).await
         }
     }
 }

@@ -1,11 +1,13 @@
 //! What MindBus's tests need to run real parts: private Redis and PostgreSQL servers they
 //! may kill or stop ([`servers`]), the mesh's own processes ([`binary`]), every entry of a
 //! stream ([`entries`]), the shared servers' helpers ([`testenv`]), and the fault suite's
-//! checker ([`Tally`]) and an OTLP receiver for the spans processes export ([`otlp`]). The fault suite itself is
-//! this crate's integration test, `tests/faults`.
+//! checker ([`Tally`]), an OTLP receiver for the spans processes export ([`otlp`]), and a
+//! real Prometheus scraping them ([`prometheus`]). The fault suite itself is this crate's
+//! integration test, `tests/faults`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod otlp;
+pub mod prometheus;
 pub mod servers;
 mod tally;
 pub mod testenv;

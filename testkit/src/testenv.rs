@@ -133,8 +133,16 @@ pub fn spawn_echo_on(
     config.agent.events = events;
     tokio::spawn(async move {
         let unused = std::path::Path::new("");
-        mindbus_agents::run(&config, "echo", true, unused, Some(concurrency), stop)
-            .await
-            .unwrap()
+        mindbus_agents::run(
+            &config,
+            "echo",
+            true,
+            unused,
+            Some(concurrency),
+            &Default::default(),
+            stop,
+        )
+        .await
+        .unwrap()
     });
 }

@@ -19,6 +19,7 @@ use tracing::{Instrument as _, Span, info, warn};
 use super::config::LlmConfig;
 use super::failure::{Failure, classify};
 use super::limits::Limiter;
+use super::measure;
 use super::models::{ModelRef, Provider, Target};
 use super::secrets::Scrubber;
 use super::spend::{BudgetError, Ledger, Payer, Usage};
@@ -173,11 +174,13 @@ impl Caller {
         let estimate = prompt_tokens + u64::from(prompt.max_tokens);
         let price = config.price(model);
         for attempt in 1..=retry.attempts.max(1) {
+            let waiting = Instant::now();
             let admitted = self
                 .limiter
                 .acquire(config, model, estimate, cancel)
                 .await
                 .map_err(|e| Attempted::Stop(e.into()))?;
+            measure::rate_limit_wait(model, waiting.elapsed());
             if !admitted {
                 return Err(Attempted::Stop(CallError::Canceled));
             }
@@ -188,7 +191,10 @@ impl Caller {
                 .reserve(&config.budgets, payer, most)
                 .await
                 .map_err(|e| match e {
-                    BudgetError::Exceeded(why) => Attempted::Stop(CallError::BudgetExceeded(why)),
+                    BudgetError::Exceeded(why) => {
+                        measure::budget_refused(model);
+                        Attempted::Stop(CallError::BudgetExceeded(why))
+                    }
                     BudgetError::Redis(e) => Attempted::Stop(e.into()),
                     BudgetError::Interrupted(_) => Attempted::Stop(CallError::Canceled),
                 })?;
@@ -204,6 +210,7 @@ impl Caller {
                 sent: reservation.if_taken(prompt_only),
                 text: String::new(),
             };
+            let meter = measure::Meter::start(model, Arc::clone(&progress.sent), prompt_only);
             let timeout = config.timeout(model);
             let span = chat_span(model, prompt.max_tokens, attempt);
             let streamed = tokio::time::timeout(
@@ -241,11 +248,13 @@ impl Caller {
                 }
                 Err(_) => None,
             };
-            record_call(
-                &span,
-                spent.map(|(usage, ..)| usage),
-                streamed.as_ref().err(),
-            );
+            let failure = streamed.as_ref().err().map(|failed| match failed {
+                Streamed::Canceled => "canceled",
+                Streamed::Failed(failure) => failure.kind(),
+            });
+            let usage = spent.map(|(usage, ..)| usage);
+            record_call(&span, usage, failure);
+            meter.finish(usage, failure);
             let ledger = match spent {
                 Some((usage, estimated, failed)) => {
                     observer
@@ -444,18 +453,14 @@ fn chat_span(model: &ModelRef, max_tokens: u32, attempt: u32) -> Span {
     )
 }
 
-/// Records what a call used, or why it failed, on its span.
-fn record_call(span: &Span, usage: Option<Usage>, failed: Option<&Streamed>) {
+/// Records what a call used, or why it failed (the failure's kind), on its span.
+fn record_call(span: &Span, usage: Option<Usage>, failed: Option<&str>) {
     if let Some(usage) = usage {
         span.record("gen_ai.usage.input_tokens", usage.tokens_in);
         span.record("gen_ai.usage.output_tokens", usage.tokens_out);
         span.record("mindbus.llm.cost_usd", usage.cost_micros as f64 / 1e6);
     }
-    if let Some(failed) = failed {
-        let kind = match failed {
-            Streamed::Canceled => "canceled",
-            Streamed::Failed(failure) => failure.kind(),
-        };
+    if let Some(kind) = failed {
         span.record("error.type", kind);
         span.record("otel.status_code", "ERROR");
     }

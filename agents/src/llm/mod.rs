@@ -24,6 +24,7 @@ pub mod call;
 pub mod config;
 pub mod failure;
 pub mod limits;
+mod measure;
 pub mod models;
 pub mod role;
 pub mod secrets;

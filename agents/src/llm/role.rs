@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::cache::{Cache, Cached};
 use super::call::{Answer, CallError, Caller, Observer, Prompt, Spent};
 use super::config::{LlmConfig, Output, RoleConfig};
+use super::measure;
 use super::models::ModelRef;
 use super::spend::{Payer, Usage};
 
@@ -18,6 +19,7 @@ use super::spend::{Payer, Usage};
 #[derive(Debug)]
 pub struct LlmRole {
     config: Arc<LlmConfig>,
+    name: String,
     role: RoleConfig,
     models: Vec<ModelRef>,
     caller: Caller,
@@ -54,6 +56,7 @@ impl LlmRole {
         let cache = cache.filter(|_| role.temperature == 0.0);
         Ok(Self {
             config,
+            name: name.to_owned(),
             role,
             models,
             caller,
@@ -181,10 +184,16 @@ impl Handler for LlmRole {
                 prompt.schema.as_ref(),
             )
         });
-        if let (Some(cache), Some(key)) = (&self.cache, &key)
-            && let Ok(Some(hit)) = cache.get(key).await
-            && let Ok(json) = self.check(&hit.text)
-        {
+        let hit = match (&self.cache, &key) {
+            (Some(cache), Some(key)) => {
+                let hit = cache.get(key).await.ok().flatten();
+                let hit = hit.and_then(|hit| Some((self.check(&hit.text).ok()?, hit)));
+                measure::cache(&self.name, hit.is_some());
+                hit
+            }
+            _ => None,
+        };
+        if let Some((json, hit)) = hit {
             let chunk = TextChunk {
                 chunk: hit.text.clone(),
                 model: Some(hit.model.clone()),

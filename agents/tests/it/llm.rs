@@ -51,7 +51,15 @@ async fn setup(name: &str, rest: &str) -> (Fake, Mesh, PathBuf, tempfile::TempDi
 impl Mesh {
     /// Starts `mindbus-agent --role ROLE` with the LLM config `file` and the fake keys.
     pub fn llm_agent(&self, role: &str, file: &std::path::Path) -> Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-agent"))
+        self.llm_agent_command(role, file)
+            .spawn()
+            .expect("agent starts")
+    }
+
+    /// The command [`Mesh::llm_agent`] runs.
+    fn llm_agent_command(&self, role: &str, file: &std::path::Path) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mindbus-agent"));
+        command
             .args([
                 "--role",
                 role,
@@ -65,9 +73,8 @@ impl Mesh {
             .envs(KEYS)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("agent starts")
+            .kill_on_drop(true);
+        command
     }
 
     /// Sends `data` to `role` (with extra command fields) and waits for its result.
@@ -922,4 +929,102 @@ async fn a_reservation_dropped_mid_script_is_taken_back() {
         }
     })
     .await;
+}
+
+/// An LLM agent's metrics: its call by model and outcome, the call's tokens, cost and
+/// latency, the cache's hit and misses, the rate limit's waits and a budget's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_agent_counts_calls_tokens_cost_cache_and_refusals() {
+    let (fake, mesh, file, _dir) = setup(
+        "llm-metrics",
+        "prices: { openai/verdict: { input: 1.0, output: 2.0 } }
+budgets: { run_usd: 0.00001 }
+roles:
+  critic:
+    model: openai/verdict
+    system: Review.
+    prompt: '{{ draft }}'
+",
+    )
+    .await;
+    let listen = format!("127.0.0.1:{}", mindbus_testkit::servers::free_port());
+    let _agent = mesh
+        .llm_agent_command("critic", &file)
+        .env("MINDBUS_METRICS_LISTEN", &listen)
+        .spawn()
+        .unwrap();
+    let run = [("runid", "run-1")];
+    let first = mesh.ask("critic", json!({"draft": "Short."}), &run).await;
+    assert_eq!(first.status, Status::Completed, "{first:?}");
+    let cost = first.envelope.data.value["usage"]["cost_usd"]
+        .as_f64()
+        .unwrap();
+    assert!(cost > 0.0);
+    // The same prompt: answered by the cache, though the run's budget is spent.
+    let cached = mesh.ask("critic", json!({"draft": "Short."}), &run).await;
+    assert_eq!(cached.envelope.data.value["cached"], json!(true));
+    // Another: refused by the budget.
+    let refused = mesh.ask("critic", json!({"draft": "Longer."}), &run).await;
+    assert_eq!(
+        refused.failure.unwrap().errortype.as_str(),
+        "budget_exceeded"
+    );
+    assert_eq!(fake.calls("openai", "verdict").len(), 1);
+
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let model = r#"provider="openai",model="verdict""#;
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|line| {
+            line.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' '))
+        });
+        let line = line.unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        value(&format!(
+            "mindbus_llm_calls_total{{{model},outcome=\"ok\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "mindbus_llm_call_duration_seconds_count{{{model}}}"
+        )),
+        1.0
+    );
+    let tokens = |kind: &str| {
+        value(&format!(
+            "mindbus_llm_tokens_total{{{model},type=\"{kind}\"}}"
+        ))
+    };
+    let usage = &first.envelope.data.value["usage"];
+    assert_eq!(tokens("input"), usage["tokens_in"].as_f64().unwrap());
+    assert_eq!(tokens("output"), usage["tokens_out"].as_f64().unwrap());
+    assert!((value(&format!("mindbus_llm_cost_usd{{{model}}}")) - cost).abs() < 1e-12);
+    assert_eq!(
+        value(&format!("mindbus_llm_budget_refusals_total{{{model}}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "mindbus_llm_rate_limit_wait_seconds_count{{{model}}}"
+        )),
+        2.0
+    );
+    let cache = |result: &str| {
+        value(&format!(
+            "mindbus_llm_cache_lookups_total{{role=\"critic\",result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!((cache("hit"), cache("miss")), (1.0, 2.0));
+    assert_eq!(
+        value(r#"mindbus_commands_handled_total{role="critic",outcome="completed"}"#),
+        2.0
+    );
 }

@@ -147,7 +147,7 @@ pub async fn publish(
                         claim.release(&state).await;
                         return Err(e);
                     }
-                    metrics::counter!("mindbus_gateway_commands_total", "role" => role)
+                    metrics::counter!(mindbus::telemetry::metrics::GATEWAY_COMMANDS, "role" => role)
                         .increment(1);
                 }
                 Ok(claim)

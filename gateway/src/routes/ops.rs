@@ -1,8 +1,7 @@
-//! Health, readiness, metrics, the OpenAPI document, and what the mesh looks like.
+//! Health, readiness, the OpenAPI document, and what the mesh looks like.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
 use mindbus::bus::{GroupInfo, StreamInfo};
 use mindbus::keys::Stream;
@@ -28,15 +27,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, AppEr
         .await;
     ping.map(|_| "ready")
         .map_err(|_| AppError::Unavailable("redis does not answer".into()))
-}
-
-/// Prometheus metrics: requests by route and status, their latency, commands by role,
-/// rate-limited requests. Served on `gateway.metrics_listen`, not with the API.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().render(),
-    )
 }
 
 /// The OpenAPI document of this API.

@@ -18,6 +18,8 @@ pub const RUNS_PER_KEY: u32 = 2;
 
 pub struct Stack {
     pub gateways: Vec<String>,
+    /// Each process's metrics address, by Prometheus job name (when started `observed`).
+    pub metrics: Vec<(&'static str, String)>,
     pub http: reqwest::Client,
     redis: String,
     prefix: String,
@@ -44,20 +46,31 @@ impl Stack {
 
     /// The stack on the Redis (or Redis Cluster) at `redis`.
     pub async fn on(redis: &str, name: &str) -> Self {
-        Self::start(redis, name, None).await
+        Self::start(redis, name, Mode::InProcessAgent).await
     }
 
     /// The stack on the shared Redis, every process (the echo agent too) exporting its
     /// spans to the OTLP endpoint `otlp`.
     pub async fn traced(name: &str, otlp: &str) -> Self {
-        Self::start(&redis_url(), name, Some(otlp)).await
+        Self::start(&redis_url(), name, Mode::Traced(otlp)).await
     }
 
-    async fn start(redis: &str, name: &str, otlp: Option<&str>) -> Self {
+    /// The stack on the shared Redis with a monitor too, every process (the echo agent
+    /// too) serving its metrics and probes (see [`Stack::metrics`]).
+    pub async fn observed(name: &str) -> Self {
+        Self::start(&redis_url(), name, Mode::Observed).await
+    }
+
+    async fn start(redis: &str, name: &str, mode: Mode<'_>) -> Self {
+        let otlp = match mode {
+            Mode::Traced(otlp) => Some(otlp),
+            _ => None,
+        };
+        let observed = matches!(mode, Mode::Observed);
         let prefix = unique(&format!("t-gw-e2e-{name}"));
         let db = TestDb::new(&format!("gw_{name}")).await;
         let agents = CancellationToken::new();
-        if otlp.is_none() {
+        if matches!(mode, Mode::InProcessAgent) {
             spawn_echo_on(
                 redis,
                 &prefix,
@@ -77,13 +90,19 @@ impl Stack {
         );
         std::fs::write(&file, keys).unwrap();
         let file = file.to_str().unwrap().to_owned();
-        let spawn = |name: &str, args: &[&str]| {
+        let mut metrics = Vec::new();
+        let mut spawn = |name: &'static str, args: &[&str]| {
+            let listen = format!("127.0.0.1:{}", free_port());
+            if observed {
+                metrics.push((name.trim_start_matches("mindbus-"), listen.clone()));
+            }
             tokio::process::Command::new(binary(name))
                 .args(args)
                 .args(["--prefix", &prefix, "--redis-url", redis])
                 .env("DATABASE_URL", &db.url)
                 .env("MINDBUS_GATEWAY_API_KEY", ADMIN)
-                .env("MINDBUS_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
+                .env("MINDBUS_GATEWAY__METRICS_LISTEN", &listen)
+                .envs(observed.then_some(("MINDBUS_METRICS_LISTEN", &listen)))
                 .env("MINDBUS_GATEWAY__RUNS_PER_KEY", RUNS_PER_KEY.to_string())
                 .env("RUST_LOG", "warn")
                 .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -97,11 +116,14 @@ impl Stack {
                 .unwrap()
         };
         let mut children = vec![spawn("mindbus-orchestrator", &["--workflows", workflows])];
-        if otlp.is_some() {
+        if !matches!(mode, Mode::InProcessAgent) {
             children.push(spawn("mindbus-agent", &["--role", "echo", "--echo"]));
         }
+        if observed {
+            children.push(spawn("mindbus-monitor", &[]));
+        }
         let mut gateways = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..if observed { 1 } else { 2 } {
             let address = format!("127.0.0.1:{}", free_port());
             let args = ["--listen", &address, "--config", &file];
             children.push(spawn("mindbus-gateway", &args));
@@ -109,6 +131,7 @@ impl Stack {
         }
         let stack = Self {
             gateways,
+            metrics,
             http: reqwest::Client::new(),
             redis: redis.to_owned(),
             prefix,
@@ -165,6 +188,30 @@ impl Stack {
             .bearer_auth(ADMIN)
     }
 
+    /// Starts a run of `sample` with two steps (the draft, then one expanded point, no
+    /// review) through the first gateway, and follows it to its end: the `ended` event.
+    pub async fn two_step_run(&self, topic: &str) -> Sse {
+        let input = serde_json::json!({"topic": topic, "points": ["one"], "review": false});
+        let created = self
+            .post(0, "/v1/runs")
+            .json(&serde_json::json!({"workflow": "sample", "input": input}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let run = created.json::<serde_json::Value>().await.unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let events = read_sse(self.get(0, &format!("/v1/runs/{run}/events")), |events| {
+            events
+                .last()
+                .is_some_and(|e| e.event == "mindbus.run.ended")
+        })
+        .await;
+        events.last().unwrap().clone()
+    }
+
     pub fn get(&self, gateway: usize, path: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.gateways[gateway]))
@@ -179,6 +226,17 @@ impl Drop for Stack {
             delete_prefix(&self.prefix);
         }
     }
+}
+
+/// Where the stack's echo agent runs, and what its processes export.
+#[derive(Debug, Clone, Copy)]
+enum Mode<'a> {
+    /// An echo agent in the test's process; two gateways.
+    InProcessAgent,
+    /// An echo agent process; every process exports spans to this OTLP endpoint.
+    Traced(&'a str),
+    /// An echo agent process and a monitor; every process serves its metrics.
+    Observed,
 }
 
 /// One server-sent event.

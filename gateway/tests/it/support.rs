@@ -5,6 +5,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
 use mindbus::config::{Config, RedisConfig};
+use mindbus::telemetry::probes;
 use mindbus_gateway::AppState;
 use mindbus_gateway::auth::hash_key;
 use mindbus_gateway::config::{ApiKeyConfig, GatewayConfig};
@@ -88,13 +89,18 @@ impl Gw {
                 .unwrap();
         }
         let stop = CancellationToken::new();
+        // Installed before any request, as the gateway's `run` does.
+        mindbus::telemetry::metrics::recorder("mindbus-gateway");
         let state = AppState::new(&config, gateway, Some(ADMIN), stop.clone())
             .await
             .unwrap();
         Self {
             prefix,
             app: mindbus_gateway::app(state.clone()),
-            metrics: mindbus_gateway::metrics_app(state),
+            metrics: probes::router(
+                "mindbus-gateway",
+                probes::redis_ready(state.bus().redis().clone()),
+            ),
             stop,
         }
     }

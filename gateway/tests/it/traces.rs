@@ -5,35 +5,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mindbus_testkit::otlp::{Receiver, Span};
-use serde_json::{Value, json};
 
-use crate::stack::{Stack, read_sse};
+use crate::stack::Stack;
 use crate::testenv::eventually;
 
 #[tokio::test]
 async fn one_request_that_starts_a_two_step_run_is_one_trace_across_the_processes() {
     let receiver = Receiver::start().await;
     let stack = Stack::traced("traced", &receiver.endpoint).await;
-    // Two steps: the draft, then one expanded point (no review).
-    let input = json!({"topic": "traces", "points": ["one"], "review": false});
-    let created = stack
-        .post(0, "/v1/runs")
-        .json(&json!({"workflow": "sample", "input": input}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let run = created.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ended = read_sse(stack.get(0, &format!("/v1/runs/{run}/events")), |events| {
-        events
-            .last()
-            .is_some_and(|e| e.event == "mindbus.run.ended")
-    })
-    .await;
-    assert_eq!(ended.last().unwrap().data["data"]["status"], "completed");
+    let ended = stack.two_step_run("traces").await;
+    assert_eq!(ended.data["data"]["status"], "completed");
 
     // The request's trace, once the two steps' agent spans have arrived.
     let trace = eventually(

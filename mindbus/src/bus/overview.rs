@@ -1,5 +1,6 @@
 //! The registry of roles, and what every stream holds and how far each group is: for
-//! `mindbus status` and the gateway's `/v1/streams` and `/v1/roles`.
+//! `mindbus status` and `top`, the gateway's `/v1/streams` and `/v1/roles`, and the
+//! monitor's stream gauges.
 
 use redis::Value;
 use serde::Serialize;
@@ -20,6 +21,8 @@ pub struct StreamInfo {
     pub kind: Stream,
     /// Entries in it now.
     pub length: u64,
+    /// Entries ever added to it (`None` before Redis 7): what rates are computed from.
+    pub added: Option<u64>,
     /// Its consumer groups.
     pub groups: Vec<GroupInfo>,
 }
@@ -95,11 +98,14 @@ impl Bus {
                     role,
                     kind,
                     length: 0,
+                    added: None,
                     groups: Vec::new(),
                 });
                 continue;
             };
-            let length = number(info_map(info).get("length")).unwrap_or(0);
+            let info = info_map(info);
+            let length = number(info.get("length")).unwrap_or(0);
+            let added = number(info.get("entries-added"));
             let groups: Value = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(&stream)
@@ -114,6 +120,7 @@ impl Bus {
                 role,
                 kind,
                 length,
+                added,
                 groups,
             });
         }

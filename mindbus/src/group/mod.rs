@@ -524,6 +524,8 @@ impl GroupReader {
                     .collect();
                 if !entries.is_empty() {
                     tracing::info!(stream = %stream.name, claimed = entries.len(), "took over idle entries");
+                    metrics::counter!(crate::telemetry::metrics::RECLAIMS, "stream" => stream.name.to_string(), "group" => self.options.group.clone())
+                        .increment(entries.len() as u64);
                     let counts = delivery_counts(
                         writes,
                         stream,

@@ -13,6 +13,7 @@
 
 mod control;
 mod handler;
+mod measure;
 mod outcome;
 mod reader;
 mod worker;
@@ -35,6 +36,7 @@ use crate::keys::{Keys, validate_role};
 use crate::streams::{Redis, until_up};
 use control::Cancellations;
 use handler::{DynHandler, Progress};
+use measure::RoleMetrics;
 use writer::Write;
 
 /// Queued writes before producers wait (backpressure on a slow Redis).
@@ -187,6 +189,7 @@ impl Agent {
             slots: Arc::new(Semaphore::new(self.config.concurrency)),
             abort,
             workers: TaskTracker::new(),
+            metrics: RoleMetrics::new(&self.role),
         }
     }
 }
@@ -208,6 +211,7 @@ pub(crate) struct Shared {
     /// Fires when the grace period is over: running handlers are dropped and handed back.
     pub abort: CancellationToken,
     pub workers: TaskTracker,
+    pub metrics: RoleMetrics,
 }
 
 impl Shared {

@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::Shared;
+use super::measure::Outcome;
 use super::writer::Finish;
 use crate::config::LifecycleEvents;
 use crate::wire::{
@@ -105,6 +106,11 @@ impl Shared {
             event,
             on_duplicate,
             dead_letter: PackedFields::default(),
+            outcome: match status {
+                Status::Completed => Outcome::Completed,
+                Status::Failed => Outcome::Failed,
+                Status::Canceled => Outcome::Canceled,
+            },
         }
     }
 
@@ -177,6 +183,10 @@ impl Shared {
             original,
         };
         finish.dead_letter = PackedFields::from(&letter.encode());
+        finish.outcome = match errortype {
+            ErrorType::Malformed => Outcome::Malformed,
+            _ => Outcome::Exhausted,
+        };
         let detail = DeadLettered {
             errortype: errortype.as_str().to_owned(),
             reason: reason.clone(),

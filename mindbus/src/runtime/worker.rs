@@ -2,7 +2,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
@@ -40,15 +40,17 @@ impl Shared {
             return;
         }
         let shared = Arc::clone(self);
+        let in_flight = self.metrics.in_flight();
         self.workers.spawn(async move {
             let entry = delivery.entry.id;
             shared.process(delivery, token).await;
             shared.cancellations.end(entry);
-            drop(permit);
+            drop((permit, in_flight));
         });
     }
 
     async fn process(&self, delivery: Delivery, token: CancellationToken) {
+        let started = Instant::now();
         let id = delivery.entry.id;
         let finish = match delivery.entry.fields {
             // Deleted while pending: there is nothing to run, only to acknowledge.
@@ -63,7 +65,15 @@ impl Shared {
         };
         if let Some(mut finish) = finish {
             let duplicate = std::mem::take(&mut finish.on_duplicate);
-            if self.write_finish(finish).await == Some(false) && !duplicate.is_empty() {
+            let outcome = finish.outcome;
+            let accepted = self.write_finish(finish).await;
+            if let Some(accepted) = accepted {
+                self.metrics.finished(outcome, accepted);
+                self.metrics
+                    .duration
+                    .record(started.elapsed().as_secs_f64());
+            }
+            if accepted == Some(false) && !duplicate.is_empty() {
                 let _ = self.writes.send(Write::Event(duplicate)).await;
             }
         }
@@ -239,6 +249,7 @@ impl Shared {
                 delay_ms: delay.as_millis() as u64,
             };
             let detail = serde_json::to_value(detail).unwrap_or_default();
+            self.metrics.retries.increment(1);
             self.emit(EventKind::Retried, &command, attempt, detail)
                 .await;
             tokio::select! {

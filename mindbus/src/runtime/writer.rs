@@ -19,6 +19,7 @@ use redis::{Cmd, ErrorKind, Pipeline, Script, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::measure::Outcome;
 use crate::wire::{EntryId, PackedFields};
 
 const MAX_BATCH: usize = 512;
@@ -55,6 +56,8 @@ pub(crate) struct Finish {
     pub on_duplicate: PackedFields,
     /// A dead letter written when the result is accepted.
     pub dead_letter: PackedFields,
+    /// How the command ended, for the metrics.
+    pub outcome: Outcome,
 }
 
 /// Streams and limits the writer needs.

@@ -1,5 +1,6 @@
-//! Logs and traces for the binaries: `tracing` with fields, as text or JSON lines, and,
-//! when an OTLP endpoint is configured, OpenTelemetry spans exported over OTLP/HTTP.
+//! Logs, traces and metrics for the binaries: `tracing` with fields, as text or JSON lines;
+//! when an OTLP endpoint is configured, OpenTelemetry spans exported over OTLP/HTTP; and,
+//! when a metrics listener is set, Prometheus metrics ([`metrics`], served by [`probes`]).
 //!
 //! Traces are configured by the standard variables alone: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns them on, and `OTEL_EXPORTER_OTLP_PROTOCOL`
@@ -9,6 +10,8 @@
 //! endpoint nothing is exported and no span is made: [`spans`] hands out disabled spans.
 
 mod logs;
+pub mod metrics;
+pub mod probes;
 pub mod spans;
 
 use std::sync::OnceLock;

@@ -12,10 +12,10 @@ use mindbus::wire::{
 };
 use uuid::Uuid;
 
-use super::Orchestrator;
 use super::publish::event_entry;
 use super::timers::Timer;
 use super::transition::{Effects, Input, Outcome, step_view, within_event};
+use super::{Orchestrator, measure};
 use crate::engine::{self, RunState};
 use crate::store::{self, RunPart, RunRow};
 
@@ -220,6 +220,7 @@ impl Orchestrator {
         store::save_run(&mut tx, &run).await.map_err(retry)?;
         tx.commit().await.map_err(retry)?;
         self.publish(out).await;
+        measure::started(&run);
         tracing::info!(run.id = %run.id, workflow = %run.workflow, "run started");
         answer(&RunChange {
             run_id: run.id,

@@ -11,6 +11,7 @@
 
 mod catalog;
 mod commands;
+mod measure;
 mod publish;
 mod results;
 mod timers;
@@ -24,6 +25,7 @@ use anyhow::Context as _;
 use mindbus::bus::Bus;
 use mindbus::config::Config;
 use mindbus::runtime::Agent;
+use mindbus::telemetry::probes::{self, ProbeArgs};
 use mindbus::wire::ORCHESTRATOR_ROLE;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
@@ -146,6 +148,7 @@ impl Publisher {
 pub async fn run(
     config: &Config,
     settings: &OrchestratorConfig,
+    probes: &ProbeArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = settings.clone();
@@ -156,6 +159,11 @@ pub async fn run(
         })?;
     let connections = u32::try_from(settings.concurrency + 4).unwrap_or(32);
     let pool = store::connect(&settings.database_url, connections)?;
+    let redis = mindbus::streams::Redis::open(&config.redis.url)?;
+    let ready = probes::both(probes::redis_ready(redis), store::ready(pool.clone()));
+    probes
+        .start("mindbus-orchestrator", ready, shutdown.clone())
+        .await?;
     while let Err(e) = store::migrate(&pool).await {
         tracing::warn!(error = %e, "run store migrations not applied yet; retrying");
         tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }

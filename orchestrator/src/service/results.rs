@@ -16,8 +16,8 @@ use mindbus::wire::{CommandResult, EntryId, Origin, Status, field_text, without_
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Orchestrator;
 use super::transition::Input;
+use super::{Orchestrator, measure};
 
 /// The consumer group every orchestrator reads results with.
 pub const GROUP: &str = "mindbus-orchestrator";
@@ -148,6 +148,9 @@ pub(crate) async fn read_loop(this: Arc<Orchestrator>, stop: CancellationToken) 
     reader.leave().await;
 }
 
+/// One run's results in a batch, in order: each one's index in the batch, entry and input.
+type RunResults = Vec<(usize, EntryId, Input)>;
+
 /// Applies a batch; returns the deliveries applied (those to acknowledge). Each run's
 /// results are applied in their order, as many in one transaction as go together; up to
 /// `concurrency` runs at once.
@@ -158,13 +161,14 @@ async fn apply_batch<'a>(
 ) -> Vec<&'a Delivery> {
     // By index in the batch, which outlives the applying.
     let mut done = Vec::new();
-    let mut runs: Vec<(Uuid, Vec<(usize, Input)>)> = Vec::new();
+    let mut runs: Vec<(Uuid, RunResults)> = Vec::new();
     for (index, delivery) in batch.iter().enumerate() {
+        let entry = delivery.entry.id;
         match step_result(&delivery.stream, &delivery.entry) {
             None => done.push(index),
             Some((run_id, input)) => match runs.iter_mut().find(|(id, _)| *id == run_id) {
-                Some((_, results)) => results.push((index, input)),
-                None => runs.push((run_id, vec![(index, input)])),
+                Some((_, results)) => results.push((index, entry, input)),
+                None => runs.push((run_id, vec![(index, entry, input)])),
             },
         }
     }
@@ -183,16 +187,21 @@ async fn apply_batch<'a>(
 async fn apply_run(
     this: &Orchestrator,
     run_id: Uuid,
-    results: Vec<(usize, Input)>,
+    results: RunResults,
     stop: &CancellationToken,
 ) -> Vec<usize> {
-    let (ids, inputs): (Vec<usize>, Vec<Input>) = results.into_iter().unzip();
+    let (ids, entries): (Vec<usize>, Vec<EntryId>) =
+        results.iter().map(|(i, e, _)| (*i, *e)).unzip();
+    let inputs: Vec<Input> = results.into_iter().map(|(.., input)| input).collect();
     let mut applied = 0;
     let mut delays = mindbus::streams::retry_delays();
     while applied < inputs.len() {
         match this.advance_many(run_id, &inputs[applied..]).await {
             Ok((taken, outcome)) => {
                 tracing::debug!(run.id = %run_id, results = taken, ?outcome, "results applied");
+                entries[applied..applied + taken]
+                    .iter()
+                    .for_each(|entry| measure::applied(*entry));
                 applied += taken;
             }
             // One of them cannot be stored: the first goes alone (failing the run if it is

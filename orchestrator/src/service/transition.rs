@@ -7,6 +7,7 @@ use mindbus::wire::{RunEnded, RunEventKind, RunStatus, RunStep, Status, StepView
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::measure;
 use super::publish::{cancel_entry, command_entry, event_entry};
 use super::timers::Timer;
 use super::{Orchestrator, millis_from_now};
@@ -142,10 +143,15 @@ impl Orchestrator {
             }
             return Ok((taken, Outcome::Ignored(format!("the run is {status}"))));
         }
+        let mut steps = Vec::new();
         let applying = if results > 0 {
-            let events = answers(&mut tx, run_id, &inputs[..results], true).await?;
+            let events;
+            (events, steps) = answers(&mut tx, run_id, &inputs[..results], true).await?;
             if events.is_empty() {
                 tx.commit().await?;
+                steps
+                    .iter()
+                    .for_each(|(role, seconds)| measure::step(role, *seconds));
                 return Ok((taken, Outcome::Applied(RunStatus::Running)));
             }
             Applying::Events(events)
@@ -182,6 +188,10 @@ impl Orchestrator {
         store::save_run(&mut tx, &run).await?;
         tx.commit().await?;
         self.publish(out).await;
+        measure::ended(&run);
+        steps
+            .iter()
+            .for_each(|(role, seconds)| measure::step(role, *seconds));
         Ok((taken, Outcome::Applied(run.status)))
     }
 
@@ -434,7 +444,7 @@ async fn answers(
     run_id: Uuid,
     results: &[Input],
     counting: bool,
-) -> anyhow::Result<Vec<Event>> {
+) -> anyhow::Result<(Vec<Event>, Vec<(String, f64)>)> {
     let mut seen = std::collections::HashSet::new();
     let mut rows: Vec<store::AnswerRow<'_>> = Vec::with_capacity(results.len());
     let mut failures: Vec<Option<&String>> = Vec::with_capacity(results.len());
@@ -456,11 +466,13 @@ async fn answers(
     }
     let applied = store::apply_answers(tx, run_id, Timer::Command.as_str(), &rows).await?;
     if !counting {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut events = Vec::new();
     let mut counts: Vec<(String, u32, usize)> = Vec::new();
-    for (index, row) in applied {
+    let mut steps = Vec::with_capacity(applied.len());
+    for (index, row, seconds) in applied {
+        steps.push((row.role.clone(), seconds));
         if let Some(error) = failures[index] {
             events.push(Event::Result {
                 step: row.step,
@@ -487,7 +499,7 @@ async fn answers(
             });
         }
     }
-    Ok(events)
+    Ok((events, steps))
 }
 
 /// What a step event says about a step that went from `before` to `now`: `None` when

@@ -83,7 +83,8 @@ pub struct AnswerRow<'a> {
 }
 
 /// Marks many commands' results applied in one statement (and drops their timers): for
-/// those still waiting for an answer, their index in `answers` and their row, in order; a
+/// those still waiting for an answer, their index in `answers`, their row and the seconds
+/// since the command was recorded as sent, in order; a
 /// command answered before, or not of run `run_id` (whose row lock the caller holds), is
 /// left out. `answers` must name each command once.
 pub async fn apply_answers(
@@ -91,7 +92,7 @@ pub async fn apply_answers(
     run_id: Uuid,
     timer_kind: &str,
     answers: &[AnswerRow<'_>],
-) -> Result<Vec<(usize, CommandRow)>, sqlx::Error> {
+) -> Result<Vec<(usize, CommandRow, f64)>, sqlx::Error> {
     let ids: Vec<Uuid> = answers.iter().map(|a| a.command_id).collect();
     let statuses: Vec<&str> = answers.iter().map(|a| a.status).collect();
     let outputs: Vec<Option<&Value>> = answers.iter().map(|a| a.output).collect();
@@ -104,11 +105,12 @@ pub async fn apply_answers(
              SET applied_at = now(), status = g.status, output = g.output \
              FROM given g \
              WHERE c.command_id = g.command_id AND c.run_id = $1 AND c.applied_at IS NULL \
-             RETURNING g.n, c.command_id, c.run_id, c.step, c.item, c.round, c.role), \
+             RETURNING g.n, c.command_id, c.run_id, c.step, c.item, c.round, c.role, \
+                 EXTRACT(EPOCH FROM now() - c.created_at)::float8 AS seconds), \
          timers AS ( \
              DELETE FROM mindbus_run_timers t USING applied a \
              WHERE t.run_id = $1 AND t.kind = $5 AND t.step = a.command_id::text) \
-         SELECT n, command_id, run_id, step, item, round, role FROM applied ORDER BY n",
+         SELECT * FROM applied ORDER BY n",
     )
     .bind(run_id)
     .bind(&ids)
@@ -118,7 +120,10 @@ pub async fn apply_answers(
     .fetch_all(&mut **tx)
     .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get::<i64, _>("n")? as usize - 1, command_row(row)?)))
+        .map(|row| {
+            let index = row.try_get::<i64, _>("n")? as usize - 1;
+            Ok((index, command_row(row)?, row.try_get("seconds")?))
+        })
         .collect()
 }
 

@@ -37,6 +37,20 @@ pub fn connect(url: &SecretString, connections: u32) -> Result<PgPool, sqlx::Err
         .connect_lazy(url.expose_secret())
 }
 
+/// A readiness check: Postgres answers `SELECT 1` on the pool.
+pub fn ready(pool: PgPool) -> mindbus::telemetry::probes::Check {
+    mindbus::telemetry::probes::check(move || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(drop)
+                .map_err(|e| format!("postgres does not answer: {e}"))
+        }
+    })
+}
+
 /// Applies the orchestrator's migrations. They share a database (and sqlx's migration table)
 /// with the monitor's, so each ignores the other's versions.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

@@ -1,4 +1,4 @@
-//! The connection loop: what `axum::serve` does, plus the limits a server facing the network
+//! The HTTP connection loop of every MindBus listener: what `axum::serve` does, plus the limits a server facing the network
 //! needs. A client that trickles its headers, opens a connection and sends nothing, or
 //! keeps one alive without a next request, is cut off after `header_timeout_ms`; a
 //! connection past `max_connections` is closed as soon as it is accepted, so no client can
@@ -69,7 +69,7 @@ pub async fn serve(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics::counter!("mindbus_gateway_connections_refused_total").increment(1);
+            metrics::counter!(crate::telemetry::metrics::HTTP_CONNECTIONS_REFUSED).increment(1);
             continue;
         };
         let (builder, app, shutdown) = (Arc::clone(&builder), app.clone(), shutdown.clone());
