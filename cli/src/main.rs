@@ -7,6 +7,7 @@ mod send;
 mod show;
 mod status;
 mod tail;
+mod top;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Streams, groups, consumers, pending and lag, and dead letters.
     Status,
+    /// Per role, live: agents, commands in and out per second, lag, pending, dead letters.
+    Top(top::TopArgs),
     /// Start a workflow run and follow it to its end.
     Run(runs::RunArgs),
     /// List, show, cancel and approve workflow runs.
@@ -99,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tail(args) => tail::run(&bus, args).await,
         Command::Status => status::run(&bus).await,
+        Command::Top(args) => top::run(&bus, &args).await,
         Command::Run(args) => runs::run(&bus, args).await,
         Command::Runs(command) => runs::runs(&bus, command).await,
         Command::Dlq(command) => dlq::run(&bus, command).await,

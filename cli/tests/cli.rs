@@ -145,3 +145,68 @@ gatway: {}
     );
     assert!(text.contains("gatway"), "{text}");
 }
+
+/// `mindbus top` shows each role's numbers from Redis alone, and its rates from what was
+/// added between two looks.
+#[test]
+fn top_shows_lag_and_the_rate_of_commands_between_refreshes() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+
+    use mindbus_testkit::testenv::{delete_prefix, redis_url, unique};
+
+    let prefix = unique("t-cli-top");
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // The role's group, as an agent makes it; no agent reads, so commands wait.
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(format!("{prefix}:cmd:{{echo}}"))
+        .arg(&["echo", "$", "MKSTREAM"])
+        .exec(&mut conn)
+        .unwrap();
+    let send = |n: usize| {
+        for _ in 0..n {
+            let out = mindbus()
+                .args(["--prefix", &prefix, "send", "echo", "echo.say", "{}"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    send(3);
+    let mut top = mindbus()
+        .args(["--prefix", &prefix, "top", "-n", "2", "--every", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(top.stdout.take().unwrap()).lines();
+    // The echo row's cells.
+    let mut next_row = || loop {
+        let line = lines.next().expect("a row for echo").unwrap();
+        if line.contains(" echo ") {
+            return line
+                .split(['│', '┆', '|'])
+                .map(str::trim)
+                .filter(|cell| !cell.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+        }
+    };
+    // role, agents, in/s, out/s, lag, pending, dead letters
+    let first = next_row();
+    assert_eq!(first, ["echo", "0", "-", "-", "3", "0", "0"]);
+    send(6);
+    let second = next_row();
+    assert!(top.wait().unwrap().success());
+    delete_prefix(&prefix);
+    let published: f64 = second[2].parse().unwrap();
+    assert!(published > 0.0, "{second:?}");
+    assert_eq!(second[4], "9", "{second:?}");
+}
