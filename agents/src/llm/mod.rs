@@ -11,6 +11,8 @@
 //! - [`limits`], [`spend`], [`cache`]: shared state in Redis (GCRA rate limits, budget
 //!   reservations and usage totals, cached deterministic answers);
 //! - [`secrets`]: the provider keys, scrubbed out of every text a provider sends back;
+//! - `measure`: what the layer counts for Prometheus (calls, latency, tokens, cost, cache
+//!   lookups, rate-limit waits, budget refusals), labelled only by configured models and roles;
 //! - [`role`]: a role as an agent handler.
 //!
 //! # Invariant
