@@ -110,7 +110,8 @@ fn http_span(request: &Request) -> tracing::Span {
         otel.status_code = tracing::field::Empty,
     );
     if let Ok(Some(parent)) = commands::traceparent(request.headers()) {
-        mindbus::telemetry::spans::continues(&span, &parent);
+        let state = commands::tracestate(request.headers());
+        mindbus::telemetry::spans::continues(&span, &parent, state);
     }
     span
 }

@@ -22,6 +22,8 @@ pub struct Span {
     pub span_id: String,
     /// Empty for a root span.
     pub parent_id: String,
+    /// Its W3C `tracestate` (empty for none).
+    pub trace_state: String,
     /// Its attributes, each shown as text.
     pub attributes: HashMap<String, String>,
 }
@@ -93,6 +95,7 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<Span> {
                     trace_id: hex::encode(span.trace_id),
                     span_id: hex::encode(span.span_id),
                     parent_id: hex::encode(span.parent_span_id),
+                    trace_state: span.trace_state.clone(),
                     attributes: attributes_of(&span.attributes),
                 });
             }

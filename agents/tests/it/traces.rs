@@ -24,7 +24,8 @@ async fn log_lines_and_spans_of_a_retried_command_carry_its_trace() {
         ("MINDBUS_LOG__FORMAT", "json"),
     ];
     let _agent = mesh.agent_logging(&env, log.reopen().unwrap());
-    let command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 1})));
+    let mut command = Command::new("echo.say", Payload::json(json!({"fail_attempts": 1})));
+    command.envelope.tracestate = Some("vendor=abc,other=1".into());
     let trace = command.envelope.traceparent.trace_id_hex();
     let result = mesh.call(command).await;
     assert_eq!(result.status, Status::Completed);
@@ -52,6 +53,8 @@ async fn log_lines_and_spans_of_a_retried_command_carry_its_trace() {
         .find(|s| s.name.starts_with("process "))
         .expect("a consumer span");
     assert_eq!(handled.service, "mindbus-agent");
+    // The producer's vendor state rides on with the trace.
+    assert_eq!(handled.trace_state, "vendor=abc,other=1");
     assert_eq!(handled.attributes["messaging.consumer.group.name"], "echo");
     for n in ["attempt 1", "attempt 2"] {
         let attempt = spans.iter().find(|s| s.name == n).expect(n);

@@ -89,7 +89,8 @@ impl CommandView {
     post, path = "/v1/roles/{role}/commands", tag = "commands", operation_id = "send_command",
     params(("role" = String, Path, description = "The agent role", pattern = "^[a-z0-9_-]{1,64}$"), Wait,
         ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key: a repeat with the same role and body answers for the first request's command"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context the command continues")),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context the command continues"),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state passed on with traceparent (an invalid one is dropped)")),
     request_body = NewCommand,
     responses(
         (status = 200, description = "The result came within the wait", body = CommandView),
@@ -254,6 +255,7 @@ fn build(
     command.maxattempts = new.maxattempts;
     if let Some(trace) = traceparent(headers)? {
         command.envelope.traceparent = trace;
+        command.envelope.tracestate = tracestate(headers).map(str::to_owned);
     }
     Ok(command)
 }
@@ -269,6 +271,13 @@ pub fn traceparent(headers: &HeaderMap) -> Result<Option<TraceParent>, AppError>
             .map(Some)
             .map_err(|e| AppError::Invalid(format!("traceparent header: {e}"))),
     }
+}
+
+/// The request's `tracestate` header, when it is a valid W3C trace state (one that is not
+/// is dropped, as the W3C recommendation says, rather than refused).
+pub fn tracestate(headers: &HeaderMap) -> Option<&str> {
+    let text = headers.get("tracestate")?.to_str().ok()?;
+    mindbus::telemetry::spans::trace_state(text).map(|_| text)
 }
 
 /// The result stored on the reply stream of command `id` of `role`, if it has come (and

@@ -17,7 +17,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::commands::{SOURCE, traceparent};
+use super::commands::{SOURCE, traceparent, tracestate};
 use super::idempotent;
 use crate::AppState;
 use crate::auth::{Authed, Caller, Scope};
@@ -160,7 +160,8 @@ async fn visible_run(
 #[utoipa::path(
     post, path = "/v1/runs", tag = "runs", request_body = NewRun, operation_id = "start_run",
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key: a repeat with the same body answers for the first request's run"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context the run continues")),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context the run continues"),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state passed on with traceparent (an invalid one is dropped)")),
     responses((status = 201, body = RunStarted), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 422, body = ErrorBody),
@@ -196,6 +197,7 @@ pub async fn start(
     let mut command = run_command(&caller, RunRequest::Start(start));
     if let Some(trace) = traceparent(&headers)? {
         command.envelope.traceparent = trace;
+        command.envelope.tracestate = tracestate(&headers).map(str::to_owned);
     }
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);

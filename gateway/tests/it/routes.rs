@@ -238,6 +238,45 @@ async fn a_keys_tenant_goes_with_its_commands_and_runs() {
     assert_eq!(sent.get("tenant").map(String::as_str), Some("acme"));
 }
 
+/// A command goes on with the request's trace context: its `traceparent`, and its
+/// `tracestate` when that is valid (an invalid one is dropped, not refused).
+#[tokio::test]
+async fn a_command_carries_the_requests_trace_context() {
+    let gw = Gw::new("tracectx").await;
+    let mut redis = redis::Client::open(crate::support::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for state in ["vendor=abc,other=1", "not a trace state!"] {
+        let mut request = post(
+            "/v1/roles/echo/commands",
+            Some(ADMIN),
+            r#"{"type": "echo.say", "data": {}}"#,
+        );
+        let headers = request.headers_mut();
+        headers.insert("traceparent", parent.parse().unwrap());
+        headers.insert("tracestate", state.parse().unwrap());
+        assert_eq!(gw.send(request).await.status(), StatusCode::ACCEPTED);
+    }
+    let sent = entries(&mut redis, &format!("{}:cmd:{{echo}}", gw.prefix)).await;
+    let traces: Vec<(Option<&str>, Option<&str>)> = sent
+        .iter()
+        .map(|fields| {
+            let field = |name: &str| fields.get(name).map(String::as_str);
+            (field("traceparent"), field("tracestate"))
+        })
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            (Some(parent), Some("vendor=abc,other=1")),
+            (Some(parent), None)
+        ]
+    );
+}
+
 /// The first entry of `stream`, waiting for it on a connection of its own.
 async fn first_entry(stream: &str) -> std::collections::HashMap<String, String> {
     let mut redis = redis::Client::open(crate::support::redis_url())

@@ -37,7 +37,11 @@ pub fn consumer(stream: &str, group: &str, command: &Command, delivery: u32) -> 
         mindbus.delivery = delivery,
         mindbus.reclaimed = delivery > 1,
     );
-    continues(&span, &command.envelope.traceparent);
+    continues(
+        &span,
+        &command.envelope.traceparent,
+        command.envelope.tracestate.as_deref(),
+    );
     span
 }
 
@@ -98,7 +102,7 @@ fn send_span(
         messaging.message.id = %id,
     );
     if let Some(parent) = parent {
-        continues(&span, parent);
+        continues(&span, parent, None);
     }
     let carried = trace_parent(&span)?;
     Some((span, carried))
@@ -110,14 +114,23 @@ pub fn current_or(otherwise: TraceParent) -> TraceParent {
     trace_parent(&Span::current()).unwrap_or(otherwise)
 }
 
-/// Makes `span` a child of the remote context `parent` (before it is entered).
-pub fn continues(span: &Span, parent: &TraceParent) {
+/// `text` as a W3C `tracestate`, when it is a valid one of at most 512 bytes (the length
+/// the W3C recommendation asks every carrier to pass on).
+pub fn trace_state(text: &str) -> Option<TraceState> {
+    (text.len() <= 512).then(|| text.parse().ok()).flatten()
+}
+
+/// Makes `span` a child of the remote context `parent` (before it is entered), with the
+/// W3C `tracestate` that came with it, if any and valid (an invalid one is dropped, as
+/// the W3C recommendation says).
+pub fn continues(span: &Span, parent: &TraceParent, tracestate: Option<&str>) {
+    let state = tracestate.and_then(trace_state).unwrap_or_default();
     let context = SpanContext::new(
         TraceId::from_bytes(parent.trace_id),
         SpanId::from_bytes(parent.parent_id),
         TraceFlags::new(parent.flags),
         true,
-        TraceState::default(),
+        state,
     );
     // A span the filter left out has no context to set: nothing to do.
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(context));
