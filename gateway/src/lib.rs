@@ -111,7 +111,7 @@ fn http_span(request: &Request) -> tracing::Span {
     );
     if let Ok(Some(parent)) = commands::traceparent(request.headers()) {
         let state = commands::tracestate(request.headers());
-        mindbus::telemetry::spans::continues(&span, &parent, state);
+        mindbus::telemetry::spans::continues(&span, &parent, state.as_deref());
     }
     span
 }

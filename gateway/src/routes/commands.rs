@@ -255,7 +255,7 @@ fn build(
     command.maxattempts = new.maxattempts;
     if let Some(trace) = traceparent(headers)? {
         command.envelope.traceparent = trace;
-        command.envelope.tracestate = tracestate(headers).map(str::to_owned);
+        command.envelope.tracestate = tracestate(headers);
     }
     Ok(command)
 }
@@ -273,11 +273,11 @@ pub fn traceparent(headers: &HeaderMap) -> Result<Option<TraceParent>, AppError>
     }
 }
 
-/// The request's `tracestate` header, when it is a valid W3C trace state (one that is not
-/// is dropped, as the W3C recommendation says, rather than refused).
-pub fn tracestate(headers: &HeaderMap) -> Option<&str> {
+/// The request's `tracestate` header as it is passed on, when it is a valid W3C trace
+/// state (one that is not is dropped, as the W3C recommendation says, rather than refused).
+pub fn tracestate(headers: &HeaderMap) -> Option<String> {
     let text = headers.get("tracestate")?.to_str().ok()?;
-    mindbus::telemetry::spans::trace_state(text).map(|_| text)
+    mindbus::telemetry::spans::tracestate_to_pass_on(text)
 }
 
 /// The result stored on the reply stream of command `id` of `role`, if it has come (and

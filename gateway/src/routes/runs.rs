@@ -197,7 +197,7 @@ pub async fn start(
     let mut command = run_command(&caller, RunRequest::Start(start));
     if let Some(trace) = traceparent(&headers)? {
         command.envelope.traceparent = trace;
-        command.envelope.tracestate = tracestate(&headers).map(str::to_owned);
+        command.envelope.tracestate = tracestate(&headers);
     }
     if let Some(tenant) = &caller.tenant {
         command.set_tenant(tenant);

@@ -87,12 +87,17 @@ impl Bus {
         let mut out = Vec::with_capacity(roles.len() * Stream::ALL.len());
         for (role, kind) in streams {
             let stream = self.keys().stream(kind, &role);
-            let info: Result<Value, _> = redis::cmd("XINFO")
+            let info: Result<Value, redis::RedisError> = redis::cmd("XINFO")
                 .arg("STREAM")
                 .arg(&stream)
                 .query_async(&mut conn)
                 .await;
-            let Ok(info) = info else {
+            // A stream not written yet is empty; any other failure is the overview's.
+            let info = match info {
+                Err(e) if e.to_string().contains("no such key") => None,
+                other => Some(other?),
+            };
+            let Some(info) = info else {
                 out.push(StreamInfo {
                     stream,
                     role,

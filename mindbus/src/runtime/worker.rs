@@ -117,7 +117,13 @@ impl Shared {
             .map_err(|e| e.to_string())
             .and_then(|command| self.check_replyto(command));
         let command = match decoded {
-            Ok(command) => Arc::new(command),
+            Ok(mut command) => {
+                // Its results and events carry its trace state as parsed, never more.
+                let state = command.envelope.tracestate.take();
+                command.envelope.tracestate =
+                    state.as_deref().and_then(spans::tracestate_to_pass_on);
+                Arc::new(command)
+            }
             Err(reason) => {
                 tracing::warn!(entry = %id, stream = %self.stream, error = %reason, "dead-lettering a malformed command");
                 let stub = salvage(&fields, origin, &self.keys, &self.role);

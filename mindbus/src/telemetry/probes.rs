@@ -75,9 +75,10 @@ pub async fn start(
         )
     })?;
     tracing::info!(address = %listener.local_addr()?, "metrics listening");
-    // A few connections are plenty for scrapers and probes.
+    // Plenty for scrapers and probes; a client holding connections open cannot take them
+    // all for long (header timeout).
     let limits = Limits {
-        connections: 16,
+        connections: 64,
         header_timeout: Duration::from_secs(10),
         write_timeout: Duration::from_secs(30),
     };

@@ -120,6 +120,15 @@ pub fn trace_state(text: &str) -> Option<TraceState> {
     (text.len() <= 512).then(|| text.parse().ok()).flatten()
 }
 
+/// What to pass on of a received `tracestate`: its members as parsed (at most 32, each key
+/// checked), written out again; `None` for one that is invalid, too long or empty. Whatever
+/// a producer wrote, no more than this is copied onto the entries that follow.
+pub fn tracestate_to_pass_on(text: &str) -> Option<String> {
+    let header = trace_state(text)?.header();
+    let printable = header.bytes().all(|b| (0x20..0x7f).contains(&b));
+    (printable && !header.is_empty()).then_some(header)
+}
+
 /// Makes `span` a child of the remote context `parent` (before it is entered), with the
 /// W3C `tracestate` that came with it, if any and valid (an invalid one is dropped, as
 /// the W3C recommendation says).
@@ -146,4 +155,25 @@ pub fn trace_parent(span: &Span) -> Option<TraceParent> {
         parent_id: ids.span_id().to_bytes(),
         flags: ids.trace_flags().to_u8(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_valid_bounded_trace_state_is_passed_on_as_parsed() {
+        let pass = tracestate_to_pass_on;
+        assert_eq!(
+            pass("vendor=abc,other=1").as_deref(),
+            Some("vendor=abc,other=1")
+        );
+        // Empty members are dropped; past 32 members nothing more is taken.
+        let padded = format!("k=v{}garbage that is not a member", ",".repeat(40));
+        assert_eq!(pass(&padded).as_deref(), Some("k=v"));
+        assert_eq!(pass("not a trace state!"), None);
+        assert_eq!(pass(",,,"), None);
+        assert_eq!(pass("k=\u{7}bell"), None);
+        assert_eq!(pass(&format!("k={}", "v".repeat(600))), None);
+    }
 }
