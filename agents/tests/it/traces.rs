@@ -39,12 +39,13 @@ async fn log_lines_and_spans_of_a_retried_command_carry_its_trace() {
                 .into_iter()
                 .filter(|s| s.trace_id == trace)
                 .collect();
-            (spans
+            // The consumer span ends after its attempts, and may come in a later batch.
+            let attempts = spans
                 .iter()
                 .filter(|s| s.name.starts_with("attempt "))
-                .count()
-                == 2)
-                .then_some(spans)
+                .count();
+            let handled = spans.iter().any(|s| s.name.starts_with("process "));
+            (attempts == 2 && handled).then_some(spans)
         },
     )
     .await;

@@ -30,11 +30,18 @@ async fn one_request_that_starts_a_two_step_run_is_one_trace_across_the_processe
                 .filter(|s| s.trace_id == request.trace_id)
                 .cloned()
                 .collect();
-            let handled = trace
-                .iter()
-                .filter(|s| s.service == "mindbus-agent" && s.name.starts_with("process "))
-                .count();
-            (handled == 2).then_some(trace)
+            // Each process sends its spans on its own schedule: wait for the last of them,
+            // both steps' sends and both steps' handling.
+            let count = |service: &str, name: &str| {
+                trace
+                    .iter()
+                    .filter(|s| s.service == service && s.name.starts_with(name))
+                    .filter(|s| s.name.ends_with(":cmd:{echo}"))
+                    .count()
+            };
+            let sent = count("mindbus-orchestrator", "send ");
+            let handled = count("mindbus-agent", "process ");
+            (sent == 2 && handled == 2).then_some(trace)
         },
     )
     .await;
