@@ -156,10 +156,7 @@ async fn write_batch(
 fn measure(rows: &[Record], inserted: u64) {
     metrics::counter!(names::MONITOR_ROWS).increment(inserted);
     if let Some(newest) = rows.iter().map(|r| r.entry_ms).max() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let age = now - newest;
-        metrics::gauge!(names::MONITOR_LAG).set(age.max(0) as f64 / 1000.0);
+        let age = names::seconds_since(u64::try_from(newest).unwrap_or(0));
+        metrics::gauge!(names::MONITOR_LAG).set(age);
     }
 }

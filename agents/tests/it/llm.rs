@@ -484,7 +484,12 @@ roles:
 ",
     )
     .await;
-    let _agent = mesh.llm_agent("talker", &file);
+    let listen = format!("127.0.0.1:{}", mindbus_testkit::servers::free_port());
+    let _agent = mesh
+        .llm_agent_command("talker", &file)
+        .env("MINDBUS_METRICS_LISTEN", &listen)
+        .spawn()
+        .unwrap();
     let mut command = Command::new("talker.talk", Payload::json(json!({})));
     command.runid = Some("run-cancel".into());
     let id = command.envelope.id.clone();
@@ -512,6 +517,13 @@ roles:
         1,
         "not retried after the cancel"
     );
+    // The call cut off is still counted, billed its prompt as the ledger bills it.
+    let text = metrics_text(&listen).await;
+    let model = r#"provider="openai",model="slow""#;
+    let calls = format!("mindbus_llm_calls_total{{{model},outcome=\"canceled\"}}");
+    assert_eq!(sample(&text, &calls), 1.0);
+    let prompt = format!("mindbus_llm_tokens_total{{{model},type=\"input\"}}");
+    assert!(sample(&text, &prompt) > 0.0);
     // The call's budget reservation does not outlive it.
     let totals = format!("{}:llm:{{usage}}:run:run-cancel", mesh.prefix);
     crate::testenv::eventually(
@@ -971,21 +983,9 @@ roles:
     );
     assert_eq!(fake.calls("openai", "verdict").len(), 1);
 
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&listen).await;
     let model = r#"provider="openai",model="verdict""#;
-    let value = |series: &str| -> f64 {
-        let line = text.lines().find(|line| {
-            line.strip_prefix(series)
-                .is_some_and(|rest| rest.starts_with(' '))
-        });
-        let line = line.unwrap_or_else(|| panic!("no {series} in:\n{text}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let value = |series: &str| sample(&text, series);
     assert_eq!(
         value(&format!(
             "mindbus_llm_calls_total{{{model},outcome=\"ok\"}}"
@@ -1027,4 +1027,24 @@ roles:
         value(r#"mindbus_commands_handled_total{role="critic",outcome="completed"}"#),
         2.0
     );
+}
+
+/// What the process serving metrics at `listen` exports now.
+async fn metrics_text(listen: &str) -> String {
+    reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of `series` (name and labels, as exported) in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    let line = text.lines().find(|line| {
+        line.strip_prefix(series)
+            .is_some_and(|rest| rest.starts_with(' '))
+    });
+    let line = line.unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }

@@ -316,3 +316,43 @@ fn dashboard_panels() -> Vec<Panel> {
     }
     panels
 }
+
+/// `/readyz` answers 503 naming what does not answer, and asks the process's dependencies
+/// at most once a second however often it is probed.
+#[tokio::test]
+async fn readyz_names_what_does_not_answer_and_asks_at_most_once_a_second() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use mindbus::telemetry::probes;
+    use tower::ServiceExt as _;
+
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&asked);
+    let check = probes::check(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Err("postgres does not answer: refused".to_owned()) }
+    });
+    let app = probes::router("mindbus-test", check);
+    let probe = || async {
+        let answer = app
+            .clone()
+            .oneshot(crate::support::get("/readyz", None))
+            .await
+            .unwrap();
+        let status = answer.status();
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
+    };
+    for _ in 0..5 {
+        let (status, body) = probe().await;
+        assert_eq!(status, 503);
+        assert_eq!(body, "postgres does not answer: refused");
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(probe().await.0, 503);
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+}

@@ -118,6 +118,15 @@ pub const BUCKETS: &[f64] = &[
     60.0, 120.0, 300.0,
 ];
 
+/// Seconds from `ms` (milliseconds since the Unix epoch, as in an entry id) to now; 0 for
+/// a time ahead of this clock.
+pub fn seconds_since(ms: u64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(ms) as f64 / 1000.0
+}
+
 /// Installs the process's Prometheus recorder on first use and describes every metric;
 /// `service` names the process in [`BUILD_INFO`].
 pub fn recorder(service: &'static str) -> &'static PrometheusHandle {

@@ -1,8 +1,6 @@
 //! What the orchestrator counts: runs started and ended by workflow, how long steps take,
 //! and how long the orchestrator itself takes between a step's result and what follows.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use mindbus::telemetry::metrics as names;
 use mindbus::wire::EntryId;
 
@@ -23,16 +21,14 @@ pub(crate) fn ended(run: &RunRow) {
     }
 }
 
-/// A step's command answered `seconds` after it was recorded as sent.
-pub(crate) fn step(role: &str, seconds: f64) {
-    metrics::histogram!(names::STEP_DURATION, "role" => role.to_owned()).record(seconds);
+/// Steps' commands answered, each (role, seconds after it was recorded as sent).
+pub(crate) fn steps(answered: &[(String, f64)]) {
+    for (role, seconds) in answered {
+        metrics::histogram!(names::STEP_DURATION, "role" => role.clone()).record(*seconds);
+    }
 }
 
 /// The result at `entry` is applied, and what it enabled is sent.
 pub(crate) fn applied(entry: EntryId) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let millis = now.saturating_sub(entry.ms);
-    metrics::histogram!(names::ORCHESTRATION_OVERHEAD).record(millis as f64 / 1000.0);
+    metrics::histogram!(names::ORCHESTRATION_OVERHEAD).record(names::seconds_since(entry.ms));
 }

@@ -149,9 +149,7 @@ impl Orchestrator {
             (events, steps) = answers(&mut tx, run_id, &inputs[..results], true).await?;
             if events.is_empty() {
                 tx.commit().await?;
-                steps
-                    .iter()
-                    .for_each(|(role, seconds)| measure::step(role, *seconds));
+                measure::steps(&steps);
                 return Ok((taken, Outcome::Applied(RunStatus::Running)));
             }
             Applying::Events(events)
@@ -189,9 +187,7 @@ impl Orchestrator {
         tx.commit().await?;
         self.publish(out).await;
         measure::ended(&run);
-        steps
-            .iter()
-            .for_each(|(role, seconds)| measure::step(role, *seconds));
+        measure::steps(&steps);
         Ok((taken, Outcome::Applied(run.status)))
     }
 
